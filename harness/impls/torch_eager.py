@@ -1,0 +1,26 @@
+"""torch-eager: the reference decoder run op by op with PyTorch (cuBLAS GEMV, SDPA attention,
+gpt-fast-style int8, tinygemm int4), directly on the shared KV cache."""
+from __future__ import annotations
+
+from typing import Optional
+
+from harness.errors import Unsupported
+from harness.impls.base import DecodeImpl, ImplContext, register
+from harness.reference import LlamaDecoder
+from harness.torch_ops import torch_linear_fn
+
+
+@register("torch-eager")
+class TorchEager(DecodeImpl):
+    @classmethod
+    def unsupported(cls, ctx: ImplContext) -> Optional[str]:
+        if ctx.weights.quant == "int4" and ctx.device.type != "cuda":
+            return "int4 through torch needs tinygemm on CUDA"
+        return None
+
+    def __init__(self, ctx: ImplContext):
+        super().__init__(ctx)
+        self.model = LlamaDecoder(ctx.weights, linear=torch_linear_fn(ctx.weights), max_len=ctx.cache.max_len)
+
+    def decode(self, tokens, positions):
+        return self.model.decode(tokens, positions, self.ctx.cache)

@@ -1,0 +1,150 @@
+"""The reference Llama-3 decoder in PyTorch: the same arithmetic, in the same order, as Hugging Face
+transformers' LlamaForCausalLM (RMSNorm in fp32, rotate-half RoPE with llama3 scaling, grouped-query
+SDPA attention, SwiGLU), over a static KV cache.
+
+`LlamaDecoder(weights)` computes in the weights' activation dtype like transformers does; with
+`compute_dtype=torch.float32` every op upcasts its inputs, which makes it the fp32 oracle that
+every impl's logits are checked against. The `linear` argument is the seam through which impls
+swap in their own matmul for quantized weights (dequantize-then-matmul by default).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from harness.models import ModelSpec
+from harness.quant import QLinear
+from harness.weights import ModelWeights
+
+LinearFn = Callable[[torch.Tensor, QLinear], torch.Tensor]
+
+
+def rope_inv_freq(spec: ModelSpec) -> torch.Tensor:
+    """[hd/2] fp32 inverse frequencies, with transformers' `llama3` rope scaling when configured."""
+    hd = spec.head_dim
+    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    rs = spec.rope_scaling
+    if rs is None:
+        return inv_freq
+    low_freq_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+    high_freq_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / rs.factor, inv_freq)
+    smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rope_tables(spec: ModelSpec, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: [max_len, hd/2] fp32; row p is position p (what the kernels index)."""
+    inv_freq = rope_inv_freq(spec).to(device)
+    freqs = torch.arange(max_len, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return freqs.cos(), freqs.sin()
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale in the input dtype."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight.to(dtype) * xf.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def dequant_linear(x: torch.Tensor, w: QLinear) -> torch.Tensor:
+    """x: [..., K] -> [..., N]: dequantize W to x's dtype, then one matmul."""
+    return F.linear(x, w.dequantize(x.dtype))
+
+
+@dataclass
+class KVCache:
+    """Static cache, layout [n_layers, B, KVH, S_max, hd] (per head, positions are contiguous)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def empty(cls, spec: ModelSpec, batch: int, max_len: int, dtype, device) -> "KVCache":
+        shape = (spec.n_layers, batch, spec.n_kv_heads, max_len, spec.head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def clone(self) -> "KVCache":
+        return KVCache(self.k.clone(), self.v.clone())
+
+
+class LlamaDecoder:
+    """Prefill and decode over a static KV cache; positions are per sequence."""
+
+    def __init__(self, weights: ModelWeights, linear: LinearFn = dequant_linear,
+                 compute_dtype: Optional[torch.dtype] = None, max_len: Optional[int] = None):
+        self.w, self.spec, self.linear = weights, weights.spec, linear
+        self.dtype = compute_dtype or weights.dtype
+        self.cos, self.sin = rope_tables(self.spec, max_len or self.spec.max_seq_len, weights.device)
+
+    def _lin(self, x: torch.Tensor, w: QLinear) -> torch.Tensor:
+        return self.linear(x.to(self.dtype), w)
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return rmsnorm(x, w.to(self.dtype), self.spec.norm_eps)
+
+    def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """tokens: [B, T] at positions start[b] + t; writes their K/V into `cache`.
+        Returns logits [B, T, V] fp32. Query t of sequence b sees keys 0 .. start[b] + t."""
+        s, (B, T) = self.spec, tokens.shape
+        H, KVH, hd = s.n_heads, s.n_kv_heads, s.head_dim
+        pos = start[:, None].long() + torch.arange(T, device=tokens.device)[None, :]  # [B, T]
+        # cos/sin like transformers: cat(freqs, freqs) in fp32, then cast to the compute dtype.
+        cos = torch.cat([self.cos[pos], self.cos[pos]], dim=-1).to(self.dtype)[:, None]  # [B, 1, T, hd]
+        sin = torch.cat([self.sin[pos], self.sin[pos]], dim=-1).to(self.dtype)[:, None]
+        S = cache.max_len  # attend over the whole static cache, masked: no host sync, graph-capturable
+        key_pos = torch.arange(S, device=tokens.device)
+        mask = key_pos[None, None, None, :] <= pos[:, None, :, None]  # [B, 1, T, S]
+        b_idx = torch.arange(B, device=tokens.device)[:, None].expand(B, T)
+
+        h = F.embedding(tokens, self.w.embed).to(self.dtype)  # [B, T, D]
+        for i, lw in enumerate(self.w.layers):
+            x = self._norm(h, lw.attn_norm)
+            qkv = self._lin(x, lw.wqkv)
+            q, k, v = qkv.split([s.q_dim, s.kv_dim, s.kv_dim], dim=-1)
+            q = q.view(B, T, H, hd).transpose(1, 2)  # [B, H, T, hd]
+            k = k.view(B, T, KVH, hd).transpose(1, 2)
+            v = v.view(B, T, KVH, hd).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            cache.k[i][b_idx, :, pos] = k.transpose(1, 2).to(cache.k.dtype)  # [B, T, KVH, hd] at (b, :, pos)
+            cache.v[i][b_idx, :, pos] = v.transpose(1, 2).to(cache.v.dtype)
+            keys, vals = cache.k[i].to(self.dtype), cache.v[i].to(self.dtype)
+            o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=1.0 / math.sqrt(hd), enable_gqa=True)
+            o = o.transpose(1, 2).reshape(B, T, s.q_dim)
+            h = h + self._lin(o, lw.wo)
+            x = self._norm(h, lw.mlp_norm)
+            h = h + self._lin(F.silu(self._lin(x, lw.w_gate)) * self._lin(x, lw.w_up), lw.w_down)
+        return self._lin(self._norm(h, self.w.final_norm), self.w.lm_head).float()
+
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor, cache: KVCache, chunk: int = 512) -> torch.Tensor:
+        """tokens: [B, T] at positions 0..T-1 -> logits of the last position [B, V] fp32."""
+        B, T = tokens.shape
+        out = None
+        for t0 in range(0, T, chunk):
+            start = torch.full((B,), t0, dtype=torch.long, device=tokens.device)
+            out = self.forward(tokens[:, t0:t0 + chunk], start, cache)[:, -1]
+        return out
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """tokens: [B] at positions [B] -> logits [B, V] fp32."""
+        return self.forward(tokens[:, None], positions, cache)[:, 0]

@@ -1,0 +1,196 @@
+"""One benchmark point: build weights and a KV cache once, then check and time every selected impl
+on the same inputs, and append one tidy row per impl to the results store."""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import validate
+from harness.errors import ConfigError, Unsupported
+from harness.impls import REGISTRY, ImplContext
+from harness.metrics import achieved_gbps, bytes_per_step, pct_of_copy_bw
+from harness.reference import KVCache, LlamaDecoder
+from harness.results import ResultsStore, env_info, point_key
+from harness.telemetry import TelemetrySampler
+from harness.timing import GraphCaptureError, measure_copy_bandwidth, time_step
+from harness.weights import build_weights, check_fits
+
+# Relative logits error (||impl - ref|| / ||ref||, ref = fp32 reference on the same quantized weights)
+# under which an impl counts as correct, by activation dtype.
+REL_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}
+
+CPU_BANNER = ("NOTE: no CUDA device: running on the CPU (Triton kernels through the interpreter). "
+              "Latencies and bandwidths printed here are NOT meaningful; they only show the pipeline works.")
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("bench.device=cuda but no CUDA device is visible; use bench.device=auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def impl_names(cfg) -> list[str]:
+    """Selected impls, the baseline first; '*' expands to every registered impl."""
+    names = list(REGISTRY) if "*" in cfg.impl.names else list(cfg.impl.names)
+    return [cfg.baseline] + [n for n in names if n != cfg.baseline]
+
+
+def fill_cache(cache: KVCache, cfg, weights, gen: torch.Generator) -> None:
+    """The first `ctx` positions of every sequence: seeded random K/V, or a reference prefill."""
+    ctx = cfg.bench.ctx
+    if ctx == 0:
+        return
+    if cfg.bench.cache_fill == "prefill":
+        prompt = torch.randint(0, weights.spec.vocab_size, (cache.k.shape[1], ctx), generator=gen, device=cache.k.device)
+        LlamaDecoder(weights, max_len=cache.max_len).prefill(prompt, cache)
+        return
+    for t in (cache.k, cache.v):  # per layer, to keep the fp32 temporary small
+        for i in range(t.shape[0]):
+            t[i, :, :, :ctx].normal_(0.0, 1.0, generator=gen)
+
+
+def compare(logits: torch.Tensor, ref: torch.Tensor) -> dict:
+    logits, ref = logits.float(), ref.float()
+    finite = bool(torch.isfinite(logits).all())
+    diff = (logits - ref).abs()
+    return {
+        "max_abs_err": float(diff.max()) if finite else math.inf,
+        "rel_err": float(diff.norm() / ref.norm().clamp(min=1e-30)) if finite else math.inf,
+        "top1_agree": float((logits.argmax(-1) == ref.argmax(-1)).float().mean()),
+    }
+
+
+def run_point(cfg: DictConfig) -> list[dict]:
+    """Measures every selected impl at one (model, quant, batch, ctx) point; returns and stores the rows."""
+    spec = validate(cfg, list(REGISTRY))
+    device = pick_device(cfg.bench.device)
+    if device.type == "cpu":
+        print(CPU_BANNER)
+    b, quant, gs = cfg.bench, cfg.quant.name, cfg.quant.group_size
+    store = ResultsStore(cfg.results.dir)
+    env = env_info(device)
+    names = impl_names(cfg)
+    point = dict(model=spec.name, quant=quant, group_size=gs if quant == "int4" else 0, batch=b.batch, ctx=b.ctx,
+                 tag=cfg.results.tag, gpu_name=env["gpu_name"])
+    keys = {n: point_key({**point, "impl": n, "fusion": _fusion(n, cfg)}) for n in names}
+    if cfg.results.resume:
+        done = store.done_keys()
+        if all(k in done for k in keys.values()):
+            print(f"skipped: every impl of this point is already in {cfg.results.dir} under results.tag={cfg.results.tag} "
+                  f"(pass results.resume=false or a new results.tag to measure again)")
+            return []
+
+    max_len = b.ctx + 1
+    check_fits(spec, quant, gs, b.batch, max_len, device)
+    t0 = time.perf_counter()
+    weights = build_weights(spec, quant, gs, device, seed=b.seed, path=cfg.model.path)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(b.seed + 1)
+    cache = KVCache.empty(spec, b.batch, max_len, weights.dtype, device)
+    fill_cache(cache, cfg, weights, gen)
+    tokens = torch.randint(0, spec.vocab_size, (b.batch,), generator=gen, device=device)
+    positions = torch.full((b.batch,), b.ctx, dtype=torch.long, device=device)
+    ref_logits = None
+    if cfg.check:
+        ref_logits = LlamaDecoder(weights, compute_dtype=torch.float32, max_len=max_len).decode(tokens, positions, cache.clone())
+    setup_s = time.perf_counter() - t0
+    copy_tbps = measure_copy_bandwidth(device)
+    nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
+    resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    act = "fp32" if quant == "fp32" else ("fp16" if quant == "fp16" else "bf16")
+
+    rows = []
+    for name in names:
+        row = {**env, **point, "impl": name, "fusion": _fusion(name, cfg), "point_key": keys[name],
+               "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps, "setup_s": setup_s,
+               "status": "ok", "note": "", "config_json": resolved}
+        row.update({f"bytes_{k}": v for k, v in nbytes.items() if k != "total"})
+        try:
+            row.update(_measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, device))
+        except Unsupported as e:
+            row.update(status="unsupported", note=str(e))
+        except torch.cuda.OutOfMemoryError as e:
+            row.update(status="failed", note=f"out of GPU memory: {str(e).splitlines()[0]}")
+        except Exception as e:  # noqa: BLE001 - one impl's failure must not end the sweep
+            row.update(status="failed", note=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        if row["status"] == "ok":
+            row["gbps"] = achieved_gbps(nbytes["total"], row["latency_us_median"])
+            row["pct_of_copy_bw"] = pct_of_copy_bw(nbytes["total"], row["latency_us_median"], copy_tbps)
+            if cfg.check:
+                row["correct"] = bool(row["rel_err"] <= REL_TOL[act])
+                if not row["correct"]:
+                    row["status"] = "wrong"
+        else:
+            print(f"impl {name}: {row['status']}: {row['note']}")
+        rows.append(row)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    base = next((r for r in rows if r["impl"] == cfg.baseline and r["status"] in ("ok", "wrong")), None)
+    for r in rows:
+        r["baseline"] = cfg.baseline
+        ok = base is not None and "latency_us_median" in r
+        r["speedup"] = base["latency_us_median"] / r["latency_us_median"] if ok else math.nan
+    store.append(rows)
+    print(format_table(rows, device))
+    return rows
+
+
+def _fusion(name: str, cfg) -> str:
+    cls = REGISTRY.get(name)
+    return cfg.fusion if cls is not None and cls.fusion != "none" else "none"
+
+
+def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, device) -> dict:
+    ctx = ImplContext(cfg=cfg, spec=spec, weights=weights, cache=cache, device=device)
+    cls = REGISTRY[name]
+    reason = cls.unsupported(ctx)
+    if reason:
+        raise Unsupported(reason)
+    # Poison the position this step writes: an impl that reads it without writing it gets NaN logits.
+    cache.k[:, :, :, positions[0]] = float("nan")
+    cache.v[:, :, :, positions[0]] = float("nan")
+    impl = cls(ctx)
+    out = {}
+    logits = impl.decode(tokens, positions)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    if ref_logits is not None:
+        out.update(compare(logits, ref_logits))
+    b = cfg.bench
+    graphs = b.cuda_graphs and cls.graph_safe and device.type == "cuda"
+    with TelemetrySampler(cfg.telemetry.mode, cfg.telemetry.get("interval_ms", 20)) as tel:
+        try:
+            t = time_step(lambda: impl.decode(tokens, positions), device, b.warmup, b.repeats, graphs)
+        except GraphCaptureError as e:
+            out["note"] = f"CUDA graph capture failed, timed without: {e}"[:300]
+            t = time_step(lambda: impl.decode(tokens, positions), device, b.warmup, b.repeats, False)
+    out.update(tel.summary())
+    out.update(latency_us_median=t.median_us, latency_us_p10=t.p10_us, latency_us_p90=t.p90_us,
+               latency_us_mean=t.mean_us, latency_us_std=t.std_us, repeats=t.repeats, timing_method=t.method)
+    out.update(impl.info())
+    del impl
+    return out
+
+
+def format_table(rows: list[dict], device: Optional[torch.device] = None) -> str:
+    head = f"{'impl':<16}{'fusion':<8}{'status':<12}{'lat µs':>10}{'GB/s':>9}{'%copy':>7}{'speedup':>9}{'rel err':>10}{'top1':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        f = lambda k, fmt: (format(r[k], fmt) if isinstance(r.get(k), (int, float)) and not math.isnan(r[k]) else "-")  # noqa: E731
+        lines.append(f"{r['impl']:<16}{r['fusion']:<8}{r['status']:<12}{f('latency_us_median', '10.1f')}"
+                     f"{f('gbps', '9.1f')}{f('pct_of_copy_bw', '7.1f')}{f('speedup', '9.2f')}{f('rel_err', '10.2e')}"
+                     f"{f('top1_agree', '6.2f')}")
+    r0 = rows[0]
+    title = (f"{r0['model']} {r0['quant']} batch={r0['batch']} ctx={r0['ctx']} on {r0['gpu_name']}: "
+             f"{r0['bytes_per_step'] / 1e9:.3f} GB/step, copy {r0['copy_tbps']:.2f} TB/s, baseline {r0['baseline']}")
+    return "\n".join([title] + lines)

@@ -1,0 +1,230 @@
+"""Model weights: one structure every impl reads, filled with seeded random numbers on the target
+device or loaded from a local Hugging Face checkpoint (never downloaded).
+
+Every linear layer is a `QLinear` (harness/quant.py) in the run's quant mode; norms and the
+embedding table stay in the activation dtype. q/k/v are stored fused as one [(H + 2*KVH)*hd, D]
+matrix (q rows, then k rows, then v rows); quantization is row- or group-local, so fusing does not
+change a single quantized number.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from harness.errors import ConfigError
+from harness.models import ModelSpec
+from harness.quant import ACT_DTYPES, QLinear, quantize_linear
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor  # [D]
+    wqkv: QLinear  # [(H + 2*KVH) * hd, D]
+    wo: QLinear  # [D, H * hd]
+    mlp_norm: torch.Tensor  # [D]
+    w_gate: QLinear  # [F, D]
+    w_up: QLinear  # [F, D]
+    w_down: QLinear  # [D, F]
+
+    def linears(self) -> dict[str, QLinear]:
+        return {"wqkv": self.wqkv, "wo": self.wo, "w_gate": self.w_gate, "w_up": self.w_up, "w_down": self.w_down}
+
+
+@dataclass
+class ModelWeights:
+    spec: ModelSpec
+    quant: str  # bf16 | fp16 | int8 | int4
+    group_size: int
+    dtype: torch.dtype  # activation dtype
+    embed: torch.Tensor  # [V, D]
+    layers: list[LayerWeights]
+    final_norm: torch.Tensor  # [D]
+    lm_head: QLinear  # [V, D]; a quantized copy of `embed` when embeddings are tied
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def linear_bytes(self) -> int:
+        """Bytes of every linear layer incl. scales and zeros (the LM head too)."""
+        return sum(q.nbytes for l in self.layers for q in l.linears().values()) + self.lm_head.nbytes
+
+    def norm_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for l in self.layers for t in (l.attn_norm, l.mlp_norm)) + \
+            self.final_norm.numel() * self.final_norm.element_size()
+
+
+def act_dtype(quant: str) -> torch.dtype:
+    """Activation dtype of a quant mode: fp16 / fp32 for those dense modes, bf16 otherwise."""
+    return ACT_DTYPES[quant if quant in ("fp16", "fp32") else "bf16"]
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes, before anything is allocated
+# --------------------------------------------------------------------------------------------
+def linear_nbytes(n: int, k: int, quant: str, group_size: int) -> int:
+    """Bytes of one [N, K] linear layer in `quant` (weights + scales + zeros), without building it."""
+    act = 2  # bf16 / fp16 activations, scales and zeros
+    if quant == "fp32":
+        return n * k * 4
+    if quant in ("bf16", "fp16"):
+        return n * k * act
+    if quant == "int8":
+        return n * k + n * act
+    if quant == "int4":
+        return n * k // 2 + 2 * n * (k // group_size) * act
+    raise ConfigError(f"quant={quant} is not one of bf16, fp16, int8, int4")
+
+
+def weight_nbytes(spec: ModelSpec, quant: str, group_size: int) -> int:
+    """Bytes the model's weights occupy on the device (embedding + linears + norms)."""
+    per_layer = sum(linear_nbytes(n, k, quant, group_size) for n, k in spec.linear_shapes().values())
+    lm_head = linear_nbytes(spec.vocab_size, spec.dim, quant, group_size)
+    embed = spec.vocab_size * spec.dim * 2
+    norms = (2 * spec.n_layers + 1) * spec.dim * 2
+    return spec.n_layers * per_layer + lm_head + embed + norms
+
+
+def kv_cache_nbytes(spec: ModelSpec, batch: int, max_len: int) -> int:
+    return 2 * spec.n_layers * batch * spec.n_kv_heads * max_len * spec.head_dim * 2
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def check_fits(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, device: torch.device,
+               n_cache_copies: int = 2) -> None:
+    """Refuses, before allocating, a configuration whose weights + KV caches do not fit `device`."""
+    w = weight_nbytes(spec, quant, group_size)
+    kv = kv_cache_nbytes(spec, batch, max_len) * n_cache_copies
+    # Largest temporary: one dense [V, D] (or [F, D]) matrix while quantizing, plus activations.
+    scratch = max(spec.vocab_size, spec.ffn_dim, spec.qkv_dim) * spec.dim * 4 + (256 << 20)
+    need, have = w + kv + scratch, available_bytes(device)
+    if need > have:
+        gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+        raise ConfigError(
+            f"model={spec.name} quant={quant} batch={batch} ctx={max_len} needs {gb(need)} (weights {gb(w)}, "
+            f"KV caches {gb(kv)}, scratch {gb(scratch)}) but {device} has {gb(have)} available; "
+            f"choose a smaller model, a smaller quant (int8/int4), or a smaller bench.batch / bench.ctx")
+
+
+# --------------------------------------------------------------------------------------------
+# Random weights, generated directly on the device
+# --------------------------------------------------------------------------------------------
+def random_weights(spec: ModelSpec, quant: str, group_size: int, device: torch.device | str, seed: int = 0) -> ModelWeights:
+    """Deterministic (per device type) random weights, scaled so activations stay O(1) through all layers:
+    input projections ~ N(0, 1/K), output projections (wo, w_down) further / sqrt(2 * n_layers)
+    so the residual stream grows by O(1) over the whole model; norms ~ 1 + N(0, 0.1^2)."""
+    device = torch.device(device)
+    dtype = act_dtype(quant)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+
+    def randn(*shape, std: float) -> torch.Tensor:
+        t = torch.empty(*shape, device=device, dtype=dtype)
+        return t.normal_(0.0, std, generator=gen)
+
+    def linear(n: int, k: int, out_proj: bool = False) -> QLinear:
+        std = 1.0 / math.sqrt(k) / (math.sqrt(2 * spec.n_layers) if out_proj else 1.0)
+        return quantize_linear(randn(n, k, std=std), quant, group_size)
+
+    def norm() -> torch.Tensor:
+        return 1.0 + randn(spec.dim, std=0.1)
+
+    D, F = spec.dim, spec.ffn_dim
+    embed = randn(spec.vocab_size, D, std=1.0)
+    layers = [LayerWeights(attn_norm=norm(), wqkv=linear(spec.qkv_dim, D), wo=linear(D, spec.q_dim, out_proj=True),
+                           mlp_norm=norm(), w_gate=linear(F, D), w_up=linear(F, D), w_down=linear(D, F, out_proj=True))
+              for _ in range(spec.n_layers)]
+    final_norm = norm()
+    # Tied: the LM head is the embedding table itself, quantized like every other linear layer.
+    lm_head = quantize_linear(embed, quant, group_size) if spec.tie_embeddings else linear(spec.vocab_size, D)
+    return ModelWeights(spec, quant, group_size, dtype, embed, layers, final_norm, lm_head)
+
+
+# --------------------------------------------------------------------------------------------
+# Local Hugging Face checkpoints (config.json + *.safetensors, sharded or not)
+# --------------------------------------------------------------------------------------------
+def _safetensor_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [path / n for n in names]
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        raise ConfigError(f"model.path={path} has no readable *.safetensors files"
+                          + (f" (missing {missing[0].name})" if missing else "")
+                          + "; point model.path at a complete local Hugging Face checkpoint")
+    return files
+
+
+def _tensors(files: list[Path], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    dev = str(device) if device.type == "cuda" else "cpu"
+    for f in files:
+        with safe_open(str(f), framework="pt", device=dev) as sf:
+            for name in sf.keys():
+                yield name, sf.get_tensor(name)
+
+
+def load_hf_weights(path: str | os.PathLike, spec: ModelSpec, quant: str, group_size: int,
+                    device: torch.device | str) -> ModelWeights:
+    """Maps a Llama checkpoint's tensor names onto ModelWeights, quantizing each linear on the device."""
+    path, device, dtype = Path(path).expanduser(), torch.device(device), act_dtype(quant)
+    raw: dict[str, torch.Tensor] = {}
+    for name, t in _tensors(_safetensor_files(path), device):
+        if name.endswith(".bias"):
+            raise ConfigError(f"model.path={path} has bias tensors ({name}); only bias-free Llama checkpoints are supported")
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        raw[name] = t.to(device=device, dtype=dtype)
+
+    def take(name: str) -> torch.Tensor:
+        if name not in raw:
+            raise ConfigError(f"model.path={path} lacks tensor {name!r}; is it a complete Llama checkpoint?")
+        return raw.pop(name)
+
+    q = lambda t: quantize_linear(t, quant, group_size)  # noqa: E731
+    layers = []
+    for i in range(spec.n_layers):
+        p = f"model.layers.{i}."
+        qkv = torch.cat([take(p + "self_attn.q_proj.weight"), take(p + "self_attn.k_proj.weight"),
+                         take(p + "self_attn.v_proj.weight")], dim=0)
+        layers.append(LayerWeights(
+            attn_norm=take(p + "input_layernorm.weight"), wqkv=q(qkv), wo=q(take(p + "self_attn.o_proj.weight")),
+            mlp_norm=take(p + "post_attention_layernorm.weight"), w_gate=q(take(p + "mlp.gate_proj.weight")),
+            w_up=q(take(p + "mlp.up_proj.weight")), w_down=q(take(p + "mlp.down_proj.weight"))))
+    embed = take("model.embed_tokens.weight")
+    final_norm = take("model.norm.weight")
+    head = raw.pop("lm_head.weight", None)
+    if head is None and not spec.tie_embeddings:
+        raise ConfigError(f"model.path={path} lacks lm_head.weight and its config does not tie embeddings")
+    lm_head = q(embed if spec.tie_embeddings or head is None else head)
+    return ModelWeights(spec, quant, group_size, dtype, embed, layers, final_norm, lm_head)
+
+
+def build_weights(spec: ModelSpec, quant: str, group_size: int, device: torch.device | str, seed: int = 0,
+                  path: Optional[str] = None) -> ModelWeights:
+    """Random weights, or the checkpoint at `path` when given."""
+    if path:
+        return load_hf_weights(path, spec, quant, group_size, device)
+    return random_weights(spec, quant, group_size, device, seed)

@@ -1,0 +1,54 @@
+"""Quantization reference: layouts, round trips and error bounds."""
+import pytest
+import torch
+
+from harness.quant import dequantize_int4, quantize_int4, quantize_int8, quantize_linear, unpack_int4
+
+
+def _w(n, k, dtype=torch.bfloat16, seed=0):
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_int8_error_bound(dtype):
+    w = _w(96, 200, dtype)
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and s.shape == (96,) and q.abs().max() <= 127
+    err = (q.float() * s.float()[:, None] - w.float()).abs()
+    # rounding to the nearest step: at most half a step (+ the input's own rounding)
+    assert bool((err <= s.float()[:, None] * 0.5 * 1.01 + 1e-3).all())
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_error_bound_and_layout(group):
+    w = _w(40, 256, seed=group)
+    packed, scale, zero = quantize_int4(w, group)
+    assert packed.shape == (40, 128) and packed.dtype == torch.uint8
+    assert scale.shape == zero.shape == (40, 256 // group)
+    q = unpack_int4(packed)
+    assert q.max() <= 15
+    # the documented nibble order: low nibble = even column
+    assert torch.equal(packed[:, 3] & 0xF, q[:, 6]) and torch.equal(packed[:, 3] >> 4, q[:, 7])
+    deq = dequantize_int4(packed, scale, zero, group)
+    # the documented arithmetic, written out for one element
+    n, k = 5, 77
+    expect = (q[n, k].float() - 8) * scale[n, k // group].float() + zero[n, k // group].float()
+    assert torch.isclose(deq[n, k], expect)
+    step = scale.float().repeat_interleave(group, dim=1)
+    assert bool(((deq - w.float()).abs() <= 0.5 * step * 1.05 + 2e-2).all())
+    # uniform rounding error averages a quarter step; allow for the bf16 scale/zero rounding
+    assert (deq - w.float()).abs().mean() < 0.3 * step.mean()
+
+
+def test_int4_rejects_bad_group():
+    with pytest.raises(ValueError, match="group_size=48"):
+        quantize_int4(_w(8, 64), 48)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+def test_qlinear_bytes_and_dequant(mode):
+    w = _w(64, 256)
+    ql = quantize_linear(w, mode, 128)
+    expect = {"bf16": 64 * 256 * 2, "int8": 64 * 256 + 64 * 2, "int4": 64 * 128 + 2 * 64 * 2 * 2}[mode]
+    assert ql.nbytes == expect
+    assert ql.dequantize().shape == (64, 256) and ql.dequantize().dtype == torch.bfloat16
