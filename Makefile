@@ -3,7 +3,7 @@
 #   make test    the test suite (what CI runs)
 PY := .venv/bin/python
 HAS_GPU := $(shell ($(PY) -c "import torch; print(int(torch.cuda.is_available()))" || python3 -c "import torch; print(int(torch.cuda.is_available()))") 2>/dev/null || echo 0)
-RUN_ARGS ?= $(if $(filter 1,$(HAS_GPU)),,model=tiny bench=quick)
+RUN_ARGS ?= $(if $(filter 1,$(HAS_GPU)),,model=tiny bench=quick bench.ctx=256)
 
 .PHONY: env run test test-gpu
 env:

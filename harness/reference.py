@@ -93,6 +93,9 @@ class LlamaDecoder:
         self.w, self.spec, self.linear = weights, weights.spec, linear
         self.dtype = compute_dtype or weights.dtype
         self.cos, self.sin = rope_tables(self.spec, max_len or self.spec.max_seq_len, weights.device)
+        # Optional decode-attention override (T == 1): fn(layer, q [B,H,1,hd], k, v [B,KVH,1,hd] roped,
+        # positions [B]) -> [B, H, 1, hd]; it must append k/v to its cache itself.
+        self.attention: Optional[Callable] = None
 
     def _lin(self, x: torch.Tensor, w: QLinear) -> torch.Tensor:
         return self.linear(x.to(self.dtype), w)
@@ -124,10 +127,14 @@ class LlamaDecoder:
             v = v.view(B, T, KVH, hd).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            cache.k[i][b_idx, :, pos] = k.transpose(1, 2).to(cache.k.dtype)  # [B, T, KVH, hd] at (b, :, pos)
-            cache.v[i][b_idx, :, pos] = v.transpose(1, 2).to(cache.v.dtype)
-            keys, vals = cache.k[i].to(self.dtype), cache.v[i].to(self.dtype)
-            o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=1.0 / math.sqrt(hd), enable_gqa=True)
+            if self.attention is not None and T == 1:
+                o = self.attention(i, q, k, v, pos[:, 0])
+            else:
+                cache.k[i][b_idx, :, pos] = k.transpose(1, 2).to(cache.k.dtype)  # [B, T, KVH, hd] at (b, :, pos)
+                cache.v[i][b_idx, :, pos] = v.transpose(1, 2).to(cache.v.dtype)
+                keys, vals = cache.k[i].to(self.dtype), cache.v[i].to(self.dtype)
+                o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=1.0 / math.sqrt(hd),
+                                                   enable_gqa=True)
             o = o.transpose(1, 2).reshape(B, T, s.q_dim)
             h = h + self._lin(o, lw.wo)
             x = self._norm(h, lw.mlp_norm)

@@ -90,6 +90,7 @@ def run_point(cfg: DictConfig) -> list[dict]:
 
     max_len = b.ctx + 1
     check_fits(spec, quant, gs, b.batch, max_len, device)
+    copy_tbps = measure_copy_bandwidth(device)  # before the weights take the memory it needs
     t0 = time.perf_counter()
     weights = build_weights(spec, quant, gs, device, seed=b.seed, path=cfg.model.path)
     gen = torch.Generator(device=device)
@@ -102,7 +103,6 @@ def run_point(cfg: DictConfig) -> list[dict]:
     if cfg.check:
         ref_logits = LlamaDecoder(weights, compute_dtype=torch.float32, max_len=max_len).decode(tokens, positions, cache.clone())
     setup_s = time.perf_counter() - t0
-    copy_tbps = measure_copy_bandwidth(device)
     nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
     act = "fp32" if quant == "fp32" else ("fp16" if quant == "fp16" else "bf16")
@@ -168,7 +168,7 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
         out.update(compare(logits, ref_logits))
     b = cfg.bench
     graphs = b.cuda_graphs and cls.graph_safe and device.type == "cuda"
-    with TelemetrySampler(cfg.telemetry.mode, cfg.telemetry.get("interval_ms", 20)) as tel:
+    with TelemetrySampler(cfg.telemetry.mode, cfg.telemetry.get("interval_ms", 20), device=device) as tel:
         try:
             t = time_step(lambda: impl.decode(tokens, positions), device, b.warmup, b.repeats, graphs)
         except GraphCaptureError as e:
@@ -186,7 +186,9 @@ def format_table(rows: list[dict], device: Optional[torch.device] = None) -> str
     head = f"{'impl':<16}{'fusion':<8}{'status':<12}{'lat µs':>10}{'GB/s':>9}{'%copy':>7}{'speedup':>9}{'rel err':>10}{'top1':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        f = lambda k, fmt: (format(r[k], fmt) if isinstance(r.get(k), (int, float)) and not math.isnan(r[k]) else "-")  # noqa: E731
+        def f(key: str, fmt: str) -> str:
+            v, width = r.get(key), int(fmt.split(".")[0])
+            return format(v, fmt) if isinstance(v, (int, float)) and not math.isnan(v) else "-".rjust(width)
         lines.append(f"{r['impl']:<16}{r['fusion']:<8}{r['status']:<12}{f('latency_us_median', '10.1f')}"
                      f"{f('gbps', '9.1f')}{f('pct_of_copy_bw', '7.1f')}{f('speedup', '9.2f')}{f('rel_err', '10.2e')}"
                      f"{f('top1_agree', '6.2f')}")

@@ -46,6 +46,14 @@ class ModelWeights:
     layers: list[LayerWeights]
     final_norm: torch.Tensor  # [D]
     lm_head: QLinear  # [V, D]; a quantized copy of `embed` when embeddings are tied
+    # Per linear type, all layers in one tensor ([L, N, K] weight, [L, N, ...] scale/zero), and the
+    # norms as [L, D]; `layers[i]` hold views into these, so a kernel indexes layer i by stride.
+    stacked: dict[str, QLinear] = None
+    stacked_norms: dict[str, torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.stacked is None:
+            self.stacked, self.stacked_norms = _stack_layers(self.layers)
 
     @property
     def device(self) -> torch.device:
@@ -58,6 +66,29 @@ class ModelWeights:
     def norm_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for l in self.layers for t in (l.attn_norm, l.mlp_norm)) + \
             self.final_norm.numel() * self.final_norm.element_size()
+
+
+def _stack_layers(layers: list[LayerWeights]) -> tuple[dict[str, QLinear], dict[str, torch.Tensor]]:
+    """Moves each linear type's per-layer tensors into one [L, ...] tensor; layers keep views of it.
+    Done one linear type at a time, so the transient extra memory is one type's worth."""
+    stacked: dict[str, QLinear] = {}
+    for name in layers[0].linears():
+        qs = [getattr(l, name) for l in layers]
+        cat = lambda attr: None if getattr(qs[0], attr) is None else torch.stack([getattr(q, attr) for q in qs])  # noqa: E731
+        big = QLinear(qs[0].kind, cat("weight"), qs[0].out_features, qs[0].in_features, cat("scale"), cat("zero"),
+                      qs[0].group_size)
+        for i, l in enumerate(layers):
+            setattr(l, name, QLinear(big.kind, big.weight[i], big.out_features, big.in_features,
+                                     None if big.scale is None else big.scale[i],
+                                     None if big.zero is None else big.zero[i], big.group_size))
+        del qs
+        stacked[name] = big
+    norms = {}
+    for name in ("attn_norm", "mlp_norm"):
+        norms[name] = torch.stack([getattr(l, name) for l in layers])
+        for i, l in enumerate(layers):
+            setattr(l, name, norms[name][i])
+    return stacked, norms
 
 
 def act_dtype(quant: str) -> torch.dtype:

@@ -12,6 +12,7 @@ from harness.torch_ops import torch_linear_fn
 
 @register("torch-eager")
 class TorchEager(DecodeImpl):
+    graph_safe = False  # timed as launched op by op from Python; torch-graph is the same step captured
     @classmethod
     def unsupported(cls, ctx: ImplContext) -> Optional[str]:
         if ctx.weights.quant == "int4" and ctx.device.type != "cuda":

@@ -1,0 +1,42 @@
+"""torch-compile: the gpt-fast recipe. The decode step (same decoder, same quantized linears: int8
+weight-only as gpt-fast, int4 through tinygemm) compiled with torch.compile(fullgraph=True) and
+Inductor's coordinate-descent tuning, then replayed from a CUDA graph by the timer."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from harness.impls.base import ImplContext, register
+from harness.impls.torch_eager import TorchEager
+
+
+@register("torch-compile")
+class TorchCompile(TorchEager):
+    graph_safe = True
+
+    @classmethod
+    def unsupported(cls, ctx: ImplContext) -> Optional[str]:
+        if ctx.device.type != "cuda":
+            return "torch.compile's reference recipe is CUDA-only here (Inductor on the CPU is not the reference)"
+        return super().unsupported(ctx)
+
+    def __init__(self, ctx: ImplContext):
+        super().__init__(ctx)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        inductor_config.triton.unique_kernel_names = True
+        inductor_config.fx_graph_cache = True
+        cache = ctx.cache
+        model = self.model
+
+        def step(tokens, positions):
+            return model.decode(tokens, positions, cache)
+
+        # CUDA graphs come from the timer's capture (as for every graph-safe impl), not from
+        # mode="reduce-overhead", so that all impls are replayed the same way.
+        self._step = torch.compile(step, fullgraph=True, dynamic=False)
+
+    def decode(self, tokens, positions):
+        return self._step(tokens, positions)

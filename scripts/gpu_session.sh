@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# On a GPU machine without a package registry (pure-Python wheels carried in .whl/, built by
+# `bash ../shared/device/wheels.sh` beside the checkout): install them, then run the given steps.
+#   bash scripts/gpu_session.sh tests            # pytest -m gpu
+#   bash scripts/gpu_session.sh sweep ARGS...    # python run.py ARGS... (a Hydra multirun with -m)
+# New result files are packed into $OUT/results.tgz (when OUT is set) so they can be committed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ] && ! python3 -c 'import hydra' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1
+stamp=$(mktemp); touch "$stamp"; sleep 1
+step=${1:-tests}; shift || true
+case "$step" in
+  tests) python3 -m pytest -q -m gpu "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
+  sweep) python3 run.py "$@" 2>&1 | tee -a ${OUT:+$OUT/sweep.log} ;;
+  *) echo "unknown step $step (tests | sweep)"; exit 2 ;;
+esac
+rc=${PIPESTATUS[0]}
+if [ -n "${OUT:-}" ]; then
+  new=$(find results -type f -newer "$stamp" 2>/dev/null)
+  [ -n "$new" ] && tar czf "$OUT/results-$step-$(date +%H%M%S).tgz" $new
+fi
+exit $rc

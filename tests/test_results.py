@@ -1,0 +1,165 @@
+"""harness.results: parquet store round trips, concurrent appends, resume keys, compaction."""
+import multiprocessing as mp
+
+import pandas as pd
+import pytest
+
+from harness.results import ResultsStore, decode_json, env_info, gpu_slug, load_results, point_key
+
+GPU = "NVIDIA H100 80GB HBM3"
+
+
+def _row(i: int, gpu: str = GPU, **kw) -> dict:
+    r = {"model": "llama1b", "quant": "int4" if i % 2 else "bf16", "group_size": 128 if i % 2 else None,
+         "impl": "megakernel", "fusion": "model", "batch": 1, "ctx": 1024 + i, "tag": "", "gpu_name": gpu,
+         "extra": "", "latency_us": 800.0 + i, "pct_of_copy_bw": None if i % 3 == 0 else 0.5,
+         "config": {"model": {"name": "llama1b", "dims": [1, 2]}, "bench": {"repeats": 100}}}
+    r.update(kw)
+    return r
+
+
+def test_gpu_slug():
+    assert gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert gpu_slug("NVIDIA H200") == "nvidia-h200"
+    assert gpu_slug("cpu: x86_64") == "cpu"
+    assert gpu_slug("nvidia-h200") == "nvidia-h200"  # a slug is its own slug
+
+
+def test_point_key_stable_and_order_independent():
+    a = {"model": "llama8b", "quant": "int4", "group_size": 128, "impl": "megakernel", "fusion": "layer",
+         "batch": 1, "ctx": 1024, "tag": "x", "gpu_name": GPU, "extra": "", "latency_us": 1.0}
+    b = dict(reversed(list(a.items())))
+    b["latency_us"] = 2.0  # not an identity field
+    assert point_key(a) == point_key(b)
+    assert len(point_key(a)) == 16
+    assert point_key(a) != point_key({**a, "ctx": 2048})
+    # what parquet gives back: floats for ints, NaN for None
+    assert point_key({**a, "batch": 1.0}) == point_key(a)
+    assert point_key({**a, "group_size": float("nan")}) == point_key({**a, "group_size": None})
+
+
+def test_env_info_cpu():
+    e = env_info("cpu")
+    assert e["gpu_name"].startswith("cpu: ")
+    assert gpu_slug(e["gpu_name"]) == "cpu"
+    for k in ("gpu_count", "driver_version", "cuda_version", "torch_version", "triton_version",
+              "python_version", "hostname", "git_sha", "timestamp_utc"):
+        assert k in e
+    assert e["timestamp_utc"].endswith("+00:00")
+
+
+def test_append_load_round_trip(tmp_path):
+    store = ResultsStore(tmp_path)
+    rows = [_row(i) for i in range(6)]
+    path = store.append(rows)
+    assert path.parent == tmp_path / "nvidia-h100-80gb-hbm3" and path.suffix == ".parquet"
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"]
+    df = store.load()
+    assert len(df) == 6 and df["row_id"].is_unique
+    assert list(df["ctx"]) == [1024 + i for i in range(6)]
+    assert "config" not in df.columns
+    assert decode_json(df)[0] == rows[0]["config"]
+    # mixed None / float columns come back as NaN where None
+    assert df["pct_of_copy_bw"].isna().tolist() == [i % 3 == 0 for i in range(6)]
+    assert df["group_size"].isna().tolist() == [i % 2 == 0 for i in range(6)]
+    assert store.load(gpu=GPU).shape == df.shape
+    assert store.load(gpu="NVIDIA H200").empty
+    assert load_results(tmp_path).shape == df.shape
+
+
+def test_load_empty_store(tmp_path):
+    assert ResultsStore(tmp_path / "nothing").load().empty
+    assert ResultsStore(tmp_path / "nothing").done_keys() == set()
+    assert ResultsStore(tmp_path).append([]) is None
+
+
+def test_append_rejects_rows_of_two_gpus(tmp_path):
+    with pytest.raises(ValueError, match="several GPUs"):
+        ResultsStore(tmp_path).append([_row(0), _row(1, gpu="NVIDIA H200")])
+
+
+def test_done_keys_after_append(tmp_path):
+    store = ResultsStore(tmp_path)
+    rows = [_row(i) for i in range(4)]
+    store.append(rows)
+    assert store.done_keys() == {point_key(r) for r in rows}
+    assert point_key(_row(99)) not in store.done_keys()
+
+
+def test_rows_with_different_columns_and_mixed_types(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append([_row(0, error=None), _row(1, error="OOM")])
+    store.append([_row(2, new_metric=3.5, odd=[1, "a"]), _row(3, odd=7)])
+    df = store.load()
+    assert len(df) == 4
+    assert df["new_metric"].isna().sum() == 3
+    assert df["error"].tolist()[1] == "OOM"
+
+
+def _append_worker(root, worker, n_appends, barrier):
+    store = ResultsStore(root)
+    barrier.wait()
+    for k in range(n_appends):
+        store.append([_row(i, worker=worker, k=k) for i in range(5)])
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_append_worker, args=(str(tmp_path), w, 10, barrier)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    df = ResultsStore(tmp_path).load()
+    assert len(df) == 2 * 10 * 5
+    assert df["row_id"].is_unique
+    assert len(ResultsStore(tmp_path).files()) == 20
+    assert sorted(df.groupby(["worker", "k"]).size().unique()) == [5]
+
+
+def test_compact_keeps_every_row_once(tmp_path):
+    store = ResultsStore(tmp_path)
+    for k in range(4):
+        store.append([_row(i, k=k) for i in range(3)])
+    store.append([_row(0, gpu="NVIDIA H200")])
+    before = store.load(GPU)
+    # a duplicated file (as a compaction interrupted after writing its output would leave)
+    f0 = store.files(GPU)[0]
+    (f0.parent / ("dup-" + f0.name)).write_bytes(f0.read_bytes())
+    assert len(store.load(GPU)) == 12  # load already deduplicates on row_id
+    merged = store.compact(GPU)
+    assert store.files(GPU) == [merged]
+    after = store.load(GPU)
+    assert len(after) == 12 and after["row_id"].is_unique
+    assert set(after["row_id"]) == set(before["row_id"])
+    pd.testing.assert_frame_equal(
+        after.sort_values("row_id").reset_index(drop=True)[sorted(before.columns)],
+        before.sort_values("row_id").reset_index(drop=True)[sorted(before.columns)])
+    assert len(store.load("NVIDIA H200")) == 1  # other GPU untouched
+    assert store.compact(GPU) is not None and len(store.load(GPU)) == 12  # idempotent
+    assert store.compact("NVIDIA A100") is None
+
+
+def test_git_sha(tmp_path):
+    import shutil
+    import subprocess
+
+    from harness.results import git_sha
+
+    assert git_sha(tmp_path) == ""  # not a checkout
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    assert git_sha(tmp_path) == ""  # no commit yet
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run(git + ["add", "a.txt"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "init"], check=True)
+    sha = git_sha(tmp_path)
+    assert len(sha) == 40
+    (tmp_path / "untracked.txt").write_text("x")
+    assert git_sha(tmp_path) == sha  # untracked files do not make it dirty
+    (tmp_path / "a.txt").write_text("2")
+    assert git_sha(tmp_path) == sha + "-dirty"
