@@ -6,6 +6,7 @@ import gc
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,7 +20,7 @@ from harness.reference import KVCache, LlamaDecoder
 from harness.results import ResultsStore, env_info, point_key
 from harness.telemetry import TelemetrySampler
 from harness.timing import GraphCaptureError, measure_copy_bandwidth, time_step
-from harness.weights import build_weights, check_fits
+from harness.weights import ModelWeights, build_weights, check_fits
 
 # Relative logits error (||impl - ref|| / ||ref||, ref = fp32 reference on the same quantized weights)
 # under which an impl counts as correct, by activation dtype.
@@ -57,6 +58,28 @@ def fill_cache(cache: KVCache, cfg, weights, gen: torch.Generator) -> None:
             t[i, :, :, :ctx].normal_(0.0, 1.0, generator=gen)
 
 
+@dataclass
+class Point:
+    """What every impl of one benchmark point shares: weights, the filled KV cache, the step's inputs."""
+
+    weights: ModelWeights
+    cache: KVCache
+    tokens: torch.Tensor  # [B]
+    positions: torch.Tensor  # [B], all = bench.ctx
+
+
+def prepare_point(cfg, spec, device: torch.device) -> Point:
+    b = cfg.bench
+    weights = build_weights(spec, cfg.quant.name, cfg.quant.group_size, device, seed=b.seed, path=cfg.model.path)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(b.seed + 1)
+    cache = KVCache.empty(spec, b.batch, b.ctx + 1, weights.dtype, device)
+    fill_cache(cache, cfg, weights, gen)
+    tokens = torch.randint(0, spec.vocab_size, (b.batch,), generator=gen, device=device)
+    positions = torch.full((b.batch,), b.ctx, dtype=torch.long, device=device)
+    return Point(weights, cache, tokens, positions)
+
+
 def compare(logits: torch.Tensor, ref: torch.Tensor) -> dict:
     logits, ref = logits.float(), ref.float()
     finite = bool(torch.isfinite(logits).all())
@@ -88,20 +111,15 @@ def run_point(cfg: DictConfig) -> list[dict]:
                   f"(pass results.resume=false or a new results.tag to measure again)")
             return []
 
-    max_len = b.ctx + 1
-    check_fits(spec, quant, gs, b.batch, max_len, device)
+    check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
     copy_tbps = measure_copy_bandwidth(device)  # before the weights take the memory it needs
     t0 = time.perf_counter()
-    weights = build_weights(spec, quant, gs, device, seed=b.seed, path=cfg.model.path)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(b.seed + 1)
-    cache = KVCache.empty(spec, b.batch, max_len, weights.dtype, device)
-    fill_cache(cache, cfg, weights, gen)
-    tokens = torch.randint(0, spec.vocab_size, (b.batch,), generator=gen, device=device)
-    positions = torch.full((b.batch,), b.ctx, dtype=torch.long, device=device)
+    pt = prepare_point(cfg, spec, device)
+    weights, cache, tokens, positions = pt.weights, pt.cache, pt.tokens, pt.positions
     ref_logits = None
     if cfg.check:
-        ref_logits = LlamaDecoder(weights, compute_dtype=torch.float32, max_len=max_len).decode(tokens, positions, cache.clone())
+        ref_logits = LlamaDecoder(weights, compute_dtype=torch.float32, max_len=cache.max_len).decode(
+            tokens, positions, cache.clone())
     setup_s = time.perf_counter() - t0
     nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
@@ -168,12 +186,13 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
         out.update(compare(logits, ref_logits))
     b = cfg.bench
     graphs = b.cuda_graphs and cls.graph_safe and device.type == "cuda"
-    with TelemetrySampler(cfg.telemetry.mode, cfg.telemetry.get("interval_ms", 20), device=device) as tel:
-        try:
-            t = time_step(lambda: impl.decode(tokens, positions), device, b.warmup, b.repeats, graphs)
-        except GraphCaptureError as e:
-            out["note"] = f"CUDA graph capture failed, timed without: {e}"[:300]
-            t = time_step(lambda: impl.decode(tokens, positions), device, b.warmup, b.repeats, False)
+    tel = TelemetrySampler(cfg.telemetry.mode, cfg.telemetry.get("interval_ms", 20), device=device)
+    step = lambda: impl.decode(tokens, positions)  # noqa: E731
+    try:
+        t = time_step(step, device, b.warmup, b.repeats, graphs, window=tel)
+    except GraphCaptureError as e:
+        out["note"] = f"CUDA graph capture failed, timed without: {e}"[:300]
+        t = time_step(step, device, b.warmup, b.repeats, False, window=tel)
     out.update(tel.summary())
     out.update(latency_us_median=t.median_us, latency_us_p10=t.p10_us, latency_us_p90=t.p90_us,
                latency_us_mean=t.mean_us, latency_us_std=t.std_us, repeats=t.repeats, timing_method=t.method)

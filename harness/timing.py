@@ -155,7 +155,8 @@ def _copy_times_cpu(src: torch.Tensor, dst: torch.Tensor, repeats: int) -> list[
 # Step timing
 # ----------------------------------------------------------------------------------------------
 
-def time_step(step: Callable[[], Any], device: Any, warmup: int, repeats: int, cuda_graph: bool) -> TimingResult:
+def time_step(step: Callable[[], Any], device: Any, warmup: int, repeats: int, cuda_graph: bool,
+              window: Any = None) -> TimingResult:
     """Times `step()` `repeats` times after `warmup` untimed calls; statistics in microseconds.
 
     CUDA + cuda_graph: warm-up on a side stream, capture ONE call into a CUDA graph on that stream,
@@ -164,41 +165,57 @@ def time_step(step: Callable[[], Any], device: Any, warmup: int, repeats: int, c
     host); the caller may then retry with cuda_graph=False and record the fallback.
     CUDA without graph: one event pair per direct call -> "cuda-events".
     CPU: perf_counter per call -> "cpu-wallclock" (cuda_graph is ignored there).
+    `window`, if given, is started right before the timed calls and stopped right after them (a
+    TelemetrySampler: its summary then covers exactly the measured window, not warm-up or capture).
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
     if warmup < 0:
         raise ValueError(f"warmup={warmup} must be >= 0")
     dev = _as_device(device)
+    window = window if window is not None else _NoWindow()
     if dev.type == "cpu":
-        return _time_cpu(step, warmup, repeats)
+        return _time_cpu(step, warmup, repeats, window)
     with torch.cuda.device(dev):
         if cuda_graph:
-            return _time_cuda_graph(step, dev, warmup, repeats)
-        return _time_cuda_events(step, dev, warmup, repeats)
+            return _time_cuda_graph(step, dev, warmup, repeats, window)
+        return _time_cuda_events(step, dev, warmup, repeats, window)
 
 
-def _time_cpu(step: Callable[[], Any], warmup: int, repeats: int) -> TimingResult:
+class _NoWindow:
+    def start(self):
+        return self
+
+    def stop(self):
+        pass
+
+
+def _time_cpu(step: Callable[[], Any], warmup: int, repeats: int, window: Any) -> TimingResult:
     for _ in range(warmup):
         step()
     samples = []
+    window.start()
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         samples.append((time.perf_counter() - t0) * 1e6)
+    window.stop()
     return TimingResult.from_samples(samples, "cpu-wallclock")
 
 
-def _time_cuda_events(step: Callable[[], Any], dev: torch.device, warmup: int, repeats: int) -> TimingResult:
+def _time_cuda_events(step: Callable[[], Any], dev: torch.device, warmup: int, repeats: int,
+                      window: Any) -> TimingResult:
     for _ in range(warmup):
         step()
     pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
     torch.cuda.synchronize(dev)
+    window.start()
     for start, end in pairs:
         start.record()
         step()
         end.record()
     torch.cuda.synchronize(dev)
+    window.stop()
     return TimingResult.from_samples(_elapsed_us(pairs), "cuda-events")
 
 
@@ -235,18 +252,21 @@ def capture_graph(step: Callable[[], Any], dev: torch.device, warmup: int) -> to
     return graph
 
 
-def _time_cuda_graph(step: Callable[[], Any], dev: torch.device, warmup: int, repeats: int) -> TimingResult:
+def _time_cuda_graph(step: Callable[[], Any], dev: torch.device, warmup: int, repeats: int,
+                     window: Any) -> TimingResult:
     graph = capture_graph(step, dev, warmup)
     try:
         for _ in range(max(warmup, 1)):
             graph.replay()
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
         torch.cuda.synchronize(dev)
+        window.start()
         for start, end in pairs:
             start.record()
             graph.replay()
             end.record()
         torch.cuda.synchronize(dev)
+        window.stop()
         return TimingResult.from_samples(_elapsed_us(pairs), "cuda-graph")
     finally:
         del graph

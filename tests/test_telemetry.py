@@ -231,7 +231,8 @@ def test_failing_fields_become_none_not_errors():
 def test_real_nvml_on_gpu():
     pytest.importorskip("pynvml")
     dev = torch.device("cuda")
-    src = torch.randint(1, 256, (1 << 30,), dtype=torch.uint8, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)  # not the default one: another test aborts a graph capture
+    src = torch.randint(1, 256, (1 << 30,), dtype=torch.uint8, device=dev, generator=gen)
     dst = torch.empty_like(src)
     with TelemetrySampler("nvml", interval_ms=20, device=dev) as tel:
         t_end = time.perf_counter() + 1.0
