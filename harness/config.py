@@ -93,6 +93,11 @@ class ResultsConfig:
 
 
 @dataclass
+class LaunchConfig:
+    pin_gpu: str = "auto"  # auto (pin one GPU per job under the joblib launcher) | true | false (harness.launch)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     quant: QuantConfig = MISSING
@@ -104,6 +109,7 @@ class RunConfig:
     baseline: str = "torch-eager"  # speedups are over this impl, measured in the same run
     check: bool = True  # compare every impl's logits with the fp32 reference
     results: ResultsConfig = field(default_factory=ResultsConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def register_configs() -> None:

@@ -8,6 +8,12 @@ interrupted between writing the merged file and deleting its inputs loses and du
 
 Nested row values (dicts, lists: e.g. the resolved config) are stored as JSON strings in a column
 named `<name>_json` (`config` -> `config_json`).
+
+Folders under <root> that are not GPUs (`baselines/`, `figures/`: NON_GPU_DIRS) are never read as
+result rows. `load` gives every row a `run_id` (the rows of one `run_point` call share it): the
+row's own `run_id` where it has one, otherwise one derived from what the rows of one run share
+(RUN_KEY_FIELDS: host, timestamp, same-process copy bandwidth, resolved config), which survives
+compaction; `load(with_source=True)` adds `source_file`, the file a row was read from.
 """
 from __future__ import annotations
 
@@ -34,6 +40,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Fields that identify a measurement point (what a resumed sweep must not measure again).
 POINT_KEY_FIELDS = ("model", "quant", "group_size", "impl", "fusion", "batch", "ctx", "tag", "gpu_name", "extra")
 POINT_KEY_LEN = 16  # hex chars of sha256: 64 bits, ample for a sweep's points
+
+# What the rows of one run_point call share and no two runs do (the copy bandwidth is measured
+# afresh in every run): the fields a missing `run_id` is derived from.
+RUN_KEY_FIELDS = ("hostname", "timestamp_utc", "copy_tbps", "config_json", "git_sha")
+
+# Folders under a results root that hold no result rows.
+NON_GPU_DIRS = frozenset({"baselines", "figures"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,6 +167,15 @@ def point_key(d: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:POINT_KEY_LEN]
 
 
+def run_key(d: dict) -> Optional[str]:
+    """Short hash of a row's RUN_KEY_FIELDS (the run it belongs to); None if it has none of them."""
+    ident = [[f, _norm(d.get(f))] for f in RUN_KEY_FIELDS]
+    if all(v is None for _, v in ident):
+        return None
+    blob = json.dumps(ident, separators=(",", ":"), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:POINT_KEY_LEN]
+
+
 # ----------------------------------------------------------------------------------------------
 # Store
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +253,8 @@ class ResultsStore:
             return [self.root / gpu_slug(gpu)]
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.name not in NON_GPU_DIRS)
 
     def files(self, gpu: Optional[str] = None) -> list[Path]:
         """Result files (all GPUs, or one GPU by name or slug), oldest first."""
@@ -255,26 +278,39 @@ class ResultsStore:
             raise ValueError(f"append() got rows from several GPUs {sorted(slugs)}; append each GPU's rows separately")
         return _write_atomic(_prepare_frame(rows), self.root / slugs.pop())
 
-    def _read(self, files: list[Path]) -> pd.DataFrame:
-        frames = [pd.read_parquet(f) for f in files]
+    def _read(self, files: list[Path], source: bool = False) -> pd.DataFrame:
+        """The rows of `files`; with source=True, a `source_file` column (path relative to root)."""
+        frames = []
+        for f in files:
+            df = pd.read_parquet(f)
+            if source and len(df):
+                df["source_file"] = f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else str(f)
+            frames.append(df)
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True, sort=False)
 
-    def load(self, gpu: Optional[str] = None) -> pd.DataFrame:
-        """All rows (of every GPU, or of one GPU by name or slug); empty DataFrame if none."""
+    def load(self, gpu: Optional[str] = None, *, with_source: bool = False) -> pd.DataFrame:
+        """All rows (of every GPU, or of one GPU by name or slug); empty DataFrame if none.
+
+        Every row gets a `run_id` (see the module docstring); with_source=True adds `source_file`.
+        """
         for _ in range(5):
             try:
-                df = self._read(self.files(gpu))
+                df = self._read(self.files(gpu), source=True)
                 break
             except FileNotFoundError:  # a concurrent compact() removed a file we listed: list again
                 continue
         else:
-            df = self._read(self.files(gpu))
+            df = self._read(self.files(gpu), source=True)
         if "row_id" in df.columns:
             dup = df["row_id"].notna() & df["row_id"].duplicated()
             df = df[~dup].reset_index(drop=True)
+        if len(df):
+            df = _with_run_id(df)
+            if not with_source:
+                df = df.drop(columns="source_file")
         return df
 
     def done_keys(self, gpu: Optional[str] = None) -> set[str]:
@@ -310,6 +346,25 @@ class ResultsStore:
             return merged
 
 
+def _with_run_id(df: pd.DataFrame) -> pd.DataFrame:
+    """Fills `run_id` where missing: from RUN_KEY_FIELDS, or (rows without any) from `source_file`."""
+    df = df.copy()
+    given = df["run_id"].astype(object) if "run_id" in df.columns else pd.Series([None] * len(df), index=df.index)
+    present = [f for f in RUN_KEY_FIELDS if f in df.columns]
+    derived = [run_key(r) for r in df[present].to_dict("records")] if present else [None] * len(df)
+    sources = df["source_file"].tolist() if "source_file" in df.columns else [None] * len(df)
+    out = []
+    for g, d, src in zip(given.tolist(), derived, sources):
+        if g is not None and not (isinstance(g, float) and math.isnan(g)) and g != "":
+            out.append(str(g))
+        elif d is not None:
+            out.append(d)
+        else:
+            out.append("file:" + str(src))
+    df["run_id"] = out
+    return df
+
+
 @contextlib.contextmanager
 def _folder_lock(folder: Path):
     """Exclusive advisory lock on <folder>/.lock (so two compactions never interleave)."""
@@ -326,9 +381,10 @@ def _folder_lock(folder: Path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def load_results(root: str | os.PathLike = "results", gpu: Optional[str] = None) -> pd.DataFrame:
+def load_results(root: str | os.PathLike = "results", gpu: Optional[str] = None, *,
+                 with_source: bool = False) -> pd.DataFrame:
     """All result rows under `root` (optionally one GPU's); empty DataFrame if none."""
-    return ResultsStore(root).load(gpu)
+    return ResultsStore(root).load(gpu, with_source=with_source)
 
 
 def decode_json(df: pd.DataFrame, column: str = "config_json") -> pd.Series:
@@ -337,6 +393,6 @@ def decode_json(df: pd.DataFrame, column: str = "config_json") -> pd.Series:
 
 
 __all__ = [
-    "POINT_KEY_FIELDS", "ResultsStore", "decode_json", "env_info", "git_sha", "gpu_slug",
-    "load_results", "point_key",
+    "NON_GPU_DIRS", "POINT_KEY_FIELDS", "RUN_KEY_FIELDS", "ResultsStore", "decode_json", "env_info", "git_sha",
+    "gpu_slug", "load_results", "point_key", "run_key",
 ]

@@ -6,6 +6,7 @@ import gc
 import json
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Optional
 
@@ -100,6 +101,7 @@ def run_point(cfg: DictConfig) -> list[dict]:
     b, quant, gs = cfg.bench, cfg.quant.name, cfg.quant.group_size
     store = ResultsStore(cfg.results.dir)
     env = env_info(device)
+    env["run_id"] = uuid.uuid4().hex  # the rows of this run_point call (same-run ratios)
     names = impl_names(cfg)
     point = dict(model=spec.name, quant=quant, group_size=gs if quant == "int4" else 0, batch=b.batch, ctx=b.ctx,
                  tag=cfg.results.tag, gpu_name=env["gpu_name"])

@@ -1,0 +1,50 @@
+"""megakernel: the whole decode step as ONE persistent Triton kernel walking per-SM instruction queues
+(kernels/mega/), cut into launches by `fusion` (model | layer | block | op), with the queue policy
+`megakernel.schedule` and `megakernel.programs_per_sm` programs per SM. Uses the shared KV cache in place."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from harness.impls.base import DecodeImpl, ImplContext, register
+
+
+@register("megakernel")
+class MegakernelImpl(DecodeImpl):
+    fusion = "model"  # the runner records cfg.fusion for this impl
+    graph_safe = True
+
+    @classmethod
+    def unsupported(cls, ctx: ImplContext) -> Optional[str]:
+        from kernels.mega.lower import check_config
+
+        why = check_config(ctx.spec, ctx.weights.quant, ctx.weights.group_size, ctx.batch)
+        if why:
+            return f"megakernel: {why}"
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        if ctx.device.type == "cpu" and not interpret:
+            return "megakernel on the CPU needs TRITON_INTERPRET=1 set before kernels are imported"
+        if ctx.device.type == "cuda" and interpret:
+            return "TRITON_INTERPRET=1 runs Triton on the CPU; unset it to run the megakernel on CUDA"
+        return None
+
+    def __init__(self, ctx: ImplContext):
+        super().__init__(ctx)
+        from kernels.mega.runtime import Megakernel as Runtime
+
+        mk = ctx.cfg.megakernel
+        self.mk = Runtime(ctx.weights, ctx.cache, fusion=ctx.cfg.fusion, policy=mk.schedule,
+                          programs_per_sm=mk.programs_per_sm)
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """No host sync (CUDA-graph capturable); returns the runtime's persistent logits buffer [B, V] fp32."""
+        return self.mk.decode(tokens, positions)
+
+    def check(self) -> None:
+        """Synchronises and raises kernels.mega.runtime.MegakernelError if a launch timed out on a wait."""
+        self.mk.check()
+
+    def info(self) -> dict:
+        return self.mk.info()

@@ -1,0 +1,404 @@
+"""Low-batch GEMV over quantized weights: y = rmsnorm?(x) @ W.T (+ residual), fp32 accumulation.
+
+Weights (`harness.quant.QLinear`, W: [N, K]) are streamed exactly once and dequantised in registers:
+dense (bf16/fp16), int8 per output channel (W = q * s[n]), int4 group-wise (W = (q - 8) * s + z).
+Each program owns BLOCK_N output rows and walks all of K, so it sees all of x and can fuse the
+RMSNorm of x as a prologue: the sum of squares is accumulated from the same x loads, and the
+1/rms factor (constant per batch row) is applied to the accumulator at the end.
+
+Two inner products, one constexpr switch (USE_DOT):
+- FMA: acc[B_PAD, BLOCK_N, BLOCK_K] += x * w element-wise in fp32, reduced over K once at the end.
+  The default for batch 1-3, and always in the interpreter (tests ask for the dot path explicitly).
+- tl.dot: tensor cores, operands in the activation dtype on the GPU (fp32 in the interpreter, where
+  bf16 dot is wrong), batch padded to 16 rows (the smallest tl.dot tile). Default for batch >= 4 on the GPU.
+Weight tiles are [BLOCK_N, BLOCK_K] row-major slices: 16-byte vector loads along K (int4: 64 bytes per
+group of 128), every weight byte read once per launch.
+
+Known gaps (H100, 2026-11-22, kernels.bench_ops): on the dot path the fused RMSNorm prologue is slow
+(llama8b wqkv batch 16: 59 us fused vs ~29 us plain; on the FMA path it is free: 29.9 vs 28.5 us at
+batch 1); int4 dequantisation is compute-bound at 550-850 GB/s (still 1.4-2x faster than cuBLAS on the
+bf16 weight).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from harness.quant import QLinear
+from kernels import check_act, dot_operand_dtype, interpreting, sm_count
+from kernels.elementwise import silu
+
+KIND_CODES = {"dense": 0, "int8": 1, "int4": 2}  # constexpr KIND of the kernels
+# Block sizes from sweeps on an H100 80GB (kernels.bench_ops.sweep_gemv: llama1b wo 2048x2048, llama8b wqkv
+# 6144x4096, bf16 / int8 / int4 g128, batch 1 / 4 / 16, L2 flushed, 2026-11-22); the numbers quoted are from them.
+_DOT_MIN_BATCH = 4  # tensor cores from batch 4 (int8 8b wqkv B4: 19.5 us with dot, >= 22 us best FMA tile)
+_DOT_MIN_ROWS = 16  # smallest M/N/K of a tl.dot tile
+_FMA_TILE_ELEMS = 8192  # B_PAD x BLOCK_N x BLOCK_K fp32 partial products: 64 registers/thread at 4 warps
+_FMA_BLOCK_N = 8  # batch 1: 8 rows x 1024 columns, 4 warps (bf16 8b wqkv 28.4 us = 1.78 TB/s; cuBLAS 29.8 us)
+_FMA_BLOCK_N_INT4 = 4  # int4 batch 1-2: 4 x 1024 (8b wqkv 19.3 vs 20.8 us at 8 rows; 1b w_down 16.1 vs 18.0)
+_FMA_BLOCK_K_MAX = 1024
+_DOT_BLOCK_N = 32  # x is re-read by every program: wide tiles keep those L2 reads under the weight bytes,
+_DOT_BLOCK_N_WIDE = 64  # ...and 64 rows once that still leaves a program per SM (lm_head, 8b gate/up)
+_DOT_BLOCK_K = 512
+_NUM_WARPS = 4  # 4 warps won most cells; 8 won llama1b bf16 batch 1 by ~10% and lost int8/int4 batch 1 by 20-30%
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile helpers (reused by lm_head.py and the megakernel)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, cols, col_mask, HAS_NORM: tl.constexpr):
+    """x[rows, cols] as fp32 [B_PAD, BK] (times norm weight[cols] when HAS_NORM), and x^2 (raw)."""
+    mask = (rows[:, None] < B) & col_mask[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_xb + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    sq = x * x
+    if HAS_NORM:
+        nw = tl.load(nw_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        x = x * nw[None, :]
+    return x, sq
+
+
+@triton.jit
+def dot_acc(a, b, acc):
+    """acc + a @ b with fp32 accumulation; fp32 operands multiply exactly ('ieee', not tf32)."""
+    if a.dtype == tl.float32:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def multiply_accumulate(acc, x, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """acc += x @ w.T. x: [B_PAD, BK] fp32, w: [BN, BK]; acc: [B_PAD, BN] (dot) or [B_PAD, BN, BK] (FMA)."""
+    if USE_DOT:
+        acc = dot_acc(x.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), acc)
+    else:
+        acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
+    return acc
+
+
+@triton.jit
+def sumsq_init(B_PAD: tl.constexpr, BLOCK_K: tl.constexpr, PER_STEP: tl.constexpr):
+    """Accumulator of sum(x^2) per batch row for the fused RMSNorm: [B_PAD] reduced every step (PER_STEP: the
+    dot path, which keeps registers for its operands), else element-wise [B_PAD, BLOCK_K], reduced once."""
+    if PER_STEP:
+        ssq = tl.zeros([B_PAD], dtype=tl.float32)
+    else:
+        ssq = tl.zeros([B_PAD, BLOCK_K], dtype=tl.float32)
+    return ssq
+
+
+@triton.jit
+def accumulate_sumsq(ssq, sq, PER_STEP: tl.constexpr):
+    """ssq += x^2 of one step (sq: [B_PAD, BLOCK_K])."""
+    if PER_STEP:
+        ssq += tl.sum(sq, axis=1)
+    else:
+        ssq += sq
+    return ssq
+
+
+@triton.jit
+def sumsq_total(ssq, PER_STEP: tl.constexpr):
+    """sum(x^2) per batch row: [B_PAD]."""
+    if not PER_STEP:
+        ssq = tl.sum(ssq, axis=1)
+    return ssq
+
+
+@triton.jit
+def nibble_minus_8(q):
+    """q - 8 as fp32 for integers q in [0, 16), without an int-to-float conversion instruction: the bits
+    0x4B000000 | q are the float 2^23 + q exactly, so one OR and one subtraction give q - 8."""
+    return (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
+
+
+@triton.jit
+def int4_dequant_halves(w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, offs_n, n_mask, g0, n_groups,
+                        HALF_G: tl.constexpr, HALF_G_PAD: tl.constexpr, GROUPS_PER_STEP: tl.constexpr):
+    """Groups g0 .. g0 + GROUPS_PER_STEP - 1 of rows offs_n -> (w_even, w_odd): [BN, GROUPS_PER_STEP, HALF_G_PAD]
+    fp32, the weights of input columns g * GROUP + 2j (low nibbles) and g * GROUP + 2j + 1 (high nibbles).
+    Padded bytes (j >= HALF_G) and groups past n_groups are masked; their junk weights meet x = 0."""
+    g = g0 + tl.arange(0, GROUPS_PER_STEP)
+    j = tl.arange(0, HALF_G_PAD)
+    g_mask = g < n_groups
+    mask3 = n_mask[:, None, None] & g_mask[None, :, None] & (j < HALF_G)[None, None, :]
+    # packed: [BN, GROUPS_PER_STEP, HALF_G_PAD] uint8, HALF_G contiguous bytes per group (16-byte vectors)
+    packed = tl.load(w_ptr + offs_n[:, None, None] * stride_wn + (g * HALF_G)[None, :, None] + j[None, None, :],
+                     mask=mask3, other=0)
+    mask2 = n_mask[:, None] & g_mask[None, :]
+    sz_offs = offs_n[:, None] * stride_sn + g[None, :]  # scale, zero: [BN, GROUPS_PER_STEP]
+    s = tl.load(s_ptr + sz_offs, mask=mask2, other=0.0).to(tl.float32)[:, :, None]
+    z = tl.load(z_ptr + sz_offs, mask=mask2, other=0.0).to(tl.float32)[:, :, None]
+    w_even = nibble_minus_8(packed & 0xF) * s + z
+    w_odd = nibble_minus_8(packed >> 4) * s + z
+    return w_even, w_odd
+
+
+@triton.jit
+def int4_group_columns(g0, n_groups, K, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                       GROUPS_PER_STEP: tl.constexpr):
+    """Input columns [GROUPS_PER_STEP * GROUP_PAD] of groups g0.. (each padded to GROUP_PAD) and their mask."""
+    c = tl.arange(0, GROUPS_PER_STEP * GROUP_PAD)
+    if GROUP == GROUP_PAD:  # whole groups are contiguous columns
+        cols = g0 * GROUP + c
+        col_mask = cols < K
+    else:
+        cols = (g0 + c // GROUP_PAD) * GROUP + c % GROUP_PAD
+        col_mask = (g0 + c // GROUP_PAD < n_groups) & (c % GROUP_PAD < GROUP)
+    return cols, col_mask
+
+
+@triton.jit
+def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM: tl.constexpr,
+                B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
+                DOT_DTYPE: tl.constexpr):
+    """Dense or int8 (q only; the caller applies the scale): (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD])."""
+    rows = tl.arange(0, B_PAD)
+    cols = tl.arange(0, BLOCK_K)
+    if USE_DOT:
+        acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
+    else:  # element-wise partial products, reduced over K once after the loop
+        acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    ssq = sumsq_init(B_PAD, BLOCK_K, USE_DOT)  # x^2 sums for the fused RMSNorm
+    for k0 in range(0, K, BLOCK_K):
+        col_mask = k0 + cols < K
+        # w: [BLOCK_N, BLOCK_K], 16-byte vectors along K
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 + cols)[None, :],
+                    mask=n_mask[:, None] & col_mask[None, :], other=0)
+        x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
+        acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
+        if HAS_NORM:
+            ssq = accumulate_sumsq(ssq, sq, USE_DOT)
+    if not USE_DOT:
+        acc = tl.sum(acc, axis=2)
+    return acc, sumsq_total(ssq, USE_DOT)
+
+
+@triton.jit
+def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n, n_mask,
+               GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """int4 group-wise: (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]). The nibble halves are interleaved
+    back into column order in registers, so x is read contiguously. (Keeping the halves apart and splitting x
+    instead measured the same at batch 1 and up to 2.5x slower at batch 2 on an H100.)"""
+    GROUP_PAD: tl.constexpr = BLOCK_K // GROUPS_PER_STEP  # GROUP rounded up to a power of two
+    n_groups = K // GROUP
+    rows = tl.arange(0, B_PAD)
+    if USE_DOT:
+        acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
+    else:  # element-wise partial products, reduced over K once after the loop
+        acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    ssq = sumsq_init(B_PAD, BLOCK_K, USE_DOT)  # x^2 sums for the fused RMSNorm
+    for g0 in range(0, n_groups, GROUPS_PER_STEP):
+        w_even, w_odd = int4_dequant_halves(w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, offs_n, n_mask, g0, n_groups,
+                                            GROUP // 2, GROUP_PAD // 2, GROUPS_PER_STEP)
+        w = tl.reshape(tl.interleave(w_even, w_odd), [BLOCK_N, BLOCK_K])  # [BN, BLOCK_K] in column order
+        cols, col_mask = int4_group_columns(g0, n_groups, K, GROUP, GROUP_PAD, GROUPS_PER_STEP)
+        x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, cols, col_mask, HAS_NORM)
+        acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
+        if HAS_NORM:
+            ssq = accumulate_sumsq(ssq, sq, USE_DOT)
+    if not USE_DOT:
+        acc = tl.sum(acc, axis=2)
+    return acc, sumsq_total(ssq, USE_DOT)
+
+
+@triton.jit
+def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
+              KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+              USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """rmsnorm?(x) @ W[n_start : n_start + BLOCK_N].T -> [B_PAD, BLOCK_N] fp32 (rows >= B and cols >= N: junk).
+
+    x: [B, K] (row stride stride_xb); W: [N, K] as KIND (0 dense, 1 int8, 2 int4 with group GROUP).
+    BLOCK_K: input columns per step (int4: GROUPS_PER_STEP whole groups, each padded to a power of two)."""
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    if KIND == 2:
+        out, sumsq = _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n,
+                                n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+    else:
+        out, sumsq = _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM,
+                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE)
+    if KIND == 1:  # int8: W = q * s[n], so the per-channel scale factors out of the sum
+        s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        out = out * s[None, :]
+    if HAS_NORM:  # rmsnorm(x) @ W.T = (1 / rms(x)) * ((x * norm_w) @ W.T), per batch row
+        out = out * tl.rsqrt(sumsq / K + eps)[:, None]
+    return out
+
+
+@triton.jit
+def load_rows_tile(ptr, stride_b, rows, offs_n, B, N):
+    """ptr[rows, offs_n] as fp32 [B_PAD, BLOCK_N] (0 outside [B, N])."""
+    mask = (rows[:, None] < B) & (offs_n[None, :] < N)
+    return tl.load(ptr + rows[:, None] * stride_b + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_rows_tile(ptr, stride_b, val, rows, offs_n, B, N):
+    """ptr[rows, offs_n] = val (cast to ptr's dtype), masked to [B, N]."""
+    mask = (rows[:, None] < B) & (offs_n[None, :] < N)
+    tl.store(ptr + rows[:, None] * stride_b + offs_n[None, :], val.to(ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, nw_ptr, res_ptr, y_ptr, B, N, K,
+                 stride_xb, stride_wn, stride_sn, stride_rb, stride_yb, eps,
+                 KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                 B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+                 USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    # grid: (cdiv(N, BLOCK_N),). x: [B, K], W: [N, K], residual: [B, N], y: [B, N]
+    n_start = tl.program_id(0) * BLOCK_N
+    acc = gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
+                    KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+    rows = tl.arange(0, B_PAD)
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    if HAS_RESIDUAL:
+        acc += load_rows_tile(res_ptr, stride_rb, rows, offs_n, B, N)
+    store_rows_tile(y_ptr, stride_yb, acc, rows, offs_n, B, N)
+
+
+@triton.jit
+def _gemv_silu_mul_kernel(x_ptr, wg_ptr, sg_ptr, zg_ptr, wu_ptr, su_ptr, zu_ptr, nw_ptr, y_ptr, B, N, K,
+                          stride_xb, stride_wn, stride_sn, stride_yb, eps,
+                          KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+                          USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    # grid: (cdiv(F, BLOCK_N),). x: [B, K], W_gate, W_up: [F, K] (same layout), y: [B, F]
+    n_start = tl.program_id(0) * BLOCK_N
+    gate = gemv_tile(x_ptr, stride_xb, B, K, wg_ptr, stride_wn, sg_ptr, zg_ptr, stride_sn, nw_ptr, eps, n_start, N,
+                     KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+    up = gemv_tile(x_ptr, stride_xb, B, K, wu_ptr, stride_wn, su_ptr, zu_ptr, stride_sn, nw_ptr, eps, n_start, N,
+                   KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+    store_rows_tile(y_ptr, stride_yb, silu(gate) * up, tl.arange(0, B_PAD), n_start + tl.arange(0, BLOCK_N), B, N)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GemvConfig:
+    """Block sizes of one GEMV launch (constexprs of gemv_tile plus launch options)."""
+
+    b_pad: int
+    block_n: int
+    block_k: int  # input columns per step (int4: groups_per_step groups, each padded to a power of two)
+    groups_per_step: int  # int4 only (1 otherwise)
+    use_dot: bool
+    num_warps: int
+
+
+def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, block_n: Optional[int] = None,
+                block_k: Optional[int] = None, num_warps: Optional[int] = None) -> GemvConfig:
+    """Block sizes for x: [B, K] @ W.T. `block_k` counts input columns per step (int4: rounded to whole groups)."""
+    b_sz, k = x.shape
+    if use_dot is None:
+        use_dot = (not interpreting()) and b_sz >= _DOT_MIN_BATCH and x.dtype in (torch.float16, torch.bfloat16)
+    if w.kind == "int4" and w.group_size & (w.group_size - 1):
+        use_dot = False  # int4 groups that are not a power of two: FMA only (the dot path failed on an H100, g=6)
+    b_pad = triton.next_power_of_2(b_sz)
+    if use_dot:
+        b_pad = max(b_pad, _DOT_MIN_ROWS)
+        wide = triton.cdiv(w.out_features, _DOT_BLOCK_N_WIDE) >= sm_count(x.device)
+        block_n = block_n or (_DOT_BLOCK_N_WIDE if wide else _DOT_BLOCK_N)
+        block_k = block_k or _DOT_BLOCK_K
+    else:
+        block_n = block_n or (_FMA_BLOCK_N_INT4 if w.kind == "int4" else _FMA_BLOCK_N)
+        block_k = block_k or max(64, min(_FMA_BLOCK_K_MAX, _FMA_TILE_ELEMS // (b_pad * block_n)))
+    block_k = min(block_k, triton.next_power_of_2(k))
+    groups_per_step = 1
+    if w.kind == "int4":
+        group_pad = triton.next_power_of_2(w.group_size)
+        n_groups = k // w.group_size
+        groups_per_step = min(triton.next_power_of_2(n_groups), max(1, block_k // group_pad))
+        groups_per_step = triton.next_power_of_2(groups_per_step + 1) // 2  # round down to a power of two
+        block_k = groups_per_step * group_pad
+    if use_dot:
+        block_n, block_k = max(block_n, _DOT_MIN_ROWS), max(block_k, _DOT_MIN_ROWS)
+    return GemvConfig(b_pad, block_n, block_k, groups_per_step, use_dot, num_warps or _NUM_WARPS)
+
+
+def _check_linear(x: torch.Tensor, w: QLinear, name: str) -> None:
+    check_act(x, f"{name} input x")
+    if x.dim() != 2 or x.shape[1] != w.in_features:
+        raise ValueError(f"{name}: x must be [B, {w.in_features}] for this weight; got {tuple(x.shape)}")
+    if w.kind not in KIND_CODES:
+        raise ValueError(f"{name}: weight kind {w.kind!r} is not one of {list(KIND_CODES)}")
+    if not w.weight.is_contiguous():
+        raise ValueError(f"{name}: the weight must be contiguous (QLinear layouts are row-major)")
+
+
+def _weight_args(w: QLinear):
+    """(weight, scale, zero, scale row stride) with the weight standing in for absent tensors."""
+    s = w.scale if w.scale is not None else w.weight
+    z = w.zero if w.zero is not None else w.weight
+    stride_sn = w.scale.stride(0) if w.kind == "int4" else 1
+    return w.weight, s, z, stride_sn
+
+
+def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
+         norm_weight: Optional[torch.Tensor] = None, eps: float = 1e-5, *, out: Optional[torch.Tensor] = None,
+         use_dot: Optional[bool] = None, block_n: Optional[int] = None, block_k: Optional[int] = None,
+         num_warps: Optional[int] = None) -> torch.Tensor:
+    """x: [B, K] -> y: [B, N] = rmsnorm?(x) @ W.T (+ residual) in x.dtype (or out's dtype), fp32 accumulation.
+
+    norm_weight: [K] fuses y = rmsnorm(x, norm_weight, eps) @ W.T. residual: [B, N] is added in fp32.
+    use_dot / block_n / block_k / num_warps override the launcher's choice (tests, tuning)."""
+    _check_linear(x, w, "gemv")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    b_sz, k = x.shape
+    n = w.out_features
+    if residual is not None and residual.shape != (b_sz, n):
+        raise ValueError(f"gemv: residual must be [B, N] = {(b_sz, n)}; got {tuple(residual.shape)}")
+    y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
+    cfg = pick_config(x, w, use_dot=use_dot, block_n=block_n, block_k=block_k, num_warps=num_warps)
+    weight, s, z, stride_sn = _weight_args(w)
+    res = residual if residual is not None else y
+    nw = norm_weight if norm_weight is not None else x
+    grid = (triton.cdiv(n, cfg.block_n),)
+    _gemv_kernel[grid](x, weight, s, z, nw, res, y, b_sz, n, k,
+                       x.stride(0), weight.stride(0), stride_sn, res.stride(0), y.stride(0), eps,
+                       KIND=KIND_CODES[w.kind], GROUP=max(w.group_size, 2), HAS_NORM=norm_weight is not None,
+                       HAS_RESIDUAL=residual is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
+                       BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
+                       DOT_DTYPE=dot_operand_dtype(x.dtype), num_warps=cfg.num_warps)
+    return y
+
+
+def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: Optional[torch.Tensor] = None,
+                  eps: float = 1e-5, *, out: Optional[torch.Tensor] = None, use_dot: Optional[bool] = None,
+                  block_n: Optional[int] = None, block_k: Optional[int] = None) -> torch.Tensor:
+    """x: [B, K] -> silu(rmsnorm?(x) @ Wg.T) * (rmsnorm?(x) @ Wu.T): [B, F] in x.dtype.
+    One program reads the same BLOCK_N rows of both weights (same kind, shape and group size)."""
+    _check_linear(x, w_gate, "gemv_silu_mul")
+    _check_linear(x, w_up, "gemv_silu_mul")
+    if (w_gate.kind, w_gate.out_features, w_gate.group_size) != (w_up.kind, w_up.out_features, w_up.group_size):
+        raise ValueError("gemv_silu_mul: w_gate and w_up must share kind, shape and group size")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    b_sz, k = x.shape
+    n = w_gate.out_features
+    y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
+    cfg = pick_config(x, w_gate, use_dot=use_dot, block_n=block_n, block_k=block_k)
+    wg, sg, zg, stride_sn = _weight_args(w_gate)
+    wu, su, zu, _ = _weight_args(w_up)
+    nw = norm_weight if norm_weight is not None else x
+    grid = (triton.cdiv(n, cfg.block_n),)
+    _gemv_silu_mul_kernel[grid](x, wg, sg, zg, wu, su, zu, nw, y, b_sz, n, k,
+                                x.stride(0), wg.stride(0), stride_sn, y.stride(0), eps,
+                                KIND=KIND_CODES[w_gate.kind], GROUP=max(w_gate.group_size, 2),
+                                HAS_NORM=norm_weight is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
+                                BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
+                                DOT_DTYPE=dot_operand_dtype(x.dtype), num_warps=cfg.num_warps)
+    return y

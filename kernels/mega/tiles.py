@@ -1,0 +1,86 @@
+"""Device functions of the megakernel that kernels/*.py does not provide.
+
+The per-tile math comes from the per-op kernels (kernels/gemv.gemv_tile, kernels/attention,
+kernels/lm_head, kernels/elementwise); here are the synchronisation helpers, which follow FACTS.md:
+acquire / release atomics at gpu scope with tl.debug_barrier() on both sides, every spin bounded,
+and a bf16 store that rounds to nearest-even also in the Triton interpreter (whose fp32 -> bf16
+cast truncates).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+
+@triton.jit
+def wait_until(counter_ptr, target, error_ptr, spin_limit):
+    """Acquire-spins until *counter_ptr >= target, another program reported an error, or spin_limit
+    polls passed. Returns the last value seen (>= target on success)."""
+    tl.debug_barrier()
+    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    spins = 0
+    failed = 0
+    while (seen < target) & (spins < spin_limit) & (failed == 0):
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        failed = tl.load(error_ptr, volatile=True)
+        spins += 1
+    tl.debug_barrier()
+    return seen
+
+
+@triton.jit
+def release(counter_ptr):
+    """Makes this program's writes visible, then increments the counter (release, gpu scope)."""
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def report_error(error_ptr, code, program, position, instr_id, counter, seen, target, launch, WORDS: tl.constexpr):
+    """Raises the error flag error[0] (other programs' spins watch it and stop) and writes this program's
+    record error[WORDS (1 + program) ...] = [code, program, queue position, instr id, counter, value seen,
+    target, launch] unless it already holds one. The host reports the most upstream record."""
+    tl.atomic_xchg(error_ptr, code, sem="release", scope="gpu")
+    rec = error_ptr + WORDS * (1 + program)
+    old = tl.atomic_cas(rec, 0, code, sem="acq_rel", scope="gpu")
+    if old == 0:
+        tl.store(rec + 1, program)
+        tl.store(rec + 2, position)
+        tl.store(rec + 3, instr_id)
+        tl.store(rec + 4, counter)
+        tl.store(rec + 5, seen)
+        tl.store(rec + 6, target)
+        tl.store(rec + 7, launch)
+
+
+@triton.jit
+def round_for_store(x, dst_ptr):
+    """fp32 x rounded to dst's element type, to nearest-even (the interpreter's own bf16 cast truncates)."""
+    if dst_ptr.dtype.element_ty == tl.bfloat16:
+        u = x.to(tl.uint32, bitcast=True)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        x = u.to(tl.float32, bitcast=True)
+    return x.to(dst_ptr.dtype.element_ty)
+
+
+@triton.jit
+def combine_group(o_part_ptr, lse_ptr, n_splits, GQ: tl.constexpr, G_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                  HD_PAD: tl.constexpr):
+    """kernels/attention.combine_splits for GQ consecutive heads at once. o_part_ptr: [GQ, n_splits, HD_PAD],
+    lse_ptr: [GQ, n_splits] (base-2 log-sum-exp, -inf for empty splits) -> [G_PAD, HD_PAD] fp32."""
+    g = tl.arange(0, G_PAD)
+    sp = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, HD_PAD)
+    g_ok = g < GQ
+    lse = tl.load(lse_ptr + g[:, None] * n_splits + sp[None, :], mask=g_ok[:, None] & (sp < n_splits)[None, :],
+                  other=float("-inf"))
+    m = tl.max(lse, axis=1)
+    m = tl.where(m == float("-inf"), 0.0, m)  # no keys at all: every weight is 0, output 0
+    den = tl.sum(tl.exp2(lse - m[:, None]), axis=1)
+    acc = tl.zeros([G_PAD, HD_PAD], dtype=tl.float32)
+    for s in range(0, n_splits):
+        w = tl.exp2(tl.load(lse_ptr + g * n_splits + s, mask=g_ok, other=float("-inf")) - m)
+        o = tl.load(o_part_ptr + (g * n_splits + s)[:, None] * HD_PAD + d[None, :], mask=g_ok[:, None], other=0.0)
+        acc += o * w[:, None]
+    return acc / tl.where(den > 0.0, den, 1.0)[:, None]

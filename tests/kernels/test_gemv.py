@@ -1,0 +1,111 @@
+"""GEMV kernels (plain, fused RMSNorm prologue, residual epilogue, gate/up + SiLU) vs the fp32 reference,
+for every weight layout, batch 1 and 3, both inner products (FMA and tl.dot), ragged N and K."""
+import pytest
+import torch
+
+from kernel_checks import QUANTS, assert_close, generator, make_linear, nan_full, randn, INTERPRETER_WARNINGS
+from kernels import reference as ref
+from kernels.gemv import gemv, gemv_silu_mul, pick_config
+
+pytestmark = INTERPRETER_WARNINGS
+
+QUANT_IDS = [q[0] for q in QUANTS]
+# (N, K): N not a multiple of any block; K = 96 leaves a ragged K step (dense/int8) or group step (int4 g32).
+SHAPES = [(75, 96), (200, 256)]
+PATHS = {"fma": False, "dot": True}
+
+
+def _cases(shapes):
+    """(quant, N, K) for every quant and every shape whose K its group size divides."""
+    return [pytest.param(q, n, k, id=f"{q[0]}-N{n}-K{k}") for q in QUANTS for n, k in shapes
+            if not q[3] or k % q[3] == 0]
+
+
+def _small_block_k(group_size: int) -> int:
+    """A block_k that forces several K steps at these tiny K (int4: two groups per step)."""
+    return 2 * group_size if group_size else 64
+
+
+@pytest.mark.parametrize("quant,n,k", _cases(SHAPES))
+@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("fusion", ["plain", "norm+residual"])
+def test_gemv(quant, n, k, batch, path, fusion):
+    qid, mode, dtype, group = quant
+    gen = generator(n * k + batch)
+    w = make_linear(n, k, mode, dtype, group, gen)
+    x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
+    residual = randn(batch, n, dtype=dtype, gen=gen) if fusion != "plain" else None
+    norm_w = randn(k, dtype=dtype, gen=gen) if fusion != "plain" else None
+    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
+             use_dot=PATHS[path], block_k=_small_block_k(group))
+    assert y.dtype == dtype
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion}")
+
+
+@pytest.mark.parametrize("quant,n,k", _cases([(75, 256)]))
+@pytest.mark.parametrize("fusion", ["norm", "residual"])
+def test_gemv_default_config(quant, n, k, fusion):
+    """The launcher's own block sizes, one fusion at a time."""
+    qid, mode, dtype, group = quant
+    gen = generator(7 * n + k)
+    w = make_linear(n, k, mode, dtype, group, gen)
+    x = randn(2, k, dtype=dtype, gen=gen)
+    residual = randn(2, n, dtype=dtype, gen=gen) if fusion == "residual" else None
+    norm_w = randn(k, dtype=dtype, gen=gen) if fusion == "norm" else None
+    y = gemv(x, w, residual=residual, norm_weight=norm_w, out=nan_full(2, n, dtype=dtype))
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion}")
+
+
+def test_gemv_fused_norm_equals_norm_then_gemv():
+    """gemv(h, w, norm_weight=g) == rmsnorm(h, g) @ W.T (the prologue is the norm, not an approximation)."""
+    gen = generator(11)
+    dtype = torch.float32
+    w = make_linear(75, 96, "fp16", dtype, 0, gen)
+    h, g = randn(3, 96, dtype=dtype, gen=gen, scale=5.0), randn(96, dtype=dtype, gen=gen)
+    assert_close(gemv(h, w, norm_weight=g), gemv(ref.rmsnorm(h, g, 1e-5), w), dtype, "fused vs unfused")
+
+
+@pytest.mark.parametrize("quant,n,k", _cases([(75, 128)]))
+@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("path", list(PATHS))
+def test_gemv_silu_mul(quant, n, k, batch, path):
+    qid, mode, dtype, group = quant
+    gen = generator(3 * n + k + batch)
+    w_gate = make_linear(n, k, mode, dtype, group, gen)
+    w_up = make_linear(n, k, mode, dtype, group, gen)
+    x = randn(batch, k, dtype=dtype, gen=gen)
+    norm_w = randn(k, dtype=dtype, gen=gen)
+    y = gemv_silu_mul(x, w_gate, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype),
+                      use_dot=PATHS[path], block_k=_small_block_k(group))
+    assert_close(y, ref.gemv_silu_mul(x, w_gate, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul {qid}")
+
+
+def test_pick_config_int4_steps_whole_groups():
+    gen = generator(5)
+    w = make_linear(64, 768, "int4", torch.float16, 128, gen)
+    cfg = pick_config(randn(1, 768, dtype=torch.float16, gen=gen), w, use_dot=False, block_k=512)
+    assert cfg.groups_per_step == 4 and cfg.block_k == 4 * 128  # 4 whole groups of 128 columns
+
+
+def test_gemv_rejects_wrong_input_width():
+    gen = generator(6)
+    w = make_linear(8, 64, "fp16", torch.float16, 0, gen)
+    with pytest.raises(ValueError, match=r"x must be \[B, 64\]"):
+        gemv(randn(1, 32, dtype=torch.float16, gen=gen), w)
+
+
+@pytest.mark.parametrize("group", [6, 16, 48], ids=lambda g: f"g{g}")  # 6, 48: padded groups; 16: tiny groups
+@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("path", list(PATHS))
+def test_gemv_int4_small_or_odd_groups(group, batch, path):
+    """Groups that are not a power of two run on the FMA path even when tl.dot is asked for."""
+    gen = generator(group + batch)
+    n, k, dtype = 75, 96, torch.float16
+    w = make_linear(n, k, "int4", dtype, group, gen)
+    x = randn(batch, k, dtype=dtype, gen=gen)
+    norm_w = randn(k, dtype=dtype, gen=gen)
+    if group & (group - 1):
+        assert not pick_config(x, w, use_dot=PATHS[path]).use_dot
+    y = gemv(x, w, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), use_dot=PATHS[path], block_k=2 * group)
+    assert_close(y, ref.gemv(x, w, None, norm_w, 1e-5), dtype, f"gemv int4 g{group}")

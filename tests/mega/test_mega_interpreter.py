@@ -1,0 +1,143 @@
+"""The persistent interpreter kernel (Triton interpreter on the CPU, ONE program) == the Python VM, on a
+subset covering every quant mode, batch 1 and 4, every fusion granularity and both policies; plus the
+bounded-wait timeout path, the KV-cache append, greedy generation on the device, the impl through the
+harness interface, and the diff tool."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from harness.weights import random_weights
+from kernels import interpreting
+from kernels.mega.diff import first_divergence
+from kernels.mega.instructions import AttnPartial
+from kernels.mega.pyvm import PyVM
+from kernels.mega.runtime import Megakernel, MegakernelError
+from kernels.mega.schedule import build_schedule
+from mega_checks import (GROUP_SIZE, INTERPRETER_WARNINGS, assert_cache_written, assert_logits_close, make_case,
+                         rel_err, spec_of)
+
+pytestmark = [INTERPRETER_WARNINGS,
+              pytest.mark.skipif(not interpreting(), reason="CPU tests through the Triton interpreter (TRITON_INTERPRET=1)")]
+KERNEL_TOL = 1e-4  # interpreter vs VM and vs the fp32 reference: fp32 math on both sides
+
+# (model, quant, batch, fusion, policy): every quant, batch 1 and 4, every fusion, both policies.
+SUBSET = [
+    ("tiny", "fp32", 1, "model", "round-robin"),
+    ("tiny", "fp16", 4, "layer", "cost-balanced"),
+    ("tiny", "bf16", 1, "block", "cost-balanced"),
+    ("tiny", "bf16", 4, "op", "round-robin"),
+    ("tiny", "int8", 4, "model", "cost-balanced"),
+    ("tiny", "int8", 1, "op", "round-robin"),
+    ("tiny", "int4", 1, "layer", "round-robin"),
+    ("tiny", "int4", 4, "block", "cost-balanced"),
+    ("odd", "fp16", 3, "model", "round-robin"),
+]
+
+
+@pytest.mark.parametrize("model,quant,batch,fusion,policy", SUBSET, ids=lambda v: str(v))
+def test_interpreter_matches_vm(model, quant, batch, fusion, policy):
+    case = make_case(model, quant, batch)
+    vm_cache = case.cache.clone()
+    mk = Megakernel(case.w, case.cache, fusion=fusion, policy=policy)
+    assert mk.n_programs == 1
+    out = mk.decode(case.tokens, case.positions)
+    mk.check()
+    vm = PyVM(mk.prog, case.w, vm_cache)
+    vm_out = vm.decode(build_schedule(mk.prog, 1, policy, fusion), case.tokens, case.positions)
+    what = f"interpreter {model} {quant} B{batch} {fusion} {policy}"
+    assert_logits_close(out, vm_out, KERNEL_TOL, what + " vs VM")
+    assert_logits_close(out, case.ref_logits, KERNEL_TOL, what + " vs reference")
+    assert_cache_written(case, case.cache, what)
+    assert mk.state.next_tokens.tolist() == vm.state.next_tokens.tolist()
+    for name in ("h", "attn", "act"):
+        assert rel_err(getattr(mk.state, name), getattr(vm.state, name)) <= KERNEL_TOL, name
+    assert mk.state.counters.eq(0).all() and mk.state.error.eq(0).all()
+
+
+def test_timeout_names_the_instruction_and_counter():
+    """A producer that never releases its counter: the consumer's bounded wait fails, no hang."""
+    case = make_case("tiny", "fp16", 1)
+    mk = Megakernel(case.w, case.cache, spin_limit=50)
+    prog = mk.prog
+    victim = next(i for i, ins in enumerate(prog.instrs) if isinstance(ins, AttnPartial) and ins.layer == 1)
+    producer = prog.dependencies()[victim][-1]  # the last QKV row block of kv head 0, layer 1
+    q = mk.schedule.launches[0]
+    pos = q.programs[0].index(producer)
+    q.queues[0, pos, 6] = -1  # it runs, but bumps nothing
+    mk.decode(case.tokens, case.positions)
+    with pytest.raises(MegakernelError, match=r"instruction #\d+ AttnPartial\(layer=1, kv_head=0, split=0\).*"
+                                              r"counter \d+ \(layer 1, QKV, kv head 0\) for \d+ but saw \d+ after 50"):
+        mk.check()
+    # The error and counters are reset: with the release restored the next step is right again.
+    q.queues[0, pos, 6] = prog.space.index(prog.instrs[producer].bump)
+    out = mk.decode(case.tokens, case.positions)
+    mk.check()
+    assert_logits_close(out, case.ref_logits, KERNEL_TOL, "after a timeout")
+
+
+def test_advance_on_device_matches_vm():
+    """advance: Argmax writes the next token and increments positions in the device buffers."""
+    case = make_case("tiny", "fp32", 2, positions=[11, 4])
+    vm_cache = case.cache.clone()
+    mk = Megakernel(case.w, case.cache)
+    vm = PyVM(mk.prog, case.w, vm_cache)
+    sch = build_schedule(mk.prog, 1, "round-robin", "model")
+    mk.set_inputs(case.tokens, case.positions)
+    vm.state.tokens.copy_(case.tokens)
+    vm.state.positions.copy_(case.positions)
+    for step in range(2):
+        out = mk.launch(advance=True)
+        mk.check()
+        vm_out = vm.run(sch, advance=True)
+        assert_logits_close(out, vm_out, KERNEL_TOL, f"advance step {step}")
+        assert mk.state.tokens.tolist() == vm.state.tokens.tolist() == vm_out.argmax(-1).tolist()
+        assert mk.state.positions.tolist() == (case.positions + step + 1).tolist()
+
+
+def test_impl_through_the_harness_interface():
+    from harness.impls import REGISTRY, ImplContext  # needs Hydra (harness.config)
+
+    case = make_case("tiny", "int8", 2)
+    cfg = SimpleNamespace(fusion="layer", megakernel=SimpleNamespace(programs_per_sm=1, schedule="cost-balanced"))
+    ctx = ImplContext(cfg=cfg, spec=case.w.spec, weights=case.w, cache=case.cache, device=torch.device("cpu"))
+    cls = REGISTRY["megakernel"]
+    assert cls.unsupported(ctx) is None and cls.fusion == "model"
+    impl = cls(ctx)
+    out = impl.decode(case.tokens, case.positions)
+    impl.check()
+    assert out.shape == (2, case.w.spec.vocab_size) and out.dtype == torch.float32
+    assert_logits_close(out, case.ref_logits, KERNEL_TOL, "impl")
+    assert impl.info()["mega_launches"] == case.w.spec.n_layers
+    bad = ImplContext(cfg=cfg, spec=spec_of("odd"), weights=SimpleNamespace(quant="int4", group_size=64),
+                      cache=case.cache, device=torch.device("cpu"))
+    assert "group_size=64 must be even and divide dim=96" in cls.unsupported(bad)
+
+
+def test_diff_tool_finds_the_first_divergent_instruction():
+    case = make_case("tiny", "fp32", 1)
+    corrupt = random_weights(case.w.spec, "fp32", GROUP_SIZE, "cpu", seed=0)
+    corrupt.layers[1].w_down.weight[0] *= -1.0  # row 0 of layer 1's down projection, kernel side only
+    d = first_divergence(case.w, case.cache, case.tokens, case.positions, kernel_weights=corrupt)
+    assert d is not None and d.instr == "DownResidual(layer=1, row_block=0)", str(d)
+    assert "h" in d.mismatches
+
+
+def test_int4_group_size_not_a_power_of_two():
+    """int4 with group 48 (padded to 64 in registers) on a model whose dims 48 divides."""
+    from harness.models import ModelSpec
+    from harness.reference import KVCache, LlamaDecoder
+
+    spec = ModelSpec(name="g48", dim=96, n_layers=2, n_heads=6, n_kv_heads=3, ffn_dim=192, vocab_size=200,
+                     max_seq_len=256, head_dim=16)
+    w = random_weights(spec, "int4", 48, "cpu")
+    cache = KVCache.empty(spec, 2, 30, w.dtype, "cpu")
+    gen = torch.Generator().manual_seed(3)
+    cache.k.normal_(generator=gen)
+    cache.v.normal_(generator=gen)
+    tokens, positions = torch.tensor([1, 2]), torch.tensor([29, 7])
+    ref = LlamaDecoder(w, compute_dtype=torch.float32, max_len=30).decode(tokens, positions, cache.clone())
+    mk = Megakernel(w, cache, policy="cost-balanced")
+    out = mk.decode(tokens, positions)
+    mk.check()
+    assert_logits_close(out, ref, KERNEL_TOL, "int4 g48")
