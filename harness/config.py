@@ -83,6 +83,7 @@ class ImplConfig:
 class MegakernelConfig:
     programs_per_sm: int = 1
     schedule: str = "round-robin"
+    fusions: list[str] = field(default_factory=list)  # non-empty: measure each fusion in the same run
 
 
 @dataclass
@@ -149,6 +150,8 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
 
     _one_of("quant", cfg.quant.name, QUANT_MODES)
     _one_of("fusion", cfg.fusion, FUSIONS)
+    for f in cfg.megakernel.fusions:
+        _one_of("megakernel.fusions entry", f, FUSIONS)
     _one_of("bench.cache_fill", cfg.bench.cache_fill, CACHE_FILLS)
     _one_of("bench.device", cfg.bench.device, DEVICES)
     _one_of("telemetry", cfg.telemetry.mode, TELEMETRY_MODES)

@@ -79,10 +79,16 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def clone(self) -> "KVCache":
         return KVCache(self.k.clone(), self.v.clone())
+
+    def per_layer(self) -> "KVCache":
+        """A copy whose k and v are lists of separate [B, KVH, S_max, hd] tensors, one per layer
+        (gpt-fast's layout): torch.compile then updates each layer's buffer in place, instead of
+        writing back the whole [n_layers, ...] tensor that every layer's view aliases."""
+        return KVCache([t.clone() for t in self.k], [t.clone() for t in self.v])
 
 
 class LlamaDecoder:
@@ -130,8 +136,8 @@ class LlamaDecoder:
             if self.attention is not None and T == 1:
                 o = self.attention(i, q, k, v, pos[:, 0])
             else:
-                cache.k[i][b_idx, :, pos] = k.transpose(1, 2).to(cache.k.dtype)  # [B, T, KVH, hd] at (b, :, pos)
-                cache.v[i][b_idx, :, pos] = v.transpose(1, 2).to(cache.v.dtype)
+                cache.k[i][b_idx, :, pos] = k.transpose(1, 2).to(cache.k[i].dtype)  # [B, T, KVH, hd] at (b, :, pos)
+                cache.v[i][b_idx, :, pos] = v.transpose(1, 2).to(cache.v[i].dtype)
                 keys, vals = cache.k[i].to(self.dtype), cache.v[i].to(self.dtype)
                 o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=1.0 / math.sqrt(hd),
                                                    enable_gqa=True)

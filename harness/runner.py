@@ -102,10 +102,10 @@ def run_point(cfg: DictConfig) -> list[dict]:
     store = ResultsStore(cfg.results.dir)
     env = env_info(device)
     env["run_id"] = uuid.uuid4().hex  # the rows of this run_point call (same-run ratios)
-    names = impl_names(cfg)
+    runs = impl_runs(cfg)  # (impl, fusion) pairs, the baseline first
     point = dict(model=spec.name, quant=quant, group_size=gs if quant == "int4" else 0, batch=b.batch, ctx=b.ctx,
                  tag=cfg.results.tag, gpu_name=env["gpu_name"])
-    keys = {n: point_key({**point, "impl": n, "fusion": _fusion(n, cfg)}) for n in names}
+    keys = {r: point_key({**point, "impl": r[0], "fusion": r[1]}) for r in runs}
     if cfg.results.resume:
         done = store.done_keys()
         if all(k in done for k in keys.values()):
@@ -128,13 +128,14 @@ def run_point(cfg: DictConfig) -> list[dict]:
     act = "fp32" if quant == "fp32" else ("fp16" if quant == "fp16" else "bf16")
 
     rows = []
-    for name in names:
-        row = {**env, **point, "impl": name, "fusion": _fusion(name, cfg), "point_key": keys[name],
+    for name, fusion in runs:
+        row = {**env, **point, "impl": name, "fusion": fusion, "point_key": keys[(name, fusion)],
                "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps, "setup_s": setup_s,
                "status": "ok", "note": "", "config_json": resolved}
         row.update({f"bytes_{k}": v for k, v in nbytes.items() if k != "total"})
         try:
-            row.update(_measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, device))
+            run_cfg = cfg if fusion in ("none", cfg.fusion) else _with_fusion(cfg, fusion)
+            row.update(_measure(name, run_cfg, spec, weights, cache, tokens, positions, ref_logits, device))
         except Unsupported as e:
             row.update(status="unsupported", note=str(e))
         except torch.cuda.OutOfMemoryError as e:
@@ -165,9 +166,23 @@ def run_point(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-def _fusion(name: str, cfg) -> str:
-    cls = REGISTRY.get(name)
-    return cfg.fusion if cls is not None and cls.fusion != "none" else "none"
+def impl_runs(cfg) -> list[tuple[str, str]]:
+    """(impl, fusion) pairs to measure: impls with a launch granularity (the megakernel) once per
+    fusion in `megakernel.fusions` (the same-run ablation) or at `fusion`; others once, as "none"."""
+    runs = []
+    for name in impl_names(cfg):
+        cls = REGISTRY.get(name)
+        if cls is not None and cls.fusion != "none":
+            runs += [(name, f) for f in (list(cfg.megakernel.fusions) or [cfg.fusion])]
+        else:
+            runs.append((name, "none"))
+    return runs
+
+
+def _with_fusion(cfg, fusion: str):
+    c = OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg.copy()
+    c.fusion = fusion
+    return c
 
 
 def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, device) -> dict:

@@ -51,3 +51,18 @@ def test_decode_positions_are_per_sequence(tmp_path):
     both = KVCache(torch.cat([solo[0][0].k, solo[1][0].k], dim=1), torch.cat([solo[0][0].v, solo[1][0].v], dim=1))
     out = ref.decode(torch.tensor([7, 7]), torch.tensor([5, 9]), both)
     torch.testing.assert_close(out, torch.cat([solo[0][1], solo[1][1]]), atol=1e-5, rtol=0)
+
+
+def test_per_layer_cache_gives_the_same_logits():
+    """torch-compile's per-layer cache layout computes exactly what the stacked layout does."""
+    from harness.models import named_spec
+    from harness.weights import random_weights
+
+    spec = named_spec("tiny")
+    ref = LlamaDecoder(random_weights(spec, "fp32", 32, "cpu"), max_len=40)
+    cache = KVCache.empty(spec, 2, 40, torch.float32, "cpu")
+    ref.prefill(torch.randint(0, spec.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1)), cache)
+    split = cache.per_layer()
+    tok, pos = torch.tensor([3, 5]), torch.tensor([20, 20])
+    torch.testing.assert_close(ref.decode(tok, pos, split), ref.decode(tok, pos, cache), atol=0, rtol=0)
+    torch.testing.assert_close(split.k[1], cache.k[1], atol=0, rtol=0)  # both appended at position 20

@@ -28,7 +28,8 @@ class TorchCompile(TorchEager):
         inductor_config.coordinate_descent_tuning = True
         inductor_config.triton.unique_kernel_names = True
         inductor_config.fx_graph_cache = True
-        cache = ctx.cache
+        cache = ctx.cache.per_layer()  # separate per-layer buffers, as gpt-fast keeps them
+        self.cache = cache
         model = self.model
 
         def step(tokens, positions):
