@@ -197,6 +197,7 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
     impl = cls(ctx)
     out = {}
     logits = impl.decode(tokens, positions)
+    impl.check()
     if device.type == "cuda":
         torch.cuda.synchronize()
     if ref_logits is not None:
@@ -210,6 +211,7 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
     except GraphCaptureError as e:
         out["note"] = f"CUDA graph capture failed, timed without: {e}"[:300]
         t = time_step(step, device, b.warmup, b.repeats, False, window=tel)
+    impl.check()
     out.update(tel.summary())
     out.update(latency_us_median=t.median_us, latency_us_p10=t.p10_us, latency_us_p90=t.p90_us,
                latency_us_mean=t.mean_us, latency_us_std=t.std_us, repeats=t.repeats, timing_method=t.method)

@@ -60,6 +60,10 @@ class DecodeImpl:
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raises if the device reported an error in an earlier step (e.g. a bounded wait timed out).
+        Called by the runner after the correctness step and after timing; may synchronise."""
+
     def info(self) -> dict:
         """Extra columns for this impl's result row (e.g. which attention backend ran)."""
         return {}

@@ -62,6 +62,8 @@ class Megakernel:
     def __init__(self, weights: ModelWeights, cache: KVCache, *, fusion: str = "model", policy: str = "round-robin",
                  programs_per_sm: int = 1, n_programs: Optional[int] = None, tiles: Optional[dict] = None,
                  spin_limit: Optional[int] = None):
+        if not isinstance(cache.k, torch.Tensor):
+            raise ValueError("megakernel needs the stacked KV cache [n_layers, B, KVH, S_max, hd], not per-layer buffers")
         self.w, self.cache = weights, cache
         spec, device = weights.spec, weights.device
         self.device = device
