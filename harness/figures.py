@@ -59,6 +59,9 @@ def experiment_grid(name: str, experiments_dir: Path = EXPERIMENTS_DIR) -> dict[
             grid[key] = [int(bench[key])]
     if "fusion" in y:
         grid["fusion"] = [str(y["fusion"])]
+    fusions = (y.get("megakernel") or {}).get("fusions")  # several fusions measured in one run
+    if fusions:
+        grid["fusion"] = [str(f) for f in fusions]
     names = (y.get("impl") or {}).get("names")
     if names and "*" not in names:
         grid["impl"] = [str(n) for n in names]
