@@ -141,3 +141,11 @@ def test_int4_group_size_not_a_power_of_two():
     out = mk.decode(tokens, positions)
     mk.check()
     assert_logits_close(out, ref, KERNEL_TOL, "int4 g48")
+
+
+def test_greedy_generation_matches_the_reference_on_cpu():
+    """Tokens advanced on the device agree with the reference decoder's greedy tokens (fp32, tiny)."""
+    from greedy import explain, greedy_compare
+
+    out = greedy_compare(random_weights(spec_of("tiny"), "fp32", GROUP_SIZE, "cpu", seed=0), prompt_len=6, steps=4)
+    assert out["first_divergence"] is None, explain(out)
