@@ -25,7 +25,7 @@ from harness.weights import ModelWeights, build_weights, check_fits
 
 # Relative logits error (||impl - ref|| / ||ref||, ref = fp32 reference on the same quantized weights)
 # under which an impl counts as correct, by activation dtype.
-REL_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}
+REL_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 CPU_BANNER = ("NOTE: no CUDA device: running on the CPU (Triton kernels through the interpreter). "
               "Latencies and bandwidths printed here are NOT meaningful; they only show the pipeline works.")
@@ -125,7 +125,6 @@ def run_point(cfg: DictConfig) -> list[dict]:
     setup_s = time.perf_counter() - t0
     nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
-    act = "fp32" if quant == "fp32" else ("fp16" if quant == "fp16" else "bf16")
 
     rows = []
     for name, fusion in runs:
@@ -146,7 +145,7 @@ def run_point(cfg: DictConfig) -> list[dict]:
             row["gbps"] = achieved_gbps(nbytes["total"], row["latency_us_median"])
             row["pct_of_copy_bw"] = pct_of_copy_bw(nbytes["total"], row["latency_us_median"], copy_tbps)
             if cfg.check:
-                row["correct"] = bool(row["rel_err"] <= REL_TOL[act])
+                row["correct"] = bool(row["rel_err"] <= REL_TOL[weights.dtype])
                 if not row["correct"]:
                     row["status"] = "wrong"
         else:
@@ -179,8 +178,8 @@ def impl_runs(cfg) -> list[tuple[str, str]]:
     return runs
 
 
-def _with_fusion(cfg, fusion: str):
-    c = OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg.copy()
+def _with_fusion(cfg: DictConfig, fusion: str) -> DictConfig:
+    c = cfg.copy()
     c.fusion = fusion
     return c
 

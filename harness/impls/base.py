@@ -48,10 +48,13 @@ class DecodeImpl:
     name: ClassVar[str] = ""
     fusion: ClassVar[str] = "none"  # launch granularity, for impls that have one (the megakernel)
     graph_safe: ClassVar[bool] = True  # decode() may be captured in a CUDA graph by the timer
+    cuda_only: ClassVar[str] = ""  # non-empty: why this impl cannot run without CUDA
 
     @classmethod
     def unsupported(cls, ctx: ImplContext) -> Optional[str]:
-        """Why this impl cannot run `ctx` here (one sentence), or None."""
+        """Why this impl cannot run `ctx` here (one sentence), or None. Subclasses call super() first."""
+        if cls.cuda_only and ctx.device.type != "cuda":
+            return cls.cuda_only
         return None
 
     def __init__(self, ctx: ImplContext):

@@ -25,14 +25,16 @@ except ImportError:  # the package is an optional extra (pip install .[flash-att
 @register("flash-attn")
 class FlashAttn(TorchEager):
     graph_safe = True
+    cuda_only = "FlashAttention needs CUDA"
 
     @classmethod
     def unsupported(cls, ctx: ImplContext) -> Optional[str]:
-        if ctx.device.type != "cuda":
-            return "FlashAttention needs CUDA"
+        reason = super().unsupported(ctx)
+        if reason:
+            return reason
         if ctx.weights.dtype not in (torch.bfloat16, torch.float16):
             return "FlashAttention needs bf16 or fp16 activations"
-        return super().unsupported(ctx)
+        return None
 
     def __init__(self, ctx: ImplContext):
         super().__init__(ctx)

@@ -3,8 +3,6 @@ weight-only as gpt-fast, int4 through tinygemm) compiled with torch.compile(full
 Inductor's coordinate-descent tuning, then replayed from a CUDA graph by the timer."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from harness.impls.base import ImplContext, register
@@ -14,12 +12,7 @@ from harness.impls.torch_eager import TorchEager
 @register("torch-compile")
 class TorchCompile(TorchEager):
     graph_safe = True
-
-    @classmethod
-    def unsupported(cls, ctx: ImplContext) -> Optional[str]:
-        if ctx.device.type != "cuda":
-            return "torch.compile's reference recipe is CUDA-only here (Inductor on the CPU is not the reference)"
-        return super().unsupported(ctx)
+    cuda_only = "torch.compile's reference recipe is CUDA-only here (Inductor on the CPU is not the reference)"
 
     def __init__(self, ctx: ImplContext):
         super().__init__(ctx)
@@ -29,7 +22,6 @@ class TorchCompile(TorchEager):
         inductor_config.triton.unique_kernel_names = True
         inductor_config.fx_graph_cache = True
         cache = ctx.cache.per_layer()  # separate per-layer buffers, as gpt-fast keeps them
-        self.cache = cache
         model = self.model
 
         def step(tokens, positions):

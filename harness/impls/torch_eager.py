@@ -15,6 +15,9 @@ class TorchEager(DecodeImpl):
     graph_safe = False  # timed as launched op by op from Python; torch-graph is the same step captured
     @classmethod
     def unsupported(cls, ctx: ImplContext) -> Optional[str]:
+        reason = super().unsupported(ctx)
+        if reason:
+            return reason
         if ctx.weights.quant == "int4" and ctx.device.type != "cuda":
             return "int4 through torch needs tinygemm on CUDA"
         return None

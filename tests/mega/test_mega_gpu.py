@@ -16,7 +16,7 @@ from mega_checks import FUSIONS, POLICIES, rel_err, spec_of
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
 GROUP = 128
-# harness.runner.REL_TOL (not imported: the runner needs Hydra, which the GPU machine lacks)
+# harness.runner.REL_TOL by activation dtype name (not imported: the runner needs Hydra)
 REL_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}
 _weights: dict = {}  # one (model, quant) at a time: an 8B model in fp32 takes 32 GB
 
