@@ -155,10 +155,19 @@ def int4_group_columns(g0, n_groups, K, GROUP: tl.constexpr, GROUP_PAD: tl.const
 
 
 @triton.jit
+def load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K):
+    """W[offs_n, cols] as stored: [BLOCK_N, BLOCK_K], 16-byte vectors along K (0 outside [N, K])."""
+    return tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :], mask=n_mask[:, None] & (cols < K)[None, :],
+                   other=0)
+
+
+@triton.jit
 def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM: tl.constexpr,
                 B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                DOT_DTYPE: tl.constexpr):
-    """Dense or int8 (q only; the caller applies the scale): (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD])."""
+                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
+    """Dense or int8 (q only; the caller applies the scale): (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]).
+    PREFETCH: the loads of step k + 1 are issued before step k's arithmetic (register double buffering), so
+    two weight blocks are in flight per program instead of one."""
     rows = tl.arange(0, B_PAD)
     cols = tl.arange(0, BLOCK_K)
     if USE_DOT:
@@ -166,11 +175,15 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
     else:  # element-wise partial products, reduced over K once after the loop
         acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
     ssq = sumsq_init(B_PAD, BLOCK_K, USE_DOT)  # x^2 sums for the fused RMSNorm
+    if PREFETCH:
+        w_next = load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K)
     for k0 in range(0, K, BLOCK_K):
         col_mask = k0 + cols < K
-        # w: [BLOCK_N, BLOCK_K], 16-byte vectors along K
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 + cols)[None, :],
-                    mask=n_mask[:, None] & col_mask[None, :], other=0)
+        if PREFETCH:
+            w = w_next
+            w_next = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + BLOCK_K + cols, K)
+        else:
+            w = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + cols, K)
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
         acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
         if HAS_NORM:
@@ -213,11 +226,12 @@ def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn
 def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
               KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-              USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+              USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
     """rmsnorm?(x) @ W[n_start : n_start + BLOCK_N].T -> [B_PAD, BLOCK_N] fp32 (rows >= B and cols >= N: junk).
 
     x: [B, K] (row stride stride_xb); W: [N, K] as KIND (0 dense, 1 int8, 2 int4 with group GROUP).
-    BLOCK_K: input columns per step (int4: GROUPS_PER_STEP whole groups, each padded to a power of two)."""
+    BLOCK_K: input columns per step (int4: GROUPS_PER_STEP whole groups, each padded to a power of two).
+    PREFETCH: double-buffer the weight loads of dense / int8 weights (see _dense_tile); int4 ignores it."""
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     if KIND == 2:
@@ -225,7 +239,7 @@ def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn,
                                 n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
     else:
         out, sumsq = _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM,
-                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE)
+                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH)
     if KIND == 1:  # int8: W = q * s[n], so the per-channel scale factors out of the sum
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         out = out * s[None, :]
@@ -256,11 +270,11 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, nw_ptr, res_ptr, y_ptr, B, N, K,
                  stride_xb, stride_wn, stride_sn, stride_rb, stride_yb, eps,
                  KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                  B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                 USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                 USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
     # grid: (cdiv(N, BLOCK_N),). x: [B, K], W: [N, K], residual: [B, N], y: [B, N]
     n_start = tl.program_id(0) * BLOCK_N
     acc = gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                    KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+                    KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH)
     rows = tl.arange(0, B_PAD)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     if HAS_RESIDUAL:
@@ -273,13 +287,13 @@ def _gemv_silu_mul_kernel(x_ptr, wg_ptr, sg_ptr, zg_ptr, wu_ptr, su_ptr, zu_ptr,
                           stride_xb, stride_wn, stride_sn, stride_yb, eps,
                           KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                          USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                          USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
     # grid: (cdiv(F, BLOCK_N),). x: [B, K], W_gate, W_up: [F, K] (same layout), y: [B, F]
     n_start = tl.program_id(0) * BLOCK_N
     gate = gemv_tile(x_ptr, stride_xb, B, K, wg_ptr, stride_wn, sg_ptr, zg_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                     KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+                     KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH)
     up = gemv_tile(x_ptr, stride_xb, B, K, wu_ptr, stride_wn, su_ptr, zu_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                   KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+                   KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH)
     store_rows_tile(y_ptr, stride_yb, silu(gate) * up, tl.arange(0, B_PAD), n_start + tl.arange(0, BLOCK_N), B, N)
 
 
@@ -296,10 +310,12 @@ class GemvConfig:
     groups_per_step: int  # int4 only (1 otherwise)
     use_dot: bool
     num_warps: int
+    prefetch: bool = False  # double-buffered weight loads (dense / int8)
 
 
 def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, block_n: Optional[int] = None,
-                block_k: Optional[int] = None, num_warps: Optional[int] = None) -> GemvConfig:
+                block_k: Optional[int] = None, num_warps: Optional[int] = None,
+                prefetch: bool = False) -> GemvConfig:
     """Block sizes for x: [B, K] @ W.T. `block_k` counts input columns per step (int4: rounded to whole groups)."""
     b_sz, k = x.shape
     if use_dot is None:
@@ -325,7 +341,7 @@ def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, 
         block_k = groups_per_step * group_pad
     if use_dot:
         block_n, block_k = max(block_n, _DOT_MIN_ROWS), max(block_k, _DOT_MIN_ROWS)
-    return GemvConfig(b_pad, block_n, block_k, groups_per_step, use_dot, num_warps or _NUM_WARPS)
+    return GemvConfig(b_pad, block_n, block_k, groups_per_step, use_dot, num_warps or _NUM_WARPS, prefetch)
 
 
 def _check_linear(x: torch.Tensor, w: QLinear, name: str) -> None:
@@ -349,11 +365,11 @@ def _weight_args(w: QLinear):
 def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
          norm_weight: Optional[torch.Tensor] = None, eps: float = 1e-5, *, out: Optional[torch.Tensor] = None,
          use_dot: Optional[bool] = None, block_n: Optional[int] = None, block_k: Optional[int] = None,
-         num_warps: Optional[int] = None) -> torch.Tensor:
+         num_warps: Optional[int] = None, prefetch: bool = False) -> torch.Tensor:
     """x: [B, K] -> y: [B, N] = rmsnorm?(x) @ W.T (+ residual) in x.dtype (or out's dtype), fp32 accumulation.
 
     norm_weight: [K] fuses y = rmsnorm(x, norm_weight, eps) @ W.T. residual: [B, N] is added in fp32.
-    use_dot / block_n / block_k / num_warps override the launcher's choice (tests, tuning)."""
+    use_dot / block_n / block_k / num_warps / prefetch override the launcher's choice (tests, tuning)."""
     _check_linear(x, w, "gemv")
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -362,7 +378,8 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     if residual is not None and residual.shape != (b_sz, n):
         raise ValueError(f"gemv: residual must be [B, N] = {(b_sz, n)}; got {tuple(residual.shape)}")
     y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
-    cfg = pick_config(x, w, use_dot=use_dot, block_n=block_n, block_k=block_k, num_warps=num_warps)
+    cfg = pick_config(x, w, use_dot=use_dot, block_n=block_n, block_k=block_k, num_warps=num_warps,
+                      prefetch=prefetch)
     weight, s, z, stride_sn = _weight_args(w)
     res = residual if residual is not None else y
     nw = norm_weight if norm_weight is not None else x
@@ -372,7 +389,7 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
                        KIND=KIND_CODES[w.kind], GROUP=max(w.group_size, 2), HAS_NORM=norm_weight is not None,
                        HAS_RESIDUAL=residual is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
-                       DOT_DTYPE=dot_operand_dtype(x.dtype), num_warps=cfg.num_warps)
+                       DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, num_warps=cfg.num_warps)
     return y
 
 
@@ -400,5 +417,5 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: 
                                 KIND=KIND_CODES[w_gate.kind], GROUP=max(w_gate.group_size, 2),
                                 HAS_NORM=norm_weight is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
                                 BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
-                                DOT_DTYPE=dot_operand_dtype(x.dtype), num_warps=cfg.num_warps)
+                                DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, num_warps=cfg.num_warps)
     return y

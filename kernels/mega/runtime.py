@@ -56,6 +56,36 @@ def occupancy(compiled, device: torch.device) -> int:
     return max(0, min(by_regs, by_threads, by_smem, 32))
 
 
+def constexpr_args(spec, kind_name: str, group_size: int, act_dtype: torch.dtype, batch: int, t, prog) -> dict:
+    """The interpreter kernel's constexprs (and num_warps) for one lowering: everything that specialises it."""
+    kind = KIND_CODES[kind_name]
+    g = max(group_size, 2)
+
+    def wstr(k):  # weight row stride (elements) for K input columns
+        return k // 2 if kind == 2 else k
+
+    def sstr(k):  # scale / zero row stride
+        return k // g if kind == 2 else 1
+    gq = spec.n_heads // spec.n_kv_heads
+    return dict(
+        D=spec.dim, H=spec.n_heads, KVH=spec.n_kv_heads, HD=spec.head_dim, F=spec.ffn_dim, V=spec.vocab_size,
+        B=batch, KIND=kind, QGROUP=g, N_COUNTERS=prog.space.size,
+        WSTR_D=wstr(spec.dim), WSTR_Q=wstr(spec.q_dim), WSTR_F=wstr(spec.ffn_dim),
+        SSTR_D=sstr(spec.dim), SSTR_Q=sstr(spec.q_dim), SSTR_F=sstr(spec.ffn_dim),
+        B_PAD=t.b_pad, USE_DOT=t.use_dot, DOT_DTYPE=dot_operand_dtype(act_dtype), PREFETCH=t.prefetch,
+        QKV_P=t.qkv.block_n, QKV_BK=t.qkv.block_k, QKV_GPS=t.qkv.groups_per_step,
+        O_BN=t.o.block_n, O_BK=t.o.block_k, O_GPS=t.o.groups_per_step, O_TPI=t.o.tiles_per_instr,
+        GU_BN=t.gate_up.block_n, GU_BK=t.gate_up.block_k, GU_GPS=t.gate_up.groups_per_step,
+        GU_TPI=t.gate_up.tiles_per_instr,
+        DN_BN=t.down.block_n, DN_BK=t.down.block_k, DN_GPS=t.down.groups_per_step, DN_TPI=t.down.tiles_per_instr,
+        LM_BN=t.lm_head.block_n, LM_BK=t.lm_head.block_k, LM_GPS=t.lm_head.groups_per_step,
+        LM_TPI=t.lm_head.tiles_per_instr, N_LM=prog.n_lm,
+        EMBED_BLOCK=t.embed_block, KV_BLOCK=t.kv_block, N_SPLITS=t.n_splits, SPLITS_PAD=next_pow2(t.n_splits),
+        G_PAD=max(next_pow2(gq), 16), GR_PAD=next_pow2(gq), HD_PAD=hd_pad_of(spec.head_dim),
+        ARGMAX_BLOCK=min(t.argmax_block, next_pow2(prog.n_lm)), W=WORDS, num_warps=t.num_warps,
+        **({"maxnreg": t.max_regs} if t.max_regs else {}))
+
+
 class Megakernel:
     """The whole decode step of one (weights, KV cache) pair as persistent-kernel launches."""
 
@@ -133,32 +163,8 @@ class Megakernel:
                                                               self.cos.contiguous(), self.sin.contiguous()]
 
     def _constexpr_args(self) -> dict:
-        spec, w, t, prog = self.w.spec, self.w, self.tiles, self.prog
-        kind = KIND_CODES[w.lm_head.kind]
-        g = max(w.group_size, 2)
-
-        def wstr(k):  # weight row stride (elements) for K input columns
-            return k // 2 if kind == 2 else k
-
-        def sstr(k):  # scale / zero row stride
-            return k // g if kind == 2 else 1
-        gq = spec.n_heads // spec.n_kv_heads
-        return dict(
-            D=spec.dim, H=spec.n_heads, KVH=spec.n_kv_heads, HD=spec.head_dim, F=spec.ffn_dim, V=spec.vocab_size,
-            B=self.batch, KIND=kind, QGROUP=g, N_COUNTERS=prog.space.size,
-            WSTR_D=wstr(spec.dim), WSTR_Q=wstr(spec.q_dim), WSTR_F=wstr(spec.ffn_dim),
-            SSTR_D=sstr(spec.dim), SSTR_Q=sstr(spec.q_dim), SSTR_F=sstr(spec.ffn_dim),
-            B_PAD=t.b_pad, USE_DOT=t.use_dot, DOT_DTYPE=dot_operand_dtype(w.dtype),
-            QKV_P=t.qkv.block_n, QKV_BK=t.qkv.block_k, QKV_GPS=t.qkv.groups_per_step,
-            O_BN=t.o.block_n, O_BK=t.o.block_k, O_GPS=t.o.groups_per_step, O_TPI=t.o.tiles_per_instr,
-            GU_BN=t.gate_up.block_n, GU_BK=t.gate_up.block_k, GU_GPS=t.gate_up.groups_per_step,
-            GU_TPI=t.gate_up.tiles_per_instr,
-            DN_BN=t.down.block_n, DN_BK=t.down.block_k, DN_GPS=t.down.groups_per_step, DN_TPI=t.down.tiles_per_instr,
-            LM_BN=t.lm_head.block_n, LM_BK=t.lm_head.block_k, LM_GPS=t.lm_head.groups_per_step,
-            LM_TPI=t.lm_head.tiles_per_instr, N_LM=prog.n_lm,
-            EMBED_BLOCK=t.embed_block, KV_BLOCK=t.kv_block, N_SPLITS=t.n_splits, SPLITS_PAD=next_pow2(t.n_splits),
-            G_PAD=max(next_pow2(gq), 16), GR_PAD=next_pow2(gq), HD_PAD=hd_pad_of(spec.head_dim),
-            ARGMAX_BLOCK=min(t.argmax_block, next_pow2(prog.n_lm)), W=WORDS, num_warps=t.num_warps)
+        return constexpr_args(self.w.spec, self.w.lm_head.kind, self.w.group_size, self.w.dtype, self.batch,
+                              self.tiles, self.prog)
 
     def _args(self, li: int, advance: bool) -> list:
         la, st, spec = self.schedule.launches[li], self.state, self.w.spec

@@ -43,6 +43,21 @@ def test_gemv(quant, n, k, batch, path, fusion):
     assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion}")
 
 
+@pytest.mark.parametrize("quant,n,k", _cases(SHAPES))
+@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("path", list(PATHS))
+def test_gemv_prefetch(quant, n, k, batch, path):
+    """Double-buffered weight loads (the step past K is a fully masked prefetch) give the same result."""
+    qid, mode, dtype, group = quant
+    gen = generator(n * k + batch + 7)
+    w = make_linear(n, k, mode, dtype, group, gen)
+    x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
+    residual, norm_w = randn(batch, n, dtype=dtype, gen=gen), randn(k, dtype=dtype, gen=gen)
+    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
+             use_dot=PATHS[path], block_k=_small_block_k(group), prefetch=True)
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv prefetch {qid}")
+
+
 @pytest.mark.parametrize("quant,n,k", _cases([(75, 256)]))
 @pytest.mark.parametrize("fusion", ["norm", "residual"])
 def test_gemv_default_config(quant, n, k, fusion):

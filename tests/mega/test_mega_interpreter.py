@@ -55,6 +55,20 @@ def test_interpreter_matches_vm(model, quant, batch, fusion, policy):
     assert mk.state.counters.eq(0).all() and mk.state.error.eq(0).all()
 
 
+@pytest.mark.parametrize("quant,batch", [("bf16", 1), ("int8", 4), ("int4", 1)])
+def test_interpreter_prefetch_matches_vm(quant, batch):
+    """Double-buffered weight loads (TileConfig.prefetch) change only when bytes are requested, not the math."""
+    case = make_case("tiny", quant, batch)
+    vm_cache = case.cache.clone()
+    mk = Megakernel(case.w, case.cache, tiles={"prefetch": True})
+    out = mk.decode(case.tokens, case.positions)
+    mk.check()
+    vm_out = PyVM(mk.prog, case.w, vm_cache).decode(build_schedule(mk.prog, 1, "round-robin", "model"), case.tokens,
+                                                     case.positions)
+    assert_logits_close(out, vm_out, KERNEL_TOL, f"prefetch {quant} B{batch} vs VM")
+    assert_cache_written(case, case.cache, f"prefetch {quant} B{batch}")
+
+
 def test_timeout_names_the_instruction_and_counter():
     """A producer that never releases its counter: the consumer's bounded wait fails, no hang."""
     case = make_case("tiny", "fp16", 1)
