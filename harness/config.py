@@ -84,6 +84,9 @@ class MegakernelConfig:
     programs_per_sm: int = 1
     schedule: str = "round-robin"
     fusions: list[str] = field(default_factory=list)  # non-empty: measure each fusion in the same run
+    # Tile overrides (kernels/mega/lower.py TileConfig fields, or gemv_rows / gemv_elems), e.g.
+    # megakernel.tiles.prefetch=true or +megakernel.tiles.num_warps=4; empty: the built-in choice.
+    tiles: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +167,15 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
         raise ConfigError(f"bench.repeats={b.repeats} must be >= 1 and bench.warmup={b.warmup} >= 0")
     if cfg.megakernel.programs_per_sm < 1:
         raise ConfigError(f"megakernel.programs_per_sm={cfg.megakernel.programs_per_sm} must be >= 1")
+    tile_keys = ("gemv_rows", "gemv_elems", "num_warps", "kv_block", "n_splits", "argmax_block", "embed_block",
+                 "prefetch", "max_regs")
+    for key, val in (cfg.megakernel.get("tiles") or {}).items():
+        if key not in tile_keys:
+            raise ConfigError(f"megakernel.tiles.{key} is not a tile option; use one of {', '.join(tile_keys)}")
+        if key != "prefetch" and (not isinstance(val, int) or isinstance(val, bool) or val < 0):
+            raise ConfigError(f"megakernel.tiles.{key}={val!r} must be a non-negative integer")
+        if key == "prefetch" and not isinstance(val, bool):
+            raise ConfigError(f"megakernel.tiles.prefetch={val!r} must be true or false")
     if impl_names is not None:
         for name in list(cfg.impl.names) + [cfg.baseline]:
             if name != "*" and name not in impl_names:

@@ -10,6 +10,10 @@ word layout) and for each instruction:
      each records where it stood, so the host can name the most upstream stalled instruction);
   2. runs the instruction's code path (if/elif on the opcode);
   3. release-increments the counter it bumps.
+With TIMELINE (a constexpr, off by default and then compiled out), each program also writes, per queue position,
+[clock before the wait, clock after it, clock after the release, SM id] to timeline_ptr (int64): the GPU's
+global nanosecond timer (CLOCK = 1), or in the CPU interpreter a logical clock (CLOCK = 0: one shared counter
+bumped at every event, so the order of events across programs is kept).
 Model dims, quant kind, batch and every tile size are constexprs: each configuration compiles its
 own specialised kernel. All arithmetic is fp32 on values loaded from any dtype (bf16 is wrong in the
 Triton interpreter otherwise); tensor-core dots take the activation dtype on the GPU.
@@ -24,7 +28,7 @@ from kernels.attention import attn_partial_tile, split_range
 from kernels.elementwise import silu
 from kernels.lm_head import argmax_of_partials, tile_argmax
 from kernels.gemv import gemv_tile
-from kernels.mega.tiles import combine_group, release, report_error, round_for_store, wait_until
+from kernels.mega.tiles import combine_group, now, release, report_error, round_for_store, sm_id, wait_until
 
 ERR_TIMEOUT = 1
 
@@ -36,7 +40,7 @@ def _megakernel(
         embed_ptr, attn_norm_ptr, mlp_norm_ptr, final_norm_ptr,
         wqkv_ptr, sqkv_ptr, zqkv_ptr, wo_ptr, so_ptr, zo_ptr, wg_ptr, sg_ptr, zg_ptr, wu_ptr, su_ptr, zu_ptr,
         wd_ptr, sd_ptr, zd_ptr, wlm_ptr, slm_ptr, zlm_ptr,
-        k_cache_ptr, v_cache_ptr, cos_ptr, sin_ptr, s_max, eps, scale_log2,
+        k_cache_ptr, v_cache_ptr, cos_ptr, sin_ptr, s_max, eps, scale_log2, timeline_ptr, clock_ptr,
         D: tl.constexpr, H: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, F: tl.constexpr, V: tl.constexpr,
         B: tl.constexpr, KIND: tl.constexpr, QGROUP: tl.constexpr, N_COUNTERS: tl.constexpr,
         WSTR_D: tl.constexpr, WSTR_Q: tl.constexpr, WSTR_F: tl.constexpr,
@@ -48,11 +52,13 @@ def _megakernel(
         DN_BN: tl.constexpr, DN_BK: tl.constexpr, DN_GPS: tl.constexpr, DN_TPI: tl.constexpr,
         LM_BN: tl.constexpr, LM_BK: tl.constexpr, LM_GPS: tl.constexpr, LM_TPI: tl.constexpr, N_LM: tl.constexpr,
         EMBED_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, N_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
-        G_PAD: tl.constexpr, GR_PAD: tl.constexpr, HD_PAD: tl.constexpr, ARGMAX_BLOCK: tl.constexpr, W: tl.constexpr):
+        G_PAD: tl.constexpr, GR_PAD: tl.constexpr, HD_PAD: tl.constexpr, ARGMAX_BLOCK: tl.constexpr, W: tl.constexpr,
+        TIMELINE: tl.constexpr, CLOCK: tl.constexpr):
     # Buffers: tokens, positions, next [B] int32; h [B, D], q [B, H, HD], attn [B, H HD], act [B, F],
     # o_part [B, H, N_SPLITS, HD_PAD], lse [B, H, N_SPLITS], logits [B, V], pmax / pidx [B, N_LM] (fp32 / int32).
     # Weights stacked over layers: W* [L, N, K or K/2], S*/Z* [L, N] (int8) or [L, N, K/QGROUP] (int4),
     # norms [L, D]; caches [L, B, KVH, s_max, HD]; cos / sin [s_max, HD/2] fp32.
+    # timeline (TIMELINE only): [programs, queue_stride / W, 4] int64 of this launch; clock: [1] int64 (CLOCK 0).
     GQ: tl.constexpr = H // KVH  # query heads per kv head
     HALF: tl.constexpr = HD // 2
     Q_DIM: tl.constexpr = H * HD
@@ -76,6 +82,8 @@ def _megakernel(
         wc = tl.load(word + 4)
         wn = tl.load(word + 5)
         bc = tl.load(word + 6)
+        if TIMELINE:
+            t_start = now(clock_ptr, CLOCK)
         if (wc >= 0) & ((wc != last_c) | (wn > last_seen)):
             seen = wait_until(counter_ptr + wc, wn, error_ptr, spin_limit)
             if seen < wn:
@@ -84,6 +92,8 @@ def _megakernel(
             else:
                 last_c = wc
                 last_seen = seen
+        if TIMELINE:
+            t_ready = now(clock_ptr, CLOCK)
         if alive != 0:
             lw = layer.to(tl.int64)
             if op == 0:  # Embed(col_block=a)
@@ -220,4 +230,10 @@ def _megakernel(
                     tl.store(counter_ptr + c0 + c, 0, mask=c0 + c < N_COUNTERS)
             if bc >= 0:
                 release(counter_ptr + bc)
+        if TIMELINE:
+            rec = timeline_ptr + ((pid * (queue_stride // W) + pc) * 4).to(tl.int64)
+            tl.store(rec, t_start)
+            tl.store(rec + 1, t_ready)
+            tl.store(rec + 2, now(clock_ptr, CLOCK))
+            tl.store(rec + 3, sm_id(CLOCK))
         pc += 1

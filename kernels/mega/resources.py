@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int8: "i8",
-               torch.uint8: "u8", torch.int32: "i32"}
+               torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64"}
 REGS_PER_SM = 65536
 MAX_THREADS_PER_SM = 2048
 
@@ -42,7 +42,9 @@ def signature(quant: str, act: torch.dtype) -> dict[str, str]:
 
     w, s, z = _weight_dtypes(quant, act)
     f32, i32 = torch.float32, torch.int32
+    i64 = torch.int64
     ptr = {"queue_ptr": i32, "length_ptr": i32, "counter_ptr": i32, "error_ptr": i32, "tok_ptr": i32,
+           "timeline_ptr": i64, "clock_ptr": i64,
            "pos_ptr": i32, "next_ptr": i32, "pidx_ptr": i32, "cos_ptr": f32, "sin_ptr": f32,
            "embed_ptr": act, "attn_norm_ptr": act, "mlp_norm_ptr": act, "final_norm_ptr": act,
            "k_cache_ptr": act, "v_cache_ptr": act}
@@ -63,7 +65,7 @@ def signature(quant: str, act: torch.dtype) -> dict[str, str]:
 
 
 def compile_config(spec, quant: str, group_size: int, batch: int, max_len: int, n_programs: int, arch: int = 90,
-                   maxnreg: Optional[int] = None, **tile_overrides):
+                   maxnreg: Optional[int] = None, timeline: bool = False, **tile_overrides):
     """Compiles the kernel of this configuration for sm_<arch>. Returns (compiled kernel, TileConfig)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -78,7 +80,7 @@ def compile_config(spec, quant: str, group_size: int, batch: int, max_len: int, 
     tiles = pick_tiles(spec, quant, group_size, batch, max_len, n_programs, interpret=False, **tile_overrides)
     prog = lower(spec, quant, group_size, batch, max_len, tiles)
     kind = {"int8": "int8", "int4": "int4"}.get(quant, "dense")
-    cx = constexpr_args(spec, kind, group_size, act, batch, tiles, prog)
+    cx = dict(constexpr_args(spec, kind, group_size, act, batch, tiles, prog), TIMELINE=timeline, CLOCK=1)
     num_warps = cx.pop("num_warps")
     maxnreg = cx.pop("maxnreg", None) or maxnreg
     sig = signature(quant, act)

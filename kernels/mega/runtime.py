@@ -91,7 +91,7 @@ class Megakernel:
 
     def __init__(self, weights: ModelWeights, cache: KVCache, *, fusion: str = "model", policy: str = "round-robin",
                  programs_per_sm: int = 1, n_programs: Optional[int] = None, tiles: Optional[dict] = None,
-                 spin_limit: Optional[int] = None):
+                 spin_limit: Optional[int] = None, timeline: bool = False):
         if not isinstance(cache.k, torch.Tensor):
             raise ValueError("megakernel needs the stacked KV cache [n_layers, B, KVH, S_max, hd], not per-layer buffers")
         self.w, self.cache = weights, cache
@@ -105,6 +105,7 @@ class Megakernel:
         if self.interpret and not interpreting():
             raise RuntimeError("megakernel on the CPU needs TRITON_INTERPRET=1, set before kernels are imported")
         self.fusion, self.policy = fusion, policy
+        self.timeline = timeline  # per-instruction clocks (kernels/mega/timeline.py); a separately compiled kernel
         self.programs_per_sm_requested = programs_per_sm
         self.spin_limit = spin_limit or (SPIN_LIMIT_CPU if self.interpret else SPIN_LIMIT_GPU)
         self._tile_overrides = dict(tiles or {})
@@ -138,6 +139,10 @@ class Megakernel:
         self.schedule = build_schedule(self.prog, n_programs, self.policy, self.fusion, self.device)
         self.state = State.alloc(self.prog, self.device, n_programs)
         self._constexprs = self._constexpr_args()
+        q_max = max(la.queues.shape[1] for la in self.schedule.launches)
+        n_rec = len(self.schedule.launches) * n_programs * q_max * 4 if self.timeline else 1
+        self.timeline_buf = torch.zeros(n_rec, dtype=torch.int64, device=self.device)
+        self.clock = torch.zeros(1, dtype=torch.int64, device=self.device)
 
     def reschedule(self, schedule: Schedule) -> None:
         """Runs `schedule` (of this lowering) from now on (tests, the diff tool)."""
@@ -163,15 +168,38 @@ class Megakernel:
                                                               self.cos.contiguous(), self.sin.contiguous()]
 
     def _constexpr_args(self) -> dict:
-        return constexpr_args(self.w.spec, self.w.lm_head.kind, self.w.group_size, self.w.dtype, self.batch,
-                              self.tiles, self.prog)
+        cx = constexpr_args(self.w.spec, self.w.lm_head.kind, self.w.group_size, self.w.dtype, self.batch,
+                            self.tiles, self.prog)
+        return dict(cx, TIMELINE=self.timeline, CLOCK=0 if self.interpret else 1)
+
+    def _timeline_slice(self, li: int) -> torch.Tensor:
+        """Launch li's records [n_programs, its queue length, 4] in the timeline buffer."""
+        if not self.timeline:
+            return self.timeline_buf
+        la = self.schedule.launches[li]
+        start = sum(self.n_programs * x.queues.shape[1] * 4 for x in self.schedule.launches[:li])
+        return self.timeline_buf[start:start + self.n_programs * la.queues.shape[1] * 4]
+
+    def timeline_records(self) -> list[tuple[int, int, int, int, int, int, int]]:
+        """(launch, program, queue position, instr id, t_start, t_ready, t_end, sm) of every instruction of the
+        last step, read back from the timeline buffer (synchronises). Needs timeline=True."""
+        if not self.timeline:
+            raise RuntimeError("megakernel: build it with timeline=True to record a timeline")
+        out = []
+        for li, la in enumerate(self.schedule.launches):
+            rec = self._timeline_slice(li).view(self.n_programs, la.queues.shape[1], 4).cpu().tolist()
+            for p, queue in enumerate(la.programs):
+                for pos, instr in enumerate(queue):
+                    out.append((li, p, pos, instr, *rec[p][pos]))
+        return out
 
     def _args(self, li: int, advance: bool) -> list:
         la, st, spec = self.schedule.launches[li], self.state, self.w.spec
         return ([la.queues, la.lengths, la.queues.shape[1] * WORDS, st.counters, st.error, li, self.spin_limit,
                  int(advance), st.tokens, st.positions, st.next_tokens, st.h, st.q, st.attn, st.act, st.o_part, st.lse,
                  st.logits, st.pmax, st.pidx] + self._static
-                + [self.cache.max_len, spec.norm_eps, spec.head_dim ** -0.5 * 1.4426950408889634])
+                + [self.cache.max_len, spec.norm_eps, spec.head_dim ** -0.5 * 1.4426950408889634,
+                   self._timeline_slice(li), self.clock])
 
     def _compile(self):
         """The compiled kernel of launch 0's signature (for its register / shared-memory footprint)."""
@@ -257,4 +285,20 @@ class Megakernel:
     def info(self) -> dict:
         return {"mega_programs": self.n_programs, "mega_programs_per_sm": self.programs_per_sm,
                 "mega_launches": len(self.schedule.launches), "mega_instructions": len(self.prog.instrs),
-                "mega_schedule": self.policy}
+                "mega_schedule": self.policy, "mega_regs": self.registers(), "mega_tiles": self.tiles_summary()}
+
+    def tiles_summary(self) -> str:
+        """The tile configuration in one line (rows x columns per step [x tiles per instruction] per GEMV stage)."""
+        t = self.tiles
+        g = lambda name, x: f"{name}={x.block_n}x{x.block_k}" + (f"x{x.tiles_per_instr}" if x.tiles_per_instr > 1 else "")  # noqa: E731
+        parts = [f"warps={t.num_warps}", g("qkv", t.qkv), g("o", t.o), g("gu", t.gate_up), g("down", t.down),
+                 g("lm", t.lm_head), f"kv_block={t.kv_block}", f"splits={t.n_splits}", f"dot={int(t.use_dot)}"]
+        if t.prefetch:
+            parts.append("prefetch")
+        if t.max_regs:
+            parts.append(f"max_regs={t.max_regs}")
+        return " ".join(parts)
+
+    def registers(self) -> Optional[int]:
+        """Registers per thread of the compiled kernel (None in the CPU interpreter)."""
+        return None if self.interpret else int(self._compile().n_regs)

@@ -55,6 +55,27 @@ def report_error(error_ptr, code, program, position, instr_id, counter, seen, ta
 
 
 @triton.jit
+def now(clock_ptr, CLOCK: tl.constexpr):
+    """A timestamp (int64): the GPU's global nanosecond timer (CLOCK 1), or a logical clock (CLOCK 0: the int64
+    counter at clock_ptr, bumped atomically by every reader, for the CPU interpreter where there is no timer)."""
+    if CLOCK == 1:
+        t = tl.extra.cuda.globaltimer()
+    else:
+        t = tl.atomic_add(clock_ptr, 1)
+    return t
+
+
+@triton.jit
+def sm_id(CLOCK: tl.constexpr):
+    """The SM this program runs on (GPU), else -1."""
+    if CLOCK == 1:
+        s = tl.extra.cuda.smid().to(tl.int64)
+    else:
+        s = tl.full([], -1, tl.int64)
+    return s
+
+
+@triton.jit
 def round_for_store(x, dst_ptr):
     """fp32 x rounded to dst's element type, to nearest-even (the interpreter's own bf16 cast truncates)."""
     if dst_ptr.dtype.element_ty == tl.bfloat16:
