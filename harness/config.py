@@ -81,7 +81,7 @@ class ImplConfig:
 
 @dataclass
 class MegakernelConfig:
-    programs_per_sm: int = 1
+    programs_per_sm: int = 2
     schedule: str = "round-robin"
     fusions: list[str] = field(default_factory=list)  # non-empty: measure each fusion in the same run
     # Tile overrides (kernels/mega/lower.py TileConfig fields, or gemv_rows / gemv_elems), e.g.

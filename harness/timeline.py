@@ -126,7 +126,7 @@ def record(cfg, steps: int = 5):
     pt = prepare_point(cfg, spec, device)
     mk_cfg = cfg.megakernel
     mk = Megakernel(pt.weights, pt.cache, fusion=cfg.fusion, policy=mk_cfg.schedule,
-                    programs_per_sm=mk_cfg.programs_per_sm, tiles=dict(mk_cfg.get("tiles") or {}), timeline=True)
+                    programs_per_sm=mk_cfg.programs_per_sm, tiles=dict(getattr(mk_cfg, "tiles", None) or {}), timeline=True)
     for _ in range(steps):
         mk.decode(pt.tokens, pt.positions)
     mk.check()
@@ -163,7 +163,7 @@ def main(overrides: Optional[list[str]] = None) -> None:
     title = (f"megakernel timeline, {cfg.model.name} {cfg.quant.name} batch {b.batch} ctx {b.ctx} fusion={cfg.fusion}"
              f" - {gpu}, {pd.Timestamp.now():%Y-%m-%d}\nstep {s['span']:.1f} {unit}, {s['programs']} programs "
              f"({mk.programs_per_sm}/SM, {mk.registers() or '-'} regs): running {s['run_pct']:.0f}%, waiting "
-             f"{s['wait_pct']:.0f}%, done early {s['tail_pct']:.0f}%  [{mk.tiles_summary()}]")
+             f"{s['wait_pct']:.0f}%, done early {s['tail_pct']:.0f}%\n{mk.tiles_summary()}")
     plot_timeline(df, str(out_dir / f"{name}.png"), title, unit)
     pd.set_option("display.width", 200)
     print(title)

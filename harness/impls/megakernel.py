@@ -36,7 +36,7 @@ class MegakernelImpl(DecodeImpl):
 
         mk = ctx.cfg.megakernel
         self.mk = Runtime(ctx.weights, ctx.cache, fusion=ctx.cfg.fusion, policy=mk.schedule,
-                          programs_per_sm=mk.programs_per_sm, tiles=dict(mk.get("tiles") or {}))
+                          programs_per_sm=mk.programs_per_sm, tiles=dict(getattr(mk, "tiles", None) or {}))
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """No host sync (CUDA-graph capturable); returns the runtime's persistent logits buffer [B, V] fp32."""

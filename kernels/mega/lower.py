@@ -86,7 +86,11 @@ class TileConfig:
 
 
 # GPU defaults. FACTS.md probe (H200): 8-16 rows x 512 columns, 8 warps streamed best (GEMV chain).
-_FMA_ACC_ELEMS = 8192  # fp32 FMA accumulators per program: 32 registers/thread at 8 warps
+_FMA_ACC_ELEMS = 8192  # fp32 FMA accumulators per program: 64 registers/thread at 4 warps
+# 4 warps, so that two programs fit per SM (~245 registers each): on an H100 at batch 1, ctx 1024, 4 warps x 2
+# programs per SM against 8 warps x 1 took llama1b bf16 1.567 -> 1.293 ms, llama8b bf16 8.06 -> 6.23 ms, llama8b
+# int4 8.57 -> 5.78 ms (scripts/mega_tune.py, docs/perf-notes.md "Megakernel tuning 1").
+_NUM_WARPS = 4
 _GPU_BLOCK_N = 16
 _DOT_BLOCK_K = 256
 _MIN_KEYS_PER_SPLIT = 256
@@ -160,7 +164,7 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
     kv_block = 64 if spec.head_dim <= 128 else 32
     min_keys = max(kv_block, _MIN_KEYS_PER_SPLIT // batch)
     n_splits = max(1, min(cdiv(max_len, min_keys), cdiv(n_programs, spec.n_kv_heads), _MAX_SPLITS))
-    cfg = TileConfig(b_pad=b_pad, use_dot=use_dot, num_warps=8, qkv=GemvTile(p_best, qbk, qgps, 1),
+    cfg = TileConfig(b_pad=b_pad, use_dot=use_dot, num_warps=_NUM_WARPS, qkv=GemvTile(p_best, qbk, qgps, 1),
                      o=gemv(spec.dim, spec.q_dim), gate_up=gemv(spec.ffn_dim, spec.dim),
                      down=gemv(spec.dim, spec.ffn_dim), lm_head=gemv(spec.vocab_size, spec.dim),
                      embed_block=min(1024, next_pow2(spec.dim)), kv_block=kv_block,

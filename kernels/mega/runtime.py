@@ -90,7 +90,7 @@ class Megakernel:
     """The whole decode step of one (weights, KV cache) pair as persistent-kernel launches."""
 
     def __init__(self, weights: ModelWeights, cache: KVCache, *, fusion: str = "model", policy: str = "round-robin",
-                 programs_per_sm: int = 1, n_programs: Optional[int] = None, tiles: Optional[dict] = None,
+                 programs_per_sm: int = 2, n_programs: Optional[int] = None, tiles: Optional[dict] = None,
                  spin_limit: Optional[int] = None, timeline: bool = False):
         if not isinstance(cache.k, torch.Tensor):
             raise ValueError("megakernel needs the stacked KV cache [n_layers, B, KVH, S_max, hd], not per-layer buffers")
