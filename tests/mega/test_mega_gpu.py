@@ -1,6 +1,6 @@
-"""The megakernel on a real GPU (run on the GPU machine: `pytest -m gpu tests/mega`): Llama-3.2-1B and
+"""The megakernel on a real GPU (run on the GPU machine: `pytest -m gpu tests/mega`): Llama-3.2-1B, 3B and
 Llama-3.1-8B shapes with random weights, every quant mode, batch 1 and 16, contexts 128 and 8192,
-programs_per_sm 1 and 2, against the fp32 reference; bitwise-identical repeated runs and across fusion
+programs_per_sm 1 and 2 (see _matrix), against the fp32 reference; bitwise-identical repeated runs and across fusion
 levels and policies; a graph-replayed multi-token generation; the timeout path (no hang)."""
 import time
 
@@ -52,11 +52,20 @@ def _act(quant):
     return quant if quant in ("fp32", "fp16") else "bf16"
 
 
-@pytest.mark.parametrize("model", ["llama1b", "llama8b"])
-@pytest.mark.parametrize("quant", ["bf16", "fp16", "int8", "int4", "fp32"])
-@pytest.mark.parametrize("batch", [1, 16], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("ctx", [128, 8192], ids=lambda c: f"ctx{c}")
-@pytest.mark.parametrize("pps", [1, 2], ids=lambda p: f"pps{p}")
+def _matrix():
+    """Every model x quant mode x batch 1/16 x ctx 128/8192 at the default 2 programs per SM; 1 program per SM
+    for every model x quant at batch 1 and 16, ctx 128; fp32 (a CPU-check mode) on llama1b only."""
+    out = []
+    for model in ("llama1b", "llama3b", "llama8b"):
+        for quant in ("bf16", "fp16", "int8", "int4") + (("fp32",) if model == "llama1b" else ()):
+            for batch in (1, 16):
+                for ctx in (128, 8192):
+                    out.append(pytest.param(model, quant, batch, ctx, 2, id=f"{model}-{quant}-B{batch}-ctx{ctx}-pps2"))
+                out.append(pytest.param(model, quant, batch, 128, 1, id=f"{model}-{quant}-B{batch}-ctx128-pps1"))
+    return out
+
+
+@pytest.mark.parametrize("model,quant,batch,ctx,pps", _matrix())
 def test_gpu_matches_reference(model, quant, batch, ctx, pps):
     w, cache, tokens, positions = _setup(model, quant, batch, ctx)
     ref = LlamaDecoder(w, compute_dtype=torch.float32, max_len=ctx + 1).decode(tokens, positions, cache.clone())
