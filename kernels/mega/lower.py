@@ -124,10 +124,11 @@ def _tiles_per_instr(n_tiles: int, n_programs: int) -> int:
 
 def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, n_programs: int, *,
                interpret: bool, gemv_rows: Optional[int] = None, gemv_elems: Optional[int] = None,
-               **overrides) -> TileConfig:
+               dot_block_k: Optional[int] = None, **overrides) -> TileConfig:
     """Tile sizes for this configuration; `overrides` replace TileConfig fields (tests, tuning).
     gemv_rows / gemv_elems (GPU only) re-derive every GEMV stage from another tile height / another number of
-    fp32 FMA accumulators per program (block_k = gemv_elems / (b_pad * rows)), keeping the balancing rules."""
+    fp32 FMA accumulators per program (block_k = gemv_elems / (b_pad * rows)), keeping the balancing rules;
+    dot_block_k sets the columns per step of the tensor-core path (batch >= 4)."""
     half = spec.head_dim // 2
     if interpret:
         # Small tiles so the tiny test model still has several tiles, K steps and splits per stage.
@@ -146,10 +147,11 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
     b_pad = max(next_pow2(batch), 16 if use_dot else 1)
 
     acc_elems = gemv_elems or _FMA_ACC_ELEMS
+    dot_bk = dot_block_k or _DOT_BLOCK_K
 
     def gemv(n: int, k: int) -> GemvTile:
         bn = gemv_rows or _GPU_BLOCK_N  # H100, llama1b bf16 B=1: 16 x 512 gave 1.60 ms/step, 32 x 256 1.85 ms
-        cols = _DOT_BLOCK_K if use_dot else acc_elems // (b_pad * bn)
+        cols = dot_bk if use_dot else acc_elems // (b_pad * bn)
         bk, gps = _k_tile(k, cols, quant, group_size, use_dot)
         return GemvTile(bn, bk, gps, _tiles_per_instr(cdiv(n, bn), n_programs))
 
@@ -157,7 +159,7 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
     slots = spec.n_heads + 2 * spec.n_kv_heads
     cands = [p for p in (8, 16, 32, 64) if p <= max(8, next_pow2(half)) and (p >= 16 or not use_dot)] or [16]
     p_best = min(cands, key=lambda p: (cdiv(slots * cdiv(half, p), n_programs) * (2 * p + 8), -p))
-    qkv_cols = _DOT_BLOCK_K if use_dot else acc_elems // (b_pad * p_best)
+    qkv_cols = dot_bk if use_dot else acc_elems // (b_pad * p_best)
     qbk, qgps = _k_tile(spec.dim, qkv_cols, quant, group_size, use_dot)
     # Enough (kv head, split) instructions for the grid, but at least _MIN_KEYS_PER_SPLIT keys summed over the
     # batch (each AttnPartial covers every sequence) and one kv block per sequence in a split.
