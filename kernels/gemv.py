@@ -174,7 +174,7 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
         acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
     else:  # element-wise partial products, reduced over K once after the loop
         acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    ssq = sumsq_init(B_PAD, BLOCK_K, USE_DOT)  # x^2 sums for the fused RMSNorm
+    ssq = sumsq_init(B_PAD, BLOCK_K, False)  # x^2 sums for the fused RMSNorm, reduced once after the loop
     if PREFETCH:
         w_next = load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K)
     for k0 in range(0, K, BLOCK_K):
@@ -187,10 +187,10 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
         acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
         if HAS_NORM:
-            ssq = accumulate_sumsq(ssq, sq, USE_DOT)
+            ssq = accumulate_sumsq(ssq, sq, False)
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
-    return acc, sumsq_total(ssq, USE_DOT)
+    return acc, sumsq_total(ssq, False)
 
 
 @triton.jit
@@ -207,7 +207,7 @@ def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn
         acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
     else:  # element-wise partial products, reduced over K once after the loop
         acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    ssq = sumsq_init(B_PAD, BLOCK_K, USE_DOT)  # x^2 sums for the fused RMSNorm
+    ssq = sumsq_init(B_PAD, BLOCK_K, False)  # x^2 sums for the fused RMSNorm, reduced once after the loop
     for g0 in range(0, n_groups, GROUPS_PER_STEP):
         w_even, w_odd = int4_dequant_halves(w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, offs_n, n_mask, g0, n_groups,
                                             GROUP // 2, GROUP_PAD // 2, GROUPS_PER_STEP)
@@ -216,10 +216,10 @@ def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, cols, col_mask, HAS_NORM)
         acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
         if HAS_NORM:
-            ssq = accumulate_sumsq(ssq, sq, USE_DOT)
+            ssq = accumulate_sumsq(ssq, sq, False)
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
-    return acc, sumsq_total(ssq, USE_DOT)
+    return acc, sumsq_total(ssq, False)
 
 
 @triton.jit
