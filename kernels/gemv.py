@@ -84,8 +84,9 @@ def multiply_accumulate(acc, x, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexp
 
 @triton.jit
 def sumsq_init(B_PAD: tl.constexpr, BLOCK_K: tl.constexpr, PER_STEP: tl.constexpr):
-    """Accumulator of sum(x^2) per batch row for the fused RMSNorm: [B_PAD] reduced every step (PER_STEP: the
-    dot path, which keeps registers for its operands), else element-wise [B_PAD, BLOCK_K], reduced once."""
+    """Accumulator of sum(x^2) per batch row for the fused RMSNorm: [B_PAD] reduced every step (PER_STEP), else
+    element-wise [B_PAD, BLOCK_K], reduced once. The tiles pass False on both paths: reducing every step made the
+    megakernel's batch-16 step 4% slower on an H100 (23.6 vs 24.6 ms, llama8b bf16)."""
     if PER_STEP:
         ssq = tl.zeros([B_PAD], dtype=tl.float32)
     else:
