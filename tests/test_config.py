@@ -67,6 +67,9 @@ def test_every_experiment_composes(exp):
     (["model=hf"], "model=hf needs model.path=DIR"),
     (["model=hf", "model.path=/nonexistent/ckpt"], "model.path=/nonexistent/ckpt has no config.json"),
     (["bench.cache_fill=zeros"], "bench.cache_fill=zeros is not allowed"),
+    (["+megakernel.tiles.warps=4"], "megakernel.tiles.warps is not a tile option"),
+    (["+megakernel.tiles.num_warps=-4"], "megakernel.tiles.num_warps=-4 must be a non-negative integer"),
+    (["+megakernel.tiles.prefetch=1"], "megakernel.tiles.prefetch=1 must be true or false"),
 ], ids=lambda x: x[0] if isinstance(x, list) else None)
 def test_bad_values_name_the_field(overrides, expect):
     with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)")):
@@ -88,6 +91,11 @@ def test_cli_errors_are_one_sentence_without_traceback(args, expect):
     assert r.returncode != 0
     assert expect in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_megakernel_tile_overrides_validate():
+    validate(_compose("+megakernel.tiles.num_warps=4", "+megakernel.tiles.prefetch=true",
+                      "+megakernel.tiles.gemv_rows=8"), list(REGISTRY))
 
 
 def test_model_too_large_is_refused_before_allocating():
