@@ -14,6 +14,8 @@ With TIMELINE (a constexpr, off by default and then compiled out), each program 
 [clock before the wait, clock after it, clock after the release, SM id] to timeline_ptr (int64): the GPU's
 global nanosecond timer (CLOCK = 1), or in the CPU interpreter a logical clock (CLOCK = 0: one shared counter
 bumped at every event, so the order of events across programs is kept).
+With L2_PREFETCH = n > 0 (GPU only; off by default), an instruction that has to wait first asks L2 for the first n
+K steps of its first weight tile, so the stage boundary's drain-and-refill overlaps the wait.
 Model dims, quant kind, batch and every tile size are constexprs: each configuration compiles its
 own specialised kernel. All arithmetic is fp32 on values loaded from any dtype (bf16 is wrong in the
 Triton interpreter otherwise); tensor-core dots take the activation dtype on the GPU.
@@ -28,7 +30,8 @@ from kernels.attention import attn_partial_tile, split_range
 from kernels.elementwise import silu
 from kernels.lm_head import argmax_of_partials, tile_argmax
 from kernels.gemv import gemv_tile
-from kernels.mega.tiles import combine_group, now, release, report_error, round_for_store, sm_id, wait_until
+from kernels.mega.tiles import (combine_group, now, prefetch_l2, release, report_error, round_for_store, sm_id,
+                                wait_until)
 
 ERR_TIMEOUT = 1
 
@@ -53,7 +56,7 @@ def _megakernel(
         LM_BN: tl.constexpr, LM_BK: tl.constexpr, LM_GPS: tl.constexpr, LM_TPI: tl.constexpr, N_LM: tl.constexpr,
         EMBED_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, N_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
         G_PAD: tl.constexpr, GR_PAD: tl.constexpr, HD_PAD: tl.constexpr, ARGMAX_BLOCK: tl.constexpr, W: tl.constexpr,
-        TIMELINE: tl.constexpr, CLOCK: tl.constexpr):
+        TIMELINE: tl.constexpr, CLOCK: tl.constexpr, L2_PREFETCH: tl.constexpr):
     # Buffers: tokens, positions, next [B] int32; h [B, D], q [B, H, HD], attn [B, H HD], act [B, F],
     # o_part [B, H, N_SPLITS, HD_PAD], lse [B, H, N_SPLITS], logits [B, V], pmax / pidx [B, N_LM] (fp32 / int32).
     # Weights stacked over layers: W* [L, N, K or K/2], S*/Z* [L, N] (int8) or [L, N, K/QGROUP] (int4),
@@ -85,6 +88,27 @@ def _megakernel(
         if TIMELINE:
             t_start = now(clock_ptr, CLOCK)
         if (wc >= 0) & ((wc != last_c) | (wn > last_seen)):
+            if L2_PREFETCH > 0:  # the first L2_PREFETCH K steps of the first weight tile, while we wait
+                lp = layer.to(tl.int64)
+                if op == 1:
+                    r0 = (a // NPB) * HD + (a % NPB) * QKV_P
+                    w_l = wqkv_ptr + lp * (QKV_N * WSTR_D)
+                    prefetch_l2(w_l, r0, QKV_N - r0, WSTR_D, QKV_P, L2_PREFETCH * QKV_BK * WSTR_D // D)
+                    prefetch_l2(w_l, r0 + HALF, QKV_N - r0 - HALF, WSTR_D, QKV_P, L2_PREFETCH * QKV_BK * WSTR_D // D)
+                elif op == 4:
+                    prefetch_l2(wo_ptr + lp * (D * WSTR_Q), a * O_TPI * O_BN, D - a * O_TPI * O_BN, WSTR_Q, O_BN,
+                                L2_PREFETCH * O_BK * WSTR_Q // Q_DIM)
+                elif op == 5:
+                    prefetch_l2(wg_ptr + lp * (F * WSTR_D), a * GU_TPI * GU_BN, F - a * GU_TPI * GU_BN, WSTR_D, GU_BN,
+                                L2_PREFETCH * GU_BK * WSTR_D // D)
+                    prefetch_l2(wu_ptr + lp * (F * WSTR_D), a * GU_TPI * GU_BN, F - a * GU_TPI * GU_BN, WSTR_D, GU_BN,
+                                L2_PREFETCH * GU_BK * WSTR_D // D)
+                elif op == 6:
+                    prefetch_l2(wd_ptr + lp * (D * WSTR_F), a * DN_TPI * DN_BN, D - a * DN_TPI * DN_BN, WSTR_F, DN_BN,
+                                L2_PREFETCH * DN_BK * WSTR_F // F)
+                elif op == 7:
+                    prefetch_l2(wlm_ptr, a * LM_TPI * LM_BN, V - a * LM_TPI * LM_BN, WSTR_D, LM_BN,
+                                L2_PREFETCH * LM_BK * WSTR_D // D)
             seen = wait_until(counter_ptr + wc, wn, error_ptr, spin_limit)
             if seen < wn:
                 report_error(error_ptr, 1, pid, pc, tl.load(word + 7), wc, seen, wn, launch_id, W)

@@ -83,6 +83,7 @@ class TileConfig:
     argmax_block: int = 1024  # LM-head blocks scanned per Argmax step
     prefetch: bool = False  # double-buffered weight loads in the GEMV K loops (dense / int8)
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice), to fit more programs per SM
+    l2_prefetch: int = 0  # K steps of its first weight tile an instruction asks L2 for before a wait (GPU; 0: off)
 
 
 # GPU defaults. FACTS.md probe (H200): 8-16 rows x 512 columns, 8 warps streamed best (GEMV chain).

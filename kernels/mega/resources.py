@@ -80,7 +80,7 @@ def compile_config(spec, quant: str, group_size: int, batch: int, max_len: int, 
     tiles = pick_tiles(spec, quant, group_size, batch, max_len, n_programs, interpret=False, **tile_overrides)
     prog = lower(spec, quant, group_size, batch, max_len, tiles)
     kind = {"int8": "int8", "int4": "int4"}.get(quant, "dense")
-    cx = dict(constexpr_args(spec, kind, group_size, act, batch, tiles, prog), TIMELINE=timeline, CLOCK=1)
+    cx = dict(constexpr_args(spec, kind, group_size, act, batch, tiles, prog), TIMELINE=timeline, CLOCK=1, L2_PREFETCH=tiles.l2_prefetch)
     num_warps = cx.pop("num_warps")
     maxnreg = cx.pop("maxnreg", None) or maxnreg
     sig = signature(quant, act)

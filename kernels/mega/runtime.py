@@ -138,6 +138,7 @@ class Megakernel:
         self.prog = lower(spec, w.quant, w.group_size, self.batch, self.cache.max_len, self.tiles)
         self.schedule = build_schedule(self.prog, n_programs, self.policy, self.fusion, self.device)
         self.state = State.alloc(self.prog, self.device, n_programs)
+        self._check_l2_prefetch()
         self._constexprs = self._constexpr_args()
         q_max = max(la.queues.shape[1] for la in self.schedule.launches)
         n_rec = len(self.schedule.launches) * n_programs * q_max * 4 if self.timeline else 1
@@ -170,7 +171,24 @@ class Megakernel:
     def _constexpr_args(self) -> dict:
         cx = constexpr_args(self.w.spec, self.w.lm_head.kind, self.w.group_size, self.w.dtype, self.batch,
                             self.tiles, self.prog)
-        return dict(cx, TIMELINE=self.timeline, CLOCK=0 if self.interpret else 1)
+        return dict(cx, TIMELINE=self.timeline, CLOCK=0 if self.interpret else 1,
+                    L2_PREFETCH=0 if self.interpret else self.tiles.l2_prefetch)  # inline PTX: GPU only
+
+    def _check_l2_prefetch(self) -> None:
+        """tiles.l2_prefetch=n prefetches n K steps of each stage's first tile: a power-of-two number of 128-byte
+        lines per row (the kernel's tl.arange), never more than the row."""
+        n, t, spec = self.tiles.l2_prefetch, self.tiles, self.w.spec
+        if not n:
+            return
+        elem = self.w.stacked["wo"].weight.element_size()
+        for name, tile, k in (("qkv", t.qkv, spec.dim), ("o", t.o, spec.q_dim), ("gate_up", t.gate_up, spec.dim),
+                              ("down", t.down, spec.ffn_dim), ("lm_head", t.lm_head, spec.dim)):
+            row_bytes = n * tile.block_k * elem // (2 if self.w.quant == "int4" else 1)
+            lines = -(-row_bytes // 128)
+            if lines & (lines - 1) or n * tile.block_k > k:
+                raise ValueError(f"megakernel: tiles.l2_prefetch={n} asks for {lines} lines per row of the {name} "
+                                 f"weights ({n} x {tile.block_k} of {k} columns); choose a value that gives a "
+                                 f"power of two lines within the row, or 0")
 
     def _timeline_slice(self, li: int) -> torch.Tensor:
         """Launch li's records [n_programs, its queue length, 4] in the timeline buffer."""
@@ -297,6 +315,8 @@ class Megakernel:
             parts.append("prefetch")
         if t.max_regs:
             parts.append(f"max_regs={t.max_regs}")
+        if t.l2_prefetch:
+            parts.append(f"l2_prefetch={t.l2_prefetch}")
         return " ".join(parts)
 
     def registers(self) -> Optional[int]:

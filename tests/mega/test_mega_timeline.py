@@ -1,7 +1,8 @@
 """The per-program timeline (kernels/mega: TIMELINE constexpr; harness/timeline.py) on the CPU, where the clock
 is logical: every instruction is recorded once, in queue order, with start <= ready <= end, and the same
 logits as without the timeline; the table, summaries and plot are built from it. Plus the compile-anywhere
-resource report: the GPU kernel compiles for sm_90 here, and only the timeline variant reads the timer."""
+resource report: the GPU kernel compiles for sm_90 here, only the timeline variant reads the timer and only
+the l2_prefetch variant issues L2 prefetches."""
 import os
 import subprocess
 import sys
@@ -60,15 +61,31 @@ def test_resources_compile_for_sm90_without_a_gpu():
             "s = named_spec('llama1b');"
             "c, t = R.compile_config(s, 'int4', 128, 1, 1025, 132); u = R.ptxas_usage(c);"
             "ct, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, timeline=True);"
+            "cp, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, l2_prefetch=1);"
             "print(u['regs'], u['spill_stores'], c.asm['ptx'].count('globaltimer'), ct.asm['ptx'].count('globaltimer'),"
-            " R.programs_per_sm(u['regs'], t.num_warps, u['shared']))")
+            " R.programs_per_sm(u['regs'], t.num_warps, u['shared']), c.asm['ptx'].count('prefetch.global.L2'),"
+            " cp.asm['ptx'].count('prefetch.global.L2'))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
         pytest.skip("no ptxas in this Triton install")
     assert res.returncode == 0, res.stderr[-2000:]
-    regs, spills, timer_plain, timer_tl, pps = map(int, res.stdout.split())
+    regs, spills, timer_plain, timer_tl, pps, pf_plain, pf_on = map(int, res.stdout.split())
     assert 16 <= regs <= 255 and spills >= 0
     assert timer_plain == 0 and timer_tl > 0
     assert 1 <= pps <= 32
+    assert pf_plain == 0 and pf_on >= 5  # one prefetch site per GEMV stage (QKV and gate/up have two)
+
+
+@pytest.mark.skipif(not interpreting(), reason="CPU test through the Triton interpreter")
+@INTERPRETER_WARNINGS
+def test_l2_prefetch_option_is_checked_and_inert_on_the_cpu():
+    """l2_prefetch is inline PTX (GPU only): on the CPU the kernel runs without it and gives the same logits; a
+    value that does not give a power of two lines per row is refused with the option's name."""
+    case = make_case("tiny", "bf16", 1)
+    plain = Megakernel(case.w, case.cache.clone()).decode(case.tokens, case.positions).clone()
+    mk = Megakernel(case.w, case.cache, tiles={"l2_prefetch": 1})
+    assert (mk.decode(case.tokens, case.positions) == plain).all()
+    with pytest.raises(ValueError, match="tiles.l2_prefetch=3"):
+        Megakernel(case.w, case.cache, tiles={"l2_prefetch": 3})
