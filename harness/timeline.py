@@ -119,14 +119,12 @@ def record(cfg, steps: int = 5):
     from harness.config import validate
     from harness.impls import REGISTRY
     from harness.runner import pick_device, prepare_point
-    from kernels.mega.runtime import Megakernel
+    from harness.impls.megakernel import runtime_from_config
 
     spec = validate(cfg, list(REGISTRY))
     device = pick_device(cfg.bench.device)
     pt = prepare_point(cfg, spec, device)
-    mk_cfg = cfg.megakernel
-    mk = Megakernel(pt.weights, pt.cache, fusion=cfg.fusion, policy=mk_cfg.schedule,
-                    programs_per_sm=mk_cfg.programs_per_sm, tiles=dict(getattr(mk_cfg, "tiles", None) or {}), timeline=True)
+    mk = runtime_from_config(cfg, pt.weights, pt.cache, timeline=True)
     for _ in range(steps):
         mk.decode(pt.tokens, pt.positions)
     mk.check()
@@ -162,7 +160,7 @@ def main(overrides: Optional[list[str]] = None) -> None:
     unit = "us" if mk.device.type == "cuda" else "ticks"
     title = (f"megakernel timeline, {cfg.model.name} {cfg.quant.name} batch {b.batch} ctx {b.ctx} fusion={cfg.fusion}"
              f" - {gpu}, {pd.Timestamp.now():%Y-%m-%d}\nstep {s['span']:.1f} {unit}, {s['programs']} programs "
-             f"({mk.programs_per_sm}/SM, {mk.registers() or '-'} regs): running {s['run_pct']:.0f}%, waiting "
+             f"({mk.programs_per_sm}/SM, {mk.n_regs or '-'} regs): running {s['run_pct']:.0f}%, waiting "
              f"{s['wait_pct']:.0f}%, done early {s['tail_pct']:.0f}%\n{mk.tiles_summary()}")
     plot_timeline(df, str(out_dir / f"{name}.png"), title, unit)
     pd.set_option("display.width", 200)

@@ -83,33 +83,17 @@ def multiply_accumulate(acc, x, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexp
 
 
 @triton.jit
-def sumsq_init(B_PAD: tl.constexpr, BLOCK_K: tl.constexpr, PER_STEP: tl.constexpr):
-    """Accumulator of sum(x^2) per batch row for the fused RMSNorm: [B_PAD] reduced every step (PER_STEP), else
-    element-wise [B_PAD, BLOCK_K], reduced once. The tiles pass False on both paths: reducing every step made the
-    megakernel's batch-16 step 4% slower on an H100 (23.6 vs 24.6 ms, llama8b bf16)."""
-    if PER_STEP:
-        ssq = tl.zeros([B_PAD], dtype=tl.float32)
-    else:
-        ssq = tl.zeros([B_PAD, BLOCK_K], dtype=tl.float32)
-    return ssq
+def sumsq_init(B_PAD: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Accumulator of sum(x^2) per batch row for the fused RMSNorm: element-wise [B_PAD, BLOCK_K], reduced once
+    after the K loop on both paths (reducing every step made the megakernel's batch-16 step 4% slower on an
+    H100: 24.6 vs 23.6 ms, llama8b bf16)."""
+    return tl.zeros([B_PAD, BLOCK_K], dtype=tl.float32)
 
 
 @triton.jit
-def accumulate_sumsq(ssq, sq, PER_STEP: tl.constexpr):
-    """ssq += x^2 of one step (sq: [B_PAD, BLOCK_K])."""
-    if PER_STEP:
-        ssq += tl.sum(sq, axis=1)
-    else:
-        ssq += sq
-    return ssq
-
-
-@triton.jit
-def sumsq_total(ssq, PER_STEP: tl.constexpr):
+def sumsq_total(ssq):
     """sum(x^2) per batch row: [B_PAD]."""
-    if not PER_STEP:
-        ssq = tl.sum(ssq, axis=1)
-    return ssq
+    return tl.sum(ssq, axis=1)
 
 
 @triton.jit
@@ -175,7 +159,7 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
         acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
     else:  # element-wise partial products, reduced over K once after the loop
         acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    ssq = sumsq_init(B_PAD, BLOCK_K, False)  # x^2 sums for the fused RMSNorm, reduced once after the loop
+    ssq = sumsq_init(B_PAD, BLOCK_K)  # x^2 sums for the fused RMSNorm
     if PREFETCH:
         w_next = load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K)
     for k0 in range(0, K, BLOCK_K):
@@ -188,10 +172,10 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
         acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
         if HAS_NORM:
-            ssq = accumulate_sumsq(ssq, sq, False)
+            ssq += sq
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
-    return acc, sumsq_total(ssq, False)
+    return acc, sumsq_total(ssq)
 
 
 @triton.jit
@@ -208,7 +192,7 @@ def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn
         acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
     else:  # element-wise partial products, reduced over K once after the loop
         acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    ssq = sumsq_init(B_PAD, BLOCK_K, False)  # x^2 sums for the fused RMSNorm, reduced once after the loop
+    ssq = sumsq_init(B_PAD, BLOCK_K)  # x^2 sums for the fused RMSNorm
     for g0 in range(0, n_groups, GROUPS_PER_STEP):
         w_even, w_odd = int4_dequant_halves(w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, offs_n, n_mask, g0, n_groups,
                                             GROUP // 2, GROUP_PAD // 2, GROUPS_PER_STEP)
@@ -217,10 +201,10 @@ def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, cols, col_mask, HAS_NORM)
         acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
         if HAS_NORM:
-            ssq = accumulate_sumsq(ssq, sq, False)
+            ssq += sq
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
-    return acc, sumsq_total(ssq, False)
+    return acc, sumsq_total(ssq)
 
 
 @triton.jit

@@ -40,10 +40,6 @@ def parse_variant(text: str) -> tuple[str, dict, dict]:
     return name, run_kw, tiles
 
 
-def registers(mk: Megakernel) -> int:
-    return mk._compile().n_regs
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", nargs="+", default=["llama1b:bf16:1"], help="model:quant:batch")
@@ -89,7 +85,7 @@ def main() -> None:
             ms = res.median_us / 1e3
             row = dict(gpu=gpu, point=point, ctx=args.ctx, variant=name, spec=text, ms=round(ms, 4),
                        pct_copy=round(100 * nbytes / (ms * 1e-3) / (copy_tbs * 1e12), 1),
-                       regs=registers(mk), programs_per_sm=mk.programs_per_sm, programs=mk.n_programs,
+                       regs=mk.n_regs, programs_per_sm=mk.programs_per_sm, programs=mk.n_programs,
                        rel_diff_vs_first=f"{diff:.2e}", build_s=round(build_s, 1), copy_tbs=round(copy_tbs, 3))
             rows.append(row)
             print(" ".join(f"{k}={v}" for k, v in row.items() if k not in ("gpu", "spec")), flush=True)

@@ -11,6 +11,15 @@ import torch
 from harness.impls.base import DecodeImpl, ImplContext, register
 
 
+def runtime_from_config(cfg, weights, cache, **kwargs):
+    """kernels.mega.runtime.Megakernel for cfg's fusion and megakernel.{schedule, programs_per_sm, tiles}."""
+    from kernels.mega.runtime import Megakernel
+
+    mk = cfg.megakernel
+    return Megakernel(weights, cache, fusion=cfg.fusion, policy=mk.schedule, programs_per_sm=mk.programs_per_sm,
+                      tiles=dict(getattr(mk, "tiles", None) or {}), **kwargs)
+
+
 @register("megakernel")
 class MegakernelImpl(DecodeImpl):
     fusion = "model"  # the runner records cfg.fusion for this impl
@@ -32,11 +41,7 @@ class MegakernelImpl(DecodeImpl):
 
     def __init__(self, ctx: ImplContext):
         super().__init__(ctx)
-        from kernels.mega.runtime import Megakernel as Runtime
-
-        mk = ctx.cfg.megakernel
-        self.mk = Runtime(ctx.weights, ctx.cache, fusion=ctx.cfg.fusion, policy=mk.schedule,
-                          programs_per_sm=mk.programs_per_sm, tiles=dict(getattr(mk, "tiles", None) or {}))
+        self.mk = runtime_from_config(ctx.cfg, ctx.weights, ctx.cache)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """No host sync (CUDA-graph capturable); returns the runtime's persistent logits buffer [B, V] fp32."""

@@ -93,22 +93,18 @@ def _megakernel(
                 if op == 1:
                     r0 = (a // NPB) * HD + (a % NPB) * QKV_P
                     w_l = wqkv_ptr + lp * (QKV_N * WSTR_D)
-                    prefetch_l2(w_l, r0, QKV_N - r0, WSTR_D, QKV_P, L2_PREFETCH * QKV_BK * WSTR_D // D)
-                    prefetch_l2(w_l, r0 + HALF, QKV_N - r0 - HALF, WSTR_D, QKV_P, L2_PREFETCH * QKV_BK * WSTR_D // D)
+                    prefetch_l2(w_l, r0, QKV_N, WSTR_D, D, QKV_P, L2_PREFETCH * QKV_BK)
+                    prefetch_l2(w_l, r0 + HALF, QKV_N, WSTR_D, D, QKV_P, L2_PREFETCH * QKV_BK)
                 elif op == 4:
-                    prefetch_l2(wo_ptr + lp * (D * WSTR_Q), a * O_TPI * O_BN, D - a * O_TPI * O_BN, WSTR_Q, O_BN,
-                                L2_PREFETCH * O_BK * WSTR_Q // Q_DIM)
+                    prefetch_l2(wo_ptr + lp * (D * WSTR_Q), a * O_TPI * O_BN, D, WSTR_Q, Q_DIM, O_BN, L2_PREFETCH * O_BK)
                 elif op == 5:
-                    prefetch_l2(wg_ptr + lp * (F * WSTR_D), a * GU_TPI * GU_BN, F - a * GU_TPI * GU_BN, WSTR_D, GU_BN,
-                                L2_PREFETCH * GU_BK * WSTR_D // D)
-                    prefetch_l2(wu_ptr + lp * (F * WSTR_D), a * GU_TPI * GU_BN, F - a * GU_TPI * GU_BN, WSTR_D, GU_BN,
-                                L2_PREFETCH * GU_BK * WSTR_D // D)
+                    r0 = a * GU_TPI * GU_BN
+                    prefetch_l2(wg_ptr + lp * (F * WSTR_D), r0, F, WSTR_D, D, GU_BN, L2_PREFETCH * GU_BK)
+                    prefetch_l2(wu_ptr + lp * (F * WSTR_D), r0, F, WSTR_D, D, GU_BN, L2_PREFETCH * GU_BK)
                 elif op == 6:
-                    prefetch_l2(wd_ptr + lp * (D * WSTR_F), a * DN_TPI * DN_BN, D - a * DN_TPI * DN_BN, WSTR_F, DN_BN,
-                                L2_PREFETCH * DN_BK * WSTR_F // F)
+                    prefetch_l2(wd_ptr + lp * (D * WSTR_F), a * DN_TPI * DN_BN, D, WSTR_F, F, DN_BN, L2_PREFETCH * DN_BK)
                 elif op == 7:
-                    prefetch_l2(wlm_ptr, a * LM_TPI * LM_BN, V - a * LM_TPI * LM_BN, WSTR_D, LM_BN,
-                                L2_PREFETCH * LM_BK * WSTR_D // D)
+                    prefetch_l2(wlm_ptr, a * LM_TPI * LM_BN, V, WSTR_D, D, LM_BN, L2_PREFETCH * LM_BK)
             seen = wait_until(counter_ptr + wc, wn, error_ptr, spin_limit)
             if seen < wn:
                 report_error(error_ptr, 1, pid, pc, tl.load(word + 7), wc, seen, wn, launch_id, W)

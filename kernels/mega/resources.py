@@ -25,6 +25,7 @@ DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp
                torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64"}
 REGS_PER_SM = 65536
 MAX_THREADS_PER_SM = 2048
+SMEM_PER_SM = 228 * 1024
 
 
 def _weight_dtypes(quant: str, act: torch.dtype) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
@@ -110,11 +111,13 @@ def ptxas_usage(compiled, arch: int = 90) -> dict:
             "shared": compiled.metadata.shared}
 
 
-def programs_per_sm(regs: int, num_warps: int, shared: int, smem_per_sm: int = 228 * 1024) -> int:
-    """Programs of this footprint co-resident on one Hopper SM (registers allocated per warp in units of 256)."""
+def programs_per_sm(regs: int, num_warps: int, shared: int, regs_per_sm: int = REGS_PER_SM,
+                    threads_per_sm: int = MAX_THREADS_PER_SM, smem_per_sm: int = SMEM_PER_SM) -> int:
+    """Programs of this footprint co-resident on one SM (defaults: Hopper). Registers are allocated per warp in
+    units of 256; the driver reserves 1 KB of shared memory per block."""
     regs_warp = -(-regs * 32 // 256) * 256
-    by_regs = REGS_PER_SM // max(regs_warp * num_warps, 1)
-    by_threads = MAX_THREADS_PER_SM // (32 * num_warps)
+    by_regs = regs_per_sm // max(regs_warp * num_warps, 1)
+    by_threads = threads_per_sm // (32 * num_warps)
     by_smem = smem_per_sm // (shared + 1024) if shared else 32
     return max(0, min(by_regs, by_threads, by_smem, 32))
 

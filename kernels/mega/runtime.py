@@ -23,6 +23,7 @@ from kernels.gemv import KIND_CODES
 from kernels.mega.instructions import WORDS
 from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
 from kernels.mega.lower import check_config, lower, next_pow2, pick_tiles
+from kernels.mega.resources import MAX_THREADS_PER_SM, REGS_PER_SM, SMEM_PER_SM, programs_per_sm
 from kernels.mega.schedule import Schedule, build_schedule
 from kernels.mega.state import ERROR_WORDS, State, hd_pad_of
 
@@ -44,16 +45,10 @@ def occupancy(compiled, device: torch.device) -> int:
     """Programs of this compiled kernel that fit on one SM at once (registers, shared memory, threads)."""
     compiled._init_handles()
     props = torch.cuda.get_device_properties(device)
-    num_warps = compiled.metadata.num_warps
-    regs_sm = getattr(props, "regs_per_multiprocessor", 65536)
-    threads_sm = getattr(props, "max_threads_per_multi_processor", 2048)
-    smem_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
-    regs_warp = -(-compiled.n_regs * 32 // 256) * 256  # allocated per warp in units of 256
-    by_regs = regs_sm // max(regs_warp * num_warps, 1)
-    by_threads = threads_sm // (32 * num_warps)
-    shared = compiled.metadata.shared
-    by_smem = smem_sm // (shared + 1024) if shared else 32  # 1 KB per block reserved by the driver
-    return max(0, min(by_regs, by_threads, by_smem, 32))
+    return programs_per_sm(compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
+                           getattr(props, "regs_per_multiprocessor", REGS_PER_SM),
+                           getattr(props, "max_threads_per_multi_processor", MAX_THREADS_PER_SM),
+                           getattr(props, "shared_memory_per_multiprocessor", SMEM_PER_SM))
 
 
 def constexpr_args(spec, kind_name: str, group_size: int, act_dtype: torch.dtype, batch: int, t, prog) -> dict:
@@ -105,7 +100,7 @@ class Megakernel:
         if self.interpret and not interpreting():
             raise RuntimeError("megakernel on the CPU needs TRITON_INTERPRET=1, set before kernels are imported")
         self.fusion, self.policy = fusion, policy
-        self.timeline = timeline  # per-instruction clocks (kernels/mega/timeline.py); a separately compiled kernel
+        self.timeline = timeline  # per-instruction clocks (harness/timeline.py); a separately compiled kernel
         self.programs_per_sm_requested = programs_per_sm
         self.spin_limit = spin_limit or (SPIN_LIMIT_CPU if self.interpret else SPIN_LIMIT_GPU)
         self._tile_overrides = dict(tiles or {})
@@ -115,9 +110,12 @@ class Megakernel:
             n_programs = 1 if self.interpret else sm_count(device) * programs_per_sm
         self.programs_per_sm = programs_per_sm
         self._build(n_programs)
+        self.n_regs: Optional[int] = None  # registers per thread of the compiled kernel (GPU)
         if not self.interpret:  # size the grid from what is co-resident (FACTS.md: the hang lesson)
             for _ in range(3):
-                fit = occupancy(self._compile(), device) * sm_count(device)
+                compiled = self._compile()
+                self.n_regs = int(compiled.n_regs)
+                fit = occupancy(compiled, device) * sm_count(device)
                 if fit >= self.n_programs:
                     break
                 if fit == 0:
@@ -303,7 +301,7 @@ class Megakernel:
     def info(self) -> dict:
         return {"mega_programs": self.n_programs, "mega_programs_per_sm": self.programs_per_sm,
                 "mega_launches": len(self.schedule.launches), "mega_instructions": len(self.prog.instrs),
-                "mega_schedule": self.policy, "mega_regs": self.registers(), "mega_tiles": self.tiles_summary()}
+                "mega_schedule": self.policy, "mega_regs": self.n_regs, "mega_tiles": self.tiles_summary()}
 
     def tiles_summary(self) -> str:
         """The tile configuration in one line (rows x columns per step [x tiles per instruction] per GEMV stage)."""
@@ -318,7 +316,3 @@ class Megakernel:
         if t.l2_prefetch:
             parts.append(f"l2_prefetch={t.l2_prefetch}")
         return " ".join(parts)
-
-    def registers(self) -> Optional[int]:
-        """Registers per thread of the compiled kernel (None in the CPU interpreter)."""
-        return None if self.interpret else int(self._compile().n_regs)

@@ -55,18 +55,19 @@ def report_error(error_ptr, code, program, position, instr_id, counter, seen, ta
 
 
 @triton.jit
-def prefetch_l2(w_ptr, row0, n_rows, row_stride, ROWS: tl.constexpr, ROW_ELEMS: tl.constexpr):
-    """Asks L2 for the first ROW_ELEMS stored elements of rows row0 .. row0 + min(ROWS, n_rows) of w (row stride
-    row_stride elements): one `prefetch.global.L2` per 128-byte line, no registers held, nothing waited for.
-    Issued before a counter wait, it lets the weights of the instruction about to run stream while it waits
-    (the weights never depend on the counter). GPU only (inline PTX)."""
+def prefetch_l2(w_ptr, row0, N, ROW_STRIDE: tl.constexpr, K: tl.constexpr, ROWS: tl.constexpr,
+                COLS: tl.constexpr):
+    """Asks L2 for the first COLS input columns of rows row0 .. row0 + ROWS (those < N) of a weight W [N, K] stored
+    with ROW_STRIDE elements per row (K, or K / 2 for packed int4): one `prefetch.global.L2` per 128-byte line,
+    no registers held, nothing waited for. Issued before a counter wait, it lets the weights of the instruction
+    about to run stream while it waits (weights never depend on a counter). GPU only (inline PTX)."""
     ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-    LINE: tl.constexpr = 128 // ELEM  # elements per 128-byte line
-    LINES: tl.constexpr = (ROW_ELEMS + LINE - 1) // LINE
+    LINE: tl.constexpr = 128 // ELEM  # stored elements per 128-byte line
+    LINES: tl.constexpr = (COLS * ROW_STRIDE // K + LINE - 1) // LINE
     r = tl.arange(0, ROWS)
     ln = tl.arange(0, LINES)
-    ptrs = w_ptr + (row0 + r).to(tl.int64)[:, None] * row_stride + (ln * LINE)[None, :]
-    ok = (r < n_rows)[:, None] & (ln >= 0)[None, :]
+    ptrs = w_ptr + (row0 + r).to(tl.int64)[:, None] * ROW_STRIDE + (ln * LINE)[None, :]
+    ok = (row0 + r < N)[:, None] & (ln >= 0)[None, :]
     ptrs = tl.where(ok, ptrs, w_ptr)  # rows past the matrix: re-prefetch its first line (harmless)
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
                               is_pure=False, pack=1)
