@@ -168,14 +168,15 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
     if cfg.megakernel.programs_per_sm < 1:
         raise ConfigError(f"megakernel.programs_per_sm={cfg.megakernel.programs_per_sm} must be >= 1")
     tile_keys = ("gemv_rows", "gemv_elems", "dot_block_k", "num_warps", "kv_block", "n_splits", "argmax_block", "embed_block",
-                 "prefetch", "max_regs", "l2_prefetch")
+                 "prefetch", "max_regs", "l2_prefetch", "int4_dot")
+    flags = ("prefetch", "int4_dot")
     for key, val in (cfg.megakernel.get("tiles") or {}).items():
         if key not in tile_keys:
             raise ConfigError(f"megakernel.tiles.{key} is not a tile option; use one of {', '.join(tile_keys)}")
-        if key != "prefetch" and (not isinstance(val, int) or isinstance(val, bool) or val < 0):
+        if key not in flags and (not isinstance(val, int) or isinstance(val, bool) or val < 0):
             raise ConfigError(f"megakernel.tiles.{key}={val!r} must be a non-negative integer")
-        if key == "prefetch" and not isinstance(val, bool):
-            raise ConfigError(f"megakernel.tiles.prefetch={val!r} must be true or false")
+        if key in flags and not isinstance(val, bool):
+            raise ConfigError(f"megakernel.tiles.{key}={val!r} must be true or false")
     if impl_names is not None:
         for name in list(cfg.impl.names) + [cfg.baseline]:
             if name != "*" and name not in impl_names:

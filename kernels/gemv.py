@@ -14,10 +14,13 @@ Two inner products, one constexpr switch (USE_DOT):
 Weight tiles are [BLOCK_N, BLOCK_K] row-major slices: 16-byte vector loads along K (int4: 64 bytes per
 group of 128), every weight byte read once per launch.
 
+int4 has its own tensor-core tile (_int4_dot_tile: integer nibbles on the tensor cores, scale and zero once per
+group), used from batch INT4_DOT_MIN_BATCH; below it the FMA tile dequantises with "unit floats" (int4_dequant_halves).
+
 Known gaps (H100, 2026-11-22, kernels.bench_ops): on the dot path the fused RMSNorm prologue is slow
 (llama8b wqkv batch 16: 59 us fused vs ~29 us plain; on the FMA path it is free: 29.9 vs 28.5 us at
-batch 1); int4 dequantisation is compute-bound at 550-850 GB/s (still 1.4-2x faster than cuBLAS on the
-bf16 weight).
+batch 1); int4 dequantisation is instruction-bound (550-850 GB/s then; the FMA loop compiled for sm_90 issued
+~10 instructions per weight, 7.7 with unit floats, against 4.5 for bf16).
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ _FMA_BLOCK_K_MAX = 1024
 _DOT_BLOCK_N = 32  # x is re-read by every program: wide tiles keep those L2 reads under the weight bytes,
 _DOT_BLOCK_N_WIDE = 64  # ...and 64 rows once that still leaves a program per SM (lm_head, 8b gate/up)
 _DOT_BLOCK_K = 512
+# int4 on the tensor-core tile from batch 16. H200, llama8b int4 megakernel, tensor cores vs FMA (same run):
+# batch 1 7.74 vs 5.25 ms, batch 4 13.5 vs 12.5 ms, batch 16 13.9 vs 60.1 ms; batch 8 not measured.
+INT4_DOT_MIN_BATCH = 16
 _NUM_WARPS = 4  # 4 warps won most cells; 8 won llama1b bf16 batch 1 by ~10% and lost int8/int4 batch 1 by 20-30%
 
 
@@ -103,9 +109,22 @@ def nibble_minus_8(q):
     return (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
 
+# The same unit floats as int4_dequant_halves' Triton expression, in PTX (GPU only): per packed byte one prmt
+# (the byte to bits 16-23, zeros elsewhere), one shift to bits 15-22, and two lop3 ((v & nibble) | 0x3F800000).
+_UNIT_FLOAT_ASM = tl.constexpr("""{
+.reg .b32 t, zero;
+mov.b32 zero, 0;
+""" + "".join(f"""prmt.b32 t, $8, zero, 0x4{i}44;
+shr.u32 t, t, 1;
+lop3.b32 ${i}, t, 0x00078000, 0x3F800000, 0xEA;
+lop3.b32 ${4 + i}, t, 0x00780000, 0x3F800000, 0xEA;
+""" for i in range(4)) + "}")
+
+
 @triton.jit
 def int4_dequant_halves(w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, offs_n, n_mask, g0, n_groups,
-                        HALF_G: tl.constexpr, HALF_G_PAD: tl.constexpr, GROUPS_PER_STEP: tl.constexpr):
+                        HALF_G: tl.constexpr, HALF_G_PAD: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+                        ASM: tl.constexpr):
     """Groups g0 .. g0 + GROUPS_PER_STEP - 1 of rows offs_n -> (w_even, w_odd): [BN, GROUPS_PER_STEP, HALF_G_PAD]
     fp32, the weights of input columns g * GROUP + 2j (low nibbles) and g * GROUP + 2j + 1 (high nibbles).
     Padded bytes (j >= HALF_G) and groups past n_groups are masked; their junk weights meet x = 0."""
@@ -120,9 +139,62 @@ def int4_dequant_halves(w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, offs_n, n_mas
     sz_offs = offs_n[:, None] * stride_sn + g[None, :]  # scale, zero: [BN, GROUPS_PER_STEP]
     s = tl.load(s_ptr + sz_offs, mask=mask2, other=0.0).to(tl.float32)[:, :, None]
     z = tl.load(z_ptr + sz_offs, mask=mask2, other=0.0).to(tl.float32)[:, :, None]
-    w_even = nibble_minus_8(packed & 0xF) * s + z
-    w_odd = nibble_minus_8(packed >> 4) * s + z
+    # The byte moved to bits 15-22 (the top of the fp32 mantissa) and OR-ed with the exponent of 1.0 is the float
+    # 1 + lo / 256 + hi / 16; masking one nibble gives f = 1 + q / 256 (low) or 1 + q / 16 (high), so (q - 8) s + z
+    # is one FMA with per-group constants: f * 256 s + (z - 264 s), f * 16 s + (z - 24 s). Per byte: a byte move
+    # and a shift, two LOP3, two FFMA (the nibble_minus_8 route took ~10 instructions per weight, this ~7).
+    if ASM:
+        f_even, f_odd = tl.inline_asm_elementwise(_UNIT_FLOAT_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [packed],
+                                                  dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+    else:
+        b15 = packed.to(tl.int32) << 15
+        f_even = ((b15 & 0x00078000) | 0x3F800000).to(tl.float32, bitcast=True)
+        f_odd = ((b15 & 0x00780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    w_even = f_even * (s * 256.0) + (z - s * 264.0)
+    w_odd = f_odd * (s * 16.0) + (z - s * 24.0)
     return w_even, w_odd
+
+
+# q - 8 of both nibbles of 4 packed bytes, as 16-bit floats, in packed 16-bit arithmetic (GPU only):
+# prmt spreads bytes b0, b1 (b2, b3) into the two 16-bit halves of a register; lop3 computes (v & 0x000F000F) | MAGIC,
+# the float MAGIC + q exactly (bf16 128 + q, fp16 1024 + q: the nibble lands in the mantissa bits of unit weight);
+# one packed fma then subtracts MAGIC + 8. 12 instructions per 8 weights, against ~4 per weight in fp32.
+_NIBBLE_ASM = """{{
+.reg .b32 t0, t1, u0, u1, zero, one, bias;
+mov.b32 zero, 0;
+mov.b32 one, {one};
+mov.b32 bias, {bias};
+prmt.b32 t0, $4, zero, 0x4140;
+prmt.b32 t1, $4, zero, 0x4342;
+shr.u32 u0, t0, 4;
+shr.u32 u1, t1, 4;
+lop3.b32 $0, t0, 0x000F000F, {magic}, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, {magic}, 0xEA;
+lop3.b32 $2, u0, 0x000F000F, {magic}, 0xEA;
+lop3.b32 $3, u1, 0x000F000F, {magic}, 0xEA;
+fma.rn.{ty} $0, $0, one, bias;
+fma.rn.{ty} $1, $1, one, bias;
+fma.rn.{ty} $2, $2, one, bias;
+fma.rn.{ty} $3, $3, one, bias;
+}}"""
+_NIBBLE_ASM_BF16 = tl.constexpr(_NIBBLE_ASM.format(one="0x3F803F80", bias="0xC308C308", magic="0x43004300", ty="bf16x2"))
+_NIBBLE_ASM_FP16 = tl.constexpr(_NIBBLE_ASM.format(one="0x3C003C00", bias="0xE408E408", magic="0x64006400", ty="f16x2"))
+
+
+@triton.jit
+def int4_nibbles(packed, DTYPE: tl.constexpr):
+    """Packed int4 bytes -> (low nibbles - 8, high nibbles - 8) as DTYPE, exactly (integers in [-8, 8)).
+    bf16 / fp16 use packed 16-bit PTX (GPU only); fp32 (and the interpreter, where DTYPE is fp32) nibble_minus_8."""
+    if DTYPE == tl.bfloat16:
+        lo, hi = tl.inline_asm_elementwise(_NIBBLE_ASM_BF16, "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16),
+                                           is_pure=True, pack=4)
+    elif DTYPE == tl.float16:
+        lo, hi = tl.inline_asm_elementwise(_NIBBLE_ASM_FP16, "=r,=r,=r,=r,r", [packed], dtype=(tl.float16, tl.float16),
+                                           is_pure=True, pack=4)
+    else:
+        lo = nibble_minus_8(packed & 0xF)
+        hi = nibble_minus_8(packed >> 4)
+    return lo, hi
 
 
 @triton.jit
@@ -181,29 +253,94 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
 @triton.jit
 def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n, n_mask,
                GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """int4 group-wise: (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]). The nibble halves are interleaved
-    back into column order in registers, so x is read contiguously. (Keeping the halves apart and splitting x
+               BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, ASM: tl.constexpr):
+    """int4 group-wise on the FMA path: (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]). ASM: unpack the
+    nibbles with PTX (GPU). The nibble halves are interleaved back into column order in registers, so x is read
+    contiguously. (Keeping the halves apart and splitting x
     instead measured the same at batch 1 and up to 2.5x slower at batch 2 on an H100.)"""
     GROUP_PAD: tl.constexpr = BLOCK_K // GROUPS_PER_STEP  # GROUP rounded up to a power of two
     n_groups = K // GROUP
     rows = tl.arange(0, B_PAD)
-    if USE_DOT:
-        acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
-    else:  # element-wise partial products, reduced over K once after the loop
-        acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)  # element-wise products, reduced once at the end
     ssq = sumsq_init(B_PAD, BLOCK_K)  # x^2 sums for the fused RMSNorm
     for g0 in range(0, n_groups, GROUPS_PER_STEP):
         w_even, w_odd = int4_dequant_halves(w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, offs_n, n_mask, g0, n_groups,
-                                            GROUP // 2, GROUP_PAD // 2, GROUPS_PER_STEP)
+                                            GROUP // 2, GROUP_PAD // 2, GROUPS_PER_STEP, ASM)
         w = tl.reshape(tl.interleave(w_even, w_odd), [BLOCK_N, BLOCK_K])  # [BN, BLOCK_K] in column order
         cols, col_mask = int4_group_columns(g0, n_groups, K, GROUP, GROUP_PAD, GROUPS_PER_STEP)
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, cols, col_mask, HAS_NORM)
-        acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
+        acc += x[:, None, :] * w[None, :, :]
         if HAS_NORM:
             ssq += sq
-    if not USE_DOT:
-        acc = tl.sum(acc, axis=2)
+    return tl.sum(acc, axis=2), sumsq_total(ssq)
+
+
+@triton.jit
+def _int4_dot_group(acc, ssq, x_ptr, stride_xb, B, nw_ptr, w_ptrs, s_ptrs, z_ptrs, n_mask, g,
+                    GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr, B_DOT: tl.constexpr,
+                    DOT_DTYPE: tl.constexpr):
+    """One group g of _int4_dot_tile: acc [B_DOT, BN] += x[:, group] @ W[rows, group].T; ssq [B_PAD, GROUP] += x^2."""
+    HALF_G: tl.constexpr = GROUP // 2
+    c = g * GROUP + tl.arange(0, GROUP)
+    packed = tl.load(w_ptrs + g * HALF_G, mask=n_mask[:, None], other=0)  # [BN, HALF_G] uint8, 16-byte vectors
+    s = tl.load(s_ptrs + g, mask=n_mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptrs + g, mask=n_mask, other=0.0).to(tl.float32)
+    rows = tl.arange(0, B_PAD)
+    x = tl.load(x_ptr + rows[:, None] * stride_xb + c[None, :], mask=(rows < B)[:, None], other=0.0).to(tl.float32)
+    if HAS_NORM:
+        ssq += x * x
+        nw = tl.load(nw_ptr + c).to(tl.float32)
+        x = x * nw[None, :]
+    if B_PAD == 1:  # the dot operand: x in row 0, zeros below; its sum broadcasts over rows later discarded
+        x16 = tl.where((tl.arange(0, B_DOT) == 0)[:, None], x, 0.0)
+    elif B_PAD < B_DOT:
+        r16 = tl.arange(0, B_DOT)
+        x16 = tl.load(x_ptr + r16[:, None] * stride_xb + c[None, :], mask=(r16 < B)[:, None], other=0.0).to(tl.float32)
+        if HAS_NORM:
+            x16 = x16 * nw[None, :]
+    else:
+        x16 = x
+    x_sum = tl.sum(x if B_PAD == 1 else x16, axis=1)
+    x_even, x_odd = tl.split(tl.reshape(x16, [B_DOT, HALF_G, 2]))  # columns 2j (low nibbles), 2j + 1 (high)
+    w_even, w_odd = int4_nibbles(packed, DOT_DTYPE)
+    d = dot_acc(x_even.to(DOT_DTYPE), tl.trans(w_even), tl.zeros(acc.shape, dtype=tl.float32))
+    d = dot_acc(x_odd.to(DOT_DTYPE), tl.trans(w_odd), d)
+    acc += d * s[None, :] + x_sum[:, None] * z[None, :]
+    return acc, ssq
+
+
+@triton.jit
+def _int4_dot_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n, n_mask,
+                   GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                   GROUPS_PER_STEP: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """int4 group-wise on tensor cores, at any batch: (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]).
+    Per group the integer weights q - 8 (exact in bf16/fp16) meet x in one tl.dot per nibble half (x's even and
+    odd columns), and the scale and zero enter once per group and row:
+        sum_k x_k ((q_k - 8) s + z) = s * sum_k x_k (q_k - 8) + z * sum_k x_k.
+    So the ALU only unpacks nibbles (int4_nibbles); the multiply-adds run on tensor cores. Batches below 16 are
+    padded to 16 rows inside the tile (masked loads, no memory traffic). GROUPS_PER_STEP groups per loop
+    iteration (unrolled, so their loads are in flight together), then the remaining groups one at a time.
+    GROUP: a power of two >= 32."""
+    tl.static_assert(GROUP >= 32 and (GROUP & (GROUP - 1)) == 0, "int4 tl.dot path: GROUP must be a power of two >= 32")
+    HALF_G: tl.constexpr = GROUP // 2
+    B_DOT: tl.constexpr = 16 if B_PAD < 16 else B_PAD
+    n_groups = K // GROUP
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + tl.arange(0, HALF_G)[None, :]
+    s_ptrs = s_ptr + offs_n * stride_sn
+    z_ptrs = z_ptr + offs_n * stride_sn
+    acc = tl.zeros([B_DOT, BLOCK_N], dtype=tl.float32)
+    ssq = sumsq_init(B_PAD, GROUP)
+    n_full = n_groups // GROUPS_PER_STEP * GROUPS_PER_STEP
+    for g0 in range(0, n_full, GROUPS_PER_STEP):
+        for gi in tl.static_range(GROUPS_PER_STEP):
+            acc, ssq = _int4_dot_group(acc, ssq, x_ptr, stride_xb, B, nw_ptr, w_ptrs, s_ptrs, z_ptrs, n_mask,
+                                       g0 + gi, GROUP, HAS_NORM, B_PAD, B_DOT, DOT_DTYPE)
+    for g in range(n_full, n_groups):
+        acc, ssq = _int4_dot_group(acc, ssq, x_ptr, stride_xb, B, nw_ptr, w_ptrs, s_ptrs, z_ptrs, n_mask, g,
+                                   GROUP, HAS_NORM, B_PAD, B_DOT, DOT_DTYPE)
+    if B_DOT != B_PAD:  # keep the first B_PAD rows
+        pick = tl.arange(0, B_PAD)[:, None] == tl.arange(0, B_DOT)[None, :]  # [B_PAD, B_DOT]
+        acc = tl.sum(tl.where(pick[:, :, None], acc[None, :, :], 0.0), axis=1)
     return acc, sumsq_total(ssq)
 
 
@@ -219,9 +356,12 @@ def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn,
     PREFETCH: double-buffer the weight loads of dense / int8 weights (see _dense_tile); int4 ignores it."""
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    if KIND == 2:
+    if KIND == 2 and USE_DOT:
+        out, sumsq = _int4_dot_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n,
+                                    n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, GROUPS_PER_STEP, DOT_DTYPE)
+    elif KIND == 2:
         out, sumsq = _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n,
-                                n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE)
+                                n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, DOT_DTYPE != tl.float32)
     else:
         out, sumsq = _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM,
                                  B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH)
@@ -285,6 +425,12 @@ def _gemv_silu_mul_kernel(x_ptr, wg_ptr, sg_ptr, zg_ptr, wu_ptr, su_ptr, zu_ptr,
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
+def int4_dot_ok(group_size: int) -> bool:
+    """Whether int4 weights of this group size can take the tensor-core path (_int4_dot_tile): a power of two
+    >= 32, so that each nibble half of a group is a tl.dot of K >= 16."""
+    return group_size >= 32 and group_size & (group_size - 1) == 0
+
+
 @dataclass(frozen=True)
 class GemvConfig:
     """Block sizes of one GEMV launch (constexprs of gemv_tile plus launch options)."""
@@ -303,12 +449,14 @@ def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, 
                 prefetch: bool = False) -> GemvConfig:
     """Block sizes for x: [B, K] @ W.T. `block_k` counts input columns per step (int4: rounded to whole groups)."""
     b_sz, k = x.shape
+    int4 = w.kind == "int4"
     if use_dot is None:
-        use_dot = (not interpreting()) and b_sz >= _DOT_MIN_BATCH and x.dtype in (torch.float16, torch.bfloat16)
-    if w.kind == "int4" and w.group_size & (w.group_size - 1):
-        use_dot = False  # int4 groups that are not a power of two: FMA only (the dot path failed on an H100, g=6)
+        use_dot = ((not interpreting()) and b_sz >= (INT4_DOT_MIN_BATCH if int4 else _DOT_MIN_BATCH)
+                   and x.dtype in (torch.float16, torch.bfloat16))
+    if int4 and not int4_dot_ok(w.group_size):
+        use_dot = False
     b_pad = triton.next_power_of_2(b_sz)
-    if use_dot:
+    if use_dot and not int4:  # the int4 tile pads the batch to 16 rows itself
         b_pad = max(b_pad, _DOT_MIN_ROWS)
         wide = triton.cdiv(w.out_features, _DOT_BLOCK_N_WIDE) >= sm_count(x.device)
         block_n = block_n or (_DOT_BLOCK_N_WIDE if wide else _DOT_BLOCK_N)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from harness.models import ModelSpec
+from kernels.gemv import INT4_DOT_MIN_BATCH, int4_dot_ok
 from kernels.mega.instructions import (Argmax, AttnPartial, AttnReduce, CounterKey, CounterSpace, DownResidual, Embed,
                                        Instruction, LmHead, OProjResidual, RmsGateUpSilu, RmsQkvRope, Stage, Wait)
 
@@ -97,6 +98,10 @@ _DOT_BLOCK_K = 256
 _DOT_BLOCK_N = 64
 _MIN_KEYS_PER_SPLIT = 256
 _MAX_SPLITS = 64
+# An instruction about to wait on a counter first asks L2 for this many K steps of its first weight tile. H200,
+# batch 1, ctx 1024, same run (results/tuning/mega_tune-h200-3/4): llama1b bf16 1.171 -> 1.140 (1 step) -> 1.133 ms
+# (2), llama8b bf16 5.248 -> 5.207 ms, llama8b int4 5.249 -> 5.207 ms, llama1b int4 1.223 -> 1.194 ms.
+_L2_PREFETCH_STEPS = 2
 _INSTR_OVERHEAD_TILES = 0.25  # cost of one more instruction (queue read, wait, release) in tiles
 
 
@@ -113,6 +118,24 @@ def _k_tile(k: int, cols: int, quant: str, group_size: int, use_dot: bool) -> tu
     return (max(bk, 16) if use_dot else bk), gps
 
 
+def l2_prefetch_problem(spec: ModelSpec, quant: str, tiles: TileConfig, n: int) -> Optional[str]:
+    """Why tiles.l2_prefetch=n cannot be used with these tiles (None if it can). n K steps of each stage's first
+    tile are prefetched as a power-of-two number of 128-byte lines per row (the kernel's tl.arange), never more
+    than the row."""
+    if not n:
+        return None
+    elem = {"int4": 0.5, "int8": 1, "fp32": 4}.get(quant, 2)  # stored bytes per weight
+    for name, tile, k in (("qkv", tiles.qkv, spec.dim), ("o", tiles.o, spec.q_dim),
+                          ("gate_up", tiles.gate_up, spec.dim), ("down", tiles.down, spec.ffn_dim),
+                          ("lm_head", tiles.lm_head, spec.dim)):
+        lines = -(-int(n * tile.block_k * elem) // 128)
+        if lines & (lines - 1) or n * tile.block_k > k:
+            return (f"tiles.l2_prefetch={n} asks for {lines} lines per row of the {name} weights ({n} x "
+                    f"{tile.block_k} of {k} columns); choose a value that gives a power of two lines within the "
+                    f"row, or 0")
+    return None
+
+
 def _tiles_per_instr(n_tiles: int, n_programs: int) -> int:
     """Tiles per instruction minimising the most loaded program's work (plus per-instruction overhead)."""
     best, best_cost = 1, math.inf
@@ -126,11 +149,14 @@ def _tiles_per_instr(n_tiles: int, n_programs: int) -> int:
 
 def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, n_programs: int, *,
                interpret: bool, gemv_rows: Optional[int] = None, gemv_elems: Optional[int] = None,
-               dot_block_k: Optional[int] = None, **overrides) -> TileConfig:
+               dot_block_k: Optional[int] = None, int4_dot: Optional[bool] = None, **overrides) -> TileConfig:
     """Tile sizes for this configuration; `overrides` replace TileConfig fields (tests, tuning).
     gemv_rows / gemv_elems (GPU only) re-derive every GEMV stage from another tile height / another number of
     fp32 FMA accumulators per program (block_k = gemv_elems / (b_pad * rows)), keeping the balancing rules;
-    dot_block_k sets the columns per step of the tensor-core path (batch >= 4)."""
+    dot_block_k sets the columns per step of the tensor-core path (dense batch >= 4, int4 every batch);
+    int4_dot puts int4 weights on the tensor cores (kernels/gemv._int4_dot_tile) or not (default: from batch
+    INT4_DOT_MIN_BATCH on the GPU, never in the interpreter unless asked)."""
+    int4_tc = quant == "int4" and int4_dot_ok(group_size)
     half = spec.head_dim // 2
     if interpret:
         # Small tiles so the tiny test model still has several tiles, K steps and splits per stage.
@@ -139,14 +165,18 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
         def g(k, bn, tpi, cols=64):
             bk, gps = _k_tile(k, cols, quant, group_size, False)
             return GemvTile(bn, bk, gps, tpi)
-        cfg = TileConfig(b_pad=b_pad, use_dot=False, num_warps=4, qkv=g(spec.dim, min(8, next_pow2(half)), 1),
+        cfg = TileConfig(b_pad=b_pad, use_dot=int4_tc and bool(int4_dot), num_warps=4, qkv=g(spec.dim, min(8, next_pow2(half)), 1),
                          o=g(spec.q_dim, 16, 2), gate_up=g(spec.dim, 16, 2), down=g(spec.ffn_dim, 16, 2),
                          lm_head=g(spec.dim, 16, 2), embed_block=64, kv_block=16,
                          n_splits=max(1, min(3, cdiv(max_len, 16))))
         return replace(cfg, **overrides)
 
-    use_dot = batch >= 4 and quant != "fp32"
-    b_pad = max(next_pow2(batch), 16 if use_dot else 1)
+    if quant == "int4":  # the int4 tile pads the batch to 16 rows itself
+        use_dot = int4_tc and (batch >= INT4_DOT_MIN_BATCH if int4_dot is None else bool(int4_dot))
+        b_pad = next_pow2(batch)
+    else:
+        use_dot = batch >= 4 and quant != "fp32"
+        b_pad = max(next_pow2(batch), 16 if use_dot else 1)
 
     acc_elems = gemv_elems or _FMA_ACC_ELEMS
     dot_bk = dot_block_k or _DOT_BLOCK_K
@@ -175,7 +205,9 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
                      down=gemv(spec.dim, spec.ffn_dim), lm_head=gemv(spec.vocab_size, spec.dim),
                      embed_block=min(1024, next_pow2(spec.dim)), kv_block=kv_block,
                      n_splits=n_splits)
-    return replace(cfg, **overrides)
+    # L2 prefetch while waiting: the most K steps up to _L2_PREFETCH_STEPS these tiles allow (0 if none does).
+    steps = next((n for n in range(_L2_PREFETCH_STEPS, 0, -1) if l2_prefetch_problem(spec, quant, cfg, n) is None), 0)
+    return replace(cfg, l2_prefetch=steps, **overrides)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from kernels import dot_operand_dtype, interpreting, sm_count
 from kernels.gemv import KIND_CODES
 from kernels.mega.instructions import WORDS
 from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
-from kernels.mega.lower import check_config, lower, next_pow2, pick_tiles
+from kernels.mega.lower import check_config, l2_prefetch_problem, lower, next_pow2, pick_tiles
 from kernels.mega.resources import MAX_THREADS_PER_SM, REGS_PER_SM, SMEM_PER_SM, programs_per_sm
 from kernels.mega.schedule import Schedule, build_schedule
 from kernels.mega.state import ERROR_WORDS, State, hd_pad_of
@@ -41,14 +41,16 @@ def _contig(t: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
-def occupancy(compiled, device: torch.device) -> int:
-    """Programs of this compiled kernel that fit on one SM at once (registers, shared memory, threads)."""
+def occupancy(compiled, device: torch.device) -> tuple[int, int]:
+    """(registers per thread, programs of this compiled kernel that fit on one SM at once). The register count
+    exists only once the kernel is loaded (_init_handles)."""
     compiled._init_handles()
     props = torch.cuda.get_device_properties(device)
-    return programs_per_sm(compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
-                           getattr(props, "regs_per_multiprocessor", REGS_PER_SM),
-                           getattr(props, "max_threads_per_multi_processor", MAX_THREADS_PER_SM),
-                           getattr(props, "shared_memory_per_multiprocessor", SMEM_PER_SM))
+    regs = int(compiled.n_regs)
+    return regs, programs_per_sm(regs, compiled.metadata.num_warps, compiled.metadata.shared,
+                                 getattr(props, "regs_per_multiprocessor", REGS_PER_SM),
+                                 getattr(props, "max_threads_per_multi_processor", MAX_THREADS_PER_SM),
+                                 getattr(props, "shared_memory_per_multiprocessor", SMEM_PER_SM))
 
 
 def constexpr_args(spec, kind_name: str, group_size: int, act_dtype: torch.dtype, batch: int, t, prog) -> dict:
@@ -113,9 +115,8 @@ class Megakernel:
         self.n_regs: Optional[int] = None  # registers per thread of the compiled kernel (GPU)
         if not self.interpret:  # size the grid from what is co-resident (FACTS.md: the hang lesson)
             for _ in range(3):
-                compiled = self._compile()
-                self.n_regs = int(compiled.n_regs)
-                fit = occupancy(compiled, device) * sm_count(device)
+                self.n_regs, per_sm = occupancy(self._compile(), device)
+                fit = per_sm * sm_count(device)
                 if fit >= self.n_programs:
                     break
                 if fit == 0:
@@ -173,20 +174,9 @@ class Megakernel:
                     L2_PREFETCH=0 if self.interpret else self.tiles.l2_prefetch)  # inline PTX: GPU only
 
     def _check_l2_prefetch(self) -> None:
-        """tiles.l2_prefetch=n prefetches n K steps of each stage's first tile: a power-of-two number of 128-byte
-        lines per row (the kernel's tl.arange), never more than the row."""
-        n, t, spec = self.tiles.l2_prefetch, self.tiles, self.w.spec
-        if not n:
-            return
-        elem = self.w.stacked["wo"].weight.element_size()
-        for name, tile, k in (("qkv", t.qkv, spec.dim), ("o", t.o, spec.q_dim), ("gate_up", t.gate_up, spec.dim),
-                              ("down", t.down, spec.ffn_dim), ("lm_head", t.lm_head, spec.dim)):
-            row_bytes = n * tile.block_k * elem // (2 if self.w.quant == "int4" else 1)
-            lines = -(-row_bytes // 128)
-            if lines & (lines - 1) or n * tile.block_k > k:
-                raise ValueError(f"megakernel: tiles.l2_prefetch={n} asks for {lines} lines per row of the {name} "
-                                 f"weights ({n} x {tile.block_k} of {k} columns); choose a value that gives a "
-                                 f"power of two lines within the row, or 0")
+        problem = l2_prefetch_problem(self.w.spec, self.w.quant, self.tiles, self.tiles.l2_prefetch)
+        if problem:
+            raise ValueError(f"megakernel: {problem}")
 
     def _timeline_slice(self, li: int) -> torch.Tensor:
         """Launch li's records [n_programs, its queue length, 4] in the timeline buffer."""

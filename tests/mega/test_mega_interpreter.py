@@ -69,6 +69,23 @@ def test_interpreter_prefetch_matches_vm(quant, batch):
     assert_cache_written(case, case.cache, f"prefetch {quant} B{batch}")
 
 
+@pytest.mark.parametrize("batch", [1, 4], ids=lambda b: f"B{b}")
+def test_interpreter_int4_tensor_core_path_matches_vm(batch):
+    """int4 GEMVs on the tl.dot path (integer nibbles x activations, scale and zero once per group; batch padded
+    to 16 rows inside the tile), the GPU default, equal the VM."""
+    case = make_case("tiny", "int4", batch)
+    vm_cache = case.cache.clone()
+    mk = Megakernel(case.w, case.cache, tiles={"int4_dot": True})
+    assert mk.prog.tiles.use_dot and mk.prog.tiles.b_pad == batch
+    out = mk.decode(case.tokens, case.positions)
+    mk.check()
+    vm_out = PyVM(mk.prog, case.w, vm_cache).decode(build_schedule(mk.prog, 1, "round-robin", "model"), case.tokens,
+                                                     case.positions)
+    assert_logits_close(out, vm_out, KERNEL_TOL, f"int4 tensor cores B{batch} vs VM")
+    assert_logits_close(out, case.ref_logits, KERNEL_TOL, f"int4 tensor cores B{batch} vs reference")
+    assert_cache_written(case, case.cache, f"int4 tensor cores B{batch}")
+
+
 def test_timeout_names_the_instruction_and_counter():
     """A producer that never releases its counter: the consumer's bounded wait fails, no hang."""
     case = make_case("tiny", "fp16", 1)

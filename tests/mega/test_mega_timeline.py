@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from kernels import interpreting
-from kernels.mega.runtime import Megakernel
+from kernels.mega.runtime import Megakernel, occupancy
 from mega_checks import INTERPRETER_WARNINGS, make_case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,21 +64,38 @@ def test_resources_compile_for_sm90_without_a_gpu():
             "s = named_spec('llama1b');"
             "c, t = R.compile_config(s, 'int4', 128, 1, 1025, 132); u = R.ptxas_usage(c);"
             "ct, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, timeline=True);"
-            "cp, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, l2_prefetch=1);"
+            "cp, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, l2_prefetch=0);"
+            "c16, _ = R.compile_config(s, 'int4', 128, 16, 1025, 132);"
             "print(u['regs'], u['spill_stores'], c.asm['ptx'].count('globaltimer'), ct.asm['ptx'].count('globaltimer'),"
             " R.programs_per_sm(u['regs'], t.num_warps, u['shared']), c.asm['ptx'].count('prefetch.global.L2'),"
-            " cp.asm['ptx'].count('prefetch.global.L2'))")
+            " cp.asm['ptx'].count('prefetch.global.L2'), c.asm['ptx'].count('0x00780000'), c16.asm['ptx'].count('0x43004300'))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
         pytest.skip("no ptxas in this Triton install")
     assert res.returncode == 0, res.stderr[-2000:]
-    regs, spills, timer_plain, timer_tl, pps, pf_plain, pf_on = map(int, res.stdout.split())
+    regs, spills, timer_plain, timer_tl, pps, pf_default, pf_off, unit_asm, nibble_asm = map(int, res.stdout.split())
     assert 16 <= regs <= 255 and spills >= 0
     assert timer_plain == 0 and timer_tl > 0
     assert 1 <= pps <= 32
-    assert pf_plain == 0 and pf_on >= 5  # one prefetch site per GEMV stage (QKV and gate/up have two)
+    assert pf_off == 0 and pf_default >= 5  # on by default: one site per GEMV stage (QKV and gate/up have two)
+    assert unit_asm > 0  # int4 batch 1 dequantises with the unit-float PTX (0x3F800000 | nibble bits)
+    assert nibble_asm > 0  # int4 batch 16 runs the tensor-core tile: packed bf16 nibbles (0x43004300 | nibble)
+
+
+def test_occupancy_reads_registers_once_the_kernel_is_loaded(monkeypatch):
+    """A compiled Triton kernel knows its register count only after _init_handles(): occupancy() loads it first."""
+    class Compiled:
+        metadata = SimpleNamespace(num_warps=4, shared=71680)
+
+        def _init_handles(self):
+            self.n_regs = 255
+
+    props = SimpleNamespace(regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+                            shared_memory_per_multiprocessor=233472)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert occupancy(Compiled(), torch.device("cpu")) == (255, 2)  # 255 x 128 threads -> 32768 of 65536 registers
 
 
 @pytest.mark.skipif(not interpreting(), reason="CPU test through the Triton interpreter")
