@@ -36,6 +36,7 @@ from kernels import check_act, dot_operand_dtype, interpreting, sm_count
 from kernels.elementwise import silu
 
 KIND_CODES = {"dense": 0, "int8": 1, "int4": 2}  # constexpr KIND of the kernels
+KIND_INT8_UNIT = 3  # int8 dequantised through int8_unit_floats on the FMA path (option int8_unit_floats)
 # Block sizes from sweeps on an H100 80GB (kernels.bench_ops.sweep_gemv: llama1b wo 2048x2048, llama8b wqkv
 # 6144x4096, bf16 / int8 / int4 g128, batch 1 / 4 / 16, L2 flushed, 2026-11-22); the numbers quoted are from them.
 _DOT_MIN_BATCH = 4  # tensor cores from batch 4 (int8 8b wqkv B4: 19.5 us with dot, >= 22 us best FMA tile)
@@ -197,6 +198,30 @@ def int4_nibbles(packed, DTYPE: tl.constexpr):
     return lo, hi
 
 
+# int8 -> unit float 1 + (q + 128) / 256 in PTX (GPU only): one xor per 4 bytes (q + 128 as unsigned), then per byte a
+# prmt (to bits 16-23), a shift (to bits 15-22, the top of the fp32 mantissa) and an OR with the exponent of 1.0.
+_INT8_UNIT_ASM = tl.constexpr("""{
+.reg .b32 v, t, zero;
+mov.b32 zero, 0;
+xor.b32 v, $4, 0x80808080;
+""" + "".join(f"""prmt.b32 t, v, zero, 0x4{i}44;
+shr.u32 t, t, 1;
+or.b32 ${i}, t, 0x3F800000;
+""" for i in range(4)) + "}")
+
+
+@triton.jit
+def int8_unit_floats(q, ASM: tl.constexpr):
+    """int8 q -> fp32 1 + (q + 128) / 256 in [1, 2), without an int-to-float conversion (I2F issues at 1/8 the FFMA
+    rate on sm_90: the plain int8 loop's 64 I2F per 64 weights cost more than everything else in it). The GEMV then
+    accumulates x * f and recovers sum x q = 256 sum x f - 384 sum x. ASM: PTX (GPU), else the Triton expression."""
+    if ASM:
+        f = tl.inline_asm_elementwise(_INT8_UNIT_ASM, "=r,=r,=r,=r,r", [q], dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        f = (((q.to(tl.int32) + 128) << 15) | 0x3F800000).to(tl.float32, bitcast=True)
+    return f
+
+
 @triton.jit
 def int4_group_columns(g0, n_groups, K, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                        GROUPS_PER_STEP: tl.constexpr):
@@ -221,10 +246,11 @@ def load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K):
 @triton.jit
 def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM: tl.constexpr,
                 B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
+                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, UNIT: tl.constexpr):
     """Dense or int8 (q only; the caller applies the scale): (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]).
     PREFETCH: the loads of step k + 1 are issued before step k's arithmetic (register double buffering), so
-    two weight blocks are in flight per program instead of one."""
+    two weight blocks are in flight per program instead of one. UNIT (int8, FMA path): int8_unit_floats instead
+    of an int-to-float conversion per weight, plus one running sum of x shared by the tile's rows."""
     rows = tl.arange(0, B_PAD)
     cols = tl.arange(0, BLOCK_K)
     if USE_DOT:
@@ -232,6 +258,8 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
     else:  # element-wise partial products, reduced over K once after the loop
         acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
     ssq = sumsq_init(B_PAD, BLOCK_K)  # x^2 sums for the fused RMSNorm
+    if UNIT:
+        xsum = tl.zeros([B_PAD, BLOCK_K], dtype=tl.float32)
     if PREFETCH:
         w_next = load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K)
     for k0 in range(0, K, BLOCK_K):
@@ -242,11 +270,17 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
         else:
             w = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + cols, K)
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
-        acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
+        if UNIT:
+            acc += x[:, None, :] * int8_unit_floats(w, DOT_DTYPE != tl.float32)[None, :, :]
+            xsum += x
+        else:
+            acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
         if HAS_NORM:
             ssq += sq
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
+    if UNIT:  # sum x q = sum x (256 f - 384)
+        acc = 256.0 * acc - 384.0 * tl.sum(xsum, axis=1)[:, None]
     return acc, sumsq_total(ssq)
 
 
@@ -351,7 +385,8 @@ def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn,
               USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
     """rmsnorm?(x) @ W[n_start : n_start + BLOCK_N].T -> [B_PAD, BLOCK_N] fp32 (rows >= B and cols >= N: junk).
 
-    x: [B, K] (row stride stride_xb); W: [N, K] as KIND (0 dense, 1 int8, 2 int4 with group GROUP).
+    x: [B, K] (row stride stride_xb); W: [N, K] as KIND (0 dense, 1 int8, 3 int8 through unit floats, 2 int4 with
+    group GROUP).
     BLOCK_K: input columns per step (int4: GROUPS_PER_STEP whole groups, each padded to a power of two).
     PREFETCH: double-buffer the weight loads of dense / int8 weights (see _dense_tile); int4 ignores it."""
     offs_n = n_start + tl.arange(0, BLOCK_N)
@@ -364,8 +399,8 @@ def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn,
                                 n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, DOT_DTYPE != tl.float32)
     else:
         out, sumsq = _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM,
-                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH)
-    if KIND == 1:  # int8: W = q * s[n], so the per-channel scale factors out of the sum
+                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH, KIND == 3 and not USE_DOT)
+    if KIND == 1 or KIND == 3:  # int8: W = q * s[n], so the per-channel scale factors out of the sum
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         out = out * s[None, :]
     if HAS_NORM:  # rmsnorm(x) @ W.T = (1 / rms(x)) * ((x * norm_w) @ W.T), per batch row
@@ -487,6 +522,11 @@ def _check_linear(x: torch.Tensor, w: QLinear, name: str) -> None:
         raise ValueError(f"{name}: the weight must be contiguous (QLinear layouts are row-major)")
 
 
+def _kind_code(w: QLinear, int8_unit_floats: bool = False) -> int:
+    """The kernels' constexpr KIND for this weight."""
+    return KIND_INT8_UNIT if (w.kind == "int8" and int8_unit_floats) else KIND_CODES[w.kind]
+
+
 def _weight_args(w: QLinear):
     """(weight, scale, zero, scale row stride) with the weight standing in for absent tensors."""
     s = w.scale if w.scale is not None else w.weight
@@ -498,11 +538,12 @@ def _weight_args(w: QLinear):
 def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
          norm_weight: Optional[torch.Tensor] = None, eps: float = 1e-5, *, out: Optional[torch.Tensor] = None,
          use_dot: Optional[bool] = None, block_n: Optional[int] = None, block_k: Optional[int] = None,
-         num_warps: Optional[int] = None, prefetch: bool = False) -> torch.Tensor:
+         num_warps: Optional[int] = None, prefetch: bool = False, int8_unit_floats: bool = False) -> torch.Tensor:
     """x: [B, K] -> y: [B, N] = rmsnorm?(x) @ W.T (+ residual) in x.dtype (or out's dtype), fp32 accumulation.
 
     norm_weight: [K] fuses y = rmsnorm(x, norm_weight, eps) @ W.T. residual: [B, N] is added in fp32.
-    use_dot / block_n / block_k / num_warps / prefetch override the launcher's choice (tests, tuning)."""
+    use_dot / block_n / block_k / num_warps / prefetch override the launcher's choice (tests, tuning);
+    int8_unit_floats: int8 weights through int8_unit_floats on the FMA path (not yet measured on a GPU)."""
     _check_linear(x, w, "gemv")
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -519,7 +560,7 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     grid = (triton.cdiv(n, cfg.block_n),)
     _gemv_kernel[grid](x, weight, s, z, nw, res, y, b_sz, n, k,
                        x.stride(0), weight.stride(0), stride_sn, res.stride(0), y.stride(0), eps,
-                       KIND=KIND_CODES[w.kind], GROUP=max(w.group_size, 2), HAS_NORM=norm_weight is not None,
+                       KIND=_kind_code(w, int8_unit_floats), GROUP=max(w.group_size, 2), HAS_NORM=norm_weight is not None,
                        HAS_RESIDUAL=residual is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
                        DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, num_warps=cfg.num_warps)
@@ -528,7 +569,8 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
 
 def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: Optional[torch.Tensor] = None,
                   eps: float = 1e-5, *, out: Optional[torch.Tensor] = None, use_dot: Optional[bool] = None,
-                  block_n: Optional[int] = None, block_k: Optional[int] = None) -> torch.Tensor:
+                  block_n: Optional[int] = None, block_k: Optional[int] = None,
+                  int8_unit_floats: bool = False) -> torch.Tensor:
     """x: [B, K] -> silu(rmsnorm?(x) @ Wg.T) * (rmsnorm?(x) @ Wu.T): [B, F] in x.dtype.
     One program reads the same BLOCK_N rows of both weights (same kind, shape and group size)."""
     _check_linear(x, w_gate, "gemv_silu_mul")
@@ -547,7 +589,7 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: 
     grid = (triton.cdiv(n, cfg.block_n),)
     _gemv_silu_mul_kernel[grid](x, wg, sg, zg, wu, su, zu, nw, y, b_sz, n, k,
                                 x.stride(0), wg.stride(0), stride_sn, y.stride(0), eps,
-                                KIND=KIND_CODES[w_gate.kind], GROUP=max(w_gate.group_size, 2),
+                                KIND=_kind_code(w_gate, int8_unit_floats), GROUP=max(w_gate.group_size, 2),
                                 HAS_NORM=norm_weight is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
                                 BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
                                 DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, num_warps=cfg.num_warps)

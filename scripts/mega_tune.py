@@ -36,7 +36,7 @@ def parse_variant(text: str) -> tuple[str, dict, dict]:
     for item in filter(None, body.split(",")):
         k, _, v = item.partition("=")
         val = v if k in ("fusion", "policy") else int(v)
-        (run_kw if k in RUNTIME_KEYS else tiles)[k] = bool(val) if k in ("prefetch", "int4_dot") else val
+        (run_kw if k in RUNTIME_KEYS else tiles)[k] = bool(val) if k in ("prefetch", "int4_dot", "int8_unit_floats") else val
     return name, run_kw, tiles
 
 

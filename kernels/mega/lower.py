@@ -85,6 +85,7 @@ class TileConfig:
     prefetch: bool = False  # double-buffered weight loads in the GEMV K loops (dense / int8)
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice), to fit more programs per SM
     l2_prefetch: int = 0  # K steps of its first weight tile an instruction asks L2 for before a wait (GPU; 0: off)
+    int8_unit_floats: bool = False  # int8 GEMVs through kernels/gemv.int8_unit_floats (FMA path; not yet measured)
 
 
 # GPU defaults. FACTS.md probe (H200): 8-16 rows x 512 columns, 8 warps streamed best (GEMV chain).
@@ -207,7 +208,7 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
                      n_splits=n_splits)
     # L2 prefetch while waiting: the most K steps up to _L2_PREFETCH_STEPS these tiles allow (0 if none does).
     steps = next((n for n in range(_L2_PREFETCH_STEPS, 0, -1) if l2_prefetch_problem(spec, quant, cfg, n) is None), 0)
-    return replace(cfg, l2_prefetch=steps, **overrides)
+    return replace(cfg, **{"l2_prefetch": steps, **overrides})
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from harness.reference import KVCache, rope_tables
 from harness.weights import ModelWeights
 from kernels import dot_operand_dtype, interpreting, sm_count
-from kernels.gemv import KIND_CODES
+from kernels.gemv import KIND_CODES, KIND_INT8_UNIT
 from kernels.mega.instructions import WORDS
 from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
 from kernels.mega.lower import check_config, l2_prefetch_problem, lower, next_pow2, pick_tiles
@@ -66,7 +66,8 @@ def constexpr_args(spec, kind_name: str, group_size: int, act_dtype: torch.dtype
     gq = spec.n_heads // spec.n_kv_heads
     return dict(
         D=spec.dim, H=spec.n_heads, KVH=spec.n_kv_heads, HD=spec.head_dim, F=spec.ffn_dim, V=spec.vocab_size,
-        B=batch, KIND=kind, QGROUP=g, N_COUNTERS=prog.space.size,
+        B=batch, KIND=KIND_INT8_UNIT if (kind_name == "int8" and t.int8_unit_floats) else kind, QGROUP=g,
+        N_COUNTERS=prog.space.size,
         WSTR_D=wstr(spec.dim), WSTR_Q=wstr(spec.q_dim), WSTR_F=wstr(spec.ffn_dim),
         SSTR_D=sstr(spec.dim), SSTR_Q=sstr(spec.q_dim), SSTR_F=sstr(spec.ffn_dim),
         B_PAD=t.b_pad, USE_DOT=t.use_dot, DOT_DTYPE=dot_operand_dtype(act_dtype), PREFETCH=t.prefetch,

@@ -124,3 +124,24 @@ def test_gemv_int4_small_or_odd_groups(group, batch, path):
         assert not pick_config(x, w, use_dot=PATHS[path]).use_dot
     y = gemv(x, w, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), use_dot=PATHS[path], block_k=2 * group)
     assert_close(y, ref.gemv(x, w, None, norm_w, 1e-5), dtype, f"gemv int4 g{group}")
+
+
+@pytest.mark.parametrize("quant,n,k", [q for q in _cases(SHAPES) if "int8" in q.id])
+@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("fusion", ["plain", "norm+residual"])
+def test_gemv_int8_unit_floats(quant, n, k, batch, fusion):
+    """int8 through unit floats (1 + (q + 128) / 256, sum x q = 256 sum x f - 384 sum x) equals the reference,
+    for the plain GEMV and the gate/up pair."""
+    qid, mode, dtype, group = quant
+    gen = generator(n * k + batch + 13)
+    w = make_linear(n, k, mode, dtype, group, gen)
+    x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
+    residual = randn(batch, n, dtype=dtype, gen=gen) if fusion != "plain" else None
+    norm_w = randn(k, dtype=dtype, gen=gen) if fusion != "plain" else None
+    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
+             use_dot=False, block_k=64, int8_unit_floats=True)
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv unit floats {qid} {fusion}")
+    w_up = make_linear(n, k, mode, dtype, group, gen)
+    y = gemv_silu_mul(x, w, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), use_dot=False,
+                      int8_unit_floats=True)
+    assert_close(y, ref.gemv_silu_mul(x, w, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul unit floats {qid}")

@@ -86,6 +86,20 @@ def test_interpreter_int4_tensor_core_path_matches_vm(batch):
     assert_cache_written(case, case.cache, f"int4 tensor cores B{batch}")
 
 
+@pytest.mark.parametrize("batch", [1, 4], ids=lambda b: f"B{b}")
+def test_interpreter_int8_unit_floats_match_vm(batch):
+    """int8 GEMVs through unit floats (tiles.int8_unit_floats) equal the VM and the reference."""
+    case = make_case("tiny", "int8", batch)
+    vm_cache = case.cache.clone()
+    mk = Megakernel(case.w, case.cache, tiles={"int8_unit_floats": True})
+    out = mk.decode(case.tokens, case.positions)
+    mk.check()
+    vm_out = PyVM(mk.prog, case.w, vm_cache).decode(build_schedule(mk.prog, 1, "round-robin", "model"), case.tokens,
+                                                     case.positions)
+    assert_logits_close(out, vm_out, KERNEL_TOL, f"int8 unit floats B{batch} vs VM")
+    assert_logits_close(out, case.ref_logits, KERNEL_TOL, f"int8 unit floats B{batch} vs reference")
+
+
 def test_timeout_names_the_instruction_and_counter():
     """A producer that never releases its counter: the consumer's bounded wait fails, no hang."""
     case = make_case("tiny", "fp16", 1)

@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from harness.models import named_spec
 from kernels.mega.instructions import (WORDS, Argmax, AttnPartial, AttnReduce, DownResidual, Embed, LmHead,
                                        OProjResidual, RmsGateUpSilu, RmsQkvRope, from_words)
 from kernels.mega.lower import lower, pick_tiles
@@ -167,3 +168,18 @@ def test_vm_detects_a_deadlocking_schedule():
     vm = PyVM(prog, case.w, case.cache.clone())
     with pytest.raises(DeadlockError, match="no program can advance"):
         vm.run(sch)
+
+
+def test_gpu_tiles_default_to_l2_prefetch_and_int4_paths_by_batch():
+    """GPU tile choice: L2 prefetch of 2 K steps unless overridden; int4 on the FMA tile below batch 16 and on the
+    tensor-core tile from 16 (or as int4_dot says); a prefetch the tiles cannot express falls back, never raises."""
+    spec = named_spec("llama8b")
+    t1 = pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False)
+    assert t1.l2_prefetch == 2 and not t1.use_dot and t1.b_pad == 1
+    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False, l2_prefetch=0).l2_prefetch == 0
+    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False, int4_dot=True).use_dot
+    t16 = pick_tiles(spec, "int4", 128, 16, 1025, 264, interpret=False)
+    assert t16.use_dot and t16.b_pad == 16
+    assert not pick_tiles(spec, "int4", 48, 16, 1025, 264, interpret=False).use_dot  # 48: not a power of two
+    assert pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False).use_dot
+    assert pick_tiles(named_spec("tiny"), "bf16", 0, 1, 64, 264, interpret=False).l2_prefetch in (0, 1, 2)

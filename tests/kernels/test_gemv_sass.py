@@ -1,0 +1,32 @@
+"""scripts/gemv_sass.py: the GEMV K loop compiled for sm_90 on the CPU (ptxas and nvdisasm ship with Triton).
+Guards the dequantisation instruction counts docs/perf-notes.md argues from (deterministic for a pinned Triton)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _loop(*args: str) -> tuple[float, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gemv_sass.py"), *args], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=300)
+    if res.returncode != 0 and ("not found" in res.stderr.lower() or "No such file" in res.stderr):
+        pytest.skip("no ptxas / nvdisasm in this Triton install")
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = res.stdout.strip().splitlines()[-1]
+    return float(line.split(" = ")[1].split()[0]), line
+
+
+def test_int4_unit_floats_keep_the_fma_loop_lean():
+    per_weight, line = _loop("--kind", "int4", "--block-n", "4", "--block-k", "1024", "--groups-per-step", "8")
+    assert 2.0 < per_weight <= 8.5, line  # 7.7 with unit floats; the nibble_minus_8 route compiled to 10.2
+
+
+def test_int8_unit_floats_drop_the_int_to_float_conversions():
+    _, plain = _loop("--kind", "int8", "--block-n", "16", "--block-k", "512")
+    _, unit = _loop("--kind", "int8-unit", "--block-n", "16", "--block-k", "512")
+    assert "I2F" in plain and "I2F" not in unit, (plain, unit)
