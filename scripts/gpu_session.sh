@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# On a GPU machine without a package registry (pure-Python wheels carried in .whl/, built by
-# `bash ../shared/device/wheels.sh` beside the checkout): install them, then run the given steps.
+# On a GPU machine without a package registry (pure-Python wheels carried in .whl/, built where pip works with
+#   pip wheel --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 \
+#       hydra-joblib-launcher==1.2.0 joblib==1.6.0      # the last two for hydra/launcher=joblib_gpus
+# ): install them, then run the given steps.
 #   bash scripts/gpu_session.sh tests            # pytest -m gpu
 #   bash scripts/gpu_session.sh sweep ARGS...    # python run.py ARGS... (a Hydra multirun with -m)
 # New result files are packed into $OUT/results.tgz (when OUT is set) so they can be committed.

@@ -4,7 +4,10 @@ CUDA graph; the table gives ms/step, % of the copy bandwidth measured in the sam
 co-resident programs. Exploration only: committed benchmark rows come from run.py sweeps.
 
     python scripts/mega_tune.py --points llama1b:bf16:1 llama8b:int4:1 --ctx 1024 \
-        --variants base: pf:prefetch=1 w4:num_warps=4,programs_per_sm=2
+        --variants base: pf:prefetch=1 w4:num_warps=4,programs_per_sm=2 [--update-cache]
+    python scripts/mega_tune.py --cache-from results/tuning/TABLE.csv   # any machine
+Variants run with the built-in tiles (tuned=False); --update-cache / --cache-from write the winners that beat
+`base:` by kernels/mega/tuned.MIN_GAIN into kernels/mega/tuned.json, which the megakernel then applies.
 A variant is NAME:key=value,...; keys: programs_per_sm, fusion, policy, or pick_tiles overrides
 (gemv_rows, gemv_elems, num_warps, prefetch, max_regs, kv_block, n_splits, ...).
 """
@@ -26,19 +29,7 @@ from harness.reference import KVCache  # noqa: E402
 from harness.timing import measure_copy_bandwidth, time_step  # noqa: E402
 from harness.weights import random_weights  # noqa: E402
 from kernels.mega.runtime import Megakernel  # noqa: E402
-
-RUNTIME_KEYS = ("programs_per_sm", "fusion", "policy")
-
-
-def parse_variant(text: str) -> tuple[str, dict, dict]:
-    name, _, body = text.partition(":")
-    run_kw, tiles = {}, {}
-    for item in filter(None, body.split(",")):
-        k, _, v = item.partition("=")
-        val = v if k in ("fusion", "policy") else int(v)
-        (run_kw if k in RUNTIME_KEYS else tiles)[k] = bool(val) if k in ("prefetch", "int4_dot", "int8_unit_floats") else val
-    return name, run_kw, tiles
-
+from kernels.mega.tuned import CACHE, parse_variant, update_from_csv, update_from_rows  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -46,7 +37,16 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--variants", nargs="+", default=["base:"])
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--update-cache", action="store_true",
+                    help=f"fold this run's winners into {os.path.relpath(CACHE)} (the first variant must be base:)")
+    ap.add_argument("--cache-from", nargs="+", default=[], metavar="TABLE.csv",
+                    help="no GPU: fold committed mega_tune tables into the cache and exit")
     args = ap.parse_args()
+    if args.cache_from:
+        for table in args.cache_from:
+            for note in update_from_csv(table) or [f"{table}: no change"]:
+                print(note)
+        return
     dev = torch.device("cuda")
     copy_tbs = measure_copy_bandwidth(dev)
     gpu = torch.cuda.get_device_name(dev)
@@ -69,7 +69,7 @@ def main() -> None:
             name, run_kw, tiles = parse_variant(text)
             t0 = time.time()
             try:
-                mk = Megakernel(w, cache, tiles=tiles, **run_kw)
+                mk = Megakernel(w, cache, tiles=tiles, tuned=False, **run_kw)  # base: = the built-in tiles
                 out = mk.decode(tokens, positions).clone()
                 mk.check()
             except Exception as e:  # noqa: BLE001 - report and go on with the next variant
@@ -101,6 +101,9 @@ def main() -> None:
             if new:
                 wr.writeheader()
             wr.writerows(rows)
+    if args.update_cache and rows:
+        for note in update_from_rows(rows, source="scripts/mega_tune.py run") or ["tile cache: no change"]:
+            print(note)
     print(f"\n{gpu}, copy {copy_tbs:.3f} TB/s, ctx {args.ctx}")
     print(f"{'point':18} {'variant':14} {'ms':>8} {'%copy':>6} {'regs':>5} {'pps':>4} {'diff':>9}")
     for r in rows:

@@ -23,6 +23,7 @@ from kernels.gemv import KIND_CODES, KIND_INT8_UNIT
 from kernels.mega.instructions import WORDS
 from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
 from kernels.mega.lower import check_config, l2_prefetch_problem, lower, next_pow2, pick_tiles
+from kernels.mega.tuned import lookup as tuned_lookup
 from kernels.mega.resources import MAX_THREADS_PER_SM, REGS_PER_SM, SMEM_PER_SM, programs_per_sm
 from kernels.mega.schedule import Schedule, build_schedule
 from kernels.mega.state import ERROR_WORDS, State, hd_pad_of
@@ -89,7 +90,7 @@ class Megakernel:
 
     def __init__(self, weights: ModelWeights, cache: KVCache, *, fusion: str = "model", policy: str = "round-robin",
                  programs_per_sm: int = 2, n_programs: Optional[int] = None, tiles: Optional[dict] = None,
-                 spin_limit: Optional[int] = None, timeline: bool = False):
+                 spin_limit: Optional[int] = None, timeline: bool = False, tuned: bool = True):
         if not isinstance(cache.k, torch.Tensor):
             raise ValueError("megakernel needs the stacked KV cache [n_layers, B, KVH, S_max, hd], not per-layer buffers")
         self.w, self.cache = weights, cache
@@ -106,7 +107,11 @@ class Megakernel:
         self.timeline = timeline  # per-instruction clocks (harness/timeline.py); a separately compiled kernel
         self.programs_per_sm_requested = programs_per_sm
         self.spin_limit = spin_limit or (SPIN_LIMIT_CPU if self.interpret else SPIN_LIMIT_GPU)
-        self._tile_overrides = dict(tiles or {})
+        # Tiles: the built-in choice (lower.pick_tiles), then this GPU's cached tuning winner for the point
+        # (kernels/mega/tuned.json, unless tuned=False), then the caller's explicit overrides.
+        self.tuned_tiles = {} if (self.interpret or not tuned) else \
+            tuned_lookup(torch.cuda.get_device_name(device), spec.name, weights.quant, self.batch)
+        self._tile_overrides = {**self.tuned_tiles, **(tiles or {})}
         self.cos, self.sin = rope_tables(spec, cache.max_len, device)
         self._static = self._static_args()
         if n_programs is None:
@@ -306,4 +311,8 @@ class Megakernel:
             parts.append(f"max_regs={t.max_regs}")
         if t.l2_prefetch:
             parts.append(f"l2_prefetch={t.l2_prefetch}")
+        if t.int8_unit_floats:
+            parts.append("int8_unit_floats")
+        if self.tuned_tiles:
+            parts.append("tuned(" + ",".join(f"{k}={v}" for k, v in sorted(self.tuned_tiles.items())) + ")")
         return " ".join(parts)
