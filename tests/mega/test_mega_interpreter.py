@@ -55,49 +55,35 @@ def test_interpreter_matches_vm(model, quant, batch, fusion, policy):
     assert mk.state.counters.eq(0).all() and mk.state.error.eq(0).all()
 
 
-@pytest.mark.parametrize("quant,batch", [("bf16", 1), ("int8", 4), ("int4", 1)])
-def test_interpreter_prefetch_matches_vm(quant, batch):
-    """Double-buffered weight loads (TileConfig.prefetch) change only when bytes are requested, not the math."""
+# Tile options that change how bytes are fetched or dequantised, never the result: double-buffered weight loads,
+# int4 on the tensor-core tile (integer nibbles in tl.dot, scale and zero once per group, the batch padded to 16 rows
+# inside the tile), int8 through unit floats.
+TILE_OPTIONS = [
+    ("bf16", 1, {"prefetch": True}),
+    ("int8", 4, {"prefetch": True}),
+    ("int4", 1, {"prefetch": True}),
+    ("int4", 1, {"int4_dot": True}),
+    ("int4", 4, {"int4_dot": True}),
+    ("int8", 1, {"int8_unit_floats": True}),
+    ("int8", 4, {"int8_unit_floats": True}),
+]
+
+
+@pytest.mark.parametrize("quant,batch,tiles", TILE_OPTIONS, ids=lambda v: str(v))
+def test_interpreter_tile_options_match_vm(quant, batch, tiles):
     case = make_case("tiny", quant, batch)
     vm_cache = case.cache.clone()
-    mk = Megakernel(case.w, case.cache, tiles={"prefetch": True})
+    mk = Megakernel(case.w, case.cache, tiles=tiles)
+    if tiles.get("int4_dot"):
+        assert mk.prog.tiles.use_dot and mk.prog.tiles.b_pad == batch
     out = mk.decode(case.tokens, case.positions)
     mk.check()
     vm_out = PyVM(mk.prog, case.w, vm_cache).decode(build_schedule(mk.prog, 1, "round-robin", "model"), case.tokens,
                                                      case.positions)
-    assert_logits_close(out, vm_out, KERNEL_TOL, f"prefetch {quant} B{batch} vs VM")
-    assert_cache_written(case, case.cache, f"prefetch {quant} B{batch}")
-
-
-@pytest.mark.parametrize("batch", [1, 4], ids=lambda b: f"B{b}")
-def test_interpreter_int4_tensor_core_path_matches_vm(batch):
-    """int4 GEMVs on the tl.dot path (integer nibbles x activations, scale and zero once per group; batch padded
-    to 16 rows inside the tile), the GPU default, equal the VM."""
-    case = make_case("tiny", "int4", batch)
-    vm_cache = case.cache.clone()
-    mk = Megakernel(case.w, case.cache, tiles={"int4_dot": True})
-    assert mk.prog.tiles.use_dot and mk.prog.tiles.b_pad == batch
-    out = mk.decode(case.tokens, case.positions)
-    mk.check()
-    vm_out = PyVM(mk.prog, case.w, vm_cache).decode(build_schedule(mk.prog, 1, "round-robin", "model"), case.tokens,
-                                                     case.positions)
-    assert_logits_close(out, vm_out, KERNEL_TOL, f"int4 tensor cores B{batch} vs VM")
-    assert_logits_close(out, case.ref_logits, KERNEL_TOL, f"int4 tensor cores B{batch} vs reference")
-    assert_cache_written(case, case.cache, f"int4 tensor cores B{batch}")
-
-
-@pytest.mark.parametrize("batch", [1, 4], ids=lambda b: f"B{b}")
-def test_interpreter_int8_unit_floats_match_vm(batch):
-    """int8 GEMVs through unit floats (tiles.int8_unit_floats) equal the VM and the reference."""
-    case = make_case("tiny", "int8", batch)
-    vm_cache = case.cache.clone()
-    mk = Megakernel(case.w, case.cache, tiles={"int8_unit_floats": True})
-    out = mk.decode(case.tokens, case.positions)
-    mk.check()
-    vm_out = PyVM(mk.prog, case.w, vm_cache).decode(build_schedule(mk.prog, 1, "round-robin", "model"), case.tokens,
-                                                     case.positions)
-    assert_logits_close(out, vm_out, KERNEL_TOL, f"int8 unit floats B{batch} vs VM")
-    assert_logits_close(out, case.ref_logits, KERNEL_TOL, f"int8 unit floats B{batch} vs reference")
+    what = f"{tiles} {quant} B{batch}"
+    assert_logits_close(out, vm_out, KERNEL_TOL, what + " vs VM")
+    assert_logits_close(out, case.ref_logits, KERNEL_TOL, what + " vs reference")
+    assert_cache_written(case, case.cache, what)
 
 
 def test_timeout_names_the_instruction_and_counter():
