@@ -110,16 +110,18 @@ def nibble_minus_8(q):
     return (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
 
-# The same unit floats as int4_dequant_halves' Triton expression, in PTX (GPU only): per packed byte one prmt
-# (the byte to bits 16-23, zeros elsewhere), one shift to bits 15-22, and two lop3 ((v & nibble) | 0x3F800000).
-_UNIT_FLOAT_ASM = tl.constexpr("""{
-.reg .b32 t, zero;
-mov.b32 zero, 0;
-""" + "".join(f"""prmt.b32 t, $8, zero, 0x4{i}44;
-shr.u32 t, t, 1;
-lop3.b32 ${i}, t, 0x00078000, 0x3F800000, 0xEA;
-lop3.b32 ${4 + i}, t, 0x00780000, 0x3F800000, 0xEA;
-""" for i in range(4)) + "}")
+def _unit_float_ptx(src: str, masks: tuple, prologue: str = "") -> str:
+    """PTX for inline_asm_elementwise(pack=4) turning the 4 bytes of register `src` into "unit floats": per byte a
+    prmt (the byte to bits 16-23, zeros elsewhere), a shift to bits 15-22 (the top of the fp32 mantissa), then per
+    mask one lop3 (v & mask) | 0x3F800000, written to outputs $(4 m + byte)."""
+    lines = [f"prmt.b32 t, {src}, zero, 0x4{i}44;\nshr.u32 t, t, 1;\n"
+             + "".join(f"lop3.b32 ${4 * m + i}, t, {mask}, 0x3F800000, 0xEA;\n" for m, mask in enumerate(masks))
+             for i in range(4)]
+    return "{\n.reg .b32 v, t, zero;\nmov.b32 zero, 0;\n" + prologue + "".join(lines) + "}"
+
+
+# int4_dequant_halves' unit floats (low nibble -> 1 + q/256, high nibble -> 1 + q/16), GPU only.
+_UNIT_FLOAT_ASM = tl.constexpr(_unit_float_ptx("$8", ("0x00078000", "0x00780000")))
 
 
 @triton.jit
@@ -178,8 +180,10 @@ fma.rn.{ty} $1, $1, one, bias;
 fma.rn.{ty} $2, $2, one, bias;
 fma.rn.{ty} $3, $3, one, bias;
 }}"""
-_NIBBLE_ASM_BF16 = tl.constexpr(_NIBBLE_ASM.format(one="0x3F803F80", bias="0xC308C308", magic="0x43004300", ty="bf16x2"))
-_NIBBLE_ASM_FP16 = tl.constexpr(_NIBBLE_ASM.format(one="0x3C003C00", bias="0xE408E408", magic="0x64006400", ty="f16x2"))
+_NIBBLE_ASM_BF16 = tl.constexpr(_NIBBLE_ASM.format(one="0x3F803F80", bias="0xC308C308", magic="0x43004300",
+                                                   ty="bf16x2"))
+_NIBBLE_ASM_FP16 = tl.constexpr(_NIBBLE_ASM.format(one="0x3C003C00", bias="0xE408E408", magic="0x64006400",
+                                                   ty="f16x2"))
 
 
 @triton.jit
@@ -187,27 +191,19 @@ def int4_nibbles(packed, DTYPE: tl.constexpr):
     """Packed int4 bytes -> (low nibbles - 8, high nibbles - 8) as DTYPE, exactly (integers in [-8, 8)).
     bf16 / fp16 use packed 16-bit PTX (GPU only); fp32 (and the interpreter, where DTYPE is fp32) nibble_minus_8."""
     if DTYPE == tl.bfloat16:
-        lo, hi = tl.inline_asm_elementwise(_NIBBLE_ASM_BF16, "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16),
-                                           is_pure=True, pack=4)
+        lo, hi = tl.inline_asm_elementwise(_NIBBLE_ASM_BF16, "=r,=r,=r,=r,r", [packed],
+                                           dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     elif DTYPE == tl.float16:
-        lo, hi = tl.inline_asm_elementwise(_NIBBLE_ASM_FP16, "=r,=r,=r,=r,r", [packed], dtype=(tl.float16, tl.float16),
-                                           is_pure=True, pack=4)
+        lo, hi = tl.inline_asm_elementwise(_NIBBLE_ASM_FP16, "=r,=r,=r,=r,r", [packed],
+                                           dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
     else:
         lo = nibble_minus_8(packed & 0xF)
         hi = nibble_minus_8(packed >> 4)
     return lo, hi
 
 
-# int8 -> unit float 1 + (q + 128) / 256 in PTX (GPU only): one xor per 4 bytes (q + 128 as unsigned), then per byte a
-# prmt (to bits 16-23), a shift (to bits 15-22, the top of the fp32 mantissa) and an OR with the exponent of 1.0.
-_INT8_UNIT_ASM = tl.constexpr("""{
-.reg .b32 v, t, zero;
-mov.b32 zero, 0;
-xor.b32 v, $4, 0x80808080;
-""" + "".join(f"""prmt.b32 t, v, zero, 0x4{i}44;
-shr.u32 t, t, 1;
-or.b32 ${i}, t, 0x3F800000;
-""" for i in range(4)) + "}")
+# int8 -> unit float 1 + (q + 128) / 256 (GPU only): one xor per 4 bytes makes q + 128 unsigned, then as above.
+_INT8_UNIT_ASM = tl.constexpr(_unit_float_ptx("v", ("0x007F8000",), prologue="xor.b32 v, $4, 0x80808080;\n"))
 
 
 @triton.jit
@@ -246,7 +242,7 @@ def load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K):
 @triton.jit
 def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM: tl.constexpr,
                 B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, UNIT: tl.constexpr):
+                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, UNIT: tl.constexpr, ASM: tl.constexpr):
     """Dense or int8 (q only; the caller applies the scale): (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]).
     PREFETCH: the loads of step k + 1 are issued before step k's arithmetic (register double buffering), so
     two weight blocks are in flight per program instead of one. UNIT (int8, FMA path): int8_unit_floats instead
@@ -271,7 +267,7 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
             w = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + cols, K)
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
         if UNIT:
-            acc += x[:, None, :] * int8_unit_floats(w, DOT_DTYPE != tl.float32)[None, :, :]
+            acc += x[:, None, :] * int8_unit_floats(w, ASM)[None, :, :]
             xsum += x
         else:
             acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
@@ -290,8 +286,8 @@ def _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn
                BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, ASM: tl.constexpr):
     """int4 group-wise on the FMA path: (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]). ASM: unpack the
     nibbles with PTX (GPU). The nibble halves are interleaved back into column order in registers, so x is read
-    contiguously. (Keeping the halves apart and splitting x
-    instead measured the same at batch 1 and up to 2.5x slower at batch 2 on an H100.)"""
+    contiguously. (Keeping the halves apart and splitting x instead measured the same at batch 1 and up to 2.5x
+    slower at batch 2 on an H100.)"""
     GROUP_PAD: tl.constexpr = BLOCK_K // GROUPS_PER_STEP  # GROUP rounded up to a power of two
     n_groups = K // GROUP
     rows = tl.arange(0, B_PAD)
@@ -391,15 +387,16 @@ def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn,
     PREFETCH: double-buffer the weight loads of dense / int8 weights (see _dense_tile); int4 ignores it."""
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
+    ASM: tl.constexpr = DOT_DTYPE != tl.float32  # PTX dequantisation: GPU (the interpreter's dot dtype is fp32)
     if KIND == 2 and USE_DOT:
         out, sumsq = _int4_dot_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n,
                                     n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, GROUPS_PER_STEP, DOT_DTYPE)
     elif KIND == 2:
         out, sumsq = _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n,
-                                n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, DOT_DTYPE != tl.float32)
+                                n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, ASM)
     else:
         out, sumsq = _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM,
-                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH, KIND == 3 and not USE_DOT)
+                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH, KIND == 3 and not USE_DOT, ASM)
     if KIND == 1 or KIND == 3:  # int8: W = q * s[n], so the per-channel scale factors out of the sum
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         out = out * s[None, :]
@@ -466,6 +463,15 @@ def int4_dot_ok(group_size: int) -> bool:
     return group_size >= 32 and group_size & (group_size - 1) == 0
 
 
+def dot_by_default(kind: str, group_size: int, batch: int) -> bool:
+    """Whether a GEMV of this weight kind takes the tensor-core path by default at this batch (the callers add their
+    own conditions: a GPU, half-precision activations): int4 from INT4_DOT_MIN_BATCH where the group allows it,
+    dense and int8 from _DOT_MIN_BATCH. Shared by pick_config and the megakernel's pick_tiles."""
+    if kind == "int4":
+        return int4_dot_ok(group_size) and batch >= INT4_DOT_MIN_BATCH
+    return batch >= _DOT_MIN_BATCH
+
+
 @dataclass(frozen=True)
 class GemvConfig:
     """Block sizes of one GEMV launch (constexprs of gemv_tile plus launch options)."""
@@ -486,7 +492,7 @@ def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, 
     b_sz, k = x.shape
     int4 = w.kind == "int4"
     if use_dot is None:
-        use_dot = ((not interpreting()) and b_sz >= (INT4_DOT_MIN_BATCH if int4 else _DOT_MIN_BATCH)
+        use_dot = ((not interpreting()) and dot_by_default(w.kind, w.group_size, b_sz)
                    and x.dtype in (torch.float16, torch.bfloat16))
     if int4 and not int4_dot_ok(w.group_size):
         use_dot = False
@@ -560,9 +566,9 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     grid = (triton.cdiv(n, cfg.block_n),)
     _gemv_kernel[grid](x, weight, s, z, nw, res, y, b_sz, n, k,
                        x.stride(0), weight.stride(0), stride_sn, res.stride(0), y.stride(0), eps,
-                       KIND=_kind_code(w, int8_unit_floats), GROUP=max(w.group_size, 2), HAS_NORM=norm_weight is not None,
-                       HAS_RESIDUAL=residual is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
-                       BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
+                       KIND=_kind_code(w, int8_unit_floats), GROUP=max(w.group_size, 2),
+                       HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, B_PAD=cfg.b_pad,
+                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
                        DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, num_warps=cfg.num_warps)
     return y
 

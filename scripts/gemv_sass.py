@@ -45,7 +45,8 @@ def compile_gemv(kind: str, b_pad: int, block_n: int, block_k: int, groups_per_s
     names = list(inspect.signature(_gemv_kernel.fn).parameters)
     ptrs = {n: "bf16" for n in ("x_ptr", "s_ptr", "z_ptr", "nw_ptr", "res_ptr", "y_ptr")}
     ptrs["w_ptr"] = "bf16" if kind == "dense" else ("u8" if kind == "int4" else "i8")
-    cx = dict(KIND=KIND_INT8_UNIT if kind == "int8-unit" else KIND_CODES[kind], GROUP=group, HAS_NORM=has_norm, HAS_RESIDUAL=False, B_PAD=b_pad,
+    cx = dict(KIND=KIND_INT8_UNIT if kind == "int8-unit" else KIND_CODES[kind], GROUP=group, HAS_NORM=has_norm,
+              HAS_RESIDUAL=False, B_PAD=b_pad,
               BLOCK_N=block_n, BLOCK_K=block_k, GROUPS_PER_STEP=groups_per_step, USE_DOT=use_dot,
               DOT_DTYPE=tl.bfloat16, PREFETCH=False)
     sig = {n: "constexpr" if n in cx else "*" + ptrs[n] if n in ptrs else "fp32" if n == "eps" else "i32"

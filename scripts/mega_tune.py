@@ -43,6 +43,10 @@ def main() -> None:
                     help="no GPU: fold committed mega_tune tables into the cache and exit")
     args = ap.parse_args()
     if args.cache_from:
+        missing = [t for t in args.cache_from if not os.path.isfile(t)]
+        if missing:
+            sys.exit(f"error: --cache-from: no such table {missing[0]}; give a mega_tune CSV such as "
+                     f"results/tuning/mega_tune-h200-4-int4-tiles.csv")
         for table in args.cache_from:
             for note in update_from_csv(table) or [f"{table}: no change"]:
                 print(note)

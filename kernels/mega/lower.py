@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from harness.models import ModelSpec
-from kernels.gemv import INT4_DOT_MIN_BATCH, int4_dot_ok
+from kernels.gemv import dot_by_default, int4_dot_ok
 from kernels.mega.instructions import (Argmax, AttnPartial, AttnReduce, CounterKey, CounterSpace, DownResidual, Embed,
                                        Instruction, LmHead, OProjResidual, RmsGateUpSilu, RmsQkvRope, Stage, Wait)
 
@@ -156,7 +156,7 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
     fp32 FMA accumulators per program (block_k = gemv_elems / (b_pad * rows)), keeping the balancing rules;
     dot_block_k sets the columns per step of the tensor-core path (dense batch >= 4, int4 every batch);
     int4_dot puts int4 weights on the tensor cores (kernels/gemv._int4_dot_tile) or not (default: from batch
-    INT4_DOT_MIN_BATCH on the GPU, never in the interpreter unless asked)."""
+    kernels.gemv.INT4_DOT_MIN_BATCH on the GPU, never in the interpreter unless asked)."""
     int4_tc = quant == "int4" and int4_dot_ok(group_size)
     half = spec.head_dim // 2
     if interpret:
@@ -166,18 +166,19 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
         def g(k, bn, tpi, cols=64):
             bk, gps = _k_tile(k, cols, quant, group_size, False)
             return GemvTile(bn, bk, gps, tpi)
-        cfg = TileConfig(b_pad=b_pad, use_dot=int4_tc and bool(int4_dot), num_warps=4, qkv=g(spec.dim, min(8, next_pow2(half)), 1),
-                         o=g(spec.q_dim, 16, 2), gate_up=g(spec.dim, 16, 2), down=g(spec.ffn_dim, 16, 2),
+        cfg = TileConfig(b_pad=b_pad, use_dot=int4_tc and bool(int4_dot), num_warps=4,
+                         qkv=g(spec.dim, min(8, next_pow2(half)), 1), o=g(spec.q_dim, 16, 2),
+                         gate_up=g(spec.dim, 16, 2), down=g(spec.ffn_dim, 16, 2),
                          lm_head=g(spec.dim, 16, 2), embed_block=64, kv_block=16,
                          n_splits=max(1, min(3, cdiv(max_len, 16))))
         return replace(cfg, **overrides)
 
-    if quant == "int4":  # the int4 tile pads the batch to 16 rows itself
-        use_dot = int4_tc and (batch >= INT4_DOT_MIN_BATCH if int4_dot is None else bool(int4_dot))
-        b_pad = next_pow2(batch)
-    else:
-        use_dot = batch >= 4 and quant != "fp32"
-        b_pad = max(next_pow2(batch), 16 if use_dot else 1)
+    kind = {"int4": "int4", "int8": "int8"}.get(quant, "dense")
+    use_dot = quant != "fp32" and dot_by_default(kind, group_size, batch)
+    if quant == "int4" and int4_dot is not None:
+        use_dot = int4_tc and bool(int4_dot)
+    # the int4 tile pads the batch to 16 rows itself; the dense tensor-core path needs 16 rows
+    b_pad = max(next_pow2(batch), 16 if use_dot and quant != "int4" else 1)
 
     acc_elems = gemv_elems or _FMA_ACC_ELEMS
     dot_bk = dot_block_k or _DOT_BLOCK_K
