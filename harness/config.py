@@ -168,8 +168,8 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
     if cfg.megakernel.programs_per_sm < 1:
         raise ConfigError(f"megakernel.programs_per_sm={cfg.megakernel.programs_per_sm} must be >= 1")
     tile_keys = ("gemv_rows", "gemv_elems", "dot_block_k", "num_warps", "kv_block", "n_splits", "argmax_block", "embed_block",
-                 "prefetch", "max_regs", "l2_prefetch", "int4_dot", "int8_unit_floats")
-    flags = ("prefetch", "int4_dot", "int8_unit_floats")
+                 "prefetch", "max_regs", "l2_prefetch", "int4_dot", "dot", "int8_unit_floats", "k_fold")
+    flags = ("prefetch", "int4_dot", "dot", "int8_unit_floats")
     for key, val in (cfg.megakernel.get("tiles") or {}).items():
         if key not in tile_keys:
             raise ConfigError(f"megakernel.tiles.{key} is not a tile option; use one of {', '.join(tile_keys)}")

@@ -80,12 +80,46 @@ def dot_acc(a, b, acc):
 
 
 @triton.jit
-def multiply_accumulate(acc, x, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """acc += x @ w.T. x: [B_PAD, BK] fp32, w: [BN, BK]; acc: [B_PAD, BN] (dot) or [B_PAD, BN, BK] (FMA)."""
+def _halves(t):
+    """t [R, 2m] -> (its even columns, its odd columns), each [R, m]. Pairs of neighbours sit in one thread (the
+    loads are vectors along the columns), so this moves no data."""
+    return tl.split(tl.reshape(t, [t.shape[0], t.shape[1] // 2, 2]))
+
+
+@triton.jit
+def fold_mac(acc, x, w, FOLD: tl.constexpr):
+    """acc [B_PAD, BN, BK / FOLD] += the products x [B_PAD, BK] * w [BN, BK] (fp32), FOLD neighbouring columns into
+    one accumulator: one FMA per weight as with FOLD 1, but a tile of FOLD x more columns for the same registers,
+    so more weight bytes in flight per program (what bounds the stream at batch 1, docs/perf-notes.md)."""
+    if FOLD == 1:
+        acc += x[:, None, :] * w[None, :, :]
+    elif FOLD == 2:
+        x0, x1 = _halves(x)
+        w0, w1 = _halves(w)
+        acc += x0[:, None, :] * w0[None, :, :]
+        acc += x1[:, None, :] * w1[None, :, :]
+    else:
+        tl.static_assert(FOLD == 4, "FOLD is 1, 2 or 4")
+        x0, x1 = _halves(x)
+        w0, w1 = _halves(w)
+        x00, x01 = _halves(x0)
+        x10, x11 = _halves(x1)
+        w00, w01 = _halves(w0)
+        w10, w11 = _halves(w1)
+        acc += x00[:, None, :] * w00[None, :, :]
+        acc += x01[:, None, :] * w01[None, :, :]
+        acc += x10[:, None, :] * w10[None, :, :]
+        acc += x11[:, None, :] * w11[None, :, :]
+    return acc
+
+
+@triton.jit
+def multiply_accumulate(acc, x, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, FOLD: tl.constexpr):
+    """acc += x @ w.T. x: [B_PAD, BK] fp32, w: [BN, BK]; acc: [B_PAD, BN] (dot) or [B_PAD, BN, BK / FOLD] (FMA)."""
     if USE_DOT:
         acc = dot_acc(x.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), acc)
     else:
-        acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
+        acc = fold_mac(acc, x, w.to(tl.float32), FOLD)
     return acc
 
 
@@ -242,17 +276,19 @@ def load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K):
 @triton.jit
 def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM: tl.constexpr,
                 B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, UNIT: tl.constexpr, ASM: tl.constexpr):
+                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, UNIT: tl.constexpr, ASM: tl.constexpr,
+                FOLD: tl.constexpr):
     """Dense or int8 (q only; the caller applies the scale): (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]).
     PREFETCH: the loads of step k + 1 are issued before step k's arithmetic (register double buffering), so
     two weight blocks are in flight per program instead of one. UNIT (int8, FMA path): int8_unit_floats instead
-    of an int-to-float conversion per weight, plus one running sum of x shared by the tile's rows."""
+    of an int-to-float conversion per weight, plus one running sum of x shared by the tile's rows. FOLD (FMA path):
+    neighbouring columns per accumulator (fold_mac)."""
     rows = tl.arange(0, B_PAD)
     cols = tl.arange(0, BLOCK_K)
     if USE_DOT:
         acc = tl.zeros([B_PAD, BLOCK_N], dtype=tl.float32)
     else:  # element-wise partial products, reduced over K once after the loop
-        acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K // FOLD], dtype=tl.float32)
     ssq = sumsq_init(B_PAD, BLOCK_K)  # x^2 sums for the fused RMSNorm
     if UNIT:
         xsum = tl.zeros([B_PAD, BLOCK_K], dtype=tl.float32)
@@ -267,10 +303,10 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
             w = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + cols, K)
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
         if UNIT:
-            acc += x[:, None, :] * int8_unit_floats(w, ASM)[None, :, :]
+            acc = fold_mac(acc, x, int8_unit_floats(w, ASM), FOLD)
             xsum += x
         else:
-            acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE)
+            acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE, FOLD)
         if HAS_NORM:
             ssq += sq
     if not USE_DOT:
@@ -378,13 +414,14 @@ def _int4_dot_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, strid
 def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
               KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-              USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
+              USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, FOLD: tl.constexpr):
     """rmsnorm?(x) @ W[n_start : n_start + BLOCK_N].T -> [B_PAD, BLOCK_N] fp32 (rows >= B and cols >= N: junk).
 
     x: [B, K] (row stride stride_xb); W: [N, K] as KIND (0 dense, 1 int8, 3 int8 through unit floats, 2 int4 with
     group GROUP).
     BLOCK_K: input columns per step (int4: GROUPS_PER_STEP whole groups, each padded to a power of two).
-    PREFETCH: double-buffer the weight loads of dense / int8 weights (see _dense_tile); int4 ignores it."""
+    PREFETCH: double-buffer the weight loads of dense / int8 weights (see _dense_tile); int4 ignores it.
+    FOLD: input columns per fp32 accumulator on the dense / int8 FMA path (fold_mac); the others ignore it."""
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     ASM: tl.constexpr = DOT_DTYPE != tl.float32  # PTX dequantisation: GPU (the interpreter's dot dtype is fp32)
@@ -396,7 +433,8 @@ def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn,
                                 n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, ASM)
     else:
         out, sumsq = _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM,
-                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH, KIND == 3 and not USE_DOT, ASM)
+                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH, KIND == 3 and not USE_DOT, ASM,
+                                 FOLD)
     if KIND == 1 or KIND == 3:  # int8: W = q * s[n], so the per-channel scale factors out of the sum
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         out = out * s[None, :]
@@ -427,11 +465,12 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, nw_ptr, res_ptr, y_ptr, B, N, K,
                  stride_xb, stride_wn, stride_sn, stride_rb, stride_yb, eps,
                  KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                  B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                 USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
+                 USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, FOLD: tl.constexpr):
     # grid: (cdiv(N, BLOCK_N),). x: [B, K], W: [N, K], residual: [B, N], y: [B, N]
     n_start = tl.program_id(0) * BLOCK_N
     acc = gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                    KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH)
+                    KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH,
+                    FOLD)
     rows = tl.arange(0, B_PAD)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     if HAS_RESIDUAL:
@@ -444,13 +483,16 @@ def _gemv_silu_mul_kernel(x_ptr, wg_ptr, sg_ptr, zg_ptr, wu_ptr, su_ptr, zu_ptr,
                           stride_xb, stride_wn, stride_sn, stride_yb, eps,
                           KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                          USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr):
+                          USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr,
+                          FOLD: tl.constexpr):
     # grid: (cdiv(F, BLOCK_N),). x: [B, K], W_gate, W_up: [F, K] (same layout), y: [B, F]
     n_start = tl.program_id(0) * BLOCK_N
     gate = gemv_tile(x_ptr, stride_xb, B, K, wg_ptr, stride_wn, sg_ptr, zg_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                     KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH)
+                     KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH,
+                     FOLD)
     up = gemv_tile(x_ptr, stride_xb, B, K, wu_ptr, stride_wn, su_ptr, zu_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                   KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH)
+                   KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH,
+                   FOLD)
     store_rows_tile(y_ptr, stride_yb, silu(gate) * up, tl.arange(0, B_PAD), n_start + tl.arange(0, BLOCK_N), B, N)
 
 
@@ -483,12 +525,17 @@ class GemvConfig:
     use_dot: bool
     num_warps: int
     prefetch: bool = False  # double-buffered weight loads (dense / int8)
+    k_fold: int = 1  # input columns per fp32 accumulator (dense / int8 FMA path; fold_mac)
 
 
 def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, block_n: Optional[int] = None,
                 block_k: Optional[int] = None, num_warps: Optional[int] = None,
-                prefetch: bool = False) -> GemvConfig:
-    """Block sizes for x: [B, K] @ W.T. `block_k` counts input columns per step (int4: rounded to whole groups)."""
+                prefetch: bool = False, k_fold: int = 1) -> GemvConfig:
+    """Block sizes for x: [B, K] @ W.T. `block_k` counts input columns per step (int4: rounded to whole groups).
+    k_fold (1, 2, 4; dense / int8 on the FMA path, else 1): input columns per accumulator, and so k_fold x the
+    default columns per step for the same registers."""
+    if k_fold not in (1, 2, 4):
+        raise ValueError(f"k_fold={k_fold} must be 1, 2 or 4")
     b_sz, k = x.shape
     int4 = w.kind == "int4"
     if use_dot is None:
@@ -502,9 +549,10 @@ def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, 
         wide = triton.cdiv(w.out_features, _DOT_BLOCK_N_WIDE) >= sm_count(x.device)
         block_n = block_n or (_DOT_BLOCK_N_WIDE if wide else _DOT_BLOCK_N)
         block_k = block_k or _DOT_BLOCK_K
-    else:
+    fold = 1 if (use_dot or int4) else k_fold
+    if not (use_dot and not int4):
         block_n = block_n or (_FMA_BLOCK_N_INT4 if w.kind == "int4" else _FMA_BLOCK_N)
-        block_k = block_k or max(64, min(_FMA_BLOCK_K_MAX, _FMA_TILE_ELEMS // (b_pad * block_n)))
+        block_k = block_k or fold * max(64, min(_FMA_BLOCK_K_MAX, _FMA_TILE_ELEMS // (b_pad * block_n)))
     block_k = min(block_k, triton.next_power_of_2(k))
     groups_per_step = 1
     if w.kind == "int4":
@@ -515,7 +563,8 @@ def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, 
         block_k = groups_per_step * group_pad
     if use_dot:
         block_n, block_k = max(block_n, _DOT_MIN_ROWS), max(block_k, _DOT_MIN_ROWS)
-    return GemvConfig(b_pad, block_n, block_k, groups_per_step, use_dot, num_warps or _NUM_WARPS, prefetch)
+    return GemvConfig(b_pad, block_n, block_k, groups_per_step, use_dot, num_warps or _NUM_WARPS, prefetch,
+                      min(fold, block_k))
 
 
 def _check_linear(x: torch.Tensor, w: QLinear, name: str) -> None:
@@ -544,12 +593,14 @@ def _weight_args(w: QLinear):
 def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
          norm_weight: Optional[torch.Tensor] = None, eps: float = 1e-5, *, out: Optional[torch.Tensor] = None,
          use_dot: Optional[bool] = None, block_n: Optional[int] = None, block_k: Optional[int] = None,
-         num_warps: Optional[int] = None, prefetch: bool = False, int8_unit_floats: bool = False) -> torch.Tensor:
+         num_warps: Optional[int] = None, prefetch: bool = False, int8_unit_floats: bool = False,
+         k_fold: int = 1) -> torch.Tensor:
     """x: [B, K] -> y: [B, N] = rmsnorm?(x) @ W.T (+ residual) in x.dtype (or out's dtype), fp32 accumulation.
 
     norm_weight: [K] fuses y = rmsnorm(x, norm_weight, eps) @ W.T. residual: [B, N] is added in fp32.
-    use_dot / block_n / block_k / num_warps / prefetch override the launcher's choice (tests, tuning);
-    int8_unit_floats: int8 weights through int8_unit_floats on the FMA path (not yet measured on a GPU)."""
+    use_dot / block_n / block_k / num_warps / prefetch / k_fold override the launcher's choice (tests, tuning);
+    int8_unit_floats: int8 weights through int8_unit_floats on the FMA path (H200: within +-25% either way per
+    shape, docs/perf-notes.md)."""
     _check_linear(x, w, "gemv")
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -559,7 +610,7 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
         raise ValueError(f"gemv: residual must be [B, N] = {(b_sz, n)}; got {tuple(residual.shape)}")
     y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
     cfg = pick_config(x, w, use_dot=use_dot, block_n=block_n, block_k=block_k, num_warps=num_warps,
-                      prefetch=prefetch)
+                      prefetch=prefetch, k_fold=k_fold)
     weight, s, z, stride_sn = _weight_args(w)
     res = residual if residual is not None else y
     nw = norm_weight if norm_weight is not None else x
@@ -569,14 +620,15 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
                        KIND=_kind_code(w, int8_unit_floats), GROUP=max(w.group_size, 2),
                        HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, B_PAD=cfg.b_pad,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
-                       DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, num_warps=cfg.num_warps)
+                       DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, FOLD=cfg.k_fold,
+                       num_warps=cfg.num_warps)
     return y
 
 
 def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: Optional[torch.Tensor] = None,
                   eps: float = 1e-5, *, out: Optional[torch.Tensor] = None, use_dot: Optional[bool] = None,
                   block_n: Optional[int] = None, block_k: Optional[int] = None,
-                  int8_unit_floats: bool = False) -> torch.Tensor:
+                  int8_unit_floats: bool = False, k_fold: int = 1) -> torch.Tensor:
     """x: [B, K] -> silu(rmsnorm?(x) @ Wg.T) * (rmsnorm?(x) @ Wu.T): [B, F] in x.dtype.
     One program reads the same BLOCK_N rows of both weights (same kind, shape and group size)."""
     _check_linear(x, w_gate, "gemv_silu_mul")
@@ -588,7 +640,7 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: 
     b_sz, k = x.shape
     n = w_gate.out_features
     y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
-    cfg = pick_config(x, w_gate, use_dot=use_dot, block_n=block_n, block_k=block_k)
+    cfg = pick_config(x, w_gate, use_dot=use_dot, block_n=block_n, block_k=block_k, k_fold=k_fold)
     wg, sg, zg, stride_sn = _weight_args(w_gate)
     wu, su, zu, _ = _weight_args(w_up)
     nw = norm_weight if norm_weight is not None else x
@@ -598,5 +650,6 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: 
                                 KIND=_kind_code(w_gate, int8_unit_floats), GROUP=max(w_gate.group_size, 2),
                                 HAS_NORM=norm_weight is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
                                 BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
-                                DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, num_warps=cfg.num_warps)
+                                DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, FOLD=cfg.k_fold,
+                                num_warps=cfg.num_warps)
     return y

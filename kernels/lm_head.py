@@ -39,7 +39,8 @@ def _lm_head_tile_kernel(x_ptr, w_ptr, s_ptr, z_ptr, nw_ptr, logits_ptr, pmax_pt
     tile = tl.program_id(0)
     n_start = tile * BLOCK_N
     logits = gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                       KIND, GROUP, True, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, False)
+                       KIND, GROUP, True, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, False,
+                       1)
     rows = tl.arange(0, B_PAD)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     store_rows_tile(logits_ptr, stride_lb, logits, rows, offs_n, B, N)

@@ -11,6 +11,7 @@ declared 16-divisible, as Triton's launcher specialises them on the GPU.
     python scripts/gemv_sass.py --kind int4 --block-n 64 --block-k 128 --dot
     python scripts/gemv_sass.py --kind dense --block-n 16 --block-k 512
     python scripts/gemv_sass.py --kind int8-unit --block-n 16 --block-k 512
+    python scripts/gemv_sass.py --kind int8 --block-n 16 --block-k 1024 --k-fold 2
 
 At 4.25 TB/s (an H200 copy), int4 streams 8.5e12 weights/s; 132 SMs x 4 schedulers x 32 lanes x 1.98 GHz
 issue ~3.3e13 thread-instructions/s, so a loop above ~4 instructions per weight cannot keep up.
@@ -32,7 +33,7 @@ INT_ARGS_16 = ("stride_xb", "stride_wn", "stride_rb", "stride_yb", "K", "N")
 
 
 def compile_gemv(kind: str, b_pad: int, block_n: int, block_k: int, groups_per_step: int, use_dot: bool,
-                 num_warps: int = 4, group: int = 128, has_norm: bool = True, arch: int = 90):
+                 num_warps: int = 4, group: int = 128, has_norm: bool = True, arch: int = 90, k_fold: int = 1):
     """The compiled _gemv_kernel (bf16 activations) for these constexprs."""
     import triton
     import triton.language as tl
@@ -48,7 +49,7 @@ def compile_gemv(kind: str, b_pad: int, block_n: int, block_k: int, groups_per_s
     cx = dict(KIND=KIND_INT8_UNIT if kind == "int8-unit" else KIND_CODES[kind], GROUP=group, HAS_NORM=has_norm,
               HAS_RESIDUAL=False, B_PAD=b_pad,
               BLOCK_N=block_n, BLOCK_K=block_k, GROUPS_PER_STEP=groups_per_step, USE_DOT=use_dot,
-              DOT_DTYPE=tl.bfloat16, PREFETCH=False)
+              DOT_DTYPE=tl.bfloat16, PREFETCH=False, FOLD=1 if use_dot else k_fold)
     sig = {n: "constexpr" if n in cx else "*" + ptrs[n] if n in ptrs else "fp32" if n == "eps" else "i32"
            for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
@@ -98,14 +99,18 @@ def main(argv=None) -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--dot", action="store_true", help="the tensor-core tile instead of the FMA tile")
     ap.add_argument("--num-warps", type=int, default=4)
+    ap.add_argument("--k-fold", type=int, default=1, choices=(1, 2, 4),
+                    help="input columns per FMA accumulator (dense / int8; kernels/gemv.fold_mac)")
     a = ap.parse_args(argv)
     gps = a.groups_per_step if a.kind == "int4" else 1
-    compiled = compile_gemv(a.kind, a.batch_pad, a.block_n, a.block_k, gps, a.dot, a.num_warps, a.group)
+    compiled = compile_gemv(a.kind, a.batch_pad, a.block_n, a.block_k, gps, a.dot, a.num_warps, a.group,
+                            k_fold=a.k_fold)
     ops = k_loop(compiled.asm["cubin"])
     # weights one thread handles per loop iteration (the int4 tensor-core tile iterates over single groups)
     weights = a.block_n * (a.group * gps if a.kind == "int4" else a.block_k) / (32 * a.num_warps)
     top = ", ".join(f"{k} {v}" for k, v in collections.Counter(ops).most_common(10))
-    print(f"{a.kind} {'dot' if a.dot else 'fma'} B_PAD={a.batch_pad} {a.block_n}x{a.block_k}: K loop {len(ops)} "
+    fold = f" fold {a.k_fold}" if a.k_fold > 1 else ""
+    print(f"{a.kind} {'dot' if a.dot else 'fma'}{fold} B_PAD={a.batch_pad} {a.block_n}x{a.block_k}: K loop {len(ops)} "
           f"instructions for {weights:g} weights/thread = {len(ops) / weights:.2f} per weight ({top})")
 
 

@@ -48,7 +48,7 @@ def _megakernel(
         B: tl.constexpr, KIND: tl.constexpr, QGROUP: tl.constexpr, N_COUNTERS: tl.constexpr,
         WSTR_D: tl.constexpr, WSTR_Q: tl.constexpr, WSTR_F: tl.constexpr,
         SSTR_D: tl.constexpr, SSTR_Q: tl.constexpr, SSTR_F: tl.constexpr,
-        B_PAD: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr,
+        B_PAD: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, FOLD: tl.constexpr,
         QKV_P: tl.constexpr, QKV_BK: tl.constexpr, QKV_GPS: tl.constexpr,
         O_BN: tl.constexpr, O_BK: tl.constexpr, O_GPS: tl.constexpr, O_TPI: tl.constexpr,
         GU_BN: tl.constexpr, GU_BK: tl.constexpr, GU_GPS: tl.constexpr, GU_TPI: tl.constexpr,
@@ -132,9 +132,9 @@ def _megakernel(
                 nw = attn_norm_ptr + lw * D
                 row0 = slot * HD + (a % NPB) * QKV_P  # first lo row; its hi partner is HALF rows below
                 lo = gemv_tile(h_ptr, D, B, D, w_l, WSTR_D, s_l, z_l, SSTR_D, nw, eps, row0, slot * HD + HALF,
-                               KIND, QGROUP, True, B_PAD, QKV_P, QKV_BK, QKV_GPS, USE_DOT, DOT_DTYPE, PREFETCH)
+                               KIND, QGROUP, True, B_PAD, QKV_P, QKV_BK, QKV_GPS, USE_DOT, DOT_DTYPE, PREFETCH, FOLD)
                 hi = gemv_tile(h_ptr, D, B, D, w_l, WSTR_D, s_l, z_l, SSTR_D, nw, eps, row0 + HALF, slot * HD + HD,
-                               KIND, QGROUP, True, B_PAD, QKV_P, QKV_BK, QKV_GPS, USE_DOT, DOT_DTYPE, PREFETCH)
+                               KIND, QGROUP, True, B_PAD, QKV_P, QKV_BK, QKV_GPS, USE_DOT, DOT_DTYPE, PREFETCH, FOLD)
                 pos = tl.load(pos_ptr + rows, mask=row_ok, other=0)
                 m = (row_ok & (pos >= 0) & (pos < s_max))[:, None] & i_ok[None, :]
                 if slot < H + KVH:  # q or k head: rotate-half RoPE at each sequence's position
@@ -187,7 +187,7 @@ def _megakernel(
                     offs = n0 + tl.arange(0, O_BN)
                     n_ok = offs < D
                     acc = gemv_tile(attn_ptr, Q_DIM, B, Q_DIM, w_l, WSTR_Q, s_l, z_l, SSTR_Q, attn_norm_ptr, eps, n0, D,
-                                    KIND, QGROUP, False, B_PAD, O_BN, O_BK, O_GPS, USE_DOT, DOT_DTYPE, PREFETCH)
+                                    KIND, QGROUP, False, B_PAD, O_BN, O_BK, O_GPS, USE_DOT, DOT_DTYPE, PREFETCH, FOLD)
                     hp = h_ptr + rows[:, None] * D + offs[None, :]
                     hm = row_ok[:, None] & n_ok[None, :]
                     tl.store(hp, tl.load(hp, mask=hm, other=0.0) + acc, mask=hm)
@@ -204,9 +204,10 @@ def _megakernel(
                     n_ok = offs < F
                     nw = mlp_norm_ptr + lw * D
                     gate = gemv_tile(h_ptr, D, B, D, wg_l, WSTR_D, sg_l, zg_l, SSTR_D, nw, eps, n0, F,
-                                     KIND, QGROUP, True, B_PAD, GU_BN, GU_BK, GU_GPS, USE_DOT, DOT_DTYPE, PREFETCH)
+                                     KIND, QGROUP, True, B_PAD, GU_BN, GU_BK, GU_GPS, USE_DOT, DOT_DTYPE, PREFETCH,
+                                     FOLD)
                     up = gemv_tile(h_ptr, D, B, D, wu_l, WSTR_D, su_l, zu_l, SSTR_D, nw, eps, n0, F,
-                                   KIND, QGROUP, True, B_PAD, GU_BN, GU_BK, GU_GPS, USE_DOT, DOT_DTYPE, PREFETCH)
+                                   KIND, QGROUP, True, B_PAD, GU_BN, GU_BK, GU_GPS, USE_DOT, DOT_DTYPE, PREFETCH, FOLD)
                     tl.store(act_ptr + rows[:, None] * F + offs[None, :], silu(gate) * up,
                              mask=row_ok[:, None] & n_ok[None, :])
             elif op == 6:  # DownResidual(layer, row_block=a)
@@ -218,7 +219,8 @@ def _megakernel(
                     offs = n0 + tl.arange(0, DN_BN)
                     n_ok = offs < D
                     acc = gemv_tile(act_ptr, F, B, F, w_l, WSTR_F, s_l, z_l, SSTR_F, mlp_norm_ptr, eps, n0, D,
-                                    KIND, QGROUP, False, B_PAD, DN_BN, DN_BK, DN_GPS, USE_DOT, DOT_DTYPE, PREFETCH)
+                                    KIND, QGROUP, False, B_PAD, DN_BN, DN_BK, DN_GPS, USE_DOT, DOT_DTYPE, PREFETCH,
+                                    FOLD)
                     hp = h_ptr + rows[:, None] * D + offs[None, :]
                     hm = row_ok[:, None] & n_ok[None, :]
                     tl.store(hp, tl.load(hp, mask=hm, other=0.0) + acc, mask=hm)
@@ -230,7 +232,8 @@ def _megakernel(
                     offs = n0 + tl.arange(0, LM_BN)
                     n_ok = offs < V
                     logit = gemv_tile(h_ptr, D, B, D, wlm_ptr, WSTR_D, slm_ptr, zlm_ptr, SSTR_D, final_norm_ptr, eps, n0,
-                                      V, KIND, QGROUP, True, B_PAD, LM_BN, LM_BK, LM_GPS, USE_DOT, DOT_DTYPE, PREFETCH)
+                                      V, KIND, QGROUP, True, B_PAD, LM_BN, LM_BK, LM_GPS, USE_DOT, DOT_DTYPE, PREFETCH,
+                                      FOLD)
                     tl.store(logits_ptr + rows[:, None] * V + offs[None, :], logit, mask=row_ok[:, None] & n_ok[None, :])
                     tb, ti = tile_argmax(logit, offs, V)
                     take = tb > best  # strict: earlier tiles hold the lower indices

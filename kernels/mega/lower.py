@@ -85,7 +85,8 @@ class TileConfig:
     prefetch: bool = False  # double-buffered weight loads in the GEMV K loops (dense / int8)
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice), to fit more programs per SM
     l2_prefetch: int = 0  # K steps of its first weight tile an instruction asks L2 for before a wait (GPU; 0: off)
-    int8_unit_floats: bool = False  # int8 GEMVs through kernels/gemv.int8_unit_floats (FMA path; not yet measured)
+    int8_unit_floats: bool = False  # int8 GEMVs through kernels/gemv.int8_unit_floats (FMA path)
+    k_fold: int = 1  # input columns per fp32 accumulator on the dense / int8 FMA path (kernels/gemv.fold_mac)
 
 
 # GPU defaults. FACTS.md probe (H200): 8-16 rows x 512 columns, 8 warps streamed best (GEMV chain).
@@ -103,6 +104,8 @@ _MAX_SPLITS = 64
 # batch 1, ctx 1024, same run (results/tuning/mega_tune-h200-3/4): llama1b bf16 1.171 -> 1.140 (1 step) -> 1.133 ms
 # (2), llama8b bf16 5.248 -> 5.207 ms, llama8b int4 5.249 -> 5.207 ms, llama1b int4 1.223 -> 1.194 ms.
 _L2_PREFETCH_STEPS = 2
+# Input columns per FMA accumulator of dense / int8 weights (kernels/gemv.fold_mac); 1 until measured otherwise.
+_K_FOLD = 1
 _INSTR_OVERHEAD_TILES = 0.25  # cost of one more instruction (queue read, wait, release) in tiles
 
 
@@ -150,13 +153,19 @@ def _tiles_per_instr(n_tiles: int, n_programs: int) -> int:
 
 def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, n_programs: int, *,
                interpret: bool, gemv_rows: Optional[int] = None, gemv_elems: Optional[int] = None,
-               dot_block_k: Optional[int] = None, int4_dot: Optional[bool] = None, **overrides) -> TileConfig:
+               dot_block_k: Optional[int] = None, int4_dot: Optional[bool] = None, dot: Optional[bool] = None,
+               k_fold: Optional[int] = None, **overrides) -> TileConfig:
     """Tile sizes for this configuration; `overrides` replace TileConfig fields (tests, tuning).
     gemv_rows / gemv_elems (GPU only) re-derive every GEMV stage from another tile height / another number of
     fp32 FMA accumulators per program (block_k = gemv_elems / (b_pad * rows)), keeping the balancing rules;
     dot_block_k sets the columns per step of the tensor-core path (dense batch >= 4, int4 every batch);
     int4_dot puts int4 weights on the tensor cores (kernels/gemv._int4_dot_tile) or not (default: from batch
-    kernels.gemv.INT4_DOT_MIN_BATCH on the GPU, never in the interpreter unless asked)."""
+    kernels.gemv.INT4_DOT_MIN_BATCH on the GPU, never in the interpreter unless asked); dot puts dense and int8
+    weights on the tensor cores (the batch padded to 16 rows) or not, at any batch (GPU; default: from batch 4);
+    k_fold (1, 2, 4) sums that many neighbouring input columns into each FMA accumulator of dense / int8 weights
+    (kernels/gemv.fold_mac), so the GPU's GEMV tiles grow k_fold x wider along K for the same registers."""
+    if k_fold is not None and k_fold not in (1, 2, 4):
+        raise ValueError(f"k_fold={k_fold} must be 1, 2 or 4")
     int4_tc = quant == "int4" and int4_dot_ok(group_size)
     half = spec.head_dim // 2
     if interpret:
@@ -171,23 +180,26 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
                          gate_up=g(spec.dim, 16, 2), down=g(spec.ffn_dim, 16, 2),
                          lm_head=g(spec.dim, 16, 2), embed_block=64, kv_block=16,
                          n_splits=max(1, min(3, cdiv(max_len, 16))))
-        return replace(cfg, **overrides)
+        return replace(cfg, **({"k_fold": k_fold} if k_fold else {}), **overrides)
 
     kind = {"int4": "int4", "int8": "int8"}.get(quant, "dense")
     use_dot = quant != "fp32" and dot_by_default(kind, group_size, batch)
     if quant == "int4" and int4_dot is not None:
         use_dot = int4_tc and bool(int4_dot)
+    if quant in ("bf16", "fp16", "int8") and dot is not None:
+        use_dot = bool(dot)
     # the int4 tile pads the batch to 16 rows itself; the dense tensor-core path needs 16 rows
     b_pad = max(next_pow2(batch), 16 if use_dot and quant != "int4" else 1)
 
     acc_elems = gemv_elems or _FMA_ACC_ELEMS
+    fold = 1 if (use_dot or quant == "int4") else (k_fold or _K_FOLD)
     dot_bk = dot_block_k or _DOT_BLOCK_K
 
     def gemv(n: int, k: int) -> GemvTile:
         # H100, llama1b bf16 B=1: 16 x 512 gave 1.60 ms/step, 32 x 256 1.85 ms. Tensor-core path (batch >= 4): every
         # tile re-reads x [B, K] in fp32, so wide tiles: llama8b bf16 B16 23.6 ms at 16 rows, 12.2 ms at 64.
         bn = gemv_rows or (_DOT_BLOCK_N if use_dot else _GPU_BLOCK_N)
-        cols = dot_bk if use_dot else acc_elems // (b_pad * bn)
+        cols = dot_bk if use_dot else acc_elems * fold // (b_pad * bn)
         bk, gps = _k_tile(k, cols, quant, group_size, use_dot)
         return GemvTile(bn, bk, gps, _tiles_per_instr(cdiv(n, bn), n_programs))
 
@@ -195,7 +207,7 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
     slots = spec.n_heads + 2 * spec.n_kv_heads
     cands = [p for p in (8, 16, 32, 64) if p <= max(8, next_pow2(half)) and (p >= 16 or not use_dot)] or [16]
     p_best = min(cands, key=lambda p: (cdiv(slots * cdiv(half, p), n_programs) * (2 * p + 8), -p))
-    qkv_cols = dot_bk if use_dot else acc_elems // (b_pad * p_best)
+    qkv_cols = dot_bk if use_dot else acc_elems * fold // (b_pad * p_best)
     qbk, qgps = _k_tile(spec.dim, qkv_cols, quant, group_size, use_dot)
     # Enough (kv head, split) instructions for the grid, but at least _MIN_KEYS_PER_SPLIT keys summed over the
     # batch (each AttnPartial covers every sequence) and one kv block per sequence in a split.
@@ -206,7 +218,7 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
                      o=gemv(spec.dim, spec.q_dim), gate_up=gemv(spec.ffn_dim, spec.dim),
                      down=gemv(spec.dim, spec.ffn_dim), lm_head=gemv(spec.vocab_size, spec.dim),
                      embed_block=min(1024, next_pow2(spec.dim)), kv_block=kv_block,
-                     n_splits=n_splits)
+                     n_splits=n_splits, k_fold=fold)
     # L2 prefetch while waiting: the most K steps up to _L2_PREFETCH_STEPS these tiles allow (0 if none does).
     steps = next((n for n in range(_L2_PREFETCH_STEPS, 0, -1) if l2_prefetch_problem(spec, quant, cfg, n) is None), 0)
     return replace(cfg, **{"l2_prefetch": steps, **overrides})

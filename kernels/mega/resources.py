@@ -147,7 +147,7 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
         elif "." in key:
             stage, field = key.split(".", 1)
             tiles.setdefault(stage, {})[field] = int(val)
-        elif key in defaults or key in ("gemv_rows", "gemv_elems", "dot_block_k", "int4_dot"):
+        elif key in defaults or key in ("gemv_rows", "gemv_elems", "dot_block_k", "int4_dot", "dot", "k_fold"):
             tiles[key] = val.lower() == "true" if val.lower() in ("true", "false") else int(val)
         else:
             raise SystemExit(f"error: unknown option {key!r} (model, quant, batch, ctx, group_size, arch, programs, "

@@ -21,7 +21,7 @@ from harness.results import gpu_slug
 CACHE = Path(__file__).with_name("tuned.json")
 MIN_GAIN = 0.03  # a variant must be 3% faster than the built-in choice, same run, to be cached
 RUNTIME_KEYS = ("programs_per_sm", "fusion", "policy")  # Megakernel arguments, not tiles
-FLAG_KEYS = ("prefetch", "int4_dot", "int8_unit_floats")
+FLAG_KEYS = ("prefetch", "int4_dot", "dot", "int8_unit_floats")
 
 
 def parse_variant(text: str) -> tuple[str, dict, dict]:

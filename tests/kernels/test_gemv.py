@@ -58,6 +58,36 @@ def test_gemv_prefetch(quant, n, k, batch, path):
     assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv prefetch {qid}")
 
 
+@pytest.mark.parametrize("quant,n,k", [q for q in _cases(SHAPES) if "int4" not in q.id])
+@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("k_fold", [2, 4])
+def test_gemv_k_fold(quant, n, k, batch, k_fold):
+    """Neighbouring input columns folded into one FMA accumulator (fold_mac): same result, plain and gate/up,
+    with a ragged last K step."""
+    qid, mode, dtype, group = quant
+    gen = generator(n * k + batch + 11 * k_fold)
+    w, w_up = make_linear(n, k, mode, dtype, group, gen), make_linear(n, k, mode, dtype, group, gen)
+    x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
+    residual, norm_w = randn(batch, n, dtype=dtype, gen=gen), randn(k, dtype=dtype, gen=gen)
+    assert pick_config(x, w, use_dot=False, k_fold=k_fold).k_fold == k_fold
+    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
+             use_dot=False, block_k=64, k_fold=k_fold)
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv k_fold={k_fold} {qid}")
+    y = gemv_silu_mul(x, w, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), use_dot=False,
+                      k_fold=k_fold)
+    assert_close(y, ref.gemv_silu_mul(x, w, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul k_fold={k_fold} {qid}")
+
+
+def test_pick_config_k_fold_widens_the_fma_step_only():
+    x = torch.zeros(1, 4096, dtype=torch.bfloat16)
+    w = make_linear(64, 4096, "bf16", torch.bfloat16, 0, generator(0))
+    one, two = pick_config(x, w, use_dot=False), pick_config(x, w, use_dot=False, k_fold=2)
+    assert (two.block_k, two.k_fold) == (2 * one.block_k, 2)
+    assert pick_config(x, w, use_dot=True, k_fold=2).k_fold == 1  # the tensor-core tile has no FMA accumulators
+    with pytest.raises(ValueError, match="k_fold=3"):
+        pick_config(x, w, k_fold=3)
+
+
 @pytest.mark.parametrize("quant,n,k", _cases([(75, 256)]))
 @pytest.mark.parametrize("fusion", ["norm", "residual"])
 def test_gemv_default_config(quant, n, k, fusion):

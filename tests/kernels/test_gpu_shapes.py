@@ -74,6 +74,29 @@ def test_gemv_real_shapes(layer, model, quant, batch):
     assert_close(y, ref.gemv(x, w, res, nw, EPS), dtype, layer)
 
 
+@pytest.mark.parametrize("batch", [1, 16], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("layer", ["wqkv+norm", "w_down+residual", "gate_up_silu"])
+def test_gemv_int8_unit_floats_real_shapes(layer, model, batch):
+    """int8 through unit floats (the PTX path compiled on the GPU, FMA tile) at the real shapes."""
+    dtype, spec = torch.bfloat16, named_spec(model)
+    gen = _gen("unit", layer, model, batch)
+    if layer == "gate_up_silu":
+        wg, wu = _weight(model, "int8", "w_gate"), _weight(model, "int8", "w_up")
+        x, nw = _randn(gen, batch, spec.dim, dtype=dtype), _randn(gen, spec.dim, dtype=dtype)
+        y = gemv_silu_mul(x, wg, wu, norm_weight=nw, eps=EPS, out=nan_full(batch, spec.ffn_dim, dtype=dtype),
+                          use_dot=False, int8_unit_floats=True)
+        assert_close(y, ref.gemv_silu_mul(x, wg, wu, nw, EPS), dtype, layer)
+        return
+    w = _weight(model, "int8", layer.split("+")[0])
+    x = _randn(gen, batch, w.in_features, dtype=dtype)
+    nw = _randn(gen, w.in_features, dtype=dtype) if "norm" in layer else None
+    res = _randn(gen, batch, w.out_features, dtype=dtype) if "residual" in layer else None
+    y = gemv(x, w, residual=res, norm_weight=nw, eps=EPS, out=nan_full(batch, w.out_features, dtype=dtype),
+             use_dot=False, int8_unit_floats=True)
+    assert_close(y, ref.gemv(x, w, res, nw, EPS), dtype, layer)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("batch", [1, 16], ids=lambda b: f"B{b}")

@@ -85,6 +85,29 @@ def test_gpu_matches_reference(model, quant, batch, ctx, pps):
         assert torch.equal(again, out)
 
 
+# Tile options off the default path for their point (the default paths are in the matrix above).
+GPU_TILE_OPTIONS = [
+    ("llama8b", "int8", 1, {"int8_unit_floats": True}),
+    ("llama1b", "int8", 16, {"int8_unit_floats": True}),
+    ("llama1b", "int4", 1, {"int4_dot": True}),
+    ("llama1b", "int4", 16, {"int4_dot": False}),
+    ("llama1b", "bf16", 4, {"prefetch": True, "l2_prefetch": 0}),
+    ("llama8b", "int8", 1, {"k_fold": 2}),
+    ("llama1b", "bf16", 1, {"k_fold": 4}),
+]
+
+
+@pytest.mark.parametrize("model,quant,batch,tiles", GPU_TILE_OPTIONS, ids=lambda v: str(v))
+def test_gpu_tile_options_match_reference(model, quant, batch, tiles):
+    w, cache, tokens, positions = _setup(model, quant, batch, 1024)
+    ref = LlamaDecoder(w, compute_dtype=torch.float32, max_len=1025).decode(tokens, positions, cache.clone())
+    mk = Megakernel(w, cache, tiles=tiles, tuned=False)
+    out = mk.decode(tokens, positions).clone()
+    mk.check()
+    assert rel_err(out, ref) <= REL_TOL[_act(quant)], f"{tiles}: rel err {rel_err(out, ref):.3g}"
+    assert torch.equal(mk.decode(tokens, positions), out)
+
+
 @pytest.mark.parametrize("quant,batch", [("bf16", 1), ("int4", 16), ("int8", 4)])
 def test_gpu_fusion_and_policy_are_bitwise_identical(quant, batch):
     """Same instructions, same math: launch cuts and queue policies must not change a single bit."""

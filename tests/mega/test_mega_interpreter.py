@@ -57,7 +57,7 @@ def test_interpreter_matches_vm(model, quant, batch, fusion, policy):
 
 # Tile options that change how bytes are fetched or dequantised, never the result: double-buffered weight loads,
 # int4 on the tensor-core tile (integer nibbles in tl.dot, scale and zero once per group, the batch padded to 16 rows
-# inside the tile), int8 through unit floats.
+# inside the tile), int8 through unit floats, neighbouring columns folded into one FMA accumulator.
 TILE_OPTIONS = [
     ("bf16", 1, {"prefetch": True}),
     ("int8", 4, {"prefetch": True}),
@@ -66,6 +66,9 @@ TILE_OPTIONS = [
     ("int4", 4, {"int4_dot": True}),
     ("int8", 1, {"int8_unit_floats": True}),
     ("int8", 4, {"int8_unit_floats": True}),
+    ("bf16", 1, {"k_fold": 2}),
+    ("int8", 4, {"k_fold": 4}),
+    ("int8", 1, {"k_fold": 2, "int8_unit_floats": True}),
 ]
 
 

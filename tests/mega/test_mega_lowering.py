@@ -183,3 +183,20 @@ def test_gpu_tiles_default_to_l2_prefetch_and_int4_paths_by_batch():
     assert not pick_tiles(spec, "int4", 48, 16, 1025, 264, interpret=False).use_dot  # 48: not a power of two
     assert pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False).use_dot
     assert pick_tiles(named_spec("tiny"), "bf16", 0, 1, 64, 264, interpret=False).l2_prefetch in (0, 1, 2)
+
+
+def test_gpu_tiles_dot_and_k_fold_options():
+    """dot puts dense / int8 weights on the tensor-core tile at any batch (16 padded rows) or keeps them off it;
+    k_fold widens the FMA tiles' K step k_fold x for the same accumulators, never on tensor cores or int4."""
+    spec = named_spec("llama8b")
+    base = pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False)
+    assert not base.use_dot and base.k_fold == 1
+    dot = pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, dot=True)
+    assert dot.use_dot and dot.b_pad == 16
+    assert not pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False, dot=False).use_dot
+    fold = pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, k_fold=2)
+    assert fold.k_fold == 2 and fold.gate_up.block_k == 2 * base.gate_up.block_k
+    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False, k_fold=2).k_fold == 1
+    assert pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False, k_fold=2).k_fold == 1  # tensor cores
+    with pytest.raises(ValueError, match="k_fold=3"):
+        pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, k_fold=3)
