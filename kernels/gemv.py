@@ -37,6 +37,7 @@ from kernels.elementwise import silu
 
 KIND_CODES = {"dense": 0, "int8": 1, "int4": 2}  # constexpr KIND of the kernels
 KIND_INT8_UNIT = 3  # int8 dequantised through int8_unit_floats on the FMA path (option int8_unit_floats)
+K_FOLDS = (1, 2, 4)  # input columns per FMA accumulator that fold_mac implements
 # Block sizes from sweeps on an H100 80GB (kernels.bench_ops.sweep_gemv: llama1b wo 2048x2048, llama8b wqkv
 # 6144x4096, bf16 / int8 / int4 g128, batch 1 / 4 / 16, L2 flushed, 2026-11-22); the numbers quoted are from them.
 _DOT_MIN_BATCH = 4  # tensor cores from batch 4 (int8 8b wqkv B4: 19.5 us with dot, >= 22 us best FMA tile)
@@ -87,6 +88,16 @@ def _halves(t):
 
 
 @triton.jit
+def _fold2(acc, x, w):
+    """acc [B_PAD, BN, BK / 2] += x [B_PAD, BK] * w [BN, BK], columns 2j and 2j + 1 into accumulator j."""
+    x0, x1 = _halves(x)
+    w0, w1 = _halves(w)
+    acc += x0[:, None, :] * w0[None, :, :]
+    acc += x1[:, None, :] * w1[None, :, :]
+    return acc
+
+
+@triton.jit
 def fold_mac(acc, x, w, FOLD: tl.constexpr):
     """acc [B_PAD, BN, BK / FOLD] += the products x [B_PAD, BK] * w [BN, BK] (fp32), FOLD neighbouring columns into
     one accumulator: one FMA per weight as with FOLD 1, but a tile of FOLD x more columns for the same registers,
@@ -94,22 +105,13 @@ def fold_mac(acc, x, w, FOLD: tl.constexpr):
     if FOLD == 1:
         acc += x[:, None, :] * w[None, :, :]
     elif FOLD == 2:
-        x0, x1 = _halves(x)
-        w0, w1 = _halves(w)
-        acc += x0[:, None, :] * w0[None, :, :]
-        acc += x1[:, None, :] * w1[None, :, :]
-    else:
+        acc = _fold2(acc, x, w)
+    else:  # the even columns, then the odd ones, each folded in pairs: 4j .. 4j + 3 into accumulator j
         tl.static_assert(FOLD == 4, "FOLD is 1, 2 or 4")
         x0, x1 = _halves(x)
         w0, w1 = _halves(w)
-        x00, x01 = _halves(x0)
-        x10, x11 = _halves(x1)
-        w00, w01 = _halves(w0)
-        w10, w11 = _halves(w1)
-        acc += x00[:, None, :] * w00[None, :, :]
-        acc += x01[:, None, :] * w01[None, :, :]
-        acc += x10[:, None, :] * w10[None, :, :]
-        acc += x11[:, None, :] * w11[None, :, :]
+        acc = _fold2(acc, x0, w0)
+        acc = _fold2(acc, x1, w1)
     return acc
 
 
@@ -528,14 +530,19 @@ class GemvConfig:
     k_fold: int = 1  # input columns per fp32 accumulator (dense / int8 FMA path; fold_mac)
 
 
+def check_k_fold(k_fold: int) -> None:
+    """k_fold (input columns per FMA accumulator, fold_mac) must be one of K_FOLDS."""
+    if k_fold not in K_FOLDS:
+        raise ValueError(f"k_fold={k_fold} must be one of {', '.join(map(str, K_FOLDS))}")
+
+
 def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, block_n: Optional[int] = None,
                 block_k: Optional[int] = None, num_warps: Optional[int] = None,
                 prefetch: bool = False, k_fold: int = 1) -> GemvConfig:
     """Block sizes for x: [B, K] @ W.T. `block_k` counts input columns per step (int4: rounded to whole groups).
     k_fold (1, 2, 4; dense / int8 on the FMA path, else 1): input columns per accumulator, and so k_fold x the
     default columns per step for the same registers."""
-    if k_fold not in (1, 2, 4):
-        raise ValueError(f"k_fold={k_fold} must be 1, 2 or 4")
+    check_k_fold(k_fold)
     b_sz, k = x.shape
     int4 = w.kind == "int4"
     if use_dot is None:
@@ -544,13 +551,13 @@ def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, 
     if int4 and not int4_dot_ok(w.group_size):
         use_dot = False
     b_pad = triton.next_power_of_2(b_sz)
+    fold = 1 if (use_dot or int4) else k_fold
     if use_dot and not int4:  # the int4 tile pads the batch to 16 rows itself
         b_pad = max(b_pad, _DOT_MIN_ROWS)
         wide = triton.cdiv(w.out_features, _DOT_BLOCK_N_WIDE) >= sm_count(x.device)
         block_n = block_n or (_DOT_BLOCK_N_WIDE if wide else _DOT_BLOCK_N)
         block_k = block_k or _DOT_BLOCK_K
-    fold = 1 if (use_dot or int4) else k_fold
-    if not (use_dot and not int4):
+    else:
         block_n = block_n or (_FMA_BLOCK_N_INT4 if w.kind == "int4" else _FMA_BLOCK_N)
         block_k = block_k or fold * max(64, min(_FMA_BLOCK_K_MAX, _FMA_TILE_ELEMS // (b_pad * block_n)))
     block_k = min(block_k, triton.next_power_of_2(k))

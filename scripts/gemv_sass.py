@@ -49,7 +49,7 @@ def compile_gemv(kind: str, b_pad: int, block_n: int, block_k: int, groups_per_s
     cx = dict(KIND=KIND_INT8_UNIT if kind == "int8-unit" else KIND_CODES[kind], GROUP=group, HAS_NORM=has_norm,
               HAS_RESIDUAL=False, B_PAD=b_pad,
               BLOCK_N=block_n, BLOCK_K=block_k, GROUPS_PER_STEP=groups_per_step, USE_DOT=use_dot,
-              DOT_DTYPE=tl.bfloat16, PREFETCH=False, FOLD=1 if use_dot else k_fold)
+              DOT_DTYPE=tl.bfloat16, PREFETCH=False, FOLD=k_fold)
     sig = {n: "constexpr" if n in cx else "*" + ptrs[n] if n in ptrs else "fp32" if n == "eps" else "i32"
            for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
@@ -99,7 +99,9 @@ def main(argv=None) -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--dot", action="store_true", help="the tensor-core tile instead of the FMA tile")
     ap.add_argument("--num-warps", type=int, default=4)
-    ap.add_argument("--k-fold", type=int, default=1, choices=(1, 2, 4),
+    from kernels.gemv import K_FOLDS
+
+    ap.add_argument("--k-fold", type=int, default=1, choices=K_FOLDS,
                     help="input columns per FMA accumulator (dense / int8; kernels/gemv.fold_mac)")
     a = ap.parse_args(argv)
     gps = a.groups_per_step if a.kind == "int4" else 1

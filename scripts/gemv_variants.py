@@ -25,18 +25,15 @@ from harness.models import named_spec  # noqa: E402
 from harness.quant import quantize_linear  # noqa: E402
 from harness.timing import measure_copy_bandwidth, time_step  # noqa: E402
 from kernels.gemv import gemv, gemv_silu_mul  # noqa: E402
+from kernels.mega.tuned import parse_variant  # noqa: E402
 
-FLAGS = ("use_dot", "prefetch", "int8_unit_floats")
 SILU_KEYS = ("use_dot", "block_n", "block_k", "int8_unit_floats", "k_fold")
 
 
 def parse(text: str) -> tuple[str, dict]:
-    name, _, body = text.partition(":")
-    kw = {}
-    for item in filter(None, body.split(",")):
-        k, _, v = item.partition("=")
-        kw[k] = bool(int(v)) if k in FLAGS else int(v)
-    return name, kw
+    """"NAME:key=value,..." (mega_tune's variant syntax) -> (name, gemv keyword arguments)."""
+    name, _, kw = parse_variant(text)
+    return name, {k: bool(v) if k == "use_dot" else v for k, v in kw.items()}
 
 
 def main() -> None:

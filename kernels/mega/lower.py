@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from harness.models import ModelSpec
-from kernels.gemv import dot_by_default, int4_dot_ok
+from kernels.gemv import check_k_fold, dot_by_default, int4_dot_ok
 from kernels.mega.instructions import (Argmax, AttnPartial, AttnReduce, CounterKey, CounterSpace, DownResidual, Embed,
                                        Instruction, LmHead, OProjResidual, RmsGateUpSilu, RmsQkvRope, Stage, Wait)
 
@@ -164,8 +164,8 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
     weights on the tensor cores (the batch padded to 16 rows) or not, at any batch (GPU; default: from batch 4);
     k_fold (1, 2, 4) sums that many neighbouring input columns into each FMA accumulator of dense / int8 weights
     (kernels/gemv.fold_mac), so the GPU's GEMV tiles grow k_fold x wider along K for the same registers."""
-    if k_fold is not None and k_fold not in (1, 2, 4):
-        raise ValueError(f"k_fold={k_fold} must be 1, 2 or 4")
+    if k_fold is not None:
+        check_k_fold(k_fold)
     int4_tc = quant == "int4" and int4_dot_ok(group_size)
     half = spec.head_dim // 2
     if interpret:

@@ -134,10 +134,15 @@ def report(spec, quant: str, group_size: int, batch: int, max_len: int, n_progra
 
 def parse_overrides(items: list[str]) -> tuple[dict, dict]:
     """'key=value' strings -> (point options, TileConfig overrides); 'stage.field=v' edits one GemvTile."""
-    from kernels.mega.lower import TileConfig
+    import inspect
+
+    from kernels.mega.lower import TileConfig, pick_tiles
 
     point, tiles = {}, {}
-    defaults = TileConfig.__dataclass_fields__
+    # TileConfig fields, and pick_tiles' own keywords (gemv_rows, k_fold, ...) that re-derive the tiles
+    defaults = {*TileConfig.__dataclass_fields__,
+                *(p.name for p in inspect.signature(pick_tiles).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY and p.name != "interpret")}
     for item in items:
         key, _, val = item.partition("=")
         if key in ("model", "quant"):
@@ -147,7 +152,7 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
         elif "." in key:
             stage, field = key.split(".", 1)
             tiles.setdefault(stage, {})[field] = int(val)
-        elif key in defaults or key in ("gemv_rows", "gemv_elems", "dot_block_k", "int4_dot", "dot", "k_fold"):
+        elif key in defaults:
             tiles[key] = val.lower() == "true" if val.lower() in ("true", "false") else int(val)
         else:
             raise SystemExit(f"error: unknown option {key!r} (model, quant, batch, ctx, group_size, arch, programs, "

@@ -72,7 +72,7 @@ def constexpr_args(spec, kind_name: str, group_size: int, act_dtype: torch.dtype
         WSTR_D=wstr(spec.dim), WSTR_Q=wstr(spec.q_dim), WSTR_F=wstr(spec.ffn_dim),
         SSTR_D=sstr(spec.dim), SSTR_Q=sstr(spec.q_dim), SSTR_F=sstr(spec.ffn_dim),
         B_PAD=t.b_pad, USE_DOT=t.use_dot, DOT_DTYPE=dot_operand_dtype(act_dtype), PREFETCH=t.prefetch,
-        FOLD=1 if t.use_dot else t.k_fold,
+        FOLD=t.k_fold,
         QKV_P=t.qkv.block_n, QKV_BK=t.qkv.block_k, QKV_GPS=t.qkv.groups_per_step,
         O_BN=t.o.block_n, O_BK=t.o.block_k, O_GPS=t.o.groups_per_step, O_TPI=t.o.tiles_per_instr,
         GU_BN=t.gate_up.block_n, GU_BK=t.gate_up.block_k, GU_GPS=t.gate_up.groups_per_step,
