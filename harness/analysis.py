@@ -20,7 +20,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.results import POINT_KEY_FIELDS, gpu_slug, point_key
+from harness.results import POINT_KEY_FIELDS, point_key
+from kernels import gpu_slug
 
 MEASURED_STATUSES = ("ok", "wrong")  # rows with a latency: ok, or timed but numerically wrong
 DEFAULT_REFERENCE = "torch-compile"

@@ -6,28 +6,23 @@ type, is refused by Hydra itself before `validate` runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.errors import ConfigError
-from harness.models import ModelSpec, RopeScaling
+from harness.models import hf_spec
+from kernels import MAX_BATCH
+from kernels.mega.lower import TileOptions
+from kernels.mega.schedule import FUSIONS, POLICIES
+from kernels.model import ModelSpec, RopeScaling
+from kernels.quant import QUANT_MODES, quant_mode
 
-FUSIONS = ("op", "block", "layer", "model")
 CACHE_FILLS = ("random", "prefill")
 DEVICES = ("auto", "cuda", "cpu")
 TELEMETRY_MODES = ("off", "nvml")
-MAX_BATCH = 16
-
-
-@dataclass
-class RopeScalingConfig:
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
 
 
 @dataclass
@@ -46,7 +41,7 @@ class ModelConfig:
     head_dim: Optional[int] = None
     norm_eps: float = 1e-5
     rope_theta: float = 500000.0
-    rope_scaling: Optional[RopeScalingConfig] = None
+    rope_scaling: Optional[RopeScaling] = None
     tie_embeddings: bool = False
 
 
@@ -82,11 +77,10 @@ class ImplConfig:
 @dataclass
 class MegakernelConfig:
     programs_per_sm: int = 2
-    schedule: str = "round-robin"
+    schedule: str = "round-robin"  # a kernels.mega.schedule.POLICIES name
     fusions: list[str] = field(default_factory=list)  # non-empty: measure each fusion in the same run
-    # Tile overrides (kernels/mega/lower.py TileConfig fields, or gemv_rows / gemv_elems), e.g.
-    # megakernel.tiles.prefetch=true or +megakernel.tiles.num_warps=4; empty: the built-in choice.
-    tiles: dict[str, Any] = field(default_factory=dict)
+    # Tile options (kernels/mega/lower.TileOptions), e.g. megakernel.tiles.gemv_rows=8; unset: the built-in choice.
+    tiles: TileOptions = field(default_factory=TileOptions)
 
 
 @dataclass
@@ -124,6 +118,12 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _one_of(key: str, value: Any, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value} is not allowed; choose one of {list(allowed)}")
@@ -134,7 +134,7 @@ def model_spec(m: ModelConfig | DictConfig) -> ModelSpec:
     if m.name == "hf" or m.path:
         if not m.path or m.path == MISSING:
             raise ConfigError("model=hf needs model.path=DIR, a local Hugging Face checkpoint directory")
-        return ModelSpec.from_hf_dir(m.path)
+        return hf_spec(m.path)
     d = OmegaConf.to_container(m, resolve=True) if isinstance(m, DictConfig) else dict(m.__dict__)
     d.pop("path", None)
     missing = [k for k, v in d.items() if v is None and k not in ("head_dim", "rope_scaling")]
@@ -147,11 +147,39 @@ def model_spec(m: ModelConfig | DictConfig) -> ModelSpec:
     return ModelSpec.from_dict(d)
 
 
+def unknown_keys(node: Any, path: str = "") -> list[str]:
+    """Keys of a composed configuration that its schema does not declare (Hydra's `+key=value` adds keys even to
+    typed groups, so a typo would otherwise pass in silence)."""
+    if not isinstance(node, DictConfig):
+        return []
+    schema = OmegaConf.get_type(node)
+    declared = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+    out = []
+    for key in node.keys():
+        name = f"{path}.{key}" if path else str(key)
+        if declared is not None and key not in declared:
+            out.append(name)
+        else:
+            out += unknown_keys(node._get_node(key), name)
+    return out
+
+
+def tile_options(cfg: RunConfig | DictConfig) -> TileOptions:
+    """megakernel.tiles as the TileOptions the megakernel takes."""
+    t = getattr(cfg.megakernel, "tiles", None)
+    if t is None or isinstance(t, TileOptions):
+        return t or TileOptions()
+    return TileOptions(**OmegaConf.to_container(t, resolve=True))
+
+
 def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None) -> ModelSpec:
     """Checks every value that Hydra's typing cannot; returns the model spec. Raises ConfigError."""
-    from harness.quant import QUANT_MODES
-
+    unknown = unknown_keys(cfg) if isinstance(cfg, DictConfig) else []
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a configuration key; check its spelling against README.md and conf/ "
+                          f"(keys added with + must exist in the schema, harness/config.py)")
     _one_of("quant", cfg.quant.name, QUANT_MODES)
+    _one_of("megakernel.schedule", cfg.megakernel.schedule, POLICIES)
     _one_of("fusion", cfg.fusion, FUSIONS)
     for f in cfg.megakernel.fusions:
         _one_of("megakernel.fusions entry", f, FUSIONS)
@@ -167,16 +195,10 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
         raise ConfigError(f"bench.repeats={b.repeats} must be >= 1 and bench.warmup={b.warmup} >= 0")
     if cfg.megakernel.programs_per_sm < 1:
         raise ConfigError(f"megakernel.programs_per_sm={cfg.megakernel.programs_per_sm} must be >= 1")
-    tile_keys = ("gemv_rows", "gemv_elems", "dot_block_k", "num_warps", "kv_block", "n_splits", "argmax_block", "embed_block",
-                 "prefetch", "max_regs", "l2_prefetch", "int4_dot", "dot", "int8_unit_floats", "k_fold")
-    flags = ("prefetch", "int4_dot", "dot", "int8_unit_floats")
-    for key, val in (cfg.megakernel.get("tiles") or {}).items():
-        if key not in tile_keys:
-            raise ConfigError(f"megakernel.tiles.{key} is not a tile option; use one of {', '.join(tile_keys)}")
-        if key not in flags and (not isinstance(val, int) or isinstance(val, bool) or val < 0):
-            raise ConfigError(f"megakernel.tiles.{key}={val!r} must be a non-negative integer")
-        if key in flags and not isinstance(val, bool):
-            raise ConfigError(f"megakernel.tiles.{key}={val!r} must be true or false")
+    interpret = cfg.bench.device == "cpu" or (cfg.bench.device == "auto" and not _cuda_visible())
+    problem = tile_options(cfg).problem(interpret)
+    if problem:
+        raise ConfigError(problem)
     if impl_names is not None:
         for name in list(cfg.impl.names) + [cfg.baseline]:
             if name != "*" and name not in impl_names:
@@ -185,12 +207,7 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
     if b.ctx + 1 > spec.max_seq_len:
         raise ConfigError(f"bench.ctx={b.ctx} exceeds model {spec.name}'s maximum of {spec.max_seq_len - 1} cached positions; "
                           f"lower bench.ctx")
-    if cfg.quant.name == "int4":
-        g = cfg.quant.group_size
-        dims = {"model.dim": spec.dim, "model.ffn_dim": spec.ffn_dim, "attention q_dim": spec.q_dim}
-        bad = {k: v for k, v in dims.items() if g <= 0 or g % 2 or v % g}
-        if bad:
-            k, v = next(iter(bad.items()))
-            raise ConfigError(f"quant.group_size={g} does not divide {k}={v}; choose an even group size that divides "
-                              f"{sorted(set(dims.values()))}, e.g. 32, 64 or 128")
+    problem = quant_mode(cfg.quant.name).group_problem(cfg.quant.group_size, spec.input_dims())
+    if problem:
+        raise ConfigError(problem)
     return spec

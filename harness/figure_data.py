@@ -19,7 +19,8 @@ import pandas as pd
 import yaml
 
 from harness import analysis as A
-from harness.results import REPO_ROOT, gpu_slug
+from harness.results import REPO_ROOT
+from kernels import gpu_slug
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 REF = A.DEFAULT_REFERENCE

@@ -26,7 +26,8 @@ from harness.figure_data import (  # noqa: F401 - re-exported: notebooks and tes
     DEFAULT_FUSION, EXPERIMENTS_DIR, FUSION_ORDER, IMPL_ORDER, REF, REQUIRES, SPEEDUP, _model_order,
     _series_order, _with_series, experiment_grid, figure_rows, figure_table, gpus_in, in_grid, series_name,
 )
-from harness.results import REPO_ROOT, gpu_slug
+from harness.results import REPO_ROOT
+from kernels import gpu_slug
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NO_GPU = "any-gpu"  # slug of the placeholder written when results/ holds no GPU rows at all

@@ -33,7 +33,8 @@ from typing import Callable, Optional, Sequence
 import pandas as pd
 
 from harness import analysis as A
-from harness.results import gpu_slug, load_results
+from harness.results import load_results
+from kernels import gpu_slug
 
 METRICS = ("pct_of_copy_bw", A.speedup_column(A.DEFAULT_REFERENCE))
 METRIC_LABELS = {"pct_of_copy_bw": "%copy", A.speedup_column(A.DEFAULT_REFERENCE): "x compile"}

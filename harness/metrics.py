@@ -12,18 +12,18 @@ Activations between layers are a few KB and are not counted.
 """
 from __future__ import annotations
 
-from harness.models import ModelSpec
-from harness.weights import linear_nbytes
+from kernels.model import ModelSpec
+from kernels.quant import quant_mode
 
-ACT_BYTES = 2  # bf16 / fp16 activations, KV cache and embedding table
 LOGIT_BYTES = 4  # logits are returned in fp32
 
 
 def bytes_per_step(spec: ModelSpec, quant: str, group_size: int, batch: int, ctx: int) -> dict[str, int]:
     """Bytes by component and their total ("total"). `ctx` = positions already in the cache."""
-    act = 4 if quant == "fp32" else ACT_BYTES
-    linears = spec.n_layers * sum(linear_nbytes(n, k, quant, group_size) for n, k in spec.linear_shapes().values())
-    lm_head = linear_nbytes(spec.vocab_size, spec.dim, quant, group_size)
+    mode = quant_mode(quant)
+    act = mode.act_bytes  # activations, KV cache, embedding table and norms
+    linears = spec.n_layers * sum(mode.linear_nbytes(n, k, group_size) for n, k in spec.linear_shapes().values())
+    lm_head = mode.linear_nbytes(spec.vocab_size, spec.dim, group_size)
     per_position = spec.n_layers * 2 * spec.n_kv_heads * spec.head_dim * act
     parts = {
         "weights": linears,

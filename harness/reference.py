@@ -10,49 +10,16 @@ swap in their own matmul for quantized weights (dequantize-then-matmul by defaul
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from harness.models import ModelSpec
-from harness.quant import QLinear
-from harness.weights import ModelWeights
+from kernels.model import KVCache, ModelWeights
+from kernels.quant import QLinear
+from kernels.reference import rms_normalize
 
 LinearFn = Callable[[torch.Tensor, QLinear], torch.Tensor]
-
-
-def rope_inv_freq(spec: ModelSpec) -> torch.Tensor:
-    """[hd/2] fp32 inverse frequencies, with transformers' `llama3` rope scaling when configured."""
-    hd = spec.head_dim
-    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-    rs = spec.rope_scaling
-    if rs is None:
-        return inv_freq
-    low_freq_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
-    high_freq_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / rs.factor, inv_freq)
-    smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
-    smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
-    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
-    return torch.where(is_medium, smoothed, scaled)
-
-
-def rope_tables(spec: ModelSpec, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin: [max_len, hd/2] fp32; row p is position p (what the kernels index)."""
-    inv_freq = rope_inv_freq(spec).to(device)
-    freqs = torch.arange(max_len, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    return freqs.cos(), freqs.sin()
-
-
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale in the input dtype."""
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight.to(dtype) * xf.to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -65,32 +32,6 @@ def dequant_linear(x: torch.Tensor, w: QLinear) -> torch.Tensor:
     return F.linear(x, w.dequantize(x.dtype))
 
 
-@dataclass
-class KVCache:
-    """Static cache, layout [n_layers, B, KVH, S_max, hd] (per head, positions are contiguous)."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-    @classmethod
-    def empty(cls, spec: ModelSpec, batch: int, max_len: int, dtype, device) -> "KVCache":
-        shape = (spec.n_layers, batch, spec.n_kv_heads, max_len, spec.head_dim)
-        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-
-    @property
-    def max_len(self) -> int:
-        return self.k[0].shape[2]
-
-    def clone(self) -> "KVCache":
-        return KVCache(self.k.clone(), self.v.clone())
-
-    def per_layer(self) -> "KVCache":
-        """A copy whose k and v are lists of separate [B, KVH, S_max, hd] tensors, one per layer
-        (gpt-fast's layout): torch.compile then updates each layer's buffer in place, instead of
-        writing back the whole [n_layers, ...] tensor that every layer's view aliases."""
-        return KVCache([t.clone() for t in self.k], [t.clone() for t in self.v])
-
-
 class LlamaDecoder:
     """Prefill and decode over a static KV cache; positions are per sequence."""
 
@@ -98,7 +39,7 @@ class LlamaDecoder:
                  compute_dtype: Optional[torch.dtype] = None, max_len: Optional[int] = None):
         self.w, self.spec, self.linear = weights, weights.spec, linear
         self.dtype = compute_dtype or weights.dtype
-        self.cos, self.sin = rope_tables(self.spec, max_len or self.spec.max_seq_len, weights.device)
+        self.cos, self.sin = self.spec.rope_tables(max_len or self.spec.max_seq_len, weights.device)
         # Optional decode-attention override (T == 1): fn(layer, q [B,H,1,hd], k, v [B,KVH,1,hd] roped,
         # positions [B]) -> [B, H, 1, hd]; it must append k/v to its cache itself.
         self.attention: Optional[Callable] = None
@@ -107,7 +48,8 @@ class LlamaDecoder:
         return self.linear(x.to(self.dtype), w)
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return rmsnorm(x, w.to(self.dtype), self.spec.norm_eps)
+        """transformers' LlamaRMSNorm: normalise in fp32, round to the compute dtype, then scale in it."""
+        return w.to(self.dtype) * rms_normalize(x, self.spec.norm_eps).to(self.dtype)
 
     def forward(self, tokens: torch.Tensor, start: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """tokens: [B, T] at positions start[b] + t; writes their K/V into `cache`.

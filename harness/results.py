@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import re
 import secrets
 import socket
 import subprocess
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
+
+from kernels import gpu_slug
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,8 +105,54 @@ def _driver_version() -> str:
             pynvml.nvmlShutdown()
 
 
+COMMIT_MANIFEST = ".commit-manifest"  # written by `python -m harness.results --manifest` before a remote run
+
+
+def _blob_sha(path: Path, mode: str) -> str:
+    """The git blob id of a file as it is on disk (a symbolic link's blob is its target)."""
+    data = os.readlink(path).encode() if mode == "120000" else path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def write_commit_manifest(repo: Path = REPO_ROOT) -> Path:
+    """Writes <repo>/.commit-manifest: HEAD's sha and `git ls-files -s` (mode, blob id, path of every tracked
+    file). A copy of the tree sent elsewhere with stale git metadata can then prove which commit it is."""
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    files = subprocess.run(["git", "-C", str(repo), "ls-files", "-s"], capture_output=True, text=True,
+                           check=True).stdout
+    path = Path(repo) / COMMIT_MANIFEST
+    path.write_text(f"commit {sha}\n{files}")
+    return path
+
+
+def manifest_sha(repo: Path = REPO_ROOT) -> Optional[str]:
+    """The manifest's commit if every file it lists is on disk with the blob id it lists, that commit + "-dirty"
+    if not; None without a manifest."""
+    path = Path(repo) / COMMIT_MANIFEST
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    sha = lines[0].split()[1]
+    for line in lines[1:]:
+        meta, _, name = line.partition("\t")
+        mode, blob = meta.split()[:2]
+        f = Path(repo) / name
+        if mode == "160000":  # a submodule: not checked
+            continue
+        if not (f.is_file() or f.is_symlink()) or _blob_sha(f, mode) != blob:
+            return sha + "-dirty"
+    return sha
+
+
 def git_sha(repo: Path = REPO_ROOT) -> str:
-    """HEAD's sha, with "-dirty" if tracked files changed; "" if not a git checkout (or no commit)."""
+    """The commit of the code that runs: from .commit-manifest when there is one (a copy of the tree on another
+    machine, whose .git may be stale), else HEAD's sha; "-dirty" if tracked files differ from it; "" if neither
+    a manifest nor a git checkout."""
+    from_manifest = manifest_sha(repo)
+    if from_manifest is not None:
+        return from_manifest
+
     def git(*args: str) -> Optional[str]:
         try:
             p = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
@@ -118,17 +165,6 @@ def git_sha(repo: Path = REPO_ROOT) -> str:
         return ""
     status = git("status", "--porcelain", "--untracked-files=no")
     return sha.strip() + ("-dirty" if status and status.strip() else "")
-
-
-def gpu_slug(name: Optional[str]) -> str:
-    """Folder name for a GPU: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"; any CPU -> "cpu"."""
-    if name is None or (isinstance(name, float) and math.isnan(name)):
-        return "unknown"
-    s = str(name).strip().lower()
-    if s == "cpu" or s.startswith("cpu:"):
-        return "cpu"
-    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
-    return s or "unknown"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,3 +432,17 @@ __all__ = [
     "NON_GPU_DIRS", "POINT_KEY_FIELDS", "RUN_KEY_FIELDS", "ResultsStore", "decode_json", "env_info", "git_sha",
     "gpu_slug", "load_results", "point_key", "run_key",
 ]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Result-store helpers.")
+    ap.add_argument("--manifest", action="store_true",
+                    help=f"write {COMMIT_MANIFEST} (HEAD and its tracked files' blob ids) before running elsewhere")
+    ap.add_argument("--sha", action="store_true", help="print the commit rows written here would record")
+    a = ap.parse_args()
+    if a.manifest:
+        print(write_commit_manifest())
+    if a.sha or not a.manifest:
+        print(git_sha())

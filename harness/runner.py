@@ -17,11 +17,13 @@ from harness.config import validate
 from harness.errors import ConfigError, Unsupported
 from harness.impls import REGISTRY, ImplContext
 from harness.metrics import achieved_gbps, bytes_per_step, pct_of_copy_bw
-from harness.reference import KVCache, LlamaDecoder
+from harness.reference import LlamaDecoder
+from kernels.model import KVCache
 from harness.results import ResultsStore, env_info, point_key
 from harness.telemetry import TelemetrySampler
 from harness.timing import GraphCaptureError, measure_copy_bandwidth, time_step
-from harness.weights import ModelWeights, build_weights, check_fits
+from harness.weights import build_weights, check_fits
+from kernels.model import ModelWeights
 
 # Relative logits error (||impl - ref|| / ||ref||, ref = fp32 reference on the same quantized weights)
 # under which an impl counts as correct, by activation dtype.

@@ -7,15 +7,13 @@ wait and run time, bytes) with summaries per op and per (layer, stage), and a pl
 time on the x-axis, a bar per instruction coloured by op, its wait drawn thin and grey before it.
 
     python -m harness.timeline model=llama1b quant=bf16 [bench.batch=1 bench.ctx=1024 fusion=model \
-        megakernel.programs_per_sm=1 megakernel.tiles.prefetch=true ...]
+        megakernel.programs_per_sm=1 megakernel.tiles.gemv_rows=8 ...]
 
 writes results/timelines/<gpu>/<point>.parquet and .png and prints the summaries. On the CPU (Triton
 interpreter) the clock is logical (one tick per event), so only the order of events is meaningful.
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -134,16 +132,11 @@ def record(cfg, steps: int = 5):
 
 
 def main(overrides: Optional[list[str]] = None) -> None:
-    from hydra import compose, initialize_config_dir
+    from harness.cli import compose
+    from harness.errors import ConfigError
+    from kernels import gpu_slug
 
-    from harness.config import ConfigError, register_configs
-    from harness.results import gpu_slug
-
-    overrides = sys.argv[1:] if overrides is None else overrides
-    register_configs()
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(overrides, __doc__)
     try:
         df, mk, pt = record(cfg)
     except ConfigError as e:
@@ -173,4 +166,7 @@ def main(overrides: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
+    from harness import use_interpreter_without_gpu
+
+    use_interpreter_without_gpu()
     main()

@@ -1,7 +1,7 @@
 """PyTorch linear layers for the reference impls, gpt-fast style, behind the QLinear seam:
 dense -> F.linear (cuBLAS); int8 -> F.linear(x, W_int8.to(x.dtype)) * scale (gpt-fast's
 weight-only int8); int4 -> torch's tinygemm `_weight_int4pack_mm` on CUDA. The same quantized
-numbers as every other impl (harness/quant.py), only repacked where a library wants its own layout.
+numbers as every other impl (kernels/quant.py), only repacked where a library wants its own layout.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import Unsupported
-from harness.quant import QLinear, unpack_int4
+from kernels.quant import Kind, QLinear, unpack_int4
 
 TINYGEMM_INNER_K_TILES = 8  # gpt-fast's default
 
@@ -19,11 +19,11 @@ class TorchLinear:
 
     def __init__(self, w: QLinear):
         self.kind, self.n = w.kind, w.out_features
-        if w.kind == "dense":
+        if w.kind == Kind.DENSE:
             self.weight = w.weight
-        elif w.kind == "int8":
+        elif w.kind == Kind.INT8:
             self.weight, self.scale = w.weight, w.scale
-        elif w.kind == "int4":
+        elif w.kind == Kind.INT4:
             if w.weight.device.type != "cuda":
                 raise Unsupported("int4 torch ops need CUDA (tinygemm has no CPU path for this layout)")
             k = w.in_features
@@ -32,16 +32,16 @@ class TorchLinear:
             q = unpack_int4(w.weight)  # [N, K] in [0, 15]
             packed = (q[:, 0::2] << 4 | q[:, 1::2]).contiguous()  # tinygemm: high nibble = even column
             self.weight = torch.ops.aten._convert_weight_to_int4pack(packed, TINYGEMM_INNER_K_TILES)
-            # scales_and_zeros: [K/G, N, 2]; W = (q - 8) * scale + zero, the arithmetic of harness/quant.py
+            # scales_and_zeros: [K/G, N, 2]; W = (q - 8) * scale + zero, the arithmetic of kernels/quant.py
             self.scales_and_zeros = torch.stack([w.scale.t(), w.zero.t()], dim=-1).to(torch.bfloat16).contiguous()
             self.group_size = w.group_size
         else:
             raise ValueError(w.kind)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "dense":
+        if self.kind == Kind.DENSE:
             return F.linear(x, self.weight)
-        if self.kind == "int8":
+        if self.kind == Kind.INT8:
             return F.linear(x, self.weight.to(x.dtype)) * self.scale
         shape = x.shape
         y = torch.ops.aten._weight_int4pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight,

@@ -1,125 +1,32 @@
-"""Model weights: one structure every impl reads, filled with seeded random numbers on the target
-device or loaded from a local Hugging Face checkpoint (never downloaded).
-
-Every linear layer is a `QLinear` (harness/quant.py) in the run's quant mode; norms and the
-embedding table stay in the activation dtype. q/k/v are stored fused as one [(H + 2*KVH)*hd, D]
-matrix (q rows, then k rows, then v rows); quantization is row- or group-local, so fusing does not
-change a single quantized number.
+"""Model weights (`kernels.model.ModelWeights`, one structure every impl reads), filled with seeded
+random numbers on the target device or loaded from a local Hugging Face checkpoint (never downloaded),
+and the sizes a configuration needs before anything is allocated.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
 from harness.errors import ConfigError
-from harness.models import ModelSpec
-from harness.quant import ACT_DTYPES, QLinear, quantize_linear
-
-
-@dataclass
-class LayerWeights:
-    attn_norm: torch.Tensor  # [D]
-    wqkv: QLinear  # [(H + 2*KVH) * hd, D]
-    wo: QLinear  # [D, H * hd]
-    mlp_norm: torch.Tensor  # [D]
-    w_gate: QLinear  # [F, D]
-    w_up: QLinear  # [F, D]
-    w_down: QLinear  # [D, F]
-
-    def linears(self) -> dict[str, QLinear]:
-        return {"wqkv": self.wqkv, "wo": self.wo, "w_gate": self.w_gate, "w_up": self.w_up, "w_down": self.w_down}
-
-
-@dataclass
-class ModelWeights:
-    spec: ModelSpec
-    quant: str  # bf16 | fp16 | int8 | int4
-    group_size: int
-    dtype: torch.dtype  # activation dtype
-    embed: torch.Tensor  # [V, D]
-    layers: list[LayerWeights]
-    final_norm: torch.Tensor  # [D]
-    lm_head: QLinear  # [V, D]; a quantized copy of `embed` when embeddings are tied
-    # Per linear type, all layers in one tensor ([L, N, K] weight, [L, N, ...] scale/zero), and the
-    # norms as [L, D]; `layers[i]` hold views into these, so a kernel indexes layer i by stride.
-    stacked: dict[str, QLinear] = None
-    stacked_norms: dict[str, torch.Tensor] = None
-
-    def __post_init__(self):
-        if self.stacked is None:
-            self.stacked, self.stacked_norms = _stack_layers(self.layers)
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.device
-
-    def linear_bytes(self) -> int:
-        """Bytes of every linear layer incl. scales and zeros (the LM head too)."""
-        return sum(q.nbytes for l in self.layers for q in l.linears().values()) + self.lm_head.nbytes
-
-    def norm_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for l in self.layers for t in (l.attn_norm, l.mlp_norm)) + \
-            self.final_norm.numel() * self.final_norm.element_size()
-
-
-def _stack_layers(layers: list[LayerWeights]) -> tuple[dict[str, QLinear], dict[str, torch.Tensor]]:
-    """Moves each linear type's per-layer tensors into one [L, ...] tensor; layers keep views of it.
-    Done one linear type at a time, so the transient extra memory is one type's worth."""
-    stacked: dict[str, QLinear] = {}
-    for name in layers[0].linears():
-        qs = [getattr(l, name) for l in layers]
-        cat = lambda attr: None if getattr(qs[0], attr) is None else torch.stack([getattr(q, attr) for q in qs])  # noqa: E731
-        big = QLinear(qs[0].kind, cat("weight"), qs[0].out_features, qs[0].in_features, cat("scale"), cat("zero"),
-                      qs[0].group_size)
-        for i, l in enumerate(layers):
-            setattr(l, name, QLinear(big.kind, big.weight[i], big.out_features, big.in_features,
-                                     None if big.scale is None else big.scale[i],
-                                     None if big.zero is None else big.zero[i], big.group_size))
-        del qs
-        stacked[name] = big
-    norms = {}
-    for name in ("attn_norm", "mlp_norm"):
-        norms[name] = torch.stack([getattr(l, name) for l in layers])
-        for i, l in enumerate(layers):
-            setattr(l, name, norms[name][i])
-    return stacked, norms
-
-
-def act_dtype(quant: str) -> torch.dtype:
-    """Activation dtype of a quant mode: fp16 / fp32 for those dense modes, bf16 otherwise."""
-    return ACT_DTYPES[quant if quant in ("fp16", "fp32") else "bf16"]
+from kernels.model import LayerWeights, ModelSpec, ModelWeights
+from kernels.quant import QLinear, quant_mode, quantize_linear
 
 
 # --------------------------------------------------------------------------------------------
 # Sizes, before anything is allocated
 # --------------------------------------------------------------------------------------------
-def linear_nbytes(n: int, k: int, quant: str, group_size: int) -> int:
-    """Bytes of one [N, K] linear layer in `quant` (weights + scales + zeros), without building it."""
-    act = 2  # bf16 / fp16 activations, scales and zeros
-    if quant == "fp32":
-        return n * k * 4
-    if quant in ("bf16", "fp16"):
-        return n * k * act
-    if quant == "int8":
-        return n * k + n * act
-    if quant == "int4":
-        return n * k // 2 + 2 * n * (k // group_size) * act
-    raise ConfigError(f"quant={quant} is not one of bf16, fp16, int8, int4")
-
-
 def weight_nbytes(spec: ModelSpec, quant: str, group_size: int) -> int:
     """Bytes the model's weights occupy on the device (embedding + linears + norms)."""
-    per_layer = sum(linear_nbytes(n, k, quant, group_size) for n, k in spec.linear_shapes().values())
-    lm_head = linear_nbytes(spec.vocab_size, spec.dim, quant, group_size)
-    embed = spec.vocab_size * spec.dim * 2
-    norms = (2 * spec.n_layers + 1) * spec.dim * 2
-    return spec.n_layers * per_layer + lm_head + embed + norms
+    mode = quant_mode(quant)
+    per_layer = sum(mode.linear_nbytes(n, k, group_size) for n, k in spec.linear_shapes().values())
+    lm_head = mode.linear_nbytes(spec.vocab_size, spec.dim, group_size)
+    embed_and_norms = (spec.vocab_size + 2 * spec.n_layers + 1) * spec.dim * mode.act_bytes
+    return spec.n_layers * per_layer + lm_head + embed_and_norms
 
 
 def kv_cache_nbytes(spec: ModelSpec, batch: int, max_len: int) -> int:
@@ -163,7 +70,7 @@ def random_weights(spec: ModelSpec, quant: str, group_size: int, device: torch.d
     input projections ~ N(0, 1/K), output projections (wo, w_down) further / sqrt(2 * n_layers)
     so the residual stream grows by O(1) over the whole model; norms ~ 1 + N(0, 0.1^2)."""
     device = torch.device(device)
-    dtype = act_dtype(quant)
+    dtype = quant_mode(quant).act_dtype
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
 
@@ -220,7 +127,7 @@ def _tensors(files: list[Path], device: torch.device) -> Iterator[tuple[str, tor
 def load_hf_weights(path: str | os.PathLike, spec: ModelSpec, quant: str, group_size: int,
                     device: torch.device | str) -> ModelWeights:
     """Maps a Llama checkpoint's tensor names onto ModelWeights, quantizing each linear on the device."""
-    path, device, dtype = Path(path).expanduser(), torch.device(device), act_dtype(quant)
+    path, device, dtype = Path(path).expanduser(), torch.device(device), quant_mode(quant).act_dtype
     raw: dict[str, torch.Tensor] = {}
     for name, t in _tensors(_safetensor_files(path), device):
         if name.endswith(".bias"):

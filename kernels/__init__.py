@@ -1,19 +1,29 @@
-"""Triton kernels, one launch per operation (the `layerwise` impl), and their reusable tile helpers.
+"""The ground floor: Triton kernels, one launch per operation (the `layerwise` impl), their reusable tile
+helpers, the data they read, and the whole-model megakernel (kernels/mega/). Nothing here imports `harness`.
 
-Each op family lives in its own file: `@triton.jit` helpers with the per-tile math (reused by the
-megakernel), a private `_op_kernel`, and a public launcher that picks block sizes and the grid.
-`kernels.reference` is the pure-PyTorch oracle of every op.
+  quant.py      the quant-mode table, QLinear layouts and their PyTorch (de)quantisers
+  model.py      ModelSpec, ModelWeights, KVCache, RoPE tables: what every kernel computes on
+  tiles.py      the one tile rule of every GEMV (per-op launchers and the megakernel lowering)
+  reference.py  the pure-PyTorch oracle of every op
+  gemv.py, attention.py, rope.py, lm_head.py, norm.py, elementwise.py, embedding.py: one op family each:
+                `@triton.jit` helpers with the per-tile math (reused by the megakernel), a private
+                `_op_kernel`, and a public launcher that picks block sizes and the grid.
 
-On a machine without a GPU, set TRITON_INTERPRET=1 before importing these modules (tests/conftest.py
-does); tensors then live on the CPU.
+On a machine without a GPU, set TRITON_INTERPRET=1 before importing any module that imports Triton (tests/conftest.py
+and harness.use_interpreter_without_gpu do); tensors then live on the CPU. This package file, quant.py, model.py,
+tiles.py, errors.py and mega/{instructions, lower, schedule} import no Triton, so configuration code may use them first.
 """
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
+from typing import Optional
 
 import torch
-import triton.language as tl
+
+MAX_BATCH = 16  # sequences per decode step the kernels take (the tensor-core tiles pad the batch to 16 rows)
 
 # Stand-in SM count when no GPU is present (Triton interpreter): small, so launchers still pick
 # several attention splits and the split/reduce path is exercised on the CPU.
@@ -34,14 +44,18 @@ def sm_count(device: torch.device | str) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # activation dtypes the kernels take
 
 
 def tl_dtype(dtype: torch.dtype):
-    """The Triton dtype of a torch floating dtype."""
-    if dtype not in _TL_DTYPES:
-        raise ValueError(f"dtype {dtype} is not supported by the kernels; use one of {list(_TL_DTYPES)}")
-    return _TL_DTYPES[dtype]
+    """The Triton dtype of a torch floating dtype. (Triton is imported here, not at the top: importing it before
+    TRITON_INTERPRET is decided breaks the interpreter, and modules without kernels must not decide that early.)"""
+    import triton.language as tl
+
+    table = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+    if dtype not in table:
+        raise ValueError(f"dtype {dtype} is not supported by the kernels; use one of {list(table)}")
+    return table[dtype]
 
 
 def dot_operand_dtype(act_dtype: torch.dtype):
@@ -50,12 +64,23 @@ def dot_operand_dtype(act_dtype: torch.dtype):
     On the GPU: the activation dtype itself (bf16/fp16 tensor cores; fp32 activations use fp32
     operands with exact 'ieee' products). In the interpreter: fp32, because bf16 dot is wrong there.
     """
-    return tl.float32 if interpreting() else tl_dtype(act_dtype)
+    return tl_dtype(torch.float32 if interpreting() else act_dtype)
 
 
 def check_act(x: torch.Tensor, name: str) -> None:
     """Raises a clear error for activations the kernels cannot take."""
-    if x.dtype not in _TL_DTYPES:
+    if x.dtype not in ACT_DTYPES:
         raise ValueError(f"{name} has dtype {x.dtype}; the kernels take bf16, fp16 or fp32 activations")
     if interpreting() and x.is_cuda:
         raise ValueError(f"{name} is on {x.device} but TRITON_INTERPRET=1 runs kernels on the CPU; move it to the CPU")
+
+
+def gpu_slug(name: Optional[str]) -> str:
+    """Folder / key name of a GPU: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"; any CPU -> "cpu"."""
+    if name is None or (isinstance(name, float) and math.isnan(name)):
+        return "unknown"
+    s = str(name).strip().lower()
+    if s == "cpu" or s.startswith("cpu:"):
+        return "cpu"
+    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
+    return s or "unknown"

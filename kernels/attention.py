@@ -16,15 +16,14 @@ import triton.language as tl
 
 from kernels import check_act, dot_operand_dtype, sm_count
 from kernels.gemv import dot_acc
+from kernels.tiles import split_count
 
 LOG2E = 1.4426950408889634  # softmax in base 2: exp(s) = exp2(s * log2(e))
 _MIN_DOT = 16  # smallest M/N/K of a tl.dot tile: the query group is padded to it
 # Untuned first choices; on an H100 (2026-11-22, CUDA graph, L2 flushed) they match SDPA's FlashAttention
 # backend: llama8b batch 1 ctx 1024 12.4 us vs 15.2 us, batch 16 ctx 4096 107 us (2.5 TB/s) vs 108 us.
 _BLOCK_N = 64  # keys per step: [64, hd] K and V tiles (16 KB each at hd 128 bf16)
-_MIN_KEYS_PER_SPLIT = 256  # below this a split's fixed cost (q load, partial write, reduce) dominates
-_MAX_SPLITS = 64
-_WAVES = 2  # aim for this many programs per SM when splitting
+_WAVES = 2  # per-op launches aim for this many programs per SM when splitting (kernels/tiles.split_count)
 
 
 @triton.jit
@@ -125,10 +124,8 @@ def _attn_reduce_kernel(o_part_ptr, lse_part_ptr, out_ptr, n_splits, stride_ob,
 
 
 def pick_n_splits(batch: int, n_kv_heads: int, max_len: int, device: torch.device) -> int:
-    """Enough (batch, kv head, split) programs for _WAVES per SM, but no split under _MIN_KEYS_PER_SPLIT keys."""
-    want = triton.cdiv(_WAVES * sm_count(device), batch * n_kv_heads)
-    by_len = triton.cdiv(max(max_len, 1), _MIN_KEYS_PER_SPLIT)
-    return max(1, min(want, by_len, _MAX_SPLITS))
+    """Enough (batch, kv head, split) programs for _WAVES per SM (split_count)."""
+    return split_count(max_len, batch * n_kv_heads, _WAVES * sm_count(device))
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,

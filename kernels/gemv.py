@@ -1,26 +1,25 @@
 """Low-batch GEMV over quantized weights: y = rmsnorm?(x) @ W.T (+ residual), fp32 accumulation.
 
-Weights (`harness.quant.QLinear`, W: [N, K]) are streamed exactly once and dequantised in registers:
+Weights (`kernels.quant.QLinear`, W: [N, K]) are streamed exactly once and dequantised in registers:
 dense (bf16/fp16), int8 per output channel (W = q * s[n]), int4 group-wise (W = (q - 8) * s + z).
 Each program owns BLOCK_N output rows and walks all of K, so it sees all of x and can fuse the
 RMSNorm of x as a prologue: the sum of squares is accumulated from the same x loads, and the
 1/rms factor (constant per batch row) is applied to the accumulator at the end.
 
-Two inner products, one constexpr switch (USE_DOT):
-- FMA: acc[B_PAD, BLOCK_N, BLOCK_K] += x * w element-wise in fp32, reduced over K once at the end.
-  The default for batch 1-3, and always in the interpreter (tests ask for the dot path explicitly).
+Two inner products, one constexpr switch (USE_DOT), chosen by the tile rule of kernels/tiles.py:
+- FMA: acc[B_PAD, BLOCK_N, BLOCK_K / FOLD] += x * w element-wise in fp32, reduced over K once at the end.
 - tl.dot: tensor cores, operands in the activation dtype on the GPU (fp32 in the interpreter, where
-  bf16 dot is wrong), batch padded to 16 rows (the smallest tl.dot tile). Default for batch >= 4 on the GPU.
+  bf16 dot is wrong), batch padded to 16 rows (the smallest tl.dot tile).
 Weight tiles are [BLOCK_N, BLOCK_K] row-major slices: 16-byte vector loads along K (int4: 64 bytes per
 group of 128), every weight byte read once per launch.
 
 int4 has its own tensor-core tile (_int4_dot_tile: integer nibbles on the tensor cores, scale and zero once per
-group), used from batch INT4_DOT_MIN_BATCH; below it the FMA tile dequantises with "unit floats" (int4_dequant_halves).
+group); on the FMA path it dequantises with "unit floats" (int4_dequant_halves).
 
-Known gaps (H100, 2026-11-22, kernels.bench_ops): on the dot path the fused RMSNorm prologue is slow
+Known gaps (H100, 2026-11-22, harness.bench_ops): on the dot path the fused RMSNorm prologue is slow
 (llama8b wqkv batch 16: 59 us fused vs ~29 us plain; on the FMA path it is free: 29.9 vs 28.5 us at
-batch 1); int4 dequantisation is instruction-bound (550-850 GB/s then; the FMA loop compiled for sm_90 issued
-~10 instructions per weight, 7.7 with unit floats, against 4.5 for bf16).
+batch 1); int4 dequantisation is instruction-bound (the FMA loop compiled for sm_90 issues 7.7 instructions
+per weight, against 4.5 for bf16: scripts/gemv_sass.py).
 """
 from __future__ import annotations
 
@@ -31,27 +30,22 @@ import torch
 import triton
 import triton.language as tl
 
-from harness.quant import QLinear
-from kernels import check_act, dot_operand_dtype, interpreting, sm_count
+from kernels import check_act, dot_operand_dtype, sm_count
 from kernels.elementwise import silu
+from kernels.quant import Kind, QLinear
+from kernels.tiles import DOT_MIN_ROWS, batch_pad, fma_cols, k_step, uses_tensor_cores
 
-KIND_CODES = {"dense": 0, "int8": 1, "int4": 2}  # constexpr KIND of the kernels
-KIND_INT8_UNIT = 3  # int8 dequantised through int8_unit_floats on the FMA path (option int8_unit_floats)
-K_FOLDS = (1, 2, 4)  # input columns per FMA accumulator that fold_mac implements
-# Block sizes from sweeps on an H100 80GB (kernels.bench_ops.sweep_gemv: llama1b wo 2048x2048, llama8b wqkv
-# 6144x4096, bf16 / int8 / int4 g128, batch 1 / 4 / 16, L2 flushed, 2026-11-22); the numbers quoted are from them.
-_DOT_MIN_BATCH = 4  # tensor cores from batch 4 (int8 8b wqkv B4: 19.5 us with dot, >= 22 us best FMA tile)
-_DOT_MIN_ROWS = 16  # smallest M/N/K of a tl.dot tile
-_FMA_TILE_ELEMS = 8192  # B_PAD x BLOCK_N x BLOCK_K fp32 partial products: 64 registers/thread at 4 warps
+# The constexpr KIND values of the kernels (kernels.quant.Kind).
+KIND_DENSE = tl.constexpr(int(Kind.DENSE))
+KIND_INT8 = tl.constexpr(int(Kind.INT8))
+KIND_INT4 = tl.constexpr(int(Kind.INT4))
+# Per-op tile heights, from sweeps on an H100 80GB (llama1b wo 2048x2048, llama8b wqkv 6144x4096, bf16 / int8 /
+# int4 g128, batch 1 / 4 / 16, L2 flushed, 2026-11-22); the numbers quoted are from them.
 _FMA_BLOCK_N = 8  # batch 1: 8 rows x 1024 columns, 4 warps (bf16 8b wqkv 28.4 us = 1.78 TB/s; cuBLAS 29.8 us)
 _FMA_BLOCK_N_INT4 = 4  # int4 batch 1-2: 4 x 1024 (8b wqkv 19.3 vs 20.8 us at 8 rows; 1b w_down 16.1 vs 18.0)
-_FMA_BLOCK_K_MAX = 1024
 _DOT_BLOCK_N = 32  # x is re-read by every program: wide tiles keep those L2 reads under the weight bytes,
 _DOT_BLOCK_N_WIDE = 64  # ...and 64 rows once that still leaves a program per SM (lm_head, 8b gate/up)
 _DOT_BLOCK_K = 512
-# int4 on the tensor-core tile from batch 16. H200, llama8b int4 megakernel, tensor cores vs FMA (same run):
-# batch 1 7.74 vs 5.25 ms, batch 4 13.5 vs 12.5 ms, batch 16 13.9 vs 60.1 ms; batch 8 not measured.
-INT4_DOT_MIN_BATCH = 16
 _NUM_WARPS = 4  # 4 warps won most cells; 8 won llama1b bf16 batch 1 by ~10% and lost int8/int4 batch 1 by 20-30%
 
 
@@ -99,19 +93,14 @@ def _fold2(acc, x, w):
 
 @triton.jit
 def fold_mac(acc, x, w, FOLD: tl.constexpr):
-    """acc [B_PAD, BN, BK / FOLD] += the products x [B_PAD, BK] * w [BN, BK] (fp32), FOLD neighbouring columns into
-    one accumulator: one FMA per weight as with FOLD 1, but a tile of FOLD x more columns for the same registers,
-    so more weight bytes in flight per program (what bounds the stream at batch 1, docs/perf-notes.md)."""
+    """acc [B_PAD, BN, BK / FOLD] += the products x [B_PAD, BK] * w [BN, BK] (fp32), FOLD (1 or 2) neighbouring
+    columns into one accumulator: one FMA per weight as with FOLD 1, but a tile of FOLD x more columns for the same
+    registers, so more weight bytes in flight per program (docs/perf-notes.md, "K folding")."""
     if FOLD == 1:
         acc += x[:, None, :] * w[None, :, :]
-    elif FOLD == 2:
+    else:
+        tl.static_assert(FOLD == 2, "FOLD is 1 or 2")
         acc = _fold2(acc, x, w)
-    else:  # the even columns, then the odd ones, each folded in pairs: 4j .. 4j + 3 into accumulator j
-        tl.static_assert(FOLD == 4, "FOLD is 1, 2 or 4")
-        x0, x1 = _halves(x)
-        w0, w1 = _halves(w)
-        acc = _fold2(acc, x0, w0)
-        acc = _fold2(acc, x1, w1)
     return acc
 
 
@@ -146,14 +135,14 @@ def nibble_minus_8(q):
     return (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
 
-def _unit_float_ptx(src: str, masks: tuple, prologue: str = "") -> str:
+def _unit_float_ptx(src: str, masks: tuple) -> str:
     """PTX for inline_asm_elementwise(pack=4) turning the 4 bytes of register `src` into "unit floats": per byte a
     prmt (the byte to bits 16-23, zeros elsewhere), a shift to bits 15-22 (the top of the fp32 mantissa), then per
     mask one lop3 (v & mask) | 0x3F800000, written to outputs $(4 m + byte)."""
     lines = [f"prmt.b32 t, {src}, zero, 0x4{i}44;\nshr.u32 t, t, 1;\n"
              + "".join(f"lop3.b32 ${4 * m + i}, t, {mask}, 0x3F800000, 0xEA;\n" for m, mask in enumerate(masks))
              for i in range(4)]
-    return "{\n.reg .b32 v, t, zero;\nmov.b32 zero, 0;\n" + prologue + "".join(lines) + "}"
+    return "{\n.reg .b32 t, zero;\nmov.b32 zero, 0;\n" + "".join(lines) + "}"
 
 
 # int4_dequant_halves' unit floats (low nibble -> 1 + q/256, high nibble -> 1 + q/16), GPU only.
@@ -238,22 +227,6 @@ def int4_nibbles(packed, DTYPE: tl.constexpr):
     return lo, hi
 
 
-# int8 -> unit float 1 + (q + 128) / 256 (GPU only): one xor per 4 bytes makes q + 128 unsigned, then as above.
-_INT8_UNIT_ASM = tl.constexpr(_unit_float_ptx("v", ("0x007F8000",), prologue="xor.b32 v, $4, 0x80808080;\n"))
-
-
-@triton.jit
-def int8_unit_floats(q, ASM: tl.constexpr):
-    """int8 q -> fp32 1 + (q + 128) / 256 in [1, 2), without an int-to-float conversion (I2F issues at 1/8 the FFMA
-    rate on sm_90: the plain int8 loop's 64 I2F per 64 weights cost more than everything else in it). The GEMV then
-    accumulates x * f and recovers sum x q = 256 sum x f - 384 sum x. ASM: PTX (GPU), else the Triton expression."""
-    if ASM:
-        f = tl.inline_asm_elementwise(_INT8_UNIT_ASM, "=r,=r,=r,=r,r", [q], dtype=tl.float32, is_pure=True, pack=4)
-    else:
-        f = (((q.to(tl.int32) + 128) << 15) | 0x3F800000).to(tl.float32, bitcast=True)
-    return f
-
-
 @triton.jit
 def int4_group_columns(g0, n_groups, K, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                        GROUPS_PER_STEP: tl.constexpr):
@@ -278,13 +251,9 @@ def load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K):
 @triton.jit
 def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM: tl.constexpr,
                 B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, UNIT: tl.constexpr, ASM: tl.constexpr,
-                FOLD: tl.constexpr):
+                DOT_DTYPE: tl.constexpr, FOLD: tl.constexpr):
     """Dense or int8 (q only; the caller applies the scale): (x @ W[offs_n].T [B_PAD, BN] fp32, sum(x^2) [B_PAD]).
-    PREFETCH: the loads of step k + 1 are issued before step k's arithmetic (register double buffering), so
-    two weight blocks are in flight per program instead of one. UNIT (int8, FMA path): int8_unit_floats instead
-    of an int-to-float conversion per weight, plus one running sum of x shared by the tile's rows. FOLD (FMA path):
-    neighbouring columns per accumulator (fold_mac)."""
+    FOLD (FMA path): neighbouring columns per accumulator (fold_mac)."""
     rows = tl.arange(0, B_PAD)
     cols = tl.arange(0, BLOCK_K)
     if USE_DOT:
@@ -292,29 +261,15 @@ def _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask
     else:  # element-wise partial products, reduced over K once after the loop
         acc = tl.zeros([B_PAD, BLOCK_N, BLOCK_K // FOLD], dtype=tl.float32)
     ssq = sumsq_init(B_PAD, BLOCK_K)  # x^2 sums for the fused RMSNorm
-    if UNIT:
-        xsum = tl.zeros([B_PAD, BLOCK_K], dtype=tl.float32)
-    if PREFETCH:
-        w_next = load_w_block(w_ptr, stride_wn, offs_n, n_mask, cols, K)
     for k0 in range(0, K, BLOCK_K):
         col_mask = k0 + cols < K
-        if PREFETCH:
-            w = w_next
-            w_next = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + BLOCK_K + cols, K)
-        else:
-            w = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + cols, K)
+        w = load_w_block(w_ptr, stride_wn, offs_n, n_mask, k0 + cols, K)
         x, sq = load_x_block(x_ptr, stride_xb, nw_ptr, rows, B, k0 + cols, col_mask, HAS_NORM)
-        if UNIT:
-            acc = fold_mac(acc, x, int8_unit_floats(w, ASM), FOLD)
-            xsum += x
-        else:
-            acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE, FOLD)
+        acc = multiply_accumulate(acc, x, w, USE_DOT, DOT_DTYPE, FOLD)
         if HAS_NORM:
             ssq += sq
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
-    if UNIT:  # sum x q = sum x (256 f - 384)
-        acc = 256.0 * acc - 384.0 * tl.sum(xsum, axis=1)[:, None]
     return acc, sumsq_total(ssq)
 
 
@@ -416,28 +371,25 @@ def _int4_dot_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, strid
 def gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
               KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-              USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, FOLD: tl.constexpr):
+              USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, FOLD: tl.constexpr):
     """rmsnorm?(x) @ W[n_start : n_start + BLOCK_N].T -> [B_PAD, BLOCK_N] fp32 (rows >= B and cols >= N: junk).
 
-    x: [B, K] (row stride stride_xb); W: [N, K] as KIND (0 dense, 1 int8, 3 int8 through unit floats, 2 int4 with
-    group GROUP).
+    x: [B, K] (row stride stride_xb); W: [N, K] as KIND (kernels.quant.Kind; int4 with group GROUP).
     BLOCK_K: input columns per step (int4: GROUPS_PER_STEP whole groups, each padded to a power of two).
-    PREFETCH: double-buffer the weight loads of dense / int8 weights (see _dense_tile); int4 ignores it.
     FOLD: input columns per fp32 accumulator on the dense / int8 FMA path (fold_mac); the others ignore it."""
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     ASM: tl.constexpr = DOT_DTYPE != tl.float32  # PTX dequantisation: GPU (the interpreter's dot dtype is fp32)
-    if KIND == 2 and USE_DOT:
+    if KIND == KIND_INT4 and USE_DOT:
         out, sumsq = _int4_dot_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n,
                                     n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, GROUPS_PER_STEP, DOT_DTYPE)
-    elif KIND == 2:
+    elif KIND == KIND_INT4:
         out, sumsq = _int4_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, offs_n,
                                 n_mask, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, ASM)
     else:
         out, sumsq = _dense_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, nw_ptr, offs_n, n_mask, HAS_NORM,
-                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, PREFETCH, KIND == 3 and not USE_DOT, ASM,
-                                 FOLD)
-    if KIND == 1 or KIND == 3:  # int8: W = q * s[n], so the per-channel scale factors out of the sum
+                                 B_PAD, BLOCK_N, BLOCK_K, USE_DOT, DOT_DTYPE, FOLD)
+    if KIND == KIND_INT8:  # W = q * s[n], so the per-channel scale factors out of the sum
         s = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         out = out * s[None, :]
     if HAS_NORM:  # rmsnorm(x) @ W.T = (1 / rms(x)) * ((x * norm_w) @ W.T), per batch row
@@ -467,12 +419,11 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, nw_ptr, res_ptr, y_ptr, B, N, K,
                  stride_xb, stride_wn, stride_sn, stride_rb, stride_yb, eps,
                  KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                  B_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                 USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr, FOLD: tl.constexpr):
+                 USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, FOLD: tl.constexpr):
     # grid: (cdiv(N, BLOCK_N),). x: [B, K], W: [N, K], residual: [B, N], y: [B, N]
     n_start = tl.program_id(0) * BLOCK_N
     acc = gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                    KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH,
-                    FOLD)
+                    KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, FOLD)
     rows = tl.arange(0, B_PAD)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     if HAS_RESIDUAL:
@@ -485,129 +436,82 @@ def _gemv_silu_mul_kernel(x_ptr, wg_ptr, sg_ptr, zg_ptr, wu_ptr, su_ptr, zu_ptr,
                           stride_xb, stride_wn, stride_sn, stride_yb, eps,
                           KIND: tl.constexpr, GROUP: tl.constexpr, HAS_NORM: tl.constexpr, B_PAD: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                          USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PREFETCH: tl.constexpr,
-                          FOLD: tl.constexpr):
+                          USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, FOLD: tl.constexpr):
     # grid: (cdiv(F, BLOCK_N),). x: [B, K], W_gate, W_up: [F, K] (same layout), y: [B, F]
     n_start = tl.program_id(0) * BLOCK_N
     gate = gemv_tile(x_ptr, stride_xb, B, K, wg_ptr, stride_wn, sg_ptr, zg_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                     KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH,
-                     FOLD)
+                     KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, FOLD)
     up = gemv_tile(x_ptr, stride_xb, B, K, wu_ptr, stride_wn, su_ptr, zu_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                   KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, PREFETCH,
-                   FOLD)
+                   KIND, GROUP, HAS_NORM, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, FOLD)
     store_rows_tile(y_ptr, stride_yb, silu(gate) * up, tl.arange(0, B_PAD), n_start + tl.arange(0, BLOCK_N), B, N)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def int4_dot_ok(group_size: int) -> bool:
-    """Whether int4 weights of this group size can take the tensor-core path (_int4_dot_tile): a power of two
-    >= 32, so that each nibble half of a group is a tl.dot of K >= 16."""
-    return group_size >= 32 and group_size & (group_size - 1) == 0
-
-
-def dot_by_default(kind: str, group_size: int, batch: int) -> bool:
-    """Whether a GEMV of this weight kind takes the tensor-core path by default at this batch (the callers add their
-    own conditions: a GPU, half-precision activations): int4 from INT4_DOT_MIN_BATCH where the group allows it,
-    dense and int8 from _DOT_MIN_BATCH. Shared by pick_config and the megakernel's pick_tiles."""
-    if kind == "int4":
-        return int4_dot_ok(group_size) and batch >= INT4_DOT_MIN_BATCH
-    return batch >= _DOT_MIN_BATCH
-
-
 @dataclass(frozen=True)
 class GemvConfig:
-    """Block sizes of one GEMV launch (constexprs of gemv_tile plus launch options)."""
+    """Block sizes of one GEMV launch (the constexprs of gemv_tile, plus warps)."""
 
     b_pad: int
     block_n: int
     block_k: int  # input columns per step (int4: groups_per_step groups, each padded to a power of two)
     groups_per_step: int  # int4 only (1 otherwise)
     use_dot: bool
-    num_warps: int
-    prefetch: bool = False  # double-buffered weight loads (dense / int8)
+    num_warps: int = _NUM_WARPS
     k_fold: int = 1  # input columns per fp32 accumulator (dense / int8 FMA path; fold_mac)
 
-
-def check_k_fold(k_fold: int) -> None:
-    """k_fold (input columns per FMA accumulator, fold_mac) must be one of K_FOLDS."""
-    if k_fold not in K_FOLDS:
-        raise ValueError(f"k_fold={k_fold} must be one of {', '.join(map(str, K_FOLDS))}")
+    def constexprs(self) -> dict:
+        return dict(B_PAD=self.b_pad, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
+                    GROUPS_PER_STEP=self.groups_per_step, USE_DOT=self.use_dot, FOLD=self.k_fold)
 
 
-def pick_config(x: torch.Tensor, w: QLinear, *, use_dot: Optional[bool] = None, block_n: Optional[int] = None,
-                block_k: Optional[int] = None, num_warps: Optional[int] = None,
-                prefetch: bool = False, k_fold: int = 1) -> GemvConfig:
-    """Block sizes for x: [B, K] @ W.T. `block_k` counts input columns per step (int4: rounded to whole groups).
-    k_fold (1, 2, 4; dense / int8 on the FMA path, else 1): input columns per accumulator, and so k_fold x the
-    default columns per step for the same registers."""
-    check_k_fold(k_fold)
+def pick_config(x: torch.Tensor, w: QLinear, *, block_n: Optional[int] = None, block_k: Optional[int] = None,
+                k_fold: int = 1) -> GemvConfig:
+    """Block sizes for x: [B, K] @ W.T by the tile rule (kernels/tiles.py) and this launcher's tile heights.
+    block_n, block_k (input columns per step; int4: rounded to whole groups) and k_fold (1 or 2, dense / int8 on
+    the FMA path) override the geometry, not the inner product (tests, scripts/gemv_variants.py)."""
     b_sz, k = x.shape
-    int4 = w.kind == "int4"
-    if use_dot is None:
-        use_dot = ((not interpreting()) and dot_by_default(w.kind, w.group_size, b_sz)
-                   and x.dtype in (torch.float16, torch.bfloat16))
-    if int4 and not int4_dot_ok(w.group_size):
-        use_dot = False
-    b_pad = triton.next_power_of_2(b_sz)
-    fold = 1 if (use_dot or int4) else k_fold
-    if use_dot and not int4:  # the int4 tile pads the batch to 16 rows itself
-        b_pad = max(b_pad, _DOT_MIN_ROWS)
+    use_dot = uses_tensor_cores(w.kind, w.group_size, b_sz, act_is_fp32=x.dtype == torch.float32)
+    b_pad = batch_pad(w.kind, b_sz, use_dot)
+    fold = 1 if (use_dot or w.kind == Kind.INT4) else k_fold
+    if use_dot and w.kind != Kind.INT4:
         wide = triton.cdiv(w.out_features, _DOT_BLOCK_N_WIDE) >= sm_count(x.device)
         block_n = block_n or (_DOT_BLOCK_N_WIDE if wide else _DOT_BLOCK_N)
-        block_k = block_k or _DOT_BLOCK_K
-    else:
-        block_n = block_n or (_FMA_BLOCK_N_INT4 if w.kind == "int4" else _FMA_BLOCK_N)
-        block_k = block_k or fold * max(64, min(_FMA_BLOCK_K_MAX, _FMA_TILE_ELEMS // (b_pad * block_n)))
-    block_k = min(block_k, triton.next_power_of_2(k))
-    groups_per_step = 1
-    if w.kind == "int4":
-        group_pad = triton.next_power_of_2(w.group_size)
-        n_groups = k // w.group_size
-        groups_per_step = min(triton.next_power_of_2(n_groups), max(1, block_k // group_pad))
-        groups_per_step = triton.next_power_of_2(groups_per_step + 1) // 2  # round down to a power of two
-        block_k = groups_per_step * group_pad
+        cols = block_k or _DOT_BLOCK_K
+    else:  # the FMA tile, and the int4 tensor-core tile (which steps through the groups of the same budget)
+        block_n = block_n or (_FMA_BLOCK_N_INT4 if w.kind == Kind.INT4 else _FMA_BLOCK_N)
+        cols = fma_cols(b_pad, block_n, k_fold)
+        cols = block_k or (cols if fold > 1 else cols // k_fold)
     if use_dot:
-        block_n, block_k = max(block_n, _DOT_MIN_ROWS), max(block_k, _DOT_MIN_ROWS)
-    return GemvConfig(b_pad, block_n, block_k, groups_per_step, use_dot, num_warps or _NUM_WARPS, prefetch,
-                      min(fold, block_k))
+        block_n = max(block_n, DOT_MIN_ROWS)
+    block_k, groups_per_step = k_step(w.kind, w.group_size, k, cols, use_dot)
+    return GemvConfig(b_pad, block_n, block_k, groups_per_step, use_dot, _NUM_WARPS, min(fold, block_k))
 
 
 def _check_linear(x: torch.Tensor, w: QLinear, name: str) -> None:
     check_act(x, f"{name} input x")
     if x.dim() != 2 or x.shape[1] != w.in_features:
         raise ValueError(f"{name}: x must be [B, {w.in_features}] for this weight; got {tuple(x.shape)}")
-    if w.kind not in KIND_CODES:
-        raise ValueError(f"{name}: weight kind {w.kind!r} is not one of {list(KIND_CODES)}")
     if not w.weight.is_contiguous():
         raise ValueError(f"{name}: the weight must be contiguous (QLinear layouts are row-major)")
-
-
-def _kind_code(w: QLinear, int8_unit_floats: bool = False) -> int:
-    """The kernels' constexpr KIND for this weight."""
-    return KIND_INT8_UNIT if (w.kind == "int8" and int8_unit_floats) else KIND_CODES[w.kind]
 
 
 def _weight_args(w: QLinear):
     """(weight, scale, zero, scale row stride) with the weight standing in for absent tensors."""
     s = w.scale if w.scale is not None else w.weight
     z = w.zero if w.zero is not None else w.weight
-    stride_sn = w.scale.stride(0) if w.kind == "int4" else 1
+    stride_sn = w.scale.stride(0) if w.kind == Kind.INT4 else 1
     return w.weight, s, z, stride_sn
 
 
 def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
          norm_weight: Optional[torch.Tensor] = None, eps: float = 1e-5, *, out: Optional[torch.Tensor] = None,
-         use_dot: Optional[bool] = None, block_n: Optional[int] = None, block_k: Optional[int] = None,
-         num_warps: Optional[int] = None, prefetch: bool = False, int8_unit_floats: bool = False,
-         k_fold: int = 1) -> torch.Tensor:
+         config: Optional[GemvConfig] = None) -> torch.Tensor:
     """x: [B, K] -> y: [B, N] = rmsnorm?(x) @ W.T (+ residual) in x.dtype (or out's dtype), fp32 accumulation.
 
     norm_weight: [K] fuses y = rmsnorm(x, norm_weight, eps) @ W.T. residual: [B, N] is added in fp32.
-    use_dot / block_n / block_k / num_warps / prefetch / k_fold override the launcher's choice (tests, tuning);
-    int8_unit_floats: int8 weights through int8_unit_floats on the FMA path (H200: within +-25% either way per
-    shape, docs/perf-notes.md)."""
+    config: block sizes other than pick_config's (tests, tuning)."""
     _check_linear(x, w, "gemv")
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -616,26 +520,22 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     if residual is not None and residual.shape != (b_sz, n):
         raise ValueError(f"gemv: residual must be [B, N] = {(b_sz, n)}; got {tuple(residual.shape)}")
     y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
-    cfg = pick_config(x, w, use_dot=use_dot, block_n=block_n, block_k=block_k, num_warps=num_warps,
-                      prefetch=prefetch, k_fold=k_fold)
+    cfg = config or pick_config(x, w)
     weight, s, z, stride_sn = _weight_args(w)
     res = residual if residual is not None else y
     nw = norm_weight if norm_weight is not None else x
     grid = (triton.cdiv(n, cfg.block_n),)
     _gemv_kernel[grid](x, weight, s, z, nw, res, y, b_sz, n, k,
                        x.stride(0), weight.stride(0), stride_sn, res.stride(0), y.stride(0), eps,
-                       KIND=_kind_code(w, int8_unit_floats), GROUP=max(w.group_size, 2),
-                       HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, B_PAD=cfg.b_pad,
-                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
-                       DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, FOLD=cfg.k_fold,
+                       KIND=int(w.kind), GROUP=max(w.group_size, 2), HAS_NORM=norm_weight is not None,
+                       HAS_RESIDUAL=residual is not None, DOT_DTYPE=dot_operand_dtype(x.dtype), **cfg.constexprs(),
                        num_warps=cfg.num_warps)
     return y
 
 
 def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: Optional[torch.Tensor] = None,
-                  eps: float = 1e-5, *, out: Optional[torch.Tensor] = None, use_dot: Optional[bool] = None,
-                  block_n: Optional[int] = None, block_k: Optional[int] = None,
-                  int8_unit_floats: bool = False, k_fold: int = 1) -> torch.Tensor:
+                  eps: float = 1e-5, *, out: Optional[torch.Tensor] = None,
+                  config: Optional[GemvConfig] = None) -> torch.Tensor:
     """x: [B, K] -> silu(rmsnorm?(x) @ Wg.T) * (rmsnorm?(x) @ Wu.T): [B, F] in x.dtype.
     One program reads the same BLOCK_N rows of both weights (same kind, shape and group size)."""
     _check_linear(x, w_gate, "gemv_silu_mul")
@@ -647,16 +547,14 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: 
     b_sz, k = x.shape
     n = w_gate.out_features
     y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
-    cfg = pick_config(x, w_gate, use_dot=use_dot, block_n=block_n, block_k=block_k, k_fold=k_fold)
+    cfg = config or pick_config(x, w_gate)
     wg, sg, zg, stride_sn = _weight_args(w_gate)
     wu, su, zu, _ = _weight_args(w_up)
     nw = norm_weight if norm_weight is not None else x
     grid = (triton.cdiv(n, cfg.block_n),)
     _gemv_silu_mul_kernel[grid](x, wg, sg, zg, wu, su, zu, nw, y, b_sz, n, k,
                                 x.stride(0), wg.stride(0), stride_sn, y.stride(0), eps,
-                                KIND=_kind_code(w_gate, int8_unit_floats), GROUP=max(w_gate.group_size, 2),
-                                HAS_NORM=norm_weight is not None, B_PAD=cfg.b_pad, BLOCK_N=cfg.block_n,
-                                BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step, USE_DOT=cfg.use_dot,
-                                DOT_DTYPE=dot_operand_dtype(x.dtype), PREFETCH=cfg.prefetch, FOLD=cfg.k_fold,
-                                num_warps=cfg.num_warps)
+                                KIND=int(w_gate.kind), GROUP=max(w_gate.group_size, 2),
+                                HAS_NORM=norm_weight is not None, DOT_DTYPE=dot_operand_dtype(x.dtype),
+                                **cfg.constexprs(), num_warps=cfg.num_warps)
     return y

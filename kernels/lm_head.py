@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from harness.quant import QLinear
 from kernels import dot_operand_dtype
-from kernels.gemv import KIND_CODES, _check_linear, _weight_args, gemv_tile, pick_config, store_rows_tile
+from kernels.gemv import GemvConfig, _check_linear, _weight_args, gemv_tile, pick_config, store_rows_tile
+from kernels.quant import QLinear
 
 _REDUCE_BLOCK = 1024  # tile partials scanned per step of the reduce (128256 / 8 rows per tile = 16032 tiles)
 
@@ -33,14 +33,13 @@ def _lm_head_tile_kernel(x_ptr, w_ptr, s_ptr, z_ptr, nw_ptr, logits_ptr, pmax_pt
                          stride_xb, stride_wn, stride_sn, stride_lb, eps,
                          KIND: tl.constexpr, GROUP: tl.constexpr, B_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, USE_DOT: tl.constexpr,
-                         DOT_DTYPE: tl.constexpr):
+                         DOT_DTYPE: tl.constexpr, FOLD: tl.constexpr):
     # grid: (n_tiles,) = (cdiv(V, BLOCK_N),). x: [B, K], W: [V, K], logits: [B, V] fp32,
     # pmax, pidx: [B, n_tiles] (fp32, int32): this tile's max logit and its index per batch row
     tile = tl.program_id(0)
     n_start = tile * BLOCK_N
     logits = gemv_tile(x_ptr, stride_xb, B, K, w_ptr, stride_wn, s_ptr, z_ptr, stride_sn, nw_ptr, eps, n_start, N,
-                       KIND, GROUP, True, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, False,
-                       1)
+                       KIND, GROUP, True, B_PAD, BLOCK_N, BLOCK_K, GROUPS_PER_STEP, USE_DOT, DOT_DTYPE, FOLD)
     rows = tl.arange(0, B_PAD)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     store_rows_tile(logits_ptr, stride_lb, logits, rows, offs_n, B, N)
@@ -77,8 +76,8 @@ def _argmax_reduce_kernel(pmax_ptr, pidx_ptr, tok_ptr, n_tiles, BLOCK: tl.conste
 
 
 def lm_head_argmax(x: torch.Tensor, w: QLinear, norm_weight: torch.Tensor, eps: float, *,
-                   out: Optional[torch.Tensor] = None, use_dot: Optional[bool] = None, block_n: Optional[int] = None,
-                   block_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   out: Optional[torch.Tensor] = None,
+                   config: Optional[GemvConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [B, D] (final hidden state, before the norm), W: [V, D] -> (logits [B, V] fp32, tokens [B] int64).
 
     logits = rmsnorm(x, norm_weight, eps) @ W.T; tokens = argmax over V (lowest index on ties)."""
@@ -88,7 +87,7 @@ def lm_head_argmax(x: torch.Tensor, w: QLinear, norm_weight: torch.Tensor, eps: 
     b_sz, k = x.shape
     n = w.out_features
     logits = torch.empty(b_sz, n, dtype=torch.float32, device=x.device) if out is None else out
-    cfg = pick_config(x, w, use_dot=use_dot, block_n=block_n, block_k=block_k)
+    cfg = config or pick_config(x, w)
     n_tiles = triton.cdiv(n, cfg.block_n)
     pmax = torch.empty(b_sz, n_tiles, dtype=torch.float32, device=x.device)
     pidx = torch.empty(b_sz, n_tiles, dtype=torch.int32, device=x.device)
@@ -96,10 +95,8 @@ def lm_head_argmax(x: torch.Tensor, w: QLinear, norm_weight: torch.Tensor, eps: 
     weight, s, z, stride_sn = _weight_args(w)
     _lm_head_tile_kernel[(n_tiles,)](x, weight, s, z, norm_weight, logits, pmax, pidx, b_sz, n, k,
                                      x.stride(0), weight.stride(0), stride_sn, logits.stride(0), eps,
-                                     KIND=KIND_CODES[w.kind], GROUP=max(w.group_size, 2), B_PAD=cfg.b_pad,
-                                     BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUPS_PER_STEP=cfg.groups_per_step,
-                                     USE_DOT=cfg.use_dot, DOT_DTYPE=dot_operand_dtype(x.dtype),
-                                     num_warps=cfg.num_warps)
+                                     KIND=int(w.kind), GROUP=max(w.group_size, 2), DOT_DTYPE=dot_operand_dtype(x.dtype),
+                                     **cfg.constexprs(), num_warps=cfg.num_warps)
     _argmax_reduce_kernel[(b_sz,)](pmax, pidx, tokens, n_tiles,
                                    BLOCK=min(_REDUCE_BLOCK, triton.next_power_of_2(n_tiles)), num_warps=4)
     return logits, tokens

@@ -1,6 +1,7 @@
 """Pure-PyTorch reference of every kernel op: fp32 math, one rounding to the output dtype at the end.
 
 The oracle for tests/kernels/. Signatures mirror the Triton launchers (same names, same layouts).
+RoPE tables come from kernels.model.rope_tables, the one builder.
 """
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from harness.quant import QLinear
+from kernels.quant import QLinear
+
+
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) over the last dimension, in fp32: the one RMSNorm reference. Callers add the weight with the
+    rounding they model (the kernels' fp32 product, or transformers' rounding to the activation dtype first)."""
+    xf = x.float()
+    return xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x: [B, D], weight: [D] -> weight * x / rms(x), in x.dtype."""
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.float()
-    return y.to(x.dtype)
+    """x: [B, D], weight: [D] -> weight * x / rms(x) in fp32, rounded once to x.dtype."""
+    return (rms_normalize(x, eps) * weight.float()).to(x.dtype)
 
 
 def embedding(tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -35,10 +41,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def _normed_fp32(x: torch.Tensor, norm_weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
-    xf = x.float()
-    if norm_weight is None:
-        return xf
-    return xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps) * norm_weight.float()
+    return x.float() if norm_weight is None else rms_normalize(x, eps) * norm_weight.float()
 
 
 def gemv_fp32(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
@@ -62,14 +65,6 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear,
     g = gemv_fp32(x, w_gate, None, norm_weight, eps)
     u = gemv_fp32(x, w_up, None, norm_weight, eps)
     return (F.silu(g) * u).to(x.dtype)
-
-
-def rope_cos_sin(head_dim: int, n_positions: int, theta: float = 500000.0,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain RoPE tables (no Llama-3 frequency scaling): cos, sin: [n_positions, head_dim // 2] fp32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
-    angles = torch.arange(n_positions, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]
-    return angles.cos().float(), angles.sin().float()
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

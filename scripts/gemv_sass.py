@@ -10,7 +10,6 @@ declared 16-divisible, as Triton's launcher specialises them on the GPU.
     python scripts/gemv_sass.py --kind int4 --block-n 4 --block-k 1024 --groups-per-step 8
     python scripts/gemv_sass.py --kind int4 --block-n 64 --block-k 128 --dot
     python scripts/gemv_sass.py --kind dense --block-n 16 --block-k 512
-    python scripts/gemv_sass.py --kind int8-unit --block-n 16 --block-k 512
     python scripts/gemv_sass.py --kind int8 --block-n 16 --block-k 1024 --k-fold 2
 
 At 4.25 TB/s (an H200 copy), int4 streams 8.5e12 weights/s; 132 SMs x 4 schedulers x 32 lanes x 1.98 GHz
@@ -40,16 +39,16 @@ def compile_gemv(kind: str, b_pad: int, block_n: int, block_k: int, groups_per_s
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.gemv import KIND_CODES, KIND_INT8_UNIT, _gemv_kernel
+    from kernels.gemv import _gemv_kernel
+    from kernels.quant import Kind
 
     os.environ.pop("TRITON_INTERPRET", None)
     names = list(inspect.signature(_gemv_kernel.fn).parameters)
     ptrs = {n: "bf16" for n in ("x_ptr", "s_ptr", "z_ptr", "nw_ptr", "res_ptr", "y_ptr")}
     ptrs["w_ptr"] = "bf16" if kind == "dense" else ("u8" if kind == "int4" else "i8")
-    cx = dict(KIND=KIND_INT8_UNIT if kind == "int8-unit" else KIND_CODES[kind], GROUP=group, HAS_NORM=has_norm,
-              HAS_RESIDUAL=False, B_PAD=b_pad,
+    cx = dict(KIND=int(Kind[kind.upper()]), GROUP=group, HAS_NORM=has_norm, HAS_RESIDUAL=False, B_PAD=b_pad,
               BLOCK_N=block_n, BLOCK_K=block_k, GROUPS_PER_STEP=groups_per_step, USE_DOT=use_dot,
-              DOT_DTYPE=tl.bfloat16, PREFETCH=False, FOLD=k_fold)
+              DOT_DTYPE=tl.bfloat16, FOLD=k_fold)
     sig = {n: "constexpr" if n in cx else "*" + ptrs[n] if n in ptrs else "fp32" if n == "eps" else "i32"
            for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
@@ -90,8 +89,7 @@ def k_loop(cubin: bytes) -> list[str]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kind", choices=("dense", "int8", "int8-unit", "int4"), default="int4",
-                    help="int8-unit: int8 through unit floats (gemv(..., int8_unit_floats=True))")
+    ap.add_argument("--kind", choices=("dense", "int8", "int4"), default="int4", help="the weights' storage kind")
     ap.add_argument("--batch-pad", type=int, default=1)
     ap.add_argument("--block-n", type=int, default=4)
     ap.add_argument("--block-k", type=int, default=1024, help="input columns per K step (int4: whole groups)")
@@ -99,7 +97,7 @@ def main(argv=None) -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--dot", action="store_true", help="the tensor-core tile instead of the FMA tile")
     ap.add_argument("--num-warps", type=int, default=4)
-    from kernels.gemv import K_FOLDS
+    from kernels.tiles import K_FOLDS
 
     ap.add_argument("--k-fold", type=int, default=1, choices=K_FOLDS,
                     help="input columns per FMA accumulator (dense / int8; kernels/gemv.fold_mac)")

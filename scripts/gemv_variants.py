@@ -4,16 +4,15 @@ measured in the same process (weight bytes only), with each variant's largest di
 Exploration only, like scripts/mega_tune.py. results/tuning/gemv-h200-*.txt hold two such comparisons (measured
 with an earlier, equivalent form of this script; their first line gives the command that repeats them).
 
-    python scripts/gemv_variants.py --model llama8b --quant int8 --batch 1 16 \
-        --variants base: unit:use_dot=0,int8_unit_floats=1
     python scripts/gemv_variants.py --model llama8b --quant int8 bf16 --batch 1 \
-        --variants f1:use_dot=0 f2:use_dot=0,k_fold=2 f4:use_dot=0,k_fold=4
-A variant is NAME:key=value,... with keys use_dot, block_n, block_k, num_warps, prefetch, int8_unit_floats, k_fold
-(0/1 for the flags); gate_up runs gemv_silu_mul, which takes use_dot, block_n, block_k, int8_unit_floats, k_fold.
+        --variants base: f2:k_fold=2 r16:block_n=16
+A variant is NAME:key=value,... with keys block_n, block_k, k_fold (kernels/gemv.pick_config's geometry) and
+num_warps; the inner product follows the tile rule (kernels/tiles.py). gate_up runs gemv_silu_mul.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -22,18 +21,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from harness.models import named_spec  # noqa: E402
-from harness.quant import quantize_linear  # noqa: E402
+from kernels.quant import quantize_linear  # noqa: E402
 from harness.timing import measure_copy_bandwidth, time_step  # noqa: E402
-from kernels.gemv import gemv, gemv_silu_mul  # noqa: E402
-from kernels.mega.tuned import parse_variant  # noqa: E402
+from kernels.gemv import gemv, gemv_silu_mul, pick_config  # noqa: E402
 
-SILU_KEYS = ("use_dot", "block_n", "block_k", "int8_unit_floats", "k_fold")
+KEYS = ("block_n", "block_k", "k_fold", "num_warps")
 
 
 def parse(text: str) -> tuple[str, dict]:
-    """"NAME:key=value,..." (mega_tune's variant syntax) -> (name, gemv keyword arguments)."""
-    name, _, kw = parse_variant(text)
-    return name, {k: bool(v) if k == "use_dot" else v for k, v in kw.items()}
+    """"NAME:key=value,..." -> (name, {key: int}) with keys from KEYS."""
+    name, _, body = text.partition(":")
+    kw = {}
+    for item in filter(None, body.split(",")):
+        k, _, v = item.partition("=")
+        if k not in KEYS:
+            sys.exit(f"error: variant {text!r}: {k!r} is not one of {', '.join(KEYS)}")
+        kw[k] = int(v)
+    return name, kw
 
 
 def main() -> None:
@@ -64,11 +68,13 @@ def main() -> None:
                 cells, first = [], None
                 for text in args.variants:
                     name, kw = parse(text)
+                    warps = kw.pop("num_warps", None)
+                    cfg = pick_config(x, w, **kw)
+                    cfg = dataclasses.replace(cfg, num_warps=warps) if warps else cfg
                     if layer == "gate_up":
-                        kw = {key: v for key, v in kw.items() if key in SILU_KEYS}
-                        call, nbytes = (lambda kw=kw: gemv_silu_mul(x, w, w, **kw)), 2 * w_bytes
+                        call, nbytes = (lambda cfg=cfg: gemv_silu_mul(x, w, w, config=cfg)), 2 * w_bytes
                     else:
-                        call, nbytes = (lambda kw=kw: gemv(x, w, **kw)), w_bytes
+                        call, nbytes = (lambda cfg=cfg: gemv(x, w, config=cfg)), w_bytes
                     y = call().float()
                     first = y if first is None else first
                     diff = float((y - first).abs().max() / first.abs().max())

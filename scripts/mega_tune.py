@@ -1,15 +1,15 @@
-"""Same-run comparison of megakernel variants (tile sizes, warps, programs per SM, register caps, prefetch) at
+"""Same-run comparison of megakernel variants (tile options, programs per SM, fusion, policy) at
 one or more points, on the GPU. Each variant is checked against the first variant's logits and timed from a
 CUDA graph; the table gives ms/step, % of the copy bandwidth measured in the same process, registers and
 co-resident programs. Exploration only: committed benchmark rows come from run.py sweeps.
 
     python scripts/mega_tune.py --points llama1b:bf16:1 llama8b:int4:1 --ctx 1024 \
-        --variants base: pf:prefetch=1 w4:num_warps=4,programs_per_sm=2 [--update-cache]
+        --variants base: r8:gemv_rows=8 w8:num_warps=8,programs_per_sm=1 [--update-cache]
     python scripts/mega_tune.py --cache-from results/tuning/TABLE.csv   # any machine
 Variants run with the built-in tiles (tuned=False); --update-cache / --cache-from write the winners that beat
 `base:` by kernels/mega/tuned.MIN_GAIN into kernels/mega/tuned.json, which the megakernel then applies.
-A variant is NAME:key=value,...; keys: programs_per_sm, fusion, policy, or pick_tiles overrides
-(gemv_rows, gemv_elems, num_warps, prefetch, max_regs, kv_block, n_splits, ...).
+A variant is NAME:key=value,...; keys: programs_per_sm, fusion, policy, or kernels/mega/lower.TileOptions fields
+(num_warps, gemv_rows, k_fold, l2_prefetch).
 """
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ import torch  # noqa: E402
 
 from harness.metrics import bytes_per_step  # noqa: E402
 from harness.models import named_spec  # noqa: E402
-from harness.reference import KVCache  # noqa: E402
+from kernels.model import KVCache  # noqa: E402
 from harness.timing import measure_copy_bandwidth, time_step  # noqa: E402
 from harness.weights import random_weights  # noqa: E402
+from kernels.mega.lower import TileOptions  # noqa: E402
 from kernels.mega.runtime import Megakernel  # noqa: E402
 from kernels.mega.tuned import CACHE, parse_variant, update_from_csv, update_from_rows  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -73,7 +75,7 @@ def main() -> None:
             name, run_kw, tiles = parse_variant(text)
             t0 = time.time()
             try:
-                mk = Megakernel(w, cache, tiles=tiles, tuned=False, **run_kw)  # base: = the built-in tiles
+                mk = Megakernel(w, cache, tiles=TileOptions(**tiles), tuned=False, **run_kw)  # base: the built-in tiles
                 out = mk.decode(tokens, positions).clone()
                 mk.check()
             except Exception as e:  # noqa: BLE001 - report and go on with the next variant

@@ -7,19 +7,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
-from harness.config import register_configs, validate  # noqa: E402
+from harness.cli import compose  # noqa: E402
+from harness.config import validate  # noqa: E402
 from harness.impls import REGISTRY, ImplContext  # noqa: E402
 from harness.runner import pick_device, prepare_point  # noqa: E402
 from harness.timing import capture_graph  # noqa: E402
 
 
 def main(impl_name: str, overrides: list[str], steps: int = 20) -> None:
-    register_configs()
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(overrides, __doc__)
     spec = validate(cfg, list(REGISTRY))
     device = pick_device(cfg.bench.device)
     pt = prepare_point(cfg, spec, device)

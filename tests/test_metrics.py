@@ -1,7 +1,8 @@
 """bytes_per_step against a hand count for llama1b."""
 from harness.metrics import bytes_per_step
 from harness.models import named_spec
-from harness.weights import linear_nbytes, random_weights
+from harness.weights import random_weights
+from kernels.quant import quant_mode
 
 
 def test_bytes_per_step_llama1b_by_hand():
@@ -24,6 +25,7 @@ def test_linear_nbytes_matches_built_weights():
     s = named_spec("tiny")
     for quant in ("bf16", "int8", "int4"):
         w = random_weights(s, quant, 32, "cpu")
-        counted = s.n_layers * sum(linear_nbytes(n, k, quant, 32) for n, k in s.linear_shapes().values()) \
-            + linear_nbytes(s.vocab_size, s.dim, quant, 32)
+        mode = quant_mode(quant)
+        counted = s.n_layers * sum(mode.linear_nbytes(n, k, 32) for n, k in s.linear_shapes().values()) \
+            + mode.linear_nbytes(s.vocab_size, s.dim, 32)
         assert w.linear_bytes() == counted

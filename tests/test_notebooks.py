@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from harness import figures as F
-from harness.results import ResultsStore, gpu_slug, load_results
+from harness.results import ResultsStore, load_results
+from kernels import gpu_slug
 from tests.synthetic_results import GPU, H200, full_sweeps, run_rows
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from harness.quant import dequantize_int4, quantize_int4, quantize_int8, quantize_linear, unpack_int4
+from kernels.quant import dequantize_int4, quantize_int4, quantize_int8, quantize_linear, unpack_int4
 
 
 def _w(n, k, dtype=torch.bfloat16, seed=0):
@@ -52,3 +52,20 @@ def test_qlinear_bytes_and_dequant(mode):
     expect = {"bf16": 64 * 256 * 2, "int8": 64 * 256 + 64 * 2, "int4": 64 * 128 + 2 * 64 * 2 * 2}[mode]
     assert ql.nbytes == expect
     assert ql.dequantize().shape == (64, 256) and ql.dequantize().dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp32", "int8"])
+def test_torch_linear_matches_the_dequantised_weight(mode):
+    """The torch references' linear (cuBLAS dense, gpt-fast int8: F.linear on the int8 weight cast, times the scale)
+    equals x @ dequantize(W).T; a lost scale or a wrong kind dispatch fails here."""
+    from harness.torch_ops import TorchLinear
+    from kernels.quant import quant_mode
+
+    dtype = quant_mode(mode).act_dtype
+    gen = torch.Generator().manual_seed(4)
+    w = quantize_linear((torch.randn(48, 64, generator=gen) / 8).to(dtype), mode)
+    x = torch.randn(3, 64, generator=gen).to(dtype)
+    y = TorchLinear(w)(x).float()
+    ref = x.float() @ w.dequantize(torch.float32).T
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (y - ref).abs().max() <= tol * ref.abs().max(), (y - ref).abs().max()

@@ -3,9 +3,10 @@ through our loader: prefill and several decode steps, tied/untied, with/without 
 import pytest
 import torch
 
-from harness.models import ModelSpec
-from harness.reference import KVCache, LlamaDecoder
+from harness.models import hf_spec
+from harness.reference import LlamaDecoder
 from harness.weights import load_hf_weights
+from kernels.model import KVCache
 from tests.hf_tiny import write_tiny_checkpoint
 
 
@@ -15,7 +16,7 @@ from tests.hf_tiny import write_tiny_checkpoint
 @pytest.mark.parametrize("quant,tol", [("fp32", 2e-5), ("bf16", 2e-2)], ids=["fp32", "bf16"])
 def test_reference_matches_transformers(tmp_path, batch, tie, scaling, quant, tol):
     hf = write_tiny_checkpoint(tmp_path, tie=tie, llama3_scaling=scaling, seed=batch)
-    spec = ModelSpec.from_hf_dir(tmp_path)
+    spec = hf_spec(tmp_path)
     assert spec.tie_embeddings == tie and (spec.rope_scaling is not None) == scaling
     dtype = torch.float32 if quant == "fp32" else torch.bfloat16
     hf = hf.to(dtype)
@@ -39,7 +40,7 @@ def test_reference_matches_transformers(tmp_path, batch, tie, scaling, quant, to
 def test_decode_positions_are_per_sequence(tmp_path):
     """Sequences at different positions in one batch equal each decoded alone."""
     write_tiny_checkpoint(tmp_path)
-    spec = ModelSpec.from_hf_dir(tmp_path)
+    spec = hf_spec(tmp_path)
     ref = LlamaDecoder(load_hf_weights(tmp_path, spec, "fp32", 32, "cpu"), max_len=32)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, spec.vocab_size, (1, n), generator=g) for n in (5, 9)]

@@ -4,7 +4,8 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from harness.results import ResultsStore, decode_json, env_info, gpu_slug, load_results, point_key
+from harness.results import ResultsStore, decode_json, env_info, load_results, point_key
+from kernels import gpu_slug
 
 GPU = "NVIDIA H100 80GB HBM3"
 
@@ -163,3 +164,29 @@ def test_git_sha(tmp_path):
     assert git_sha(tmp_path) == sha  # untracked files do not make it dirty
     (tmp_path / "a.txt").write_text("2")
     assert git_sha(tmp_path) == sha + "-dirty"
+
+
+def test_commit_manifest_names_the_commit_of_a_copied_tree(tmp_path):
+    """A tree copied elsewhere with stale .git metadata proves its commit through .commit-manifest: the sha when
+    every tracked file's blob id matches, sha-dirty when one differs; without a manifest, git itself decides."""
+    import shutil
+    import subprocess
+
+    from harness.results import git_sha, write_commit_manifest
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True)  # noqa: E731
+    run("init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    (repo / "link").symlink_to("a.py")
+    run("add", ".")
+    run("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    sha = run("rev-parse", "HEAD").stdout.strip()
+    assert git_sha(repo) == sha
+    write_commit_manifest(repo)
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+    assert git_sha(copy) == sha  # no .git at all: the manifest alone
+    (copy / "a.py").write_text("x = 2\n")
+    assert git_sha(copy) == sha + "-dirty"

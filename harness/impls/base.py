@@ -14,9 +14,9 @@ from typing import ClassVar, Optional
 import torch
 
 from harness.config import RunConfig
-from harness.models import ModelSpec
-from harness.reference import KVCache
-from harness.weights import ModelWeights
+from kernels.model import ModelSpec
+from kernels.model import KVCache
+from kernels.model import ModelWeights
 
 REGISTRY: dict[str, type["DecodeImpl"]] = {}
 

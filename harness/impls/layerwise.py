@@ -8,7 +8,6 @@ import math
 import torch
 
 from harness.impls.base import DecodeImpl, ImplContext, register
-from harness.reference import rope_tables
 from kernels.attention import decode_attention
 from kernels.elementwise import add, silu_mul
 from kernels.embedding import embedding
@@ -24,7 +23,7 @@ class Layerwise(DecodeImpl):
 
     def __init__(self, ctx: ImplContext):
         super().__init__(ctx)
-        self.cos, self.sin = rope_tables(ctx.spec, ctx.cache.max_len, ctx.device)
+        self.cos, self.sin = ctx.spec.rope_tables(ctx.cache.max_len, ctx.device)
         self.scale = 1.0 / math.sqrt(ctx.spec.head_dim)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from harness.config import tile_options
 from harness.impls.base import DecodeImpl, ImplContext, register
 
 
@@ -17,7 +18,7 @@ def runtime_from_config(cfg, weights, cache, **kwargs):
 
     mk = cfg.megakernel
     return Megakernel(weights, cache, fusion=cfg.fusion, policy=mk.schedule, programs_per_sm=mk.programs_per_sm,
-                      tiles=dict(getattr(mk, "tiles", None) or {}), **kwargs)
+                      tiles=tile_options(cfg), **kwargs)
 
 
 @register("megakernel")

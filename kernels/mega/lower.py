@@ -35,25 +35,52 @@ a launch are co-resident, so the earliest unfinished instruction heads some queu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
-from harness.models import ModelSpec
-from kernels.gemv import check_k_fold, dot_by_default, int4_dot_ok
+from kernels import MAX_BATCH
+from kernels.errors import ConfigError
+from kernels.model import ModelSpec
 from kernels.mega.instructions import (Argmax, AttnPartial, AttnReduce, CounterKey, CounterSpace, DownResidual, Embed,
                                        Instruction, LmHead, OProjResidual, RmsGateUpSilu, RmsQkvRope, Stage, Wait)
+from kernels.quant import Kind, quant_mode
+from kernels.tiles import K_FOLDS, batch_pad, fma_cols, k_step, next_pow2, split_count, uses_tensor_cores
 
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+@dataclass
+class TileOptions:
+    """The megakernel's tile knobs, each kept because a same-run measurement found a point where it pays
+    (docs/perf-notes.md); None keeps the built-in choice. This dataclass is the Hydra schema of
+    `megakernel.tiles`, so an unknown key is refused there; `problem` refuses a value the backend cannot honour."""
 
+    num_warps: Optional[int] = None  # warps per program (built in 4: 4 x 2 programs/SM beat 8 x 1 by 1.2-1.5x)
+    gemv_rows: Optional[int] = None  # rows per GEMV tile of every stage but QKV (built in 16 FMA / 64 tensor cores)
+    k_fold: Optional[int] = None  # input columns per FMA accumulator, 1 or 2 (dense / int8; 2 + 8 rows won int8)
+    l2_prefetch: Optional[int] = None  # K steps of its first weight tile asked of L2 before a wait (GPU; built in 2)
 
-def pow2_floor(n: int) -> int:
-    return 1 << max(0, int(math.floor(math.log2(max(n, 1)))))
+    def given(self) -> dict:
+        """The options that are set, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def problem(self, interpret: bool) -> Optional[str]:
+        """Why these options cannot be used (one sentence), or None."""
+        for name, v in self.given().items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                return f"megakernel.tiles.{name}={v!r} must be a non-negative integer"
+        if self.num_warps is not None and self.num_warps not in (1, 2, 4, 8, 16):
+            return f"megakernel.tiles.num_warps={self.num_warps} must be 1, 2, 4, 8 or 16"
+        if self.gemv_rows is not None and (self.gemv_rows < 1 or self.gemv_rows & (self.gemv_rows - 1)):
+            return f"megakernel.tiles.gemv_rows={self.gemv_rows} must be a power of two"
+        if self.k_fold is not None and self.k_fold not in K_FOLDS:
+            return f"megakernel.tiles.k_fold={self.k_fold} must be one of {', '.join(map(str, K_FOLDS))}"
+        if interpret and self.l2_prefetch:
+            return (f"megakernel.tiles.l2_prefetch={self.l2_prefetch} is GPU-only (inline PTX); the Triton interpreter "
+                    f"cannot honour it: leave it unset or 0 on the CPU")
+        return None
 
 
 @dataclass(frozen=True)
@@ -71,7 +98,7 @@ class TileConfig:
     """Every tile size of one (model, quant, batch, context, grid) configuration."""
 
     b_pad: int  # batch padded to a power of two (16 for tl.dot)
-    use_dot: bool  # tensor-core tl.dot inner products (batch >= 4, half activations, GPU)
+    use_dot: bool  # tensor-core tl.dot inner products (kernels/tiles.uses_tensor_cores)
     num_warps: int
     qkv: GemvTile
     o: GemvTile
@@ -82,44 +109,29 @@ class TileConfig:
     kv_block: int  # keys per attention step
     n_splits: int  # flash-decoding context slices per kv head
     argmax_block: int = 1024  # LM-head blocks scanned per Argmax step
-    prefetch: bool = False  # double-buffered weight loads in the GEMV K loops (dense / int8)
-    max_regs: int = 0  # registers per thread the compiler may use (0: its own choice), to fit more programs per SM
     l2_prefetch: int = 0  # K steps of its first weight tile an instruction asks L2 for before a wait (GPU; 0: off)
-    int8_unit_floats: bool = False  # int8 GEMVs through kernels/gemv.int8_unit_floats (FMA path)
     k_fold: int = 1  # input columns per fp32 accumulator on the dense / int8 FMA path (kernels/gemv.fold_mac)
 
 
-# GPU defaults. FACTS.md probe (H200): 8-16 rows x 512 columns, 8 warps streamed best (GEMV chain).
-_FMA_ACC_ELEMS = 8192  # fp32 FMA accumulators per program: 64 registers/thread at 4 warps
+# GPU tile heights, measured in the megakernel (two persistent programs per SM, unlike the per-op launches).
 # 4 warps, so that two programs fit per SM (~245 registers each): on an H100 at batch 1, ctx 1024, 4 warps x 2
 # programs per SM against 8 warps x 1 took llama1b bf16 1.567 -> 1.293 ms, llama8b bf16 8.06 -> 6.23 ms, llama8b
 # int4 8.57 -> 5.78 ms (scripts/mega_tune.py, docs/perf-notes.md "Megakernel tuning 1").
 _NUM_WARPS = 4
+# H100, llama1b bf16 B=1: 16 x 512 gave 1.60 ms/step, 32 x 256 1.85 ms. Tensor-core path (batch >= 4): every tile
+# re-reads x [B, K] in fp32, so wide tiles: llama8b bf16 B16 23.6 ms at 16 rows, 12.2 ms at 64; H200, 256 columns
+# per step 12.1 ms against 128 12.3 and 512 14.8.
 _GPU_BLOCK_N = 16
-_DOT_BLOCK_K = 256
 _DOT_BLOCK_N = 64
-_MIN_KEYS_PER_SPLIT = 256
-_MAX_SPLITS = 64
+_DOT_BLOCK_K = 256
 # An instruction about to wait on a counter first asks L2 for this many K steps of its first weight tile. H200,
 # batch 1, ctx 1024, same run (results/tuning/mega_tune-h200-3/4): llama1b bf16 1.171 -> 1.140 (1 step) -> 1.133 ms
 # (2), llama8b bf16 5.248 -> 5.207 ms, llama8b int4 5.249 -> 5.207 ms, llama1b int4 1.223 -> 1.194 ms.
 _L2_PREFETCH_STEPS = 2
-# Input columns per FMA accumulator of dense / int8 weights (kernels/gemv.fold_mac); 1 until measured otherwise.
-_K_FOLD = 1
 _INSTR_OVERHEAD_TILES = 0.25  # cost of one more instruction (queue read, wait, release) in tiles
-
-
-def _k_tile(k: int, cols: int, quant: str, group_size: int, use_dot: bool) -> tuple[int, int]:
-    """(block_k, groups_per_step) of a GEMV with K input columns and about `cols` columns per step, in the
-    meaning kernels/gemv.gemv_tile gives them (its pick_config's rules): input columns per step, for int4
-    groups_per_step whole groups each padded to a power of two."""
-    bk = min(pow2_floor(max(cols, 16)), next_pow2(k))
-    gps = 1
-    if quant == "int4":
-        group_pad = next_pow2(group_size)
-        gps = pow2_floor(min(next_pow2(k // group_size), max(1, bk // group_pad)))
-        bk = gps * group_pad
-    return (max(bk, 16) if use_dot else bk), gps
+# The CPU test tier's geometry: small tiles so that the tiny test model has several tiles per instruction, K steps
+# per tile and splits per kv head, and every loop of the kernel runs.
+_CPU_COLS, _CPU_TILES_PER_INSTR, _CPU_KV_BLOCK, _CPU_MAX_SPLITS = 64, 2, 16, 3
 
 
 def l2_prefetch_problem(spec: ModelSpec, quant: str, tiles: TileConfig, n: int) -> Optional[str]:
@@ -128,13 +140,13 @@ def l2_prefetch_problem(spec: ModelSpec, quant: str, tiles: TileConfig, n: int) 
     than the row."""
     if not n:
         return None
-    elem = {"int4": 0.5, "int8": 1, "fp32": 4}.get(quant, 2)  # stored bytes per weight
+    elem = quant_mode(quant).weight_bits / 8  # stored bytes per weight
     for name, tile, k in (("qkv", tiles.qkv, spec.dim), ("o", tiles.o, spec.q_dim),
                           ("gate_up", tiles.gate_up, spec.dim), ("down", tiles.down, spec.ffn_dim),
                           ("lm_head", tiles.lm_head, spec.dim)):
         lines = -(-int(n * tile.block_k * elem) // 128)
         if lines & (lines - 1) or n * tile.block_k > k:
-            return (f"tiles.l2_prefetch={n} asks for {lines} lines per row of the {name} weights ({n} x "
+            return (f"megakernel.tiles.l2_prefetch={n} asks for {lines} lines per row of the {name} weights ({n} x "
                     f"{tile.block_k} of {k} columns); choose a value that gives a power of two lines within the "
                     f"row, or 0")
     return None
@@ -152,76 +164,62 @@ def _tiles_per_instr(n_tiles: int, n_programs: int) -> int:
 
 
 def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, n_programs: int, *,
-               interpret: bool, gemv_rows: Optional[int] = None, gemv_elems: Optional[int] = None,
-               dot_block_k: Optional[int] = None, int4_dot: Optional[bool] = None, dot: Optional[bool] = None,
-               k_fold: Optional[int] = None, **overrides) -> TileConfig:
-    """Tile sizes for this configuration; `overrides` replace TileConfig fields (tests, tuning).
-    gemv_rows / gemv_elems (GPU only) re-derive every GEMV stage from another tile height / another number of
-    fp32 FMA accumulators per program (block_k = gemv_elems / (b_pad * rows)), keeping the balancing rules;
-    dot_block_k sets the columns per step of the tensor-core path (dense batch >= 4, int4 every batch);
-    int4_dot puts int4 weights on the tensor cores (kernels/gemv._int4_dot_tile) or not (default: from batch
-    kernels.gemv.INT4_DOT_MIN_BATCH on the GPU, never in the interpreter unless asked); dot puts dense and int8
-    weights on the tensor cores (the batch padded to 16 rows) or not, at any batch (GPU; default: from batch 4);
-    k_fold (1, 2, 4) sums that many neighbouring input columns into each FMA accumulator of dense / int8 weights
-    (kernels/gemv.fold_mac), so the GPU's GEMV tiles grow k_fold x wider along K for the same registers."""
-    if k_fold is not None:
-        check_k_fold(k_fold)
-    int4_tc = quant == "int4" and int4_dot_ok(group_size)
+               interpret: bool, options: Optional[TileOptions] = None) -> TileConfig:
+    """Tile sizes for this configuration: the tile rule of kernels/tiles.py with the megakernel's own tile heights,
+    then `options` (TileOptions; a value the backend cannot honour raises ConfigError)."""
+    opt = options or TileOptions()
+    problem = opt.problem(interpret)
+    if problem:
+        raise ConfigError(problem)
+    mode = quant_mode(quant)
+    kind, act_fp32 = mode.kind, mode.act_dtype.itemsize == 4
+    use_dot = uses_tensor_cores(kind, group_size, batch, act_is_fp32=act_fp32)
+    b_pad = batch_pad(kind, batch, use_dot)
+    fold = 1 if (use_dot or kind == Kind.INT4) else (opt.k_fold or 1)
     half = spec.head_dim // 2
-    if interpret:
-        # Small tiles so the tiny test model still has several tiles, K steps and splits per stage.
-        b_pad = next_pow2(batch)
+    rows = opt.gemv_rows or (_DOT_BLOCK_N if use_dot and not interpret else _GPU_BLOCK_N)
+    rows = max(rows, 16) if use_dot else rows
 
-        def g(k, bn, tpi, cols=64):
-            bk, gps = _k_tile(k, cols, quant, group_size, False)
-            return GemvTile(bn, bk, gps, tpi)
-        cfg = TileConfig(b_pad=b_pad, use_dot=int4_tc and bool(int4_dot), num_warps=4,
-                         qkv=g(spec.dim, min(8, next_pow2(half)), 1), o=g(spec.q_dim, 16, 2),
-                         gate_up=g(spec.dim, 16, 2), down=g(spec.ffn_dim, 16, 2),
-                         lm_head=g(spec.dim, 16, 2), embed_block=64, kv_block=16,
-                         n_splits=max(1, min(3, cdiv(max_len, 16))))
-        return replace(cfg, **({"k_fold": k_fold} if k_fold else {}), **overrides)
-
-    kind = {"int4": "int4", "int8": "int8"}.get(quant, "dense")
-    use_dot = quant != "fp32" and dot_by_default(kind, group_size, batch)
-    if quant == "int4" and int4_dot is not None:
-        use_dot = int4_tc and bool(int4_dot)
-    if quant in ("bf16", "fp16", "int8") and dot is not None:
-        use_dot = bool(dot)
-    # the int4 tile pads the batch to 16 rows itself; the dense tensor-core path needs 16 rows
-    b_pad = max(next_pow2(batch), 16 if use_dot and quant != "int4" else 1)
-
-    acc_elems = gemv_elems or _FMA_ACC_ELEMS
-    fold = 1 if (use_dot or quant == "int4") else (k_fold or _K_FOLD)
-    dot_bk = dot_block_k or _DOT_BLOCK_K
+    def cols_for(rows: int) -> int:  # input columns per K step for tiles of `rows` rows
+        if interpret:
+            return _CPU_COLS * fold
+        return _DOT_BLOCK_K if use_dot else fma_cols(b_pad, rows, fold)
 
     def gemv(n: int, k: int) -> GemvTile:
-        # H100, llama1b bf16 B=1: 16 x 512 gave 1.60 ms/step, 32 x 256 1.85 ms. Tensor-core path (batch >= 4): every
-        # tile re-reads x [B, K] in fp32, so wide tiles: llama8b bf16 B16 23.6 ms at 16 rows, 12.2 ms at 64.
-        bn = gemv_rows or (_DOT_BLOCK_N if use_dot else _GPU_BLOCK_N)
-        cols = dot_bk if use_dot else acc_elems * fold // (b_pad * bn)
-        bk, gps = _k_tile(k, cols, quant, group_size, use_dot)
-        return GemvTile(bn, bk, gps, _tiles_per_instr(cdiv(n, bn), n_programs))
+        bk, gps = k_step(kind, group_size, k, cols_for(rows), use_dot)
+        tpi = _CPU_TILES_PER_INSTR if interpret else _tiles_per_instr(cdiv(n, rows), n_programs)
+        return GemvTile(rows, bk, gps, tpi)
 
-    # RmsQkvRope: pairs per block, from {8, 16, ...} (>= 16 for tl.dot), best balanced over the grid.
+    # RmsQkvRope: rotate-half pairs per block; on the GPU from {8, 16, ...} (>= 16 for tl.dot), best balanced over
+    # the grid.
     slots = spec.n_heads + 2 * spec.n_kv_heads
-    cands = [p for p in (8, 16, 32, 64) if p <= max(8, next_pow2(half)) and (p >= 16 or not use_dot)] or [16]
-    p_best = min(cands, key=lambda p: (cdiv(slots * cdiv(half, p), n_programs) * (2 * p + 8), -p))
-    qkv_cols = dot_bk if use_dot else acc_elems * fold // (b_pad * p_best)
-    qbk, qgps = _k_tile(spec.dim, qkv_cols, quant, group_size, use_dot)
-    # Enough (kv head, split) instructions for the grid, but at least _MIN_KEYS_PER_SPLIT keys summed over the
-    # batch (each AttnPartial covers every sequence) and one kv block per sequence in a split.
-    kv_block = 64 if spec.head_dim <= 128 else 32
-    min_keys = max(kv_block, _MIN_KEYS_PER_SPLIT // batch)
-    n_splits = max(1, min(cdiv(max_len, min_keys), cdiv(n_programs, spec.n_kv_heads), _MAX_SPLITS))
-    cfg = TileConfig(b_pad=b_pad, use_dot=use_dot, num_warps=_NUM_WARPS, qkv=GemvTile(p_best, qbk, qgps, 1),
-                     o=gemv(spec.dim, spec.q_dim), gate_up=gemv(spec.ffn_dim, spec.dim),
-                     down=gemv(spec.dim, spec.ffn_dim), lm_head=gemv(spec.vocab_size, spec.dim),
-                     embed_block=min(1024, next_pow2(spec.dim)), kv_block=kv_block,
-                     n_splits=n_splits, k_fold=fold)
+    if interpret:
+        pairs = max(min(8, next_pow2(half)), 16 if use_dot else 1)
+    else:
+        cands = [p for p in (8, 16, 32, 64) if p <= max(8, next_pow2(half)) and (p >= 16 or not use_dot)] or [16]
+        pairs = min(cands, key=lambda p: (cdiv(slots * cdiv(half, p), n_programs) * (2 * p + 8), -p))
+    qbk, qgps = k_step(kind, group_size, spec.dim, cols_for(pairs), use_dot)
+    # Attention: enough (kv head, split) instructions for the grid (kernels/attention.split_count; each
+    # AttnPartial covers every sequence).
+    kv_block = _CPU_KV_BLOCK if interpret else (64 if spec.head_dim <= 128 else 32)
+    n_splits = split_count(max_len, spec.n_kv_heads, n_programs, seqs_per_unit=batch, kv_block=kv_block)
+    if interpret:
+        n_splits = max(1, min(_CPU_MAX_SPLITS, cdiv(max_len, kv_block)))
+    cfg = TileConfig(b_pad=b_pad, use_dot=use_dot, num_warps=opt.num_warps or _NUM_WARPS,
+                     qkv=GemvTile(pairs, qbk, qgps, 1), o=gemv(spec.dim, spec.q_dim),
+                     gate_up=gemv(spec.ffn_dim, spec.dim), down=gemv(spec.dim, spec.ffn_dim),
+                     lm_head=gemv(spec.vocab_size, spec.dim), embed_block=64 if interpret else min(1024, next_pow2(spec.dim)),
+                     kv_block=kv_block, n_splits=n_splits, k_fold=fold)
+    if interpret:
+        return cfg
+    if opt.l2_prefetch is not None:
+        problem = l2_prefetch_problem(spec, quant, cfg, opt.l2_prefetch)
+        if problem:
+            raise ConfigError(problem)
+        return replace(cfg, l2_prefetch=opt.l2_prefetch)
     # L2 prefetch while waiting: the most K steps up to _L2_PREFETCH_STEPS these tiles allow (0 if none does).
     steps = next((n for n in range(_L2_PREFETCH_STEPS, 0, -1) if l2_prefetch_problem(spec, quant, cfg, n) is None), 0)
-    return replace(cfg, **{"l2_prefetch": steps, **overrides})
+    return replace(cfg, l2_prefetch=steps)
 
 
 @dataclass
@@ -240,6 +238,10 @@ class Lowered:
         self.space = CounterSpace(self.spec.n_layers, self.spec.n_kv_heads)
 
     # ---- sizes ----------------------------------------------------------------------------
+    @property
+    def kind(self) -> Kind:
+        return quant_mode(self.quant).kind
+
     @property
     def group(self) -> int:
         return self.spec.n_heads // self.spec.n_kv_heads
@@ -324,16 +326,12 @@ class Lowered:
 
     # ---- cost model (bytes read, for the cost-balanced schedule) ----------------------------
     def weight_row_bytes(self, k: int) -> float:
-        q, g = self.quant, self.group_size
-        act = 4 if q == "fp32" else 2
-        if q == "int4":
-            return k / 2 + 2 * act * k / g
-        return {"fp32": 4.0 * k, "bf16": 2.0 * k, "fp16": 2.0 * k, "int8": k + act}[q]
+        return quant_mode(self.quant).linear_nbytes(1, k, self.group_size)
 
     def cost_bytes(self, ins: Instruction) -> float:
         """Bytes an instruction reads (weights + scales, activations, KV cache), at a full cache."""
         s, b = self.spec, self.batch
-        cache_elem = 4 if self.quant == "fp32" else 2
+        cache_elem = quant_mode(self.quant).act_bytes
         if isinstance(ins, RmsQkvRope):
             return 2 * self.tiles.qkv.block_n * self.weight_row_bytes(s.dim) + 4 * b * s.dim
         if isinstance(ins, AttnPartial):
@@ -352,7 +350,7 @@ class Lowered:
 
 def lower(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, tiles: TileConfig) -> Lowered:
     """The decode step as instructions in a topological order, with their waits and bumps (see the docstring)."""
-    prog = Lowered(spec, quant, group_size if quant == "int4" else 0, batch, max_len, tiles)
+    prog = Lowered(spec, quant, quant_mode(quant).group_size(group_size), batch, max_len, tiles)
     L, H, KVH = spec.n_layers, spec.n_heads, spec.n_kv_heads
     npb, group = prog.pair_blocks, prog.group
     out: list[Instruction] = []
@@ -392,10 +390,6 @@ def lower(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int
 
 def check_config(spec: ModelSpec, quant: str, group_size: int, batch: int) -> Optional[str]:
     """Why the megakernel cannot lower this configuration (one sentence), or None."""
-    if not 1 <= batch <= 16:
-        return f"batch={batch} is outside 1..16"
-    if quant == "int4":
-        for name, k in (("dim", spec.dim), ("ffn_dim", spec.ffn_dim), ("q_dim", spec.q_dim)):
-            if group_size <= 0 or group_size % 2 or k % group_size:
-                return f"int4 group_size={group_size} must be even and divide {name}={k}"
-    return None
+    if not 1 <= batch <= MAX_BATCH:
+        return f"batch={batch} is outside 1..{MAX_BATCH}"
+    return quant_mode(quant).group_problem(group_size, spec.input_dims())

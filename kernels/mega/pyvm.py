@@ -16,9 +16,10 @@ from typing import Iterable, Optional
 import torch
 import torch.nn.functional as F
 
-from harness.quant import QLinear
-from harness.reference import KVCache, rope_tables
-from harness.weights import ModelWeights
+from kernels.quant import QLinear
+from kernels.model import KVCache
+from kernels.model import ModelWeights
+from kernels.reference import rms_normalize
 from kernels.mega.instructions import (Argmax, AttnPartial, AttnReduce, DownResidual, Embed, LmHead,
                                        OProjResidual, RmsGateUpSilu, RmsQkvRope)
 from kernels.mega.lower import Lowered
@@ -42,7 +43,7 @@ class PyVM:
         self.device = weights.device
         self.state = state if state is not None else State.alloc(prog, self.device)
         self.counters = [0] * prog.space.size
-        self.cos, self.sin = rope_tables(prog.spec, cache.max_len, self.device)
+        self.cos, self.sin = prog.spec.rope_tables(cache.max_len, self.device)
         self.advance = False
         self._dq: dict = {}  # (linear name, layer) -> fp32 weight, a few at a time
 
@@ -58,7 +59,7 @@ class PyVM:
         return self._dq[key]
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.prog.spec.norm_eps) * weight.float()
+        return rms_normalize(x, self.prog.spec.norm_eps) * weight.float()
 
     def _idx(self, rows) -> torch.Tensor:
         return torch.as_tensor(list(rows), dtype=torch.long, device=self.device)

@@ -12,21 +12,20 @@ non-captured call raises if it was set; `check()` synchronises and raises at onc
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
 
-from harness.reference import KVCache, rope_tables
-from harness.weights import ModelWeights
-from kernels import dot_operand_dtype, interpreting, sm_count
-from kernels.gemv import KIND_CODES, KIND_INT8_UNIT
-from kernels.mega.instructions import WORDS
+from kernels import interpreting, sm_count
+from kernels.mega.args import buffers_arg, cache_arg, constexprs, queue_arg, weights_arg
 from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
-from kernels.mega.lower import check_config, l2_prefetch_problem, lower, next_pow2, pick_tiles
-from kernels.mega.tuned import lookup as tuned_lookup
+from kernels.mega.lower import TileOptions, check_config, lower, pick_tiles
 from kernels.mega.resources import MAX_THREADS_PER_SM, REGS_PER_SM, SMEM_PER_SM, programs_per_sm
 from kernels.mega.schedule import Schedule, build_schedule
-from kernels.mega.state import ERROR_WORDS, State, hd_pad_of
+from kernels.mega.state import ERROR_WORDS, State
+from kernels.mega.tuned import lookup as tuned_lookup
+from kernels.model import KVCache, ModelWeights
 
 SPIN_LIMIT_GPU = 1 << 22  # polls (~1 us each) before a wait is declared hung: seconds, never forever
 SPIN_LIMIT_CPU = 1 << 10
@@ -34,12 +33,6 @@ SPIN_LIMIT_CPU = 1 << 10
 
 class MegakernelError(RuntimeError):
     """A megakernel launch stopped on a timed-out wait; the message names the instruction and counter."""
-
-
-def _contig(t: torch.Tensor, what: str) -> torch.Tensor:
-    if not t.is_contiguous():
-        raise ValueError(f"megakernel: {what} must be contiguous (row-major, as harness/weights.py builds it)")
-    return t
 
 
 def occupancy(compiled, device: torch.device) -> tuple[int, int]:
@@ -54,43 +47,11 @@ def occupancy(compiled, device: torch.device) -> tuple[int, int]:
                                  getattr(props, "shared_memory_per_multiprocessor", SMEM_PER_SM))
 
 
-def constexpr_args(spec, kind_name: str, group_size: int, act_dtype: torch.dtype, batch: int, t, prog) -> dict:
-    """The interpreter kernel's constexprs (and num_warps) for one lowering: everything that specialises it."""
-    kind = KIND_CODES[kind_name]
-    g = max(group_size, 2)
-
-    def wstr(k):  # weight row stride (elements) for K input columns
-        return k // 2 if kind == 2 else k
-
-    def sstr(k):  # scale / zero row stride
-        return k // g if kind == 2 else 1
-    gq = spec.n_heads // spec.n_kv_heads
-    return dict(
-        D=spec.dim, H=spec.n_heads, KVH=spec.n_kv_heads, HD=spec.head_dim, F=spec.ffn_dim, V=spec.vocab_size,
-        B=batch, KIND=KIND_INT8_UNIT if (kind_name == "int8" and t.int8_unit_floats) else kind, QGROUP=g,
-        N_COUNTERS=prog.space.size,
-        WSTR_D=wstr(spec.dim), WSTR_Q=wstr(spec.q_dim), WSTR_F=wstr(spec.ffn_dim),
-        SSTR_D=sstr(spec.dim), SSTR_Q=sstr(spec.q_dim), SSTR_F=sstr(spec.ffn_dim),
-        B_PAD=t.b_pad, USE_DOT=t.use_dot, DOT_DTYPE=dot_operand_dtype(act_dtype), PREFETCH=t.prefetch,
-        FOLD=t.k_fold,
-        QKV_P=t.qkv.block_n, QKV_BK=t.qkv.block_k, QKV_GPS=t.qkv.groups_per_step,
-        O_BN=t.o.block_n, O_BK=t.o.block_k, O_GPS=t.o.groups_per_step, O_TPI=t.o.tiles_per_instr,
-        GU_BN=t.gate_up.block_n, GU_BK=t.gate_up.block_k, GU_GPS=t.gate_up.groups_per_step,
-        GU_TPI=t.gate_up.tiles_per_instr,
-        DN_BN=t.down.block_n, DN_BK=t.down.block_k, DN_GPS=t.down.groups_per_step, DN_TPI=t.down.tiles_per_instr,
-        LM_BN=t.lm_head.block_n, LM_BK=t.lm_head.block_k, LM_GPS=t.lm_head.groups_per_step,
-        LM_TPI=t.lm_head.tiles_per_instr, N_LM=prog.n_lm,
-        EMBED_BLOCK=t.embed_block, KV_BLOCK=t.kv_block, N_SPLITS=t.n_splits, SPLITS_PAD=next_pow2(t.n_splits),
-        G_PAD=max(next_pow2(gq), 16), GR_PAD=next_pow2(gq), HD_PAD=hd_pad_of(spec.head_dim),
-        ARGMAX_BLOCK=min(t.argmax_block, next_pow2(prog.n_lm)), W=WORDS, num_warps=t.num_warps,
-        **({"maxnreg": t.max_regs} if t.max_regs else {}))
-
-
 class Megakernel:
     """The whole decode step of one (weights, KV cache) pair as persistent-kernel launches."""
 
     def __init__(self, weights: ModelWeights, cache: KVCache, *, fusion: str = "model", policy: str = "round-robin",
-                 programs_per_sm: int = 2, n_programs: Optional[int] = None, tiles: Optional[dict] = None,
+                 programs_per_sm: int = 2, n_programs: Optional[int] = None, tiles: Optional[TileOptions] = None,
                  spin_limit: Optional[int] = None, timeline: bool = False, tuned: bool = True):
         if not isinstance(cache.k, torch.Tensor):
             raise ValueError("megakernel needs the stacked KV cache [n_layers, B, KVH, S_max, hd], not per-layer buffers")
@@ -109,18 +70,18 @@ class Megakernel:
         self.programs_per_sm_requested = programs_per_sm
         self.spin_limit = spin_limit or (SPIN_LIMIT_CPU if self.interpret else SPIN_LIMIT_GPU)
         # Tiles: the built-in choice (lower.pick_tiles), then this GPU's cached tuning winner for the point
-        # (kernels/mega/tuned.json, unless tuned=False), then the caller's explicit overrides.
+        # (kernels/mega/tuned.json, unless tuned=False), then the caller's explicit options.
         self.tuned_tiles = {} if (self.interpret or not tuned) else \
             tuned_lookup(torch.cuda.get_device_name(device), spec.name, weights.quant, self.batch)
-        self._tile_overrides = {**self.tuned_tiles, **(tiles or {})}
-        self.cos, self.sin = rope_tables(spec, cache.max_len, device)
-        self._static = self._static_args()
+        self.options = replace(TileOptions(**self.tuned_tiles), **(tiles or TileOptions()).given())
+        cos, sin = spec.rope_tables(cache.max_len, device)
+        self._weights_arg, self._cache_arg = weights_arg(weights), cache_arg(cache, cos, sin, spec)
         if n_programs is None:
             n_programs = 1 if self.interpret else sm_count(device) * programs_per_sm
         self.programs_per_sm = programs_per_sm
         self._build(n_programs)
         self.n_regs: Optional[int] = None  # registers per thread of the compiled kernel (GPU)
-        if not self.interpret:  # size the grid from what is co-resident (FACTS.md: the hang lesson)
+        if not self.interpret:  # size the grid from what is co-resident: a grid larger than that hangs on its waits
             for _ in range(3):
                 self.n_regs, per_sm = occupancy(self._compile(), device)
                 fit = per_sm * sm_count(device)
@@ -140,12 +101,11 @@ class Megakernel:
         spec, w = self.w.spec, self.w
         self.n_programs = n_programs
         self.tiles = pick_tiles(spec, w.quant, w.group_size, self.batch, self.cache.max_len, n_programs,
-                                interpret=self.interpret, **self._tile_overrides)
+                                interpret=self.interpret, options=self.options)
         self.prog = lower(spec, w.quant, w.group_size, self.batch, self.cache.max_len, self.tiles)
         self.schedule = build_schedule(self.prog, n_programs, self.policy, self.fusion, self.device)
         self.state = State.alloc(self.prog, self.device, n_programs)
-        self._check_l2_prefetch()
-        self._constexprs = self._constexpr_args()
+        self._dims, self._tiles = constexprs(self.prog, w.dtype)
         q_max = max(la.queues.shape[1] for la in self.schedule.launches)
         n_rec = len(self.schedule.launches) * n_programs * q_max * 4 if self.timeline else 1
         self.timeline_buf = torch.zeros(n_rec, dtype=torch.int64, device=self.device)
@@ -156,34 +116,6 @@ class Megakernel:
         if schedule.lowered is not self.prog:
             raise ValueError("the schedule belongs to another lowering")
         self.schedule = schedule
-
-    def _static_args(self) -> list:
-        w, c = self.w, self.cache
-        lin = []
-        for name in ("wqkv", "wo", "w_gate", "w_up", "w_down"):
-            ql = w.stacked[name]
-            wt = _contig(ql.weight, f"stacked {name} weight")
-            lin += [wt, _contig(ql.scale, f"{name} scale") if ql.scale is not None else wt,
-                    _contig(ql.zero, f"{name} zero") if ql.zero is not None else wt]
-        lm = w.lm_head
-        lin_lm = [_contig(lm.weight, "lm_head weight"), lm.scale if lm.scale is not None else lm.weight,
-                  lm.zero if lm.zero is not None else lm.weight]
-        norms = [_contig(w.embed, "embed"), _contig(w.stacked_norms["attn_norm"], "attn norms"),
-                 _contig(w.stacked_norms["mlp_norm"], "mlp norms"), _contig(w.final_norm, "final norm")]
-        qkv, o, gate, up, down = (lin[i:i + 3] for i in range(0, 15, 3))
-        return norms + qkv + o + gate + up + down + lin_lm + [_contig(c.k, "KV cache k"), _contig(c.v, "KV cache v"),
-                                                              self.cos.contiguous(), self.sin.contiguous()]
-
-    def _constexpr_args(self) -> dict:
-        cx = constexpr_args(self.w.spec, self.w.lm_head.kind, self.w.group_size, self.w.dtype, self.batch,
-                            self.tiles, self.prog)
-        return dict(cx, TIMELINE=self.timeline, CLOCK=0 if self.interpret else 1,
-                    L2_PREFETCH=0 if self.interpret else self.tiles.l2_prefetch)  # inline PTX: GPU only
-
-    def _check_l2_prefetch(self) -> None:
-        problem = l2_prefetch_problem(self.w.spec, self.w.quant, self.tiles, self.tiles.l2_prefetch)
-        if problem:
-            raise ValueError(f"megakernel: {problem}")
 
     def _timeline_slice(self, li: int) -> torch.Tensor:
         """Launch li's records [n_programs, its queue length, 4] in the timeline buffer."""
@@ -206,17 +138,19 @@ class Megakernel:
                     out.append((li, p, pos, instr, *rec[p][pos]))
         return out
 
-    def _args(self, li: int, advance: bool) -> list:
-        la, st, spec = self.schedule.launches[li], self.state, self.w.spec
-        return ([la.queues, la.lengths, la.queues.shape[1] * WORDS, st.counters, st.error, li, self.spin_limit,
-                 int(advance), st.tokens, st.positions, st.next_tokens, st.h, st.q, st.attn, st.act, st.o_part, st.lse,
-                 st.logits, st.pmax, st.pidx] + self._static
-                + [self.cache.max_len, spec.norm_eps, spec.head_dim ** -0.5 * 1.4426950408889634,
-                   self._timeline_slice(li), self.clock])
+    def _args(self, li: int, advance: bool) -> tuple[list, dict]:
+        """(arguments, keyword arguments) of launch li (kernels/mega/args.py)."""
+        la = self.schedule.launches[li]
+        args = [queue_arg(la.queues, la.lengths, li, self.spin_limit, advance),
+                buffers_arg(self.state, self._timeline_slice(li), self.clock), self._weights_arg, self._cache_arg]
+        kwargs = dict(dims=self._dims, tiles=self._tiles, TIMELINE=self.timeline, CLOCK=0 if self.interpret else 1,
+                      L2_PREFETCH=self.tiles.l2_prefetch, num_warps=self.tiles.num_warps)
+        return args, kwargs
 
     def _compile(self):
         """The compiled kernel of launch 0's signature (for its register / shared-memory footprint)."""
-        return _megakernel.warmup(*self._args(0, False), grid=(1,), **self._constexprs)
+        args, kwargs = self._args(0, False)
+        return _megakernel.warmup(*args, grid=(1,), **kwargs)
 
     # ---- running -------------------------------------------------------------------------
     def set_inputs(self, tokens: torch.Tensor, positions: torch.Tensor) -> None:
@@ -227,7 +161,8 @@ class Megakernel:
         """Runs one decode step from the device buffers; returns logits [B, V] fp32 (a persistent buffer)."""
         self._poll_error()
         for li, la in enumerate(self.schedule.launches):
-            _megakernel[(la.grid,)](*self._args(li, advance), **self._constexprs)
+            args, kwargs = self._args(li, advance)
+            _megakernel[(la.grid,)](*args, **kwargs)
         self._record_error()
         return self.state.logits
 
@@ -306,14 +241,10 @@ class Megakernel:
         g = lambda name, x: f"{name}={x.block_n}x{x.block_k}" + (f"x{x.tiles_per_instr}" if x.tiles_per_instr > 1 else "")  # noqa: E731
         parts = [f"warps={t.num_warps}", g("qkv", t.qkv), g("o", t.o), g("gu", t.gate_up), g("down", t.down),
                  g("lm", t.lm_head), f"kv_block={t.kv_block}", f"splits={t.n_splits}", f"dot={int(t.use_dot)}"]
-        if t.prefetch:
-            parts.append("prefetch")
-        if t.max_regs:
-            parts.append(f"max_regs={t.max_regs}")
+        if t.k_fold > 1:
+            parts.append(f"k_fold={t.k_fold}")
         if t.l2_prefetch:
             parts.append(f"l2_prefetch={t.l2_prefetch}")
-        if t.int8_unit_floats:
-            parts.append("int8_unit_floats")
         if self.tuned_tiles:
             parts.append("tuned(" + ",".join(f"{k}={v}" for k, v in sorted(self.tuned_tiles.items())) + ")")
         return " ".join(parts)

@@ -5,7 +5,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kernels.mega.lower import Lowered, next_pow2
+from kernels.mega.lower import Lowered
+from kernels.tiles import next_pow2
 
 ERROR_WORDS = 8  # a record: [code, program, queue position, instr id, counter, value seen, target, launch]
 

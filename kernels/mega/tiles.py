@@ -1,7 +1,7 @@
 """Device functions of the megakernel that kernels/*.py does not provide.
 
 The per-tile math comes from the per-op kernels (kernels/gemv.gemv_tile, kernels/attention,
-kernels/lm_head, kernels/elementwise); here are the synchronisation helpers, which follow FACTS.md:
+kernels/lm_head, kernels/elementwise); here are the synchronisation helpers, measured on Hopper:
 acquire / release atomics at gpu scope with tl.debug_barrier() on both sides, every spin bounded,
 and a bf16 store that rounds to nearest-even also in the Triton interpreter (whose fp32 -> bf16
 cast truncates).

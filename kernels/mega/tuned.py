@@ -13,25 +13,30 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterable, Optional
 
-from harness.results import gpu_slug
+from kernels import gpu_slug
+from kernels.mega.lower import TileOptions
 
 CACHE = Path(__file__).with_name("tuned.json")
 MIN_GAIN = 0.03  # a variant must be 3% faster than the built-in choice, same run, to be cached
 RUNTIME_KEYS = ("programs_per_sm", "fusion", "policy")  # Megakernel arguments, not tiles
-FLAG_KEYS = ("prefetch", "int4_dot", "dot", "int8_unit_floats")
+TILE_KEYS = tuple(f.name for f in fields(TileOptions))
 
 
 def parse_variant(text: str) -> tuple[str, dict, dict]:
-    """"NAME:key=value,..." -> (name, Megakernel keyword arguments, tile overrides)."""
+    """"NAME:key=value,..." -> (name, Megakernel keyword arguments, TileOptions fields). A key that is neither
+    raises ValueError naming the choices."""
     name, _, body = text.partition(":")
     run_kw, tiles = {}, {}
     for item in filter(None, body.split(",")):
         k, _, v = item.partition("=")
+        if k not in RUNTIME_KEYS + TILE_KEYS:
+            raise ValueError(f"variant {text!r}: {k!r} is not one of {', '.join(RUNTIME_KEYS + TILE_KEYS)}")
         val = v if k in ("fusion", "policy") else int(v)
-        (run_kw if k in RUNTIME_KEYS else tiles)[k] = bool(val) if k in FLAG_KEYS else val
+        (run_kw if k in RUNTIME_KEYS else tiles)[k] = val
     return name, run_kw, tiles
 
 

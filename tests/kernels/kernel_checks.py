@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.quant import QLinear, quantize_linear
+from kernels.quant import QLinear, quantize_linear
 from kernels import interpreting
 
 # Kernels run on the GPU when there is one (compiled), else on the CPU through the interpreter.

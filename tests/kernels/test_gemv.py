@@ -1,18 +1,35 @@
 """GEMV kernels (plain, fused RMSNorm prologue, residual epilogue, gate/up + SiLU) vs the fp32 reference,
-for every weight layout, batch 1 and 3, both inner products (FMA and tl.dot), ragged N and K."""
+for every weight layout, at batches that take each inner product (kernels/tiles.py: FMA below batch 4, tensor
+cores from 4 for dense / int8 and from 16 for int4), ragged N and K."""
 import pytest
 import torch
 
 from kernel_checks import QUANTS, assert_close, generator, make_linear, nan_full, randn, INTERPRETER_WARNINGS
 from kernels import reference as ref
 from kernels.gemv import gemv, gemv_silu_mul, pick_config
+from kernels.quant import Kind
 
 pytestmark = INTERPRETER_WARNINGS
 
 QUANT_IDS = [q[0] for q in QUANTS]
 # (N, K): N not a multiple of any block; K = 96 leaves a ragged K step (dense/int8) or group step (int4 g32).
 SHAPES = [(75, 96), (200, 256)]
-PATHS = {"fma": False, "dot": True}
+# Batches: 1 and 3 on the FMA tile, 5 on tensor cores for dense / int8 (FMA for int4), 16 on tensor cores for all.
+BATCHES = [1, 3, 5, 16]
+
+
+def _config(x, w, group_size: int):
+    """The launcher's own choice with a block_k small enough for several K steps at these tiny K (int4: two
+    groups per step)."""
+    return pick_config(x, w, block_k=2 * group_size if group_size else 64)
+
+
+def _expect_dot(w, batch: int, dtype) -> bool:
+    if dtype == torch.float32:
+        return False
+    if w.kind == Kind.INT4:
+        return batch >= 16 and w.group_size >= 32 and w.group_size & (w.group_size - 1) == 0
+    return batch >= 4
 
 
 def _cases(shapes):
@@ -21,71 +38,50 @@ def _cases(shapes):
             if not q[3] or k % q[3] == 0]
 
 
-def _small_block_k(group_size: int) -> int:
-    """A block_k that forces several K steps at these tiny K (int4: two groups per step)."""
-    return 2 * group_size if group_size else 64
-
-
 @pytest.mark.parametrize("quant,n,k", _cases(SHAPES))
-@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")
 @pytest.mark.parametrize("fusion", ["plain", "norm+residual"])
-def test_gemv(quant, n, k, batch, path, fusion):
+def test_gemv(quant, n, k, batch, fusion):
     qid, mode, dtype, group = quant
     gen = generator(n * k + batch)
     w = make_linear(n, k, mode, dtype, group, gen)
     x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
     residual = randn(batch, n, dtype=dtype, gen=gen) if fusion != "plain" else None
     norm_w = randn(k, dtype=dtype, gen=gen) if fusion != "plain" else None
-    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
-             use_dot=PATHS[path], block_k=_small_block_k(group))
+    cfg = _config(x, w, group)
+    assert cfg.use_dot == _expect_dot(w, batch, dtype), f"the tile rule's inner product at batch {batch}"
+    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype), config=cfg)
     assert y.dtype == dtype
-    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion}")
-
-
-@pytest.mark.parametrize("quant,n,k", _cases(SHAPES))
-@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("path", list(PATHS))
-def test_gemv_prefetch(quant, n, k, batch, path):
-    """Double-buffered weight loads (the step past K is a fully masked prefetch) give the same result."""
-    qid, mode, dtype, group = quant
-    gen = generator(n * k + batch + 7)
-    w = make_linear(n, k, mode, dtype, group, gen)
-    x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
-    residual, norm_w = randn(batch, n, dtype=dtype, gen=gen), randn(k, dtype=dtype, gen=gen)
-    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
-             use_dot=PATHS[path], block_k=_small_block_k(group), prefetch=True)
-    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv prefetch {qid}")
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion} B{batch}")
 
 
 @pytest.mark.parametrize("quant,n,k", [q for q in _cases(SHAPES) if "int4" not in q.id])
 @pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("k_fold", [2, 4])
-def test_gemv_k_fold(quant, n, k, batch, k_fold):
-    """Neighbouring input columns folded into one FMA accumulator (fold_mac): same result, plain and gate/up,
+def test_gemv_k_fold(quant, n, k, batch):
+    """Two neighbouring input columns folded into one FMA accumulator (fold_mac): same result, plain and gate/up,
     with a ragged last K step."""
     qid, mode, dtype, group = quant
-    gen = generator(n * k + batch + 11 * k_fold)
+    gen = generator(n * k + batch + 22)
     w, w_up = make_linear(n, k, mode, dtype, group, gen), make_linear(n, k, mode, dtype, group, gen)
     x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
     residual, norm_w = randn(batch, n, dtype=dtype, gen=gen), randn(k, dtype=dtype, gen=gen)
-    assert pick_config(x, w, use_dot=False, k_fold=k_fold).k_fold == k_fold
-    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
-             use_dot=False, block_k=64, k_fold=k_fold)
-    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv k_fold={k_fold} {qid}")
-    y = gemv_silu_mul(x, w, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), use_dot=False,
-                      k_fold=k_fold)
-    assert_close(y, ref.gemv_silu_mul(x, w, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul k_fold={k_fold} {qid}")
+    cfg = pick_config(x, w, block_k=64, k_fold=2)
+    assert cfg.k_fold == 2 and not cfg.use_dot
+    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype), config=cfg)
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv k_fold=2 {qid}")
+    y = gemv_silu_mul(x, w, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype),
+                      config=pick_config(x, w, k_fold=2))
+    assert_close(y, ref.gemv_silu_mul(x, w, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul k_fold=2 {qid}")
 
 
 def test_pick_config_k_fold_widens_the_fma_step_only():
-    x = torch.zeros(1, 4096, dtype=torch.bfloat16)
+    x1, x16 = torch.zeros(1, 4096, dtype=torch.bfloat16), torch.zeros(16, 4096, dtype=torch.bfloat16)
     w = make_linear(64, 4096, "bf16", torch.bfloat16, 0, generator(0))
-    one, two = pick_config(x, w, use_dot=False), pick_config(x, w, use_dot=False, k_fold=2)
+    one, two = pick_config(x1, w), pick_config(x1, w, k_fold=2)
     assert (two.block_k, two.k_fold) == (2 * one.block_k, 2)
-    assert pick_config(x, w, use_dot=True, k_fold=2).k_fold == 1  # the tensor-core tile has no FMA accumulators
+    assert pick_config(x16, w, k_fold=2).k_fold == 1  # the tensor-core tile has no FMA accumulators
     with pytest.raises(ValueError, match="k_fold=3"):
-        pick_config(x, w, k_fold=3)
+        pick_config(x1, w, k_fold=3)
 
 
 @pytest.mark.parametrize("quant,n,k", _cases([(75, 256)]))
@@ -112,9 +108,8 @@ def test_gemv_fused_norm_equals_norm_then_gemv():
 
 
 @pytest.mark.parametrize("quant,n,k", _cases([(75, 128)]))
-@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("path", list(PATHS))
-def test_gemv_silu_mul(quant, n, k, batch, path):
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")
+def test_gemv_silu_mul(quant, n, k, batch):
     qid, mode, dtype, group = quant
     gen = generator(3 * n + k + batch)
     w_gate = make_linear(n, k, mode, dtype, group, gen)
@@ -122,14 +117,14 @@ def test_gemv_silu_mul(quant, n, k, batch, path):
     x = randn(batch, k, dtype=dtype, gen=gen)
     norm_w = randn(k, dtype=dtype, gen=gen)
     y = gemv_silu_mul(x, w_gate, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype),
-                      use_dot=PATHS[path], block_k=_small_block_k(group))
+                      config=_config(x, w_gate, group))
     assert_close(y, ref.gemv_silu_mul(x, w_gate, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul {qid}")
 
 
 def test_pick_config_int4_steps_whole_groups():
     gen = generator(5)
     w = make_linear(64, 768, "int4", torch.float16, 128, gen)
-    cfg = pick_config(randn(1, 768, dtype=torch.float16, gen=gen), w, use_dot=False, block_k=512)
+    cfg = pick_config(randn(1, 768, dtype=torch.float16, gen=gen), w, block_k=512)
     assert cfg.groups_per_step == 4 and cfg.block_k == 4 * 128  # 4 whole groups of 128 columns
 
 
@@ -141,37 +136,15 @@ def test_gemv_rejects_wrong_input_width():
 
 
 @pytest.mark.parametrize("group", [6, 16, 48], ids=lambda g: f"g{g}")  # 6, 48: padded groups; 16: tiny groups
-@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("path", list(PATHS))
-def test_gemv_int4_small_or_odd_groups(group, batch, path):
-    """Groups that are not a power of two run on the FMA path even when tl.dot is asked for."""
+@pytest.mark.parametrize("batch", [1, 3, 16], ids=lambda b: f"B{b}")
+def test_gemv_int4_small_or_odd_groups(group, batch):
+    """Groups that are no power of two >= 32 run on the FMA path at every batch."""
     gen = generator(group + batch)
     n, k, dtype = 75, 96, torch.float16
     w = make_linear(n, k, "int4", dtype, group, gen)
     x = randn(batch, k, dtype=dtype, gen=gen)
     norm_w = randn(k, dtype=dtype, gen=gen)
-    if group & (group - 1):
-        assert not pick_config(x, w, use_dot=PATHS[path]).use_dot
-    y = gemv(x, w, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), use_dot=PATHS[path], block_k=2 * group)
+    cfg = pick_config(x, w, block_k=2 * group)
+    assert not cfg.use_dot
+    y = gemv(x, w, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), config=cfg)
     assert_close(y, ref.gemv(x, w, None, norm_w, 1e-5), dtype, f"gemv int4 g{group}")
-
-
-@pytest.mark.parametrize("quant,n,k", [q for q in _cases(SHAPES) if "int8" in q.id])
-@pytest.mark.parametrize("batch", [1, 3], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("fusion", ["plain", "norm+residual"])
-def test_gemv_int8_unit_floats(quant, n, k, batch, fusion):
-    """int8 through unit floats (1 + (q + 128) / 256, sum x q = 256 sum x f - 384 sum x) equals the reference,
-    for the plain GEMV and the gate/up pair."""
-    qid, mode, dtype, group = quant
-    gen = generator(n * k + batch + 13)
-    w = make_linear(n, k, mode, dtype, group, gen)
-    x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
-    residual = randn(batch, n, dtype=dtype, gen=gen) if fusion != "plain" else None
-    norm_w = randn(k, dtype=dtype, gen=gen) if fusion != "plain" else None
-    y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype),
-             use_dot=False, block_k=64, int8_unit_floats=True)
-    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv unit floats {qid} {fusion}")
-    w_up = make_linear(n, k, mode, dtype, group, gen)
-    y = gemv_silu_mul(x, w, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), use_dot=False,
-                      int8_unit_floats=True)
-    assert_close(y, ref.gemv_silu_mul(x, w, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul unit floats {qid}")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from harness.models import named_spec
-from harness.quant import quantize_linear
+from kernels.quant import quantize_linear
 from kernel_checks import assert_close, nan_full
 from kernels import reference as ref
+from kernels.model import rope_tables
 from kernels.attention import decode_attention
 from kernels.elementwise import add, silu_mul
 from kernels.embedding import embedding
@@ -74,29 +75,6 @@ def test_gemv_real_shapes(layer, model, quant, batch):
     assert_close(y, ref.gemv(x, w, res, nw, EPS), dtype, layer)
 
 
-@pytest.mark.parametrize("batch", [1, 16], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("layer", ["wqkv+norm", "w_down+residual", "gate_up_silu"])
-def test_gemv_int8_unit_floats_real_shapes(layer, model, batch):
-    """int8 through unit floats (the PTX path compiled on the GPU, FMA tile) at the real shapes."""
-    dtype, spec = torch.bfloat16, named_spec(model)
-    gen = _gen("unit", layer, model, batch)
-    if layer == "gate_up_silu":
-        wg, wu = _weight(model, "int8", "w_gate"), _weight(model, "int8", "w_up")
-        x, nw = _randn(gen, batch, spec.dim, dtype=dtype), _randn(gen, spec.dim, dtype=dtype)
-        y = gemv_silu_mul(x, wg, wu, norm_weight=nw, eps=EPS, out=nan_full(batch, spec.ffn_dim, dtype=dtype),
-                          use_dot=False, int8_unit_floats=True)
-        assert_close(y, ref.gemv_silu_mul(x, wg, wu, nw, EPS), dtype, layer)
-        return
-    w = _weight(model, "int8", layer.split("+")[0])
-    x = _randn(gen, batch, w.in_features, dtype=dtype)
-    nw = _randn(gen, w.in_features, dtype=dtype) if "norm" in layer else None
-    res = _randn(gen, batch, w.out_features, dtype=dtype) if "residual" in layer else None
-    y = gemv(x, w, residual=res, norm_weight=nw, eps=EPS, out=nan_full(batch, w.out_features, dtype=dtype),
-             use_dot=False, int8_unit_floats=True)
-    assert_close(y, ref.gemv(x, w, res, nw, EPS), dtype, layer)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("batch", [1, 16], ids=lambda b: f"B{b}")
@@ -116,7 +94,7 @@ def test_small_ops_real_shapes(batch, model, dtype):
     h, kvh, hd, s_max = spec.n_heads, spec.n_kv_heads, spec.head_dim, 4096
     qkv = _randn(gen, batch, spec.qkv_dim, dtype=dtype)
     positions = torch.randint(0, s_max, (batch,), generator=gen, device="cuda")
-    cos, sin = ref.rope_cos_sin(hd, s_max, spec.rope_theta, device="cuda")
+    cos, sin = rope_tables(hd, s_max, spec.rope_theta, device="cuda")
     kc, vc = _randn(gen, batch, kvh, s_max, hd, dtype=dtype), _randn(gen, batch, kvh, s_max, hd, dtype=dtype)
     kc_ref, vc_ref = kc.clone(), vc.clone()
     q = rope_kv_append(qkv, positions, cos, sin, kc, vc, h, kvh, hd, out=nan_full(batch, h, hd, dtype=dtype))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from harness.quant import quantize_linear
+from kernels.quant import quantize_linear
 from kernel_checks import QUANTS, assert_close, generator, make_linear, nan_full, randn, INTERPRETER_WARNINGS
 from kernels import reference as ref
 from kernels.lm_head import lm_head_argmax

@@ -5,6 +5,7 @@ import torch
 
 from kernel_checks import DEVICE, DTYPE_IDS, assert_close, generator, nan_full, randn, INTERPRETER_WARNINGS
 from kernels import reference as ref
+from kernels.model import rope_tables
 from kernels.rope import rope_kv_append
 
 pytestmark = INTERPRETER_WARNINGS
@@ -22,7 +23,7 @@ def test_rope_kv_append(dtype, batch, heads):
     qkv = randn(batch, (n_heads + 2 * n_kv) * hd, dtype=dtype, gen=gen)
     positions = torch.randperm(s_max, generator=gen)[:batch].to(DEVICE)  # each sequence its own position
     positions[0] = s_max - 1
-    cos, sin = ref.rope_cos_sin(hd, s_max, theta=10000.0, device=DEVICE)
+    cos, sin = rope_tables(hd, s_max, 10000.0, device=DEVICE)
     k_cache = randn(batch, n_kv, s_max, hd, dtype=dtype, gen=gen)
     v_cache = randn(batch, n_kv, s_max, hd, dtype=dtype, gen=gen)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
@@ -37,7 +38,7 @@ def test_rope_kv_append(dtype, batch, heads):
 def test_rope_position_zero_is_identity():
     gen = generator(1)
     qkv = randn(1, 4 * 32, gen=gen)
-    cos, sin = ref.rope_cos_sin(32, 4, device=DEVICE)
+    cos, sin = rope_tables(32, 4, 500000.0, device=DEVICE)
     k_cache, v_cache = randn(1, 1, 4, 32, gen=gen), randn(1, 1, 4, 32, gen=gen)
     q = rope_kv_append(qkv, torch.zeros(1, dtype=torch.int64, device=DEVICE), cos, sin, k_cache, v_cache, 2, 1, 32)
     torch.testing.assert_close(q.reshape(1, -1), qkv[:, :64])

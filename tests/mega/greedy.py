@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from harness.reference import KVCache, LlamaDecoder
-from harness.weights import ModelWeights
+from harness.reference import LlamaDecoder
+from kernels.model import KVCache
+from kernels.model import ModelWeights
 from kernels.mega.runtime import Megakernel
 
 

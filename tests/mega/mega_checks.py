@@ -8,9 +8,12 @@ from functools import lru_cache
 import pytest
 import torch
 
-from harness.models import ModelSpec, named_spec
-from harness.reference import KVCache, LlamaDecoder
-from harness.weights import ModelWeights, random_weights
+from harness.models import named_spec
+from kernels.model import ModelSpec
+from harness.reference import LlamaDecoder
+from kernels.model import KVCache
+from harness.weights import random_weights
+from kernels.model import ModelWeights
 
 QUANTS = ["fp32", "fp16", "bf16", "int8", "int4"]
 FUSIONS = ["model", "layer", "block", "op"]

@@ -10,7 +10,9 @@ import torch
 from harness.weights import random_weights
 from kernels import interpreting
 from kernels.mega.diff import first_divergence
+from kernels.errors import ConfigError
 from kernels.mega.instructions import AttnPartial
+from kernels.mega.lower import TileOptions
 from kernels.mega.pyvm import PyVM
 from kernels.mega.runtime import Megakernel, MegakernelError
 from kernels.mega.schedule import build_schedule
@@ -31,6 +33,7 @@ SUBSET = [
     ("tiny", "int8", 1, "op", "round-robin"),
     ("tiny", "int4", 1, "layer", "round-robin"),
     ("tiny", "int4", 4, "block", "cost-balanced"),
+    ("tiny", "int4", 16, "model", "round-robin"),  # int4 on its tensor-core tile (kernels/tiles.INT4_DOT_MIN_BATCH)
     ("odd", "fp16", 3, "model", "round-robin"),
 ]
 
@@ -55,20 +58,12 @@ def test_interpreter_matches_vm(model, quant, batch, fusion, policy):
     assert mk.state.counters.eq(0).all() and mk.state.error.eq(0).all()
 
 
-# Tile options that change how bytes are fetched or dequantised, never the result: double-buffered weight loads,
-# int4 on the tensor-core tile (integer nibbles in tl.dot, scale and zero once per group, the batch padded to 16 rows
-# inside the tile), int8 through unit floats, neighbouring columns folded into one FMA accumulator.
+# Tile options (kernels/mega/lower.TileOptions) change the tile geometry, never the result.
 TILE_OPTIONS = [
-    ("bf16", 1, {"prefetch": True}),
-    ("int8", 4, {"prefetch": True}),
-    ("int4", 1, {"prefetch": True}),
-    ("int4", 1, {"int4_dot": True}),
-    ("int4", 4, {"int4_dot": True}),
-    ("int8", 1, {"int8_unit_floats": True}),
-    ("int8", 4, {"int8_unit_floats": True}),
-    ("bf16", 1, {"k_fold": 2}),
-    ("int8", 4, {"k_fold": 4}),
-    ("int8", 1, {"k_fold": 2, "int8_unit_floats": True}),
+    ("bf16", 1, TileOptions(k_fold=2)),
+    ("int8", 1, TileOptions(k_fold=2, gemv_rows=8)),
+    ("int4", 1, TileOptions(gemv_rows=8)),
+    ("int8", 4, TileOptions(gemv_rows=32)),
 ]
 
 
@@ -77,8 +72,10 @@ def test_interpreter_tile_options_match_vm(quant, batch, tiles):
     case = make_case("tiny", quant, batch)
     vm_cache = case.cache.clone()
     mk = Megakernel(case.w, case.cache, tiles=tiles)
-    if tiles.get("int4_dot"):
-        assert mk.prog.tiles.use_dot and mk.prog.tiles.b_pad == batch
+    if tiles.gemv_rows:
+        assert mk.tiles.o.block_n == mk.tiles.down.block_n == tiles.gemv_rows
+    if tiles.k_fold:
+        assert mk.tiles.k_fold == tiles.k_fold
     out = mk.decode(case.tokens, case.positions)
     mk.check()
     vm_out = PyVM(mk.prog, case.w, vm_cache).decode(build_schedule(mk.prog, 1, "round-robin", "model"), case.tokens,
@@ -87,6 +84,14 @@ def test_interpreter_tile_options_match_vm(quant, batch, tiles):
     assert_logits_close(out, vm_out, KERNEL_TOL, what + " vs VM")
     assert_logits_close(out, case.ref_logits, KERNEL_TOL, what + " vs reference")
     assert_cache_written(case, case.cache, what)
+
+
+def test_tile_options_the_interpreter_cannot_honour_are_refused():
+    case = make_case("tiny", "bf16", 1)
+    with pytest.raises(ConfigError, match=r"megakernel.tiles.l2_prefetch=1 is GPU-only"):
+        Megakernel(case.w, case.cache, tiles=TileOptions(l2_prefetch=1))
+    with pytest.raises(ConfigError, match=r"megakernel.tiles.k_fold=4 must be one of 1, 2"):
+        Megakernel(case.w, case.cache, tiles=TileOptions(k_fold=4))
 
 
 def test_timeout_names_the_instruction_and_counter():
@@ -145,7 +150,7 @@ def test_impl_through_the_harness_interface():
     assert impl.info()["mega_launches"] == case.w.spec.n_layers
     bad = ImplContext(cfg=cfg, spec=spec_of("odd"), weights=SimpleNamespace(quant="int4", group_size=64),
                       cache=case.cache, device=torch.device("cpu"))
-    assert "group_size=64 must be even and divide dim=96" in cls.unsupported(bad)
+    assert "quant.group_size=64 does not divide model.dim=96" in cls.unsupported(bad)
 
 
 def test_diff_tool_finds_the_first_divergent_instruction():
@@ -159,8 +164,9 @@ def test_diff_tool_finds_the_first_divergent_instruction():
 
 def test_int4_group_size_not_a_power_of_two():
     """int4 with group 48 (padded to 64 in registers) on a model whose dims 48 divides."""
-    from harness.models import ModelSpec
-    from harness.reference import KVCache, LlamaDecoder
+    from kernels.model import ModelSpec
+    from harness.reference import LlamaDecoder
+    from kernels.model import KVCache
 
     spec = ModelSpec(name="g48", dim=96, n_layers=2, n_heads=6, n_kv_heads=3, ffn_dim=192, vocab_size=200,
                      max_seq_len=256, head_dim=16)

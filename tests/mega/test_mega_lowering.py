@@ -8,7 +8,8 @@ import torch
 from harness.models import named_spec
 from kernels.mega.instructions import (WORDS, Argmax, AttnPartial, AttnReduce, DownResidual, Embed, LmHead,
                                        OProjResidual, RmsGateUpSilu, RmsQkvRope, from_words)
-from kernels.mega.lower import lower, pick_tiles
+from kernels.errors import ConfigError
+from kernels.mega.lower import TileOptions, lower, pick_tiles
 from kernels.mega.pyvm import DeadlockError, DependencyError, PyVM
 from kernels.mega.schedule import FUSIONS, POLICIES, Launch, Schedule, build_schedule, simulate
 from kernels.mega.state import State
@@ -170,33 +171,37 @@ def test_vm_detects_a_deadlocking_schedule():
         vm.run(sch)
 
 
-def test_gpu_tiles_default_to_l2_prefetch_and_int4_paths_by_batch():
-    """GPU tile choice: L2 prefetch of 2 K steps unless overridden; int4 on the FMA tile below batch 16 and on the
-    tensor-core tile from 16 (or as int4_dot says); a prefetch the tiles cannot express falls back, never raises."""
+def test_gpu_tiles_default_to_l2_prefetch_and_the_tile_rule_by_batch():
+    """GPU tile choice: L2 prefetch of 2 K steps unless an option says otherwise; the inner product by the tile rule
+    (kernels/tiles.py): int4 on the FMA tile below batch 16 and on its tensor-core tile from 16 (group a power of
+    two), dense / int8 on tensor cores from batch 4; a prefetch the tiles cannot express falls back, never raises."""
     spec = named_spec("llama8b")
     t1 = pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False)
     assert t1.l2_prefetch == 2 and not t1.use_dot and t1.b_pad == 1
-    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False, l2_prefetch=0).l2_prefetch == 0
-    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False, int4_dot=True).use_dot
+    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False,
+                      options=TileOptions(l2_prefetch=0)).l2_prefetch == 0
     t16 = pick_tiles(spec, "int4", 128, 16, 1025, 264, interpret=False)
     assert t16.use_dot and t16.b_pad == 16
     assert not pick_tiles(spec, "int4", 48, 16, 1025, 264, interpret=False).use_dot  # 48: not a power of two
-    assert pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False).use_dot
+    assert not pick_tiles(spec, "int8", 0, 3, 1025, 264, interpret=False).use_dot
+    t4 = pick_tiles(spec, "int8", 0, 4, 1025, 264, interpret=False)
+    assert t4.use_dot and t4.b_pad == 16
     assert pick_tiles(named_spec("tiny"), "bf16", 0, 1, 64, 264, interpret=False).l2_prefetch in (0, 1, 2)
 
 
-def test_gpu_tiles_dot_and_k_fold_options():
-    """dot puts dense / int8 weights on the tensor-core tile at any batch (16 padded rows) or keeps them off it;
-    k_fold widens the FMA tiles' K step k_fold x for the same accumulators, never on tensor cores or int4."""
+def test_gpu_tile_options():
+    """gemv_rows sets the GEMV stages' tile height; k_fold widens the FMA tiles' K step k_fold x for the same
+    accumulators, never on tensor cores or int4; values the rule cannot take are refused in one sentence."""
     spec = named_spec("llama8b")
     base = pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False)
-    assert not base.use_dot and base.k_fold == 1
-    dot = pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, dot=True)
-    assert dot.use_dot and dot.b_pad == 16
-    assert not pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False, dot=False).use_dot
-    fold = pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, k_fold=2)
-    assert fold.k_fold == 2 and fold.gate_up.block_k == 2 * base.gate_up.block_k
-    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False, k_fold=2).k_fold == 1
-    assert pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False, k_fold=2).k_fold == 1  # tensor cores
-    with pytest.raises(ValueError, match="k_fold=3"):
-        pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, k_fold=3)
+    assert not base.use_dot and base.k_fold == 1 and base.gate_up.block_n == 16
+    fold = pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, options=TileOptions(k_fold=2, gemv_rows=8))
+    assert fold.k_fold == 2 and fold.gate_up.block_n == 8 and fold.gate_up.block_k == 4 * base.gate_up.block_k
+    assert pick_tiles(spec, "int4", 128, 1, 1025, 264, interpret=False, options=TileOptions(k_fold=2)).k_fold == 1
+    assert pick_tiles(spec, "bf16", 0, 16, 1025, 264, interpret=False, options=TileOptions(k_fold=2)).k_fold == 1
+    for bad, msg in ((TileOptions(k_fold=3), "k_fold=3 must be one of 1, 2"),
+                     (TileOptions(gemv_rows=12), "gemv_rows=12 must be a power of two"),
+                     (TileOptions(num_warps=3), "num_warps=3 must be"),
+                     (TileOptions(l2_prefetch=3), "l2_prefetch=3 asks for")):
+        with pytest.raises(ConfigError, match=msg):
+            pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, options=bad)

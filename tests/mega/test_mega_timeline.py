@@ -61,29 +61,27 @@ def test_timeline_is_off_by_default():
 def test_resources_compile_for_sm90_without_a_gpu():
     """ptxas (shipped with Triton) compiles the real kernel here; the timeline variant alone reads the timer."""
     code = ("from kernels.mega import resources as R; from harness.models import named_spec;"
-            "s = named_spec('llama1b');"
+            "from kernels.mega.lower import TileOptions; s = named_spec('llama1b');"
             "c, t = R.compile_config(s, 'int4', 128, 1, 1025, 132); u = R.ptxas_usage(c);"
             "ct, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, timeline=True);"
-            "cp, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, l2_prefetch=0);"
+            "cp, _ = R.compile_config(s, 'int4', 128, 1, 1025, 132, options=TileOptions(l2_prefetch=0));"
             "c16, _ = R.compile_config(s, 'int4', 128, 16, 1025, 132);"
-            "c8, _ = R.compile_config(s, 'int8', 0, 1, 1025, 132, int8_unit_floats=True);"
             "print(u['regs'], u['spill_stores'], c.asm['ptx'].count('globaltimer'), ct.asm['ptx'].count('globaltimer'),"
             " R.programs_per_sm(u['regs'], t.num_warps, u['shared']), c.asm['ptx'].count('prefetch.global.L2'),"
-            " cp.asm['ptx'].count('prefetch.global.L2'), c.asm['ptx'].count('0x00780000'), c16.asm['ptx'].count('0x43004300'), c8.asm['ptx'].count('0x80808080'))")
+            " cp.asm['ptx'].count('prefetch.global.L2'), c.asm['ptx'].count('0x00780000'), c16.asm['ptx'].count('0x43004300'))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
         pytest.skip("no ptxas in this Triton install")
     assert res.returncode == 0, res.stderr[-2000:]
-    regs, spills, timer_plain, timer_tl, pps, pf_default, pf_off, unit_asm, nibble_asm, int8_asm = map(int, res.stdout.split())
+    regs, spills, timer_plain, timer_tl, pps, pf_default, pf_off, unit_asm, nibble_asm = map(int, res.stdout.split())
     assert 16 <= regs <= 255 and spills >= 0
     assert timer_plain == 0 and timer_tl > 0
     assert 1 <= pps <= 32
     assert pf_off == 0 and pf_default >= 5  # on by default: one site per GEMV stage (QKV and gate/up have two)
     assert unit_asm > 0  # int4 batch 1 dequantises with the unit-float PTX (0x3F800000 | nibble bits)
     assert nibble_asm > 0  # int4 batch 16 runs the tensor-core tile: packed bf16 nibbles (0x43004300 | nibble)
-    assert int8_asm > 0  # tiles.int8_unit_floats: the int8 PTX (q + 128 by xor 0x80808080) assembled
 
 
 def test_occupancy_reads_registers_once_the_kernel_is_loaded(monkeypatch):
@@ -98,16 +96,3 @@ def test_occupancy_reads_registers_once_the_kernel_is_loaded(monkeypatch):
                             shared_memory_per_multiprocessor=233472)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     assert occupancy(Compiled(), torch.device("cpu")) == (255, 2)  # 255 x 128 threads -> 32768 of 65536 registers
-
-
-@pytest.mark.skipif(not interpreting(), reason="CPU test through the Triton interpreter")
-@INTERPRETER_WARNINGS
-def test_l2_prefetch_option_is_checked_and_inert_on_the_cpu():
-    """l2_prefetch is inline PTX (GPU only): on the CPU the kernel runs without it and gives the same logits; a
-    value that does not give a power of two lines per row is refused with the option's name."""
-    case = make_case("tiny", "bf16", 1)
-    plain = Megakernel(case.w, case.cache.clone()).decode(case.tokens, case.positions).clone()
-    mk = Megakernel(case.w, case.cache, tiles={"l2_prefetch": 1})
-    assert (mk.decode(case.tokens, case.positions) == plain).all()
-    with pytest.raises(ValueError, match="tiles.l2_prefetch=3"):
-        Megakernel(case.w, case.cache, tiles={"l2_prefetch": 3})

@@ -1,8 +1,10 @@
 """The tuned-tile cache (kernels/mega/tuned.py): what a same-run comparison writes, what the megakernel reads."""
 import json
 
+import pytest
+
 from harness.models import named_spec
-from kernels.mega.lower import pick_tiles
+from kernels.mega.lower import TileOptions, pick_tiles
 from kernels.mega.tuned import CACHE, MIN_GAIN, load, lookup, parse_variant, update_from_rows
 
 
@@ -11,9 +13,11 @@ def _rows(gpu, point, times):
 
 
 def test_parse_variant_splits_runtime_arguments_from_tiles():
-    assert parse_variant("x:gemv_rows=8,programs_per_sm=1,int4_dot=1,fusion=layer") == (
-        "x", {"programs_per_sm": 1, "fusion": "layer"}, {"gemv_rows": 8, "int4_dot": True})
+    assert parse_variant("x:gemv_rows=8,programs_per_sm=1,k_fold=2,fusion=layer") == (
+        "x", {"programs_per_sm": 1, "fusion": "layer"}, {"gemv_rows": 8, "k_fold": 2})
     assert parse_variant("base:") == ("base", {}, {})
+    with pytest.raises(ValueError, match="'prefetch' is not one of"):
+        parse_variant("pf:prefetch=1")
 
 
 def test_winner_is_cached_only_beyond_the_noise_margin_and_removed_when_the_default_wins(tmp_path):
@@ -40,4 +44,4 @@ def test_committed_cache_entries_are_valid_tile_overrides():
             model, quant, batch = point.split(":")
             assert entry["ms"] < entry["base_ms"] * (1 - MIN_GAIN), (gpu, point)
             pick_tiles(named_spec(model), quant, 128, int(batch), entry["ctx"] + 1, 264, interpret=False,
-                       **entry["tiles"])
+                       options=TileOptions(**entry["tiles"]))

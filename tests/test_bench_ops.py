@@ -1,10 +1,10 @@
-"""kernels/bench_ops.py: importable on the CPU; on the GPU, one small run returns tidy rows."""
+"""harness/bench_ops.py: importable on the CPU; on the GPU, one small run returns tidy rows."""
 import inspect
 
 import pytest
 import torch
 
-from kernels.bench_ops import bench_ops
+from harness.bench_ops import bench_ops
 
 
 def test_bench_ops_signature():

@@ -1,6 +1,6 @@
 """Times every per-op Triton kernel at a model's real shapes next to its PyTorch equivalent.
 
-    python -m kernels.bench_ops --model llama8b --quant int4 --batch 1 --ctx 1024
+    python -m harness.bench_ops --model llama8b --quant int4 --batch 1 --ctx 1024
 
 PyTorch equivalents: eager ops for norm / element-wise / RoPE, F.linear (cuBLAS) on the
 dequantised weight for the GEMVs, SDPA forced to its FlashAttention backend (enable_gqa=True) for
@@ -16,15 +16,16 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-from harness.models import ModelSpec, named_spec
-from harness.quant import ACT_DTYPES, QLinear, quantize_linear
+from harness.models import named_spec
+from kernels.model import ModelSpec
+from kernels.quant import QLinear, quant_mode, quantize_linear
 from kernels.attention import decode_attention
 from kernels.elementwise import add, silu_mul
 from kernels.embedding import embedding
 from kernels.gemv import gemv, gemv_silu_mul
 from kernels.lm_head import lm_head_argmax
 from kernels.norm import rmsnorm
-from kernels.reference import rope_cos_sin
+from kernels.reference import rmsnorm as ref_rmsnorm
 from kernels.rope import rope_kv_append
 
 EPS = 1e-5
@@ -36,8 +37,7 @@ def _nbytes(*tensors: torch.Tensor) -> int:
 
 
 def _torch_rmsnorm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS) * w.float()).to(x.dtype)
+    return ref_rmsnorm(x, w, EPS)
 
 
 def _torch_rope_kv_append(qkv, positions, cos, sin, k_cache, v_cache, n_heads, n_kv, hd):
@@ -84,7 +84,7 @@ def bench_ops(model_dims: Union[ModelSpec, str], quant: str, batch: int, ctx: in
     ctx: keys attended to (the KV cache holds exactly ctx positions); cuda_graph: time graph replays."""
     spec = named_spec(model_dims) if isinstance(model_dims, str) else model_dims
     device = torch.device(device)
-    act = ACT_DTYPES["fp16" if quant == "fp16" else "bf16"]
+    act = quant_mode(quant).act_dtype
     gen = torch.Generator(device=device).manual_seed(0)
     d, f, v = spec.dim, spec.ffn_dim, spec.vocab_size
     h, kvh, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
@@ -156,7 +156,7 @@ def bench_ops(model_dims: Union[ModelSpec, str], quant: str, batch: int, ctx: in
     # RoPE + KV append, then attention over ctx keys.
     qkv = randn(batch, spec.qkv_dim)
     k_cache, v_cache = randn(batch, kvh, ctx, hd), randn(batch, kvh, ctx, hd)
-    cos, sin = rope_cos_sin(hd, ctx, spec.rope_theta, device=device)
+    cos, sin = spec.rope_tables(ctx, device)
     positions = torch.full((batch,), ctx - 1, dtype=torch.int64, device=device)
     rope_bytes = (batch * spec.qkv_dim + batch * (spec.q_dim + 2 * spec.kv_dim)) * es + 2 * batch * hd * 4
     record("rope_kv_append", f"[{batch},{spec.qkv_dim}] hd{hd}",
@@ -203,7 +203,7 @@ def sweep_gemv(model_dims: Union[ModelSpec, str], quant: str, batch: int, device
 
     spec = named_spec(model_dims) if isinstance(model_dims, str) else model_dims
     device = torch.device(device)
-    act = ACT_DTYPES["fp16" if quant == "fp16" else "bf16"]
+    act = quant_mode(quant).act_dtype
     gen = torch.Generator(device=device).manual_seed(0)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     rows: list[dict] = []
