@@ -20,7 +20,10 @@ from tests.synthetic_results import GPU, run_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = ROOT / "conf" / "hydra" / "launcher"
-HAS_JOBLIB = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+try:  # find_spec of a dotted name raises when the parent package (hydra_plugins) is not installed at all
+    HAS_JOBLIB = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+except ModuleNotFoundError:
+    HAS_JOBLIB = False
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
