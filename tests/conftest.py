@@ -7,7 +7,37 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import time  # noqa: E402
+
 import pytest  # noqa: E402
+
+GPU_MEMORY_WAIT_S = 240  # under `pytest -n N`, other workers free their memory when their tests end
+
+
+def big_model(model: str) -> list:
+    """Marks for a GPU test of `model`: under `pytest -n N --dist loadgroup` (the GPU command in README.md) the
+    3B and 8B models' tests each run in one worker, one after another, so that their 16-70 GB never coincide
+    with themselves."""
+    return [pytest.mark.xdist_group(model)] if model in ("llama3b", "llama8b", "llama70b") else []
+
+
+def wait_for_gpu_memory(nbytes: int, what: str, timeout_s: float = GPU_MEMORY_WAIT_S) -> None:
+    """Waits until the GPU has `nbytes` free (other test processes finishing), then returns; skips the test,
+    naming what it needed, if that never happens within timeout_s."""
+    deadline = time.time() + timeout_s
+    while torch.cuda.mem_get_info()[0] < nbytes:
+        if time.time() > deadline:
+            pytest.skip(f"{what} needs ~{nbytes / 1e9:.0f} GB of GPU memory; it was not free within {timeout_s:.0f} s")
+        time.sleep(2.0)
+
+
+@pytest.fixture(autouse=True)
+def _gpu_headroom(request):
+    """Every GPU test starts with a few GB free: with several test processes on one GPU, a small allocation must
+    not fail because a big test elsewhere holds the rest for a moment."""
+    if "gpu" in request.keywords and torch.cuda.is_available():
+        wait_for_gpu_memory(4 << 30, request.node.name)
+    yield
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,7 @@ from harness.weights import kv_cache_nbytes, random_weights, weight_nbytes
 from kernels.mega.instructions import AttnPartial
 from kernels.mega.lower import TileOptions
 from kernels.mega.runtime import Megakernel, MegakernelError
+from conftest import big_model, wait_for_gpu_memory
 from mega_checks import FUSIONS, POLICIES, rel_err, spec_of
 
 pytestmark = pytest.mark.gpu
@@ -37,8 +38,7 @@ def _setup(model, quant, batch, ctx, seed=1):
     # cache + the reference's clone (+ its fp32 temporaries), weights unless already built
     kv = 3 * kv_cache_nbytes(spec, batch, ctx + 1) * (2 if quant == "fp32" else 1)
     need = kv + (0 if (model, quant) in _weights else weight_nbytes(spec, quant, GROUP))
-    if need > torch.cuda.mem_get_info()[0]:
-        pytest.skip(f"{model} {quant} batch {batch} ctx {ctx} needs ~{need / 1e9:.0f} GB of GPU memory")
+    wait_for_gpu_memory(need, f"{model} {quant} batch {batch} ctx {ctx}")
     w = _weights_for(model, quant)
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     cache = KVCache.empty(spec, batch, ctx + 1, w.dtype, DEVICE)
@@ -62,13 +62,10 @@ def _matrix():
         for quant in ("bf16", "fp16", "int8", "int4") + (("fp32",) if model == "llama1b" else ()):
             for batch in (1, 16):
                 for ctx in (128, 8192):
-                    # the 3B / 8B caches at batch 16, ctx 8192 take ~17 GB (x3 with the reference's copies): one
-                    # worker runs them all when the suite is spread over processes (pytest -n N --dist loadgroup)
-                    big = batch == 16 and ctx == 8192 and model != "llama1b"
-                    marks = [pytest.mark.xdist_group("big-kv-cache")] if big else []
                     out.append(pytest.param(model, quant, batch, ctx, 2, id=f"{model}-{quant}-B{batch}-ctx{ctx}-pps2",
-                                            marks=marks))
-                out.append(pytest.param(model, quant, batch, 128, 1, id=f"{model}-{quant}-B{batch}-ctx128-pps1"))
+                                            marks=big_model(model)))
+                out.append(pytest.param(model, quant, batch, 128, 1, id=f"{model}-{quant}-B{batch}-ctx128-pps1",
+                                        marks=big_model(model)))
     return out
 
 
@@ -94,7 +91,7 @@ def test_gpu_matches_reference(model, quant, batch, ctx, pps):
 
 # Tile options off the default path for their point (the default paths are in the matrix above).
 GPU_TILE_OPTIONS = [
-    ("llama8b", "int8", 1, TileOptions(k_fold=2, gemv_rows=8)),
+    pytest.param("llama8b", "int8", 1, TileOptions(k_fold=2, gemv_rows=8), marks=big_model("llama8b")),
     ("llama1b", "int4", 1, TileOptions(gemv_rows=8)),
     ("llama1b", "bf16", 4, TileOptions(l2_prefetch=0, num_warps=8)),
     ("llama1b", "bf16", 1, TileOptions(k_fold=2)),
@@ -174,7 +171,7 @@ def test_gpu_timeout_raises_instead_of_hanging():
     assert time.time() - t0 < 60
 
 
-@pytest.mark.parametrize("model", ["llama1b", "llama3b", "llama8b"])
+@pytest.mark.parametrize("model", [pytest.param(m, marks=big_model(m)) for m in ("llama1b", "llama3b", "llama8b")])
 def test_gpu_greedy_128_tokens_match_the_reference(model):
     """128 greedy tokens of the bf16 model: the megakernel's agree with the reference's, or the first
     divergence is a near tie of the reference's logits (bf16 rounding can flip it)."""
