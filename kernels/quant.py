@@ -27,7 +27,7 @@ zero[n, g]. The dequantized value is fp32 arithmetic on (q - 8) * s + z; accumul
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Optional
 
@@ -111,6 +111,9 @@ class QLinear:
     scale: Optional[torch.Tensor] = None
     zero: Optional[torch.Tensor] = None
     group_size: int = 0
+    # The weight again in the tensor cores' fragment order (kernels/fragments.py), made on first use by the
+    # kernels that read it (kernels/qgemv.py); None until then.
+    frag: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,0 +1,294 @@
+"""Quantized GEMV on the tensor cores, in Gluon (Hopper; any GPU with mma.sync m16n8k16): y = x @ W.T (+ residual),
+W int4 (group-wise) or int8 (per channel) in the fragment layouts of kernels/fragments.py.
+
+Why: on the FMA path the int4 loop issues 7.7 SASS instructions per weight and int8 4.4 (one I2F), while the
+memory stream at the copy rate leaves room for about 4 (scripts/gemv_sass.py; docs/perf-notes.md), so the
+quantized GEMVs streamed at 25-55% of copy. Here the tensor cores do every multiply-add, fp32 accumulation, and the
+ALU only turns weights into MMA operands:
+- the weights are stored in the A-operand register order of mma.sync.m16n8k16 (the weights are the M side:
+  "swap-AB", x^T is the 16 x 8 B side, batch padded to 8), so one 16-byte load per lane brings the operands of
+  four k-tiles and no value crosses a lane;
+- int4: per 32-bit word (8 weights) 3 shifts and 4 LOP3 give fp16x2 1024 + q, 4 HSUB2 give q - 8 exactly;
+  int8: a XOR and 2 PRMT give 1024 + q + 128 per 4 weights, 2 HSUB2 give q;
+- x is converted to fp16 once per fragment (exact for bf16 values in fp16's range) and shared by every row tile
+  of a warp; the group scale and zero enter once per group: y += s * sum x (q - 8) + z * sum x, the second sum an
+  MMA of x with an all-ones A (computed once per warp, not per row tile).
+Each warp owns RT row tiles of 16 rows and walks all of K; a CTA has WARPS warps.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from kernels import sm_count
+from kernels.fragments import FRAG_ROWS, int4_to_fragments, int8_to_fragments
+from kernels.quant import Kind, QLinear, unpack_int4
+
+MAX_BATCH_MMA = 8  # the N of m16n8k16: batch rows per MMA
+
+_MMA = "mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32 {{$0, $1, $2, $3}}, {{a0, a1, a2, a3}}, {{{b0}, {b1}}}, {{{c}}};\n"
+# 16-bit float pairs: the magic that turns a nibble / byte in a half's low bits into MAGIC + value exactly, and the
+# offset of the value that comes out: q + OFFSET (int4: q - 8 + OFFSET; int8: q + OFFSET). The MMA sums
+# x (q + OFFSET); the kernel subtracts OFFSET * sum x once per group (sum x: an MMA of x with ones), which costs a
+# few instructions per group instead of one 16-bit subtraction per two weights.
+_BF16 = dict(t="bf16", magic="0x43004300", int4_offset=136)  # bf16 128 + q
+_F16 = dict(t="f16", magic="0x64006400", int4_offset=1032, int8_offset=1152)  # fp16 1024 + q (int8: q + 128)
+
+
+def _int4_mma_ptx(f: dict) -> str:
+    """Four k-tiles: per lane one word of 8 nibbles -> a0..a3 (MAGIC + q), then D += A B. Operands: $0-3 D (f32),
+    $4-7 the words, $8-11 b0 and $12-15 b1 of each k-tile, $16-19 C."""
+    body = ["{\n.reg .b32 a0, a1, a2, a3, t;\n"]
+    for j in range(4):
+        w = f"${4 + j}"
+        body.append(f"lop3.b32 a0, {w}, 0x000F000F, {f['magic']}, 0xEA;\n")  # (w & mask) | magic
+        for i in (1, 2, 3):
+            body.append(f"shr.u32 t, {w}, {4 * i};\nlop3.b32 a{i}, t, 0x000F000F, {f['magic']}, 0xEA;\n")
+        acc = "$16, $17, $18, $19" if j == 0 else "$0, $1, $2, $3"
+        body.append(_MMA.format(t=f["t"], b0=f"${8 + j}", b1=f"${12 + j}", c=acc))
+    return "".join(body) + "}"
+
+
+def _int8_mma_ptx(f: dict) -> str:
+    """Four k-tiles: per lane two words of 4 bytes each -> a0..a3 (fp16 1152 + q), then D += A B. Operands: $0-3 D,
+    $4-7 the first word (a0, a1) and $8-11 the second (a2, a3) of each k-tile, $12-15 b0 and $16-19 b1, $20-23 C."""
+    body = ["{\n.reg .b32 a0, a1, a2, a3, u, magic;\nmov.b32 magic, 0x64646464;\n"]
+    for j in range(4):
+        for w, (lo, hi) in ((f"${4 + j}", ("a0", "a1")), (f"${8 + j}", ("a2", "a3"))):
+            body.append(f"xor.b32 u, {w}, 0x80808080;\n"  # two's complement -> q + 128, unsigned
+                        f"prmt.b32 {lo}, u, magic, 0x4140;\nprmt.b32 {hi}, u, magic, 0x4342;\n")  # fp16 1024 + byte
+        acc = "$20, $21, $22, $23" if j == 0 else "$0, $1, $2, $3"
+        body.append(_MMA.format(t="f16", b0=f"${12 + j}", b1=f"${16 + j}", c=acc))
+    return "".join(body) + "}"
+
+
+def _ones_mma_ptx(f: dict) -> str:
+    """Four k-tiles of D += ONES B: each D element becomes C + the sum of x over the 64 columns, per batch row.
+    Operands: $0-3 D, $4-7 b0 and $8-11 b1 of each k-tile, $12-15 C."""
+    one = "0x3F803F80" if f["t"] == "bf16" else "0x3C003C00"
+    body = [f"{{\n.reg .b32 a0, a1, a2, a3;\nmov.b32 a0, {one};\nmov.b32 a1, a0;\nmov.b32 a2, a0;\nmov.b32 a3, a0;\n"]
+    for j in range(4):
+        acc = "$12, $13, $14, $15" if j == 0 else "$0, $1, $2, $3"
+        body.append(_MMA.format(t=f["t"], b0=f"${4 + j}", b1=f"${8 + j}", c=acc))
+    return "".join(body) + "}"
+
+
+INT4_BF16_PTX = gl.constexpr(_int4_mma_ptx(_BF16))
+INT4_F16_PTX = gl.constexpr(_int4_mma_ptx(_F16))
+INT4_BF16_OFFSET = gl.constexpr(float(_BF16["int4_offset"]))
+INT4_F16_OFFSET = gl.constexpr(float(_F16["int4_offset"]))
+INT8_F16_OFFSET = gl.constexpr(float(_F16["int8_offset"]))
+INT8_F16_PTX = gl.constexpr(_int8_mma_ptx(_F16))
+ONES_BF16_PTX = gl.constexpr(_ones_mma_ptx(_BF16))
+ONES_F16_PTX = gl.constexpr(_ones_mma_ptx(_F16))
+# bf16x2 -> f16x2 (exact for values in fp16's range): the halves to fp32 (shifts), then one packed conversion
+BF16X2_TO_F16X2_PTX = gl.constexpr("{\n.reg .b32 lo, hi;\nshl.b32 lo, $1, 16;\nand.b32 hi, $1, 0xFFFF0000;\n"
+                                   "cvt.rn.f16x2.f32 $0, hi, lo;\n}")
+KIND_INT8 = gl.constexpr(int(Kind.INT8))
+KIND_INT4 = gl.constexpr(int(Kind.INT4))
+
+
+@gluon.constexpr_function
+def _dim_layout(layout, dim, rank):
+    """The 1-D layout of dimension `dim` of a rank-`rank` distributed layout (the others sliced away)."""
+    out = layout
+    for d in reversed(range(rank)):
+        if d != dim:
+            out = gl.SliceLayout(d, out)
+    return out
+
+
+@gluon.jit
+def _index(n: gl.constexpr, dim: gl.constexpr, layout: gl.constexpr, RANK: gl.constexpr = 4):
+    """arange(0, n) along dimension `dim` of a RANK-D layout, expanded to RANK dims (size 1 elsewhere)."""
+    i = gl.arange(0, n, layout=_dim_layout(layout, dim, RANK))
+    for d in gl.static_range(RANK):
+        if d != dim:
+            i = gl.expand_dims(i, d)
+    return i
+
+
+@gluon.jit
+def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.constexpr):
+    """The B operands (b0, b1: [1, WARPS, 32, 4] int32, 16-bit float pairs) of 4 k-tiles from column k0 (a tensor
+    per warp): in the permuted K order of kernels/fragments.py lane l holds x[l / 4, k0 + 16 (l % 4) + 0..15], two
+    16-byte loads; 0 past B and K. x_ptr: x as int32 pairs [B, K2 = K / 2]. CVT: bf16 pairs to fp16 pairs."""
+    lane = _index(32, 2, LX)
+    e = _index(8, 3, LX)  # [.., 8]: pairs b0 j, b1 j interleaved: word 2 j + reg
+    n = lane // 4
+    kw = k0 // 2 + 8 * (lane % 4) + e + 0 * wp  # word (pair) index along K
+    words = gl.load(x_ptr + n * stride_xb + kw, mask=(n < B) & (kw < K2), other=0)
+    if CVT:
+        words = gl.inline_asm_elementwise(BF16X2_TO_F16X2_PTX, "=r,r", [words], dtype=gl.int32, is_pure=True,
+                                          pack=1)
+    b0, b1 = gl.split(words.reshape([1, words.shape[1], 32, 4, 2]))
+    return b0, b1
+
+
+@gluon.jit
+def _load_words(w_ptr, words, ks, ok, WPL: gl.constexpr, HALF: gl.constexpr):
+    """A lane's 4 words of k-step ks (int8: HALF 0 the first words of each k-tile, 1 the second)."""
+    return gl.load(w_ptr + words + ks * (32 * WPL) + 4 * HALF, mask=ok, other=0)
+
+
+@gluon.jit
+def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb, stride_sn, stride_rb, stride_yb,
+                  KIND: gl.constexpr, GROUP: gl.constexpr, RT: gl.constexpr, HAS_RESIDUAL: gl.constexpr,
+                  X_BF16: gl.constexpr):
+    # grid: (cdiv(N, 16 RT),); the warps of a program split K. x: [B, K] (B <= 8) as int32 pairs [B, K / 2],
+    # W: fragments [cdiv(N, 16), cdiv(K, 64), 32, WPL] int32, s / z: [N, K / GROUP] (int4) or s: [N] (int8),
+    # residual / y: [B, N]. X_BF16: x is bf16 (else fp16).
+    WARPS: gl.constexpr = gl.num_warps()
+    WPL: gl.constexpr = 4 if KIND == KIND_INT4 else 8  # words per lane per k-step of 64 columns
+    KPG: gl.constexpr = GROUP // 64 if KIND == KIND_INT4 else 1  # k-steps per scale group (int8: per k-step)
+    # [row tile, warp, lane, 4]: the last dim is the k-tile of a weight / x word, or d0..d3 of an accumulator
+    L: gl.constexpr = gl.BlockedLayout([RT, 1, 1, 4], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
+    LX: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
+    rt = _index(RT, 0, L)
+    wp = _index(WARPS, 1, L)
+    lane = _index(32, 2, L)
+    q4 = _index(4, 3, L)
+    tile = gl.program_id(0) * RT + rt  # [RT, 1, 1, 1]
+    k_steps = gl.cdiv(K, 64)
+    n_groups = k_steps // KPG
+    per_warp = gl.cdiv(n_groups, WARPS)  # groups of K each warp walks: warp w the groups w * per_warp + i
+    words = (tile * k_steps * 32 + lane) * WPL + q4  # this lane's first words of k-step 0
+    rows = tile * 16 + lane // 4 + 8 * (q4 // 2)  # rows of the accumulator's d0..d3: r, r, r + 8, r + 8
+    row_ok = rows < N
+    tile_ok = tile * 16 < N
+    wx = _index(WARPS, 1, LX)
+    acc = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)  # int4: the scaled sums; int8: sum x (q + OFFSET)
+    acc_x = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # int8: sum x
+    for i in range(0, per_warp):
+        g = wp * per_warp + i  # [1, WARPS, 1, 1]
+        gx = wx * per_warp + i
+        ok = tile_ok & (g < n_groups)
+        if KIND == KIND_INT4:
+            d = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)
+            dx = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
+        else:
+            d = acc
+            dx = acc_x
+        for kk in gl.static_range(KPG):
+            ks = g * KPG + kk
+            b0, b1 = _x_fragments(x_ptr, stride_xb, B, K // 2, (gx * KPG + kk) * 64, wx, LX,
+                                  KIND == KIND_INT8 and X_BF16)
+            b0 = gl.convert_layout(b0, L, assert_trivial=True)
+            b1 = gl.convert_layout(b1, L, assert_trivial=True)
+            if KIND == KIND_INT4:
+                w = _load_words(w_ptr, words, ks, ok, WPL, 0)
+                if X_BF16:
+                    d = gl.inline_asm_elementwise(INT4_BF16_PTX, "=f,=f,=f,=f," + "r," * 12 + "f,f,f,f",
+                                                  [w, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
+                    dx = gl.inline_asm_elementwise(ONES_BF16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                                   [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
+                else:
+                    d = gl.inline_asm_elementwise(INT4_F16_PTX, "=f,=f,=f,=f," + "r," * 12 + "f,f,f,f",
+                                                  [w, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
+                    dx = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                                   [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
+            else:
+                w0 = _load_words(w_ptr, words, ks, ok, WPL, 0)
+                w1 = _load_words(w_ptr, words, ks, ok, WPL, 1)
+                d = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
+                                              [w0, w1, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
+                dx = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                               [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
+        if KIND == KIND_INT4:  # y += s * sum x (q - 8) + z * sum x = s * sum x (q + OFFSET) + (z - OFFSET s) sum x
+            sz = rows * stride_sn + g
+            s = gl.load(s_ptr + sz, mask=row_ok & ok, other=0.0).to(gl.float32)
+            z = gl.load(z_ptr + sz, mask=row_ok & ok, other=0.0).to(gl.float32)
+            offset: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
+            acc += s * d + (z - offset * s) * dx
+        else:
+            acc = d
+            acc_x = dx
+    if KIND == KIND_INT8:
+        acc = acc - INT8_F16_OFFSET * acc_x  # sum x q
+    out = gl.sum(acc, axis=1)  # [RT, 32, 4]: the sum of the warps' K slices
+    L3: gl.constexpr = gl.SliceLayout(1, L)
+    tile = gl.program_id(0) * RT + _index(RT, 0, L3, 3)
+    lane = _index(32, 1, L3, 3)
+    q4 = _index(4, 2, L3, 3)
+    rows = tile * 16 + lane // 4 + 8 * (q4 // 2)
+    cols = 2 * (lane % 4) + q4 % 2  # batch rows of d0..d3: c, c + 1, c, c + 1
+    row_ok = rows < N
+    if KIND == KIND_INT8:  # W = q * s[n]: the per-channel scale once, at the end
+        out = out * gl.load(s_ptr + rows, mask=row_ok, other=0.0).to(gl.float32)
+    out_ok = row_ok & (cols < B)
+    if HAS_RESIDUAL:
+        out += gl.load(res_ptr + cols * stride_rb + rows, mask=out_ok, other=0.0).to(gl.float32)
+    gl.store(y_ptr + cols * stride_yb + rows, out.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------
+_WARPS = 8  # warps of a program, each a slice of K
+_RTS = (4, 2, 1)  # row tiles (16 rows) per program: the most that still gives MIN_PROGRAMS_PER_SM programs per SM
+_MIN_PROGRAMS_PER_SM = 2
+
+
+def pick_rows(n: int, sms: int) -> int:
+    """Row tiles per program for N output rows: more tiles share each x fragment (fewer instructions per weight:
+    int4 2.8 / 2.4 / 2.1 at 1 / 2 / 4, scripts/gemv_sass.py-style count of the K loop for sm_90), but every SM
+    needs programs to stream."""
+    tiles = -(-n // FRAG_ROWS)
+    return next((rt for rt in _RTS if -(-tiles // rt) >= _MIN_PROGRAMS_PER_SM * sms), 1)
+
+
+def fragments_of(w: QLinear) -> torch.Tensor:
+    """The fragment words of a quantized linear (kernels/fragments.py), made once and kept on the QLinear."""
+    if w.frag is None:
+        if w.kind == Kind.INT4:
+            w.frag = int4_to_fragments(unpack_int4(w.weight)).contiguous()
+        elif w.kind == Kind.INT8:
+            w.frag = int8_to_fragments(w.weight).contiguous()
+        else:
+            raise ValueError("qgemv takes int8 and int4 weights; dense weights go through kernels.gemv")
+    return w.frag
+
+
+def supported(w: QLinear, batch: int) -> Optional[str]:
+    """Why qgemv cannot take this weight and batch (None if it can)."""
+    if w.kind not in (Kind.INT4, Kind.INT8):
+        return "qgemv takes int8 and int4 weights"
+    if w.kind == Kind.INT4 and w.group_size % 64:
+        return f"qgemv takes int4 groups of a multiple of 64 columns (got {w.group_size})"
+    if not 1 <= batch <= MAX_BATCH_MMA:
+        return f"qgemv takes 1..{MAX_BATCH_MMA} rows of x (got {batch})"
+    return None
+
+
+def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, *,
+          out: Optional[torch.Tensor] = None, rows: Optional[int] = None, warps: int = _WARPS) -> torch.Tensor:
+    """x: [B, K] (B <= 8) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
+    the tensor cores; W int8 or int4 (group a multiple of 64). GPU only (Gluon). rows (row tiles per program) and
+    warps (K slices per program) override the launcher's choice (tuning)."""
+    why = supported(w, x.shape[0])
+    if why:
+        raise ValueError(why)
+    if x.dim() != 2 or x.shape[1] != w.in_features or x.stride(1) != 1:
+        raise ValueError(f"qgemv: x must be a row-major [B, {w.in_features}]; got {tuple(x.shape)}")
+    b_sz, k = x.shape
+    n = w.out_features
+    if residual is not None and (residual.shape != (b_sz, n) or residual.stride(1) != 1):
+        raise ValueError(f"qgemv: residual must be a row-major [B, N] = {(b_sz, n)}; got {tuple(residual.shape)}")
+    y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
+    frag = fragments_of(w)
+    s = w.scale
+    z = w.zero if w.zero is not None else s
+    res = residual if residual is not None else y
+    rt = rows or pick_rows(n, sm_count(x.device))
+    grid = (triton.cdiv(n, FRAG_ROWS * rt),)
+    if k % 2 or x.stride(0) % 2 or x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")
+    _qgemv_kernel[grid](x.view(torch.int32), frag, s, z, res, y, b_sz, n, k, x.stride(0) // 2,
+                        s.stride(0) if s.dim() == 2 else 1, res.stride(0), y.stride(0), KIND=int(w.kind),
+                        GROUP=max(w.group_size, 64), RT=rt, HAS_RESIDUAL=residual is not None,
+                        X_BF16=x.dtype == torch.bfloat16, num_warps=warps)
+    return y

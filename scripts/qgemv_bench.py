@@ -1,0 +1,134 @@
+"""Per-op quantized GEMV benchmark at a model's projection shapes, on the GPU: the project's tensor-core GEMV
+(kernels/qgemv.py) and its FMA-path Triton GEMV (kernels/gemv.py) next to cuBLAS bf16, torch's tinygemm int4 and
+GemLite int4 / int8 (when importable), timed in one process. Each cell: microseconds per call (CUDA graph replay,
+L2 flushed before each call, median) and % of the copy bandwidth measured in the same process, bytes = weights +
+scales / zeros + x + y; every implementation's output is checked against the fp32 reference first.
+
+    python scripts/qgemv_bench.py --models llama8b llama1b --quant int4 int8 --batch 1 8 [--variants]
+
+--variants also times qgemv at every (row tiles, warps) in ROWS x WARPS. Writes qgemv_bench.csv to $OUT (or .).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from harness.bench_ops import _time_us  # noqa: E402
+from harness.models import named_spec  # noqa: E402
+from harness.timing import measure_copy_bandwidth  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+from kernels.gemv import gemv  # noqa: E402
+from kernels.qgemv import qgemv  # noqa: E402
+from kernels.quant import quantize_linear, unpack_int4  # noqa: E402
+
+ROWS, WARPS = (1, 2, 4), (4, 8)
+
+
+def _shapes(spec) -> dict[str, tuple[int, int]]:
+    s = spec.linear_shapes()
+    return {"qkv": s["wqkv"], "o": s["wo"], "gate": s["w_gate"], "down": s["w_down"], "lm": (spec.vocab_size, spec.dim)}
+
+
+def _tinygemm(w):
+    from harness.torch_ops import TorchLinear
+
+    lin = TorchLinear(w)
+    return lambda x: lin(x)
+
+
+def _gemlite(w, quant: str):
+    """A GemLite layer holding the same quantized numbers (GemLite: W = (q - zero) * scale)."""
+    import gemlite
+    from gemlite import DType, GemLiteLinear
+
+    cfg = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
+    if os.path.isfile(cfg):
+        GemLiteLinear.load_config(cfg)
+    n, k = w.out_features, w.in_features
+    if quant == "int4":
+        layer = GemLiteLinear(4, group_size=w.group_size, in_features=k, out_features=n, input_dtype=DType.BF16,
+                              output_dtype=DType.BF16)
+        zeros = 8.0 - w.zero.float() / w.scale.float()  # (q - 8) s + z = (q - zeros) s
+        layer.pack(unpack_int4(w.weight), w.scale, zeros.to(w.scale.dtype), None)
+    else:
+        layer = GemLiteLinear(8, group_size=k, in_features=k, out_features=n, input_dtype=DType.BF16,
+                              output_dtype=DType.BF16)
+        layer.pack(w.weight, w.scale[:, None], 0, None)
+    return lambda x: layer(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["llama8b"])
+    ap.add_argument("--quant", nargs="+", default=["int4", "int8"], choices=("int4", "int8"))
+    ap.add_argument("--batch", nargs="+", type=int, default=[1])
+    ap.add_argument("--variants", action="store_true", help="also every qgemv (row tiles, warps) in ROWS x WARPS")
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    copy = measure_copy_bandwidth(dev)
+    gpu = torch.cuda.get_device_name(dev)
+    rows_out = []
+    print(f"{gpu}, copy {copy:.3f} TB/s", flush=True)
+    for model in a.models:
+        spec = named_spec(model)
+        for quant in a.quant:
+            for layer, (n, k) in _shapes(spec).items():
+                gen = torch.Generator(device=dev).manual_seed(n + k)
+                dense = (torch.randn(n, k, generator=gen, device=dev) * k ** -0.5).to(torch.bfloat16)
+                w = quantize_linear(dense, quant, 128)
+                w_dense = w.dequantize(torch.bfloat16)
+                impls = {"cublas-bf16": (lambda x, wd=w_dense: F.linear(x, wd)), "triton-fma": lambda x: gemv(x, w)}
+                for name, make in (("tinygemm", _tinygemm), ("gemlite", _gemlite)):
+                    if name == "tinygemm" and quant != "int4":
+                        continue
+                    try:
+                        impls[name] = make(w) if name == "tinygemm" else make(w, quant)
+                    except Exception as e:  # noqa: BLE001 - an optional library: report and go on
+                        print(f"{model} {quant} {layer}: {name} unavailable: {type(e).__name__}: {str(e)[:200]}")
+                impls["qgemv"] = lambda x: qgemv(x, w)
+                if a.variants:
+                    for rt in ROWS:
+                        for wp in WARPS:
+                            impls[f"qgemv-r{rt}w{wp}"] = lambda x, rt=rt, wp=wp: qgemv(x, w, rows=rt, warps=wp)
+                q_bytes = w.nbytes
+                for batch in a.batch:
+                    x = torch.randn(batch, k, generator=gen, device=dev).to(torch.bfloat16)
+                    expect = ref.gemv_fp32(x, w)
+                    io = 2 * batch * (n + k)
+                    for name, fn in impls.items():
+                        if name.startswith("qgemv") and batch > 8:
+                            continue
+                        try:
+                            y = fn(x).float()
+                            err = float((y - expect).norm() / expect.norm())
+                            us = _time_us(lambda: fn(x))
+                        except Exception as e:  # noqa: BLE001
+                            print(f"{model} {quant} {layer} B{batch} {name}: failed: {type(e).__name__}: {str(e)[:300]}")
+                            continue
+                        nbytes = (w_dense.numel() * 2 if name == "cublas-bf16" else q_bytes) + io
+                        pct = 100 * nbytes / (us * 1e-6) / (copy * 1e12)
+                        row = dict(gpu=gpu, model=model, quant=quant, layer=layer, n=n, k=k, batch=batch, impl=name,
+                                   latency_us=round(us, 2), bytes=nbytes, pct_of_copy_bw=round(pct, 1),
+                                   rel_err=f"{err:.2e}", copy_tbps=round(copy, 3))
+                        rows_out.append(row)
+                        print(f"{model:8} {quant:5} {layer:5} {n:6}x{k:<6} B{batch:<2} {name:14} {us:9.1f} us "
+                              f"{pct:6.1f}% rel_err {err:.1e}", flush=True)
+                del w, w_dense, dense, impls
+                torch.cuda.empty_cache()
+    path = os.path.join(os.environ.get("OUT", "."), "qgemv_bench.csv")
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows_out[0]))
+        wr.writeheader()
+        wr.writerows(rows_out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The tensor-core quantized GEMV (kernels/qgemv.py, Gluon) and its weight format (kernels/fragments.py).
+
+CPU: the packers round-trip, and the kernels' register recipe (nibble / byte -> 16-bit float magic, the permuted
+K order, the group fold), run through an emulator of mma.sync.m16n8k16's fragment semantics, equals W @ x.
+GPU: the kernel against the fp32 reference at odd and real shapes, every batch 1..8, NaN-poisoned outputs,
+strided x, residual, fp16 and bf16 activations."""
+import pytest
+import torch
+
+from kernels import reference as ref
+from kernels.fragments import (b_operand_columns, int4_from_fragments, int4_to_fragments, int8_from_fragments,
+                               int8_to_fragments, mma_m16n8k16)
+from kernels.quant import quantize_linear, unpack_int4
+
+SHAPES = [(16, 64), (48, 128), (75, 96), (200, 320)]
+
+
+@pytest.mark.parametrize("n,k", SHAPES, ids=lambda v: str(v))
+def test_fragment_packers_round_trip(n, k):
+    gen = torch.Generator().manual_seed(n * k)
+    q4 = torch.randint(0, 16, (n, k), generator=gen).to(torch.uint8)
+    f4 = int4_to_fragments(q4)
+    assert f4.shape == (-(-n // 16), -(-k // 64), 32, 4) and f4.dtype == torch.int32
+    assert torch.equal(int4_from_fragments(f4, n, k), q4)
+    q8 = torch.randint(-127, 128, (n, k), generator=gen).to(torch.int8)
+    f8 = int8_to_fragments(q8)
+    assert f8.shape == (-(-n // 16), -(-k // 64), 32, 8) and torch.equal(int8_from_fragments(f8, n, k), q8)
+    # the bytes per weight do not grow (Llama shapes need no padding)
+    if n % 16 == 0 and k % 64 == 0:
+        assert f4.numel() * 4 == n * k // 2 and f8.numel() * 4 == n * k
+
+
+def _halves(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """int32 words [...] -> their two 16-bit halves as floats [..., 2] (low half first)."""
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    h = torch.stack([w & 0xFFFF, w >> 16], dim=-1)
+    return (h - ((h >> 15) << 16)).to(torch.int16).view(dtype).float()
+
+
+def _emulate(frag_tile: torch.Tensor, x: torch.Tensor, kind: str, act: torch.dtype) -> torch.Tensor:
+    """One 16 x 64 block through the kernel's recipe: per k-tile the A registers from the words (the PTX of
+    kernels/qgemv.py: lop3 with the magic for int4, xor + prmt for int8), B from x in the permuted order, D += A B.
+    Returns D [32 lanes, 4] (fp32): sum over the block of x (q + OFFSET)."""
+    lane = torch.arange(32)
+    cols = b_operand_columns()  # [32, 4, 2, 2]
+    d = torch.zeros(32, 4)
+    for j in range(4):
+        if kind == "int4":
+            w = frag_tile[:, j].to(torch.int64) & 0xFFFFFFFF
+            magic = 0x43004300 if act == torch.bfloat16 else 0x64006400
+            regs = [(((w >> (4 * i)) & 0x000F000F) | magic) for i in range(4)]
+            a = torch.stack([_halves(r, act) for r in regs], dim=1)  # [32, 4, 2]
+        else:
+            regs = []
+            for word in (frag_tile[:, j], frag_tile[:, 4 + j]):
+                u = (word.to(torch.int64) & 0xFFFFFFFF) ^ 0x80808080
+                b = [(u >> (8 * i)) & 0xFF for i in range(4)]
+                regs += [(0x6400 | b[0]) | ((0x6400 | b[1]) << 16), (0x6400 | b[2]) | ((0x6400 | b[3]) << 16)]
+            a = torch.stack([_halves(r, torch.float16) for r in regs], dim=1)
+        xb = torch.zeros(8, 64)
+        xb[:x.shape[0]] = x.float()
+        b = xb[(lane // 4)[:, None, None], cols[:, j]]  # [32, 2, 2]
+        d = mma_m16n8k16(a, b, d)
+    return d
+
+
+@pytest.mark.parametrize("kind,act", [("int4", torch.bfloat16), ("int4", torch.float16), ("int8", torch.float16)],
+                         ids=lambda v: str(v).replace("torch.", ""))
+def test_kernel_recipe_on_the_mma_emulator(kind, act):
+    """The register-level recipe of kernels/qgemv.py gives W @ x on one block; a wrong mask, magic, byte selector or
+    K order makes it fail."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 64, generator=gen).to(act)
+    if kind == "int4":
+        q = torch.randint(0, 16, (16, 64), generator=gen).to(torch.uint8)
+        frag, offset = int4_to_fragments(q)[0, 0], 136 if act == torch.bfloat16 else 1032
+        want = (q.float() - 8) @ x.float().T  # [16, 3]
+    else:
+        q = torch.randint(-127, 128, (16, 64), generator=gen).to(torch.int8)
+        frag, offset = int8_to_fragments(q)[0, 0], 1152
+        want = q.float() @ x.float().T
+    d = _emulate(frag, x, kind, act)
+    ones = torch.zeros(8)
+    ones[:3] = x.float().sum(dim=1)
+    lane = torch.arange(32)
+    r, c = lane // 4, 2 * (lane % 4)
+    rows = torch.stack([r, r, r + 8, r + 8], 1)
+    cols = torch.stack([c, c + 1, c, c + 1], 1)
+    got = d - offset * ones[cols]  # the kernel's fold: sum x (q + OFFSET) - OFFSET sum x
+    expect = torch.zeros(16, 8)
+    expect[:, :3] = want
+    assert (got - expect[rows, cols]).abs().max() <= 1e-3 * max(1.0, expect.abs().max().item())
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU
+# ----------------------------------------------------------------------------------------------
+def _close(y: torch.Tensor, expect: torch.Tensor, k: int, what: str) -> None:
+    """The output's rounding to its dtype plus fp32 accumulation over k terms."""
+    eps = torch.finfo(y.dtype).eps
+    tol = eps * expect.abs() + 2e-6 * k ** 0.5 * expect.abs().max()
+    bad = (y.float() - expect).abs() > tol + 1e-6
+    assert not torch.isnan(y).any(), f"{what}: unwritten (NaN) outputs"
+    assert not bad.any(), f"{what}: {int(bad.sum())} elements off, max err {(y.float() - expect).abs().max():.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,group", [("int4", 128), ("int4", 64), ("int8", 0)])
+@pytest.mark.parametrize("n,k", [(16, 64), (75, 192), (200, 320), (6144, 4096), (4096, 14336), (2048, 8192)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("act", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_qgemv_matches_reference(mode, group, n, k, act):
+    from kernels.qgemv import qgemv
+
+    if mode == "int4" and k % group:
+        pytest.skip("the group does not divide K")
+    gen = torch.Generator(device="cuda").manual_seed(n + k + group)
+    w = quantize_linear(torch.randn(n, k, generator=gen, device="cuda").to(act) * k ** -0.5, mode, group or 128)
+    for batch in (1, 3, 8):
+        xs = torch.randn(batch, k + 8, generator=gen, device="cuda").to(act)[:, 8:]  # strided rows
+        res = torch.randn(batch, n, generator=gen, device="cuda").to(act)
+        for residual in (None, res):
+            y = qgemv(xs, w, residual, out=torch.full((batch, n), float("nan"), dtype=act, device="cuda"))
+            _close(y, ref.gemv_fp32(xs, w, residual), k, f"{mode} g{group} {n}x{k} B{batch}")
