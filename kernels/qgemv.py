@@ -36,18 +36,23 @@ _MMA = "mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32 {{$0, $1, $2, $3}}, {{
 # x (q + OFFSET); the kernel subtracts OFFSET * sum x once per group (sum x: an MMA of x with ones), which costs a
 # few instructions per group instead of one 16-bit subtraction per two weights.
 _BF16 = dict(t="bf16", magic="0x43004300", int4_offset=136)  # bf16 128 + q
-_F16 = dict(t="f16", magic="0x64006400", int4_offset=1032, int8_offset=1152)  # fp16 1024 + q (int8: q + 128)
+_F16 = dict(t="f16", magic="0x64006400", int4_offset=0, int8_offset=1152)  # fp16 1024 + q (int8: q + 128)
+# fp16 int4 subtracts 1032 per weight pair instead (exact): folding an offset of 1032 left errors of 2 fp16 ulps in
+# the outputs of a 64-column GEMV on the H200 (tests/kernels/test_qgemv.py), where bf16's 136 leaves none.
+_F16_INT4 = dict(_F16, sub="0x64086408")
 
 
 def _int4_mma_ptx(f: dict) -> str:
-    """Four k-tiles: per lane one word of 8 nibbles -> a0..a3 (MAGIC + q), then D += A B. Operands: $0-3 D (f32),
-    $4-7 the words, $8-11 b0 and $12-15 b1 of each k-tile, $16-19 C."""
-    body = ["{\n.reg .b32 a0, a1, a2, a3, t;\n"]
+    """Four k-tiles: per lane one word of 8 nibbles -> a0..a3 (MAGIC + q, or q - 8 where f has a `sub`), then
+    D += A B. Operands: $0-3 D (f32), $4-7 the words, $8-11 b0 and $12-15 b1 of each k-tile, $16-19 C."""
+    body = ["{\n.reg .b32 a0, a1, a2, a3, t, bias;\n", f"mov.b32 bias, {f.get('sub', '0')};\n"]
     for j in range(4):
         w = f"${4 + j}"
         body.append(f"lop3.b32 a0, {w}, 0x000F000F, {f['magic']}, 0xEA;\n")  # (w & mask) | magic
         for i in (1, 2, 3):
             body.append(f"shr.u32 t, {w}, {4 * i};\nlop3.b32 a{i}, t, 0x000F000F, {f['magic']}, 0xEA;\n")
+        if "sub" in f:
+            body.append("".join(f"sub.rn.{f['t']}x2 a{i}, a{i}, bias;\n" for i in range(4)))
         acc = "$16, $17, $18, $19" if j == 0 else "$0, $1, $2, $3"
         body.append(_MMA.format(t=f["t"], b0=f"${8 + j}", b1=f"${12 + j}", c=acc))
     return "".join(body) + "}"
@@ -78,7 +83,7 @@ def _ones_mma_ptx(f: dict) -> str:
 
 
 INT4_BF16_PTX = gl.constexpr(_int4_mma_ptx(_BF16))
-INT4_F16_PTX = gl.constexpr(_int4_mma_ptx(_F16))
+INT4_F16_PTX = gl.constexpr(_int4_mma_ptx(_F16_INT4))
 INT4_BF16_OFFSET = gl.constexpr(float(_BF16["int4_offset"]))
 INT4_F16_OFFSET = gl.constexpr(float(_F16["int4_offset"]))
 INT8_F16_OFFSET = gl.constexpr(float(_F16["int8_offset"]))
@@ -130,9 +135,25 @@ def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.cons
 
 
 @gluon.jit
-def _load_words(w_ptr, words, ks, ok, WPL: gl.constexpr, HALF: gl.constexpr):
-    """A lane's 4 words of k-step ks (int8: HALF 0 the first words of each k-tile, 1 the second)."""
-    return gl.load(w_ptr + words + ks * (32 * WPL) + 4 * HALF, mask=ok, other=0)
+def _load_words(w_ptrs, offset, unused, ok, WPL: gl.constexpr, HALF: gl.constexpr):
+    """A lane's 4 words at w_ptrs + offset (int8: HALF 0 the first words of each k-tile, 1 the second)."""
+    return gl.load(w_ptrs + offset + 4 * HALF, mask=ok, other=0)
+
+
+@gluon.jit
+def _int4_step(w, b0, b1, d, dx, X_BF16: gl.constexpr):
+    """One int4 k-step: d += (MAGIC + q) x (fp16: q - 8), dx += sum x, over 4 k-tiles."""
+    if X_BF16:
+        d = gl.inline_asm_elementwise(INT4_BF16_PTX, "=f,=f,=f,=f," + "r," * 12 + "f,f,f,f",
+                                      [w, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
+        dx = gl.inline_asm_elementwise(ONES_BF16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                       [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
+    else:
+        d = gl.inline_asm_elementwise(INT4_F16_PTX, "=f,=f,=f,=f," + "r," * 12 + "f,f,f,f",
+                                      [w, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
+        dx = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                       [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
+    return d, dx
 
 
 @gluon.jit
@@ -161,52 +182,57 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     row_ok = rows < N
     tile_ok = tile * 16 < N
     wx = _index(WARPS, 1, LX)
-    acc = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)  # int4: the scaled sums; int8: sum x (q + OFFSET)
+    # Warp w walks the groups w * per_warp .. (w + 1) * per_warp - 1 and loads one group ahead of its arithmetic:
+    # the words and x fragments of group i + 1 are in flight while group i's MMAs run. A group is KPG (1 or 2)
+    # k-steps: slot a is its first, slot b its second.
+    gl.static_assert(KPG == 1 or KPG == 2, "qgemv: a scale group is 64 or 128 columns")
+    XCVT: gl.constexpr = KIND == KIND_INT8 and X_BF16
+    STEP: gl.constexpr = 32 * WPL  # words of one k-step of one row tile
+    g0 = wp * per_warp
+    w_ptrs = w_ptr + words + g0 * (KPG * STEP)
+    acc = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)  # int4: the scaled group sums; int8: sum x (q + OFFSET)
     acc_x = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # int8: sum x
+    ok = tile_ok & (g0 < n_groups)
+    wa_next = _load_words(w_ptrs, 0, 0, ok, WPL, 0)
+    wa1_next = _load_words(w_ptrs, 0, 0, ok & (KIND == KIND_INT8), WPL, 1)
+    wb_next = _load_words(w_ptrs, STEP, 0, ok & (KPG == 2), WPL, 0)
+    gx0 = wx * per_warp
+    xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, gx0 * (KPG * 64), wx, LX, XCVT)
+    xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, gx0 * (KPG * 64) + 64, wx, LX, XCVT)
     for i in range(0, per_warp):
-        g = wp * per_warp + i  # [1, WARPS, 1, 1]
-        gx = wx * per_warp + i
-        ok = tile_ok & (g < n_groups)
+        wa, wa1, wb = wa_next, wa1_next, wb_next
+        xa0, xa1, xb0, xb1 = xa0_next, xa1_next, xb0_next, xb1_next
+        ok_next = tile_ok & (g0 + i + 1 < n_groups) & (i + 1 < per_warp)
+        nxt = (i + 1) * (KPG * STEP)
+        wa_next = _load_words(w_ptrs, nxt, 0, ok_next, WPL, 0)
+        wa1_next = _load_words(w_ptrs, nxt, 0, ok_next & (KIND == KIND_INT8), WPL, 1)
+        wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
+        k_next = (gx0 + i + 1) * (KPG * 64)
+        xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, k_next, wx, LX, XCVT)
+        if KPG == 2:
+            xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, k_next + 64, wx, LX, XCVT)
+        xa0 = gl.convert_layout(xa0, L, assert_trivial=True)
+        xa1 = gl.convert_layout(xa1, L, assert_trivial=True)
         if KIND == KIND_INT4:
+            xb0 = gl.convert_layout(xb0, L, assert_trivial=True)
+            xb1 = gl.convert_layout(xb1, L, assert_trivial=True)
             d = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)
             dx = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-        else:
-            d = acc
-            dx = acc_x
-        for kk in gl.static_range(KPG):
-            ks = g * KPG + kk
-            b0, b1 = _x_fragments(x_ptr, stride_xb, B, K // 2, (gx * KPG + kk) * 64, wx, LX,
-                                  KIND == KIND_INT8 and X_BF16)
-            b0 = gl.convert_layout(b0, L, assert_trivial=True)
-            b1 = gl.convert_layout(b1, L, assert_trivial=True)
-            if KIND == KIND_INT4:
-                w = _load_words(w_ptr, words, ks, ok, WPL, 0)
-                if X_BF16:
-                    d = gl.inline_asm_elementwise(INT4_BF16_PTX, "=f,=f,=f,=f," + "r," * 12 + "f,f,f,f",
-                                                  [w, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
-                    dx = gl.inline_asm_elementwise(ONES_BF16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
-                                                   [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
-                else:
-                    d = gl.inline_asm_elementwise(INT4_F16_PTX, "=f,=f,=f,=f," + "r," * 12 + "f,f,f,f",
-                                                  [w, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
-                    dx = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
-                                                   [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
-            else:
-                w0 = _load_words(w_ptr, words, ks, ok, WPL, 0)
-                w1 = _load_words(w_ptr, words, ks, ok, WPL, 1)
-                d = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
-                                              [w0, w1, b0, b1, d], dtype=gl.float32, is_pure=True, pack=4)
-                dx = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
-                                               [b0, b1, dx], dtype=gl.float32, is_pure=True, pack=4)
-        if KIND == KIND_INT4:  # y += s * sum x (q - 8) + z * sum x = s * sum x (q + OFFSET) + (z - OFFSET s) sum x
-            sz = rows * stride_sn + g
-            s = gl.load(s_ptr + sz, mask=row_ok & ok, other=0.0).to(gl.float32)
-            z = gl.load(z_ptr + sz, mask=row_ok & ok, other=0.0).to(gl.float32)
+            d, dx = _int4_step(wa, xa0, xa1, d, dx, X_BF16)
+            if KPG == 2:
+                d, dx = _int4_step(wb, xb0, xb1, d, dx, X_BF16)
+            # y += s * sum x (q - 8) + z * sum x = s * sum x (q + OFFSET) + (z - OFFSET s) * sum x
+            sz = rows * stride_sn + g0 + i
+            g_ok = row_ok & ok_next | (row_ok & tile_ok & (g0 + i < n_groups))
+            s = gl.load(s_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
+            z = gl.load(z_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
             offset: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
             acc += s * d + (z - offset * s) * dx
         else:
-            acc = d
-            acc_x = dx
+            acc = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
+                                            [wa, wa1, xa0, xa1, acc], dtype=gl.float32, is_pure=True, pack=4)
+            acc_x = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                              [xa0, xa1, acc_x], dtype=gl.float32, is_pure=True, pack=4)
     if KIND == KIND_INT8:
         acc = acc - INT8_F16_OFFSET * acc_x  # sum x q
     out = gl.sum(acc, axis=1)  # [RT, 32, 4]: the sum of the warps' K slices
@@ -228,17 +254,18 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
 # ----------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------
-_WARPS = 8  # warps of a program, each a slice of K
-_RTS = (4, 2, 1)  # row tiles (16 rows) per program: the most that still gives MIN_PROGRAMS_PER_SM programs per SM
-_MIN_PROGRAMS_PER_SM = 2
+# Warps of a program (each walks a slice of K) and row tiles of 16 rows per program. H200, llama8b shapes, batch 1
+# and 8, int4 and int8, before the K loop loaded ahead (results/tuning/qgemv-h200-1.csv): one row tile always won
+# (two or four share each x fragment, fewer instructions per weight, but leave fewer programs to stream); 8 warps
+# won the shapes with at most 6144 rows (qkv, o, down: more slices of K, more warps per row), 4 the larger ones
+# (gate 38.9 vs 28.1%, LM head 66.5 vs 43.7% int4 batch 1).
+_RT = 1
+_TILES_PER_SM_FOR_4_WARPS = 4
 
 
-def pick_rows(n: int, sms: int) -> int:
-    """Row tiles per program for N output rows: more tiles share each x fragment (fewer instructions per weight:
-    int4 2.8 / 2.4 / 2.1 at 1 / 2 / 4, scripts/gemv_sass.py-style count of the K loop for sm_90), but every SM
-    needs programs to stream."""
-    tiles = -(-n // FRAG_ROWS)
-    return next((rt for rt in _RTS if -(-tiles // rt) >= _MIN_PROGRAMS_PER_SM * sms), 1)
+def pick_warps(n: int, sms: int) -> int:
+    """Warps per program for N output rows (see above)."""
+    return 4 if -(-n // FRAG_ROWS) >= _TILES_PER_SM_FOR_4_WARPS * sms else 8
 
 
 def fragments_of(w: QLinear) -> torch.Tensor:
@@ -265,7 +292,7 @@ def supported(w: QLinear, batch: int) -> Optional[str]:
 
 
 def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, *,
-          out: Optional[torch.Tensor] = None, rows: Optional[int] = None, warps: int = _WARPS) -> torch.Tensor:
+          out: Optional[torch.Tensor] = None, rows: int = _RT, warps: Optional[int] = None) -> torch.Tensor:
     """x: [B, K] (B <= 8) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
     the tensor cores; W int8 or int4 (group a multiple of 64). GPU only (Gluon). rows (row tiles per program) and
     warps (K slices per program) override the launcher's choice (tuning)."""
@@ -283,7 +310,7 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     s = w.scale
     z = w.zero if w.zero is not None else s
     res = residual if residual is not None else y
-    rt = rows or pick_rows(n, sm_count(x.device))
+    rt, warps = rows, warps or pick_warps(n, sm_count(x.device))
     grid = (triton.cdiv(n, FRAG_ROWS * rt),)
     if k % 2 or x.stride(0) % 2 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")
