@@ -255,10 +255,10 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
 # Launcher
 # ----------------------------------------------------------------------------------------------
 # Warps of a program (each walks a slice of K) and row tiles of 16 rows per program. H200, llama8b shapes, batch 1
-# and 8, int4 and int8, before the K loop loaded ahead (results/tuning/qgemv-h200-1.csv): one row tile always won
-# (two or four share each x fragment, fewer instructions per weight, but leave fewer programs to stream); 8 warps
-# won the shapes with at most 6144 rows (qkv, o, down: more slices of K, more warps per row), 4 the larger ones
-# (gate 38.9 vs 28.1%, LM head 66.5 vs 43.7% int4 batch 1).
+# and 8, int4 and int8 (results/ops/qgemv-llama8b-h200.csv, same run): one row tile won at every shape (two share
+# each x fragment, fewer instructions per weight, but leave fewer programs to stream); 8 warps won the shapes of at
+# most 6144 rows (int4 batch 1: o 27.7 vs 24.7%, down 44.8 vs 31.7% of copy), 4 the larger ones (gate 50.9 vs 40.4%,
+# LM head 71.0 vs 52.3%).
 _RT = 1
 _TILES_PER_SM_FOR_4_WARPS = 4
 
@@ -284,18 +284,18 @@ def supported(w: QLinear, batch: int) -> Optional[str]:
     """Why qgemv cannot take this weight and batch (None if it can)."""
     if w.kind not in (Kind.INT4, Kind.INT8):
         return "qgemv takes int8 and int4 weights"
-    if w.kind == Kind.INT4 and w.group_size % 64:
-        return f"qgemv takes int4 groups of a multiple of 64 columns (got {w.group_size})"
+    if w.kind == Kind.INT4 and w.group_size not in (64, 128):
+        return f"qgemv takes int4 groups of 64 or 128 columns (got {w.group_size})"
     if not 1 <= batch <= MAX_BATCH_MMA:
         return f"qgemv takes 1..{MAX_BATCH_MMA} rows of x (got {batch})"
     return None
 
 
 def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, *,
-          out: Optional[torch.Tensor] = None, rows: int = _RT, warps: Optional[int] = None) -> torch.Tensor:
+          out: Optional[torch.Tensor] = None, warps: Optional[int] = None) -> torch.Tensor:
     """x: [B, K] (B <= 8) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
-    the tensor cores; W int8 or int4 (group a multiple of 64). GPU only (Gluon). rows (row tiles per program) and
-    warps (K slices per program) override the launcher's choice (tuning)."""
+    the tensor cores; W int8 or int4 (group 64 or 128). GPU only (Gluon). warps (K slices per program) overrides
+    the launcher's choice (tuning)."""
     why = supported(w, x.shape[0])
     if why:
         raise ValueError(why)
@@ -310,7 +310,7 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     s = w.scale
     z = w.zero if w.zero is not None else s
     res = residual if residual is not None else y
-    rt, warps = rows, warps or pick_warps(n, sm_count(x.device))
+    rt, warps = _RT, warps or pick_warps(n, sm_count(x.device))
     grid = (triton.cdiv(n, FRAG_ROWS * rt),)
     if k % 2 or x.stride(0) % 2 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")

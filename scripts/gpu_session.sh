@@ -16,7 +16,7 @@ export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1
 stamp=$(mktemp); touch "$stamp"; sleep 1
 step=${1:-tests}; shift || true
 case "$step" in
-  tests) python3 -m pytest -q -m gpu "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
+  tests) python3 -m pytest -q -m gpu -n 8 --dist loadgroup "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
   sweep) python3 run.py "$@" 2>&1 | tee -a ${OUT:+$OUT/sweep.log} ;;
   *) echo "unknown step $step (tests | sweep)"; exit 2 ;;
 esac

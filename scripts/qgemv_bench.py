@@ -9,7 +9,7 @@ replay time divided by the calls in it.
 
     python scripts/qgemv_bench.py --models llama8b llama1b --quant int4 int8 --batch 1 8 [--variants]
 
---variants also times qgemv at every (row tiles, warps) in ROWS x WARPS. Writes qgemv_bench.csv to $OUT (or .).
+--variants also times qgemv at each number of warps (K slices per program) in WARPS. Writes qgemv_bench.csv to $OUT (or .).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from kernels.gemv import gemv  # noqa: E402
 from kernels.qgemv import qgemv  # noqa: E402
 from kernels.quant import quantize_linear, unpack_int4  # noqa: E402
 
-ROWS, WARPS = (1, 2), (4, 8)
+WARPS = (4, 8)
 L2_BYTES = 50 << 20  # H100 / H200
 
 
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["llama8b"])
     ap.add_argument("--quant", nargs="+", default=["int4", "int8"], choices=("int4", "int8"))
     ap.add_argument("--batch", nargs="+", type=int, default=[1])
-    ap.add_argument("--variants", action="store_true", help="also every qgemv (row tiles, warps) in ROWS x WARPS")
+    ap.add_argument("--variants", action="store_true", help="also qgemv at each number of warps in WARPS")
     a = ap.parse_args()
     dev = torch.device("cuda")
     copy = measure_copy_bandwidth(dev)
@@ -142,10 +142,8 @@ def main() -> None:
                         print(f"{model} {quant} {layer}: {name} unavailable: {type(e).__name__}: {str(e)[:200]}")
                 impls["qgemv"] = [lambda x, wi=wi: qgemv(x, wi) for wi in ws]
                 if a.variants:
-                    for rt in ROWS:
-                        for wp in WARPS:
-                            impls[f"qgemv-r{rt}w{wp}"] = [lambda x, wi=wi, rt=rt, wp=wp: qgemv(x, wi, rows=rt, warps=wp)
-                                                          for wi in ws]
+                    for wp in WARPS:
+                        impls[f"qgemv-w{wp}"] = [lambda x, wi=wi, wp=wp: qgemv(x, wi, warps=wp) for wi in ws]
                 q_bytes = w.nbytes
                 for batch in a.batch:
                     x = torch.randn(batch, k, generator=gen, device=dev).to(torch.bfloat16)

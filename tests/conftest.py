@@ -14,11 +14,11 @@ import pytest  # noqa: E402
 GPU_MEMORY_WAIT_S = 240  # under `pytest -n N`, other workers free their memory when their tests end
 
 
-def big_model(model: str) -> list:
-    """Marks for a GPU test of `model`: under `pytest -n N --dist loadgroup` (the GPU command in README.md) the
-    3B and 8B models' tests each run in one worker, one after another, so that their 16-70 GB never coincide
-    with themselves."""
-    return [pytest.mark.xdist_group(model)] if model in ("llama3b", "llama8b", "llama70b") else []
+def big_memory(heavy: bool) -> list:
+    """Marks for a GPU test that needs 30-70 GB: under `pytest -n N --dist loadgroup` (the GPU command in README.md)
+    all such tests run in one worker, one after another, so that they never coincide. (Grouping every 3B / 8B test
+    by model instead serialised so much that the suite outran a 10-minute call on an H200.)"""
+    return [pytest.mark.xdist_group("big-memory")] if heavy else []
 
 
 def wait_for_gpu_memory(nbytes: int, what: str, timeout_s: float = GPU_MEMORY_WAIT_S) -> None:
