@@ -66,6 +66,17 @@ def measured(df: pd.DataFrame, statuses: Sequence[str] = MEASURED_STATUSES) -> p
     return df[df["status"].isin(list(statuses))].reset_index(drop=True)
 
 
+def timestamps(df: pd.DataFrame) -> pd.Series:
+    """`timestamp_utc` as UTC datetimes (NaT where absent or unreadable).
+
+    format="ISO8601": without it pandas infers one format from the first value and silently turns
+    every row written with another precision (fractional seconds or not) into NaT.
+    """
+    if "timestamp_utc" not in df.columns:
+        return pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns, UTC]")
+    return pd.to_datetime(df["timestamp_utc"], utc=True, errors="coerce", format="ISO8601")
+
+
 def latest(df: pd.DataFrame, by: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """The newest row per point (by `timestamp_utc`; later files win ties).
 
@@ -76,9 +87,7 @@ def latest(df: pd.DataFrame, by: Optional[Sequence[str]] = None) -> pd.DataFrame
     if by is None:
         df, by = with_point_key(df), ["point_key"]
     by = [c for c in by if c in df.columns]
-    ts = pd.to_datetime(df["timestamp_utc"], utc=True, errors="coerce") if "timestamp_utc" in df.columns \
-        else pd.Series(pd.NaT, index=df.index)
-    order = (df.assign(_ts=ts, _pos=np.arange(len(df)))
+    order = (df.assign(_ts=timestamps(df), _pos=np.arange(len(df)))
              .sort_values(["_ts", "_pos"], na_position="first", kind="stable"))
     keys = order[by].astype(object).where(order[by].notna(), "<na>")
     keep = ~keys.duplicated(keep="last")
@@ -129,22 +138,6 @@ def add_same_run_ratios(df: pd.DataFrame, refs: Iterable[str] = (DEFAULT_REFEREN
     return df
 
 
-def run_to_run_spread(df: pd.DataFrame, metric: str, min_runs: int = 3) -> pd.Series:
-    """Relative std (std / mean) of `metric` over the runs of each point_key with >= min_runs runs.
-
-    The spread between repeated measurements of one point: the noise a single run's
-    p10..p90 spread cannot see (clocks, thermal state, another process on the node).
-    """
-    if df.empty or metric not in df.columns:
-        return pd.Series(dtype=float)
-    d = with_point_key(measured(df))
-    vals = pd.to_numeric(d[metric], errors="coerce")
-    g = vals.groupby(d["point_key"])
-    n, mean, std = g.count(), g.mean(), g.std(ddof=1)
-    rel = (std / mean.abs()).where((n >= min_runs) & (mean.abs() > 0))
-    return rel.dropna()
-
-
 def tidy(df: pd.DataFrame, metrics: Sequence[str], id_columns: Sequence[str] = ID_COLUMNS) -> pd.DataFrame:
     """Long table for plotting: one row per (row, metric) with columns id_columns + metric, value, rel_spread."""
     metrics = [m for m in metrics if m in df.columns]
@@ -167,7 +160,7 @@ def measurement_dates(df: pd.DataFrame) -> str:
     """"2026-11-22", or "2026-11-20 to 2026-11-22" when the rows span several days ("" if none)."""
     if df.empty or "timestamp_utc" not in df.columns:
         return ""
-    ts = pd.to_datetime(df["timestamp_utc"], utc=True, errors="coerce").dropna()
+    ts = timestamps(df).dropna()
     if ts.empty:
         return ""
     lo, hi = ts.min().strftime("%Y-%m-%d"), ts.max().strftime("%Y-%m-%d")
@@ -202,6 +195,6 @@ def _int(v) -> str:
 
 __all__ = [
     "DEFAULT_REFERENCE", "FIGURE_POINT_FIELDS", "MEASURED_STATUSES", "POINT_KEY_FIELDS", "add_same_run_ratios",
-    "add_spread", "latest", "measured", "measurement_dates", "point_label", "quant_label", "run_to_run_spread",
-    "speedup_column", "spread_column", "tidy", "with_gpu_slug", "with_point_key",
+    "add_spread", "latest", "measured", "measurement_dates", "point_label", "quant_label", "speedup_column",
+    "spread_column", "tidy", "timestamps", "with_gpu_slug", "with_point_key",
 ]

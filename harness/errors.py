@@ -1,8 +1,6 @@
-"""Errors a user can cause: each carries one sentence naming what to change."""
-
-
-class ConfigError(ValueError):
-    """A bad configuration value, path or size; the message says what to change."""
+"""Errors a user can cause: each carries one sentence naming what to change. ConfigError is the kernels' own class
+(kernels/errors.py), so a bad model size refused by kernels.model is caught like any configuration error."""
+from kernels.errors import ConfigError  # noqa: F401 - re-exported: the harness raises and catches it
 
 
 class Unsupported(RuntimeError):

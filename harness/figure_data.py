@@ -80,15 +80,30 @@ def in_grid(df: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
+def with_tag(rows: pd.DataFrame, tag: Optional[str]) -> pd.DataFrame:
+    """The rows measured under results.tag=`tag` (all rows when tag is None). A tag that no row carries raises
+    ValueError: a figure asked for a tag is never drawn as an empty "no rows yet" placeholder (a typo would
+    otherwise pass for a sweep still to run)."""
+    if tag is None:
+        return rows
+    tags = rows["tag"] if "tag" in rows.columns else pd.Series(dtype=str)
+    if not (tags == tag).any():
+        present = ", ".join(sorted(str(t) for t in tags.dropna().unique())) or "none"
+        raise ValueError(f"results.tag={tag!r} matches no result row (tags present: {present})")
+    return rows[tags == tag]
+
+
 def figure_rows(experiment: str, rows: pd.DataFrame, gpu: Optional[str] = None,
                 tag: Optional[str] = None) -> pd.DataFrame:
-    """The rows a figure draws: same-run ratios, measured (ok/wrong), newest per point, in the grid."""
+    """The rows a figure draws: same-run ratios, measured (ok/wrong), newest per point, in the grid. Raises
+    ValueError when `tag` matches no row (with_tag)."""
+    with_tag(rows, tag)  # fails before anything is derived, naming the tags there are
     if rows.empty:
         return rows.copy()
     df = A.with_gpu_slug(A.add_same_run_ratios(rows))
     if gpu is not None:
         df = df[df["gpu_slug"] == gpu_slug(gpu)]
-    if tag is not None and "tag" in df.columns:
+    if tag is not None:
         df = df[df["tag"] == tag]
     df = A.latest(A.measured(df), by=A.FIGURE_POINT_FIELDS)
     return in_grid(df, experiment_grid(experiment))

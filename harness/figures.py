@@ -3,7 +3,8 @@
 Each figure draws the rows of one GPU that fall in its experiment's grid (the values its YAML fixes
 or sweeps: experiments/<name>.yaml), after same-run ratios were derived and only the newest row of
 each point kept (harness.analysis; rows chosen in harness.figure_data). A figure with no such rows
-is still written, saying plainly "no rows yet for <experiment> on <gpu>": nothing is ever invented.
+is still written, saying plainly "no rows yet for <experiment> on <gpu>": nothing is ever invented. A figure
+asked for a results.tag that no row carries is an error (ValueError), not a placeholder.
 
     figures.render("speedup_vs_context", load_results("results"), "results/figures")
     python -m harness.figures      # executes every notebook in notebooks/ headless (nbclient)
@@ -25,6 +26,7 @@ from harness import analysis as A
 from harness.figure_data import (  # noqa: F401 - re-exported: notebooks and tests use figures.figure_table etc.
     DEFAULT_FUSION, EXPERIMENTS_DIR, FUSION_ORDER, IMPL_ORDER, REF, REQUIRES, SPEEDUP, _model_order,
     _series_order, _with_series, experiment_grid, figure_rows, figure_table, gpus_in, in_grid, series_name,
+    with_tag,
 )
 from harness.results import REPO_ROOT
 from kernels import gpu_slug
@@ -322,7 +324,8 @@ PLOTTERS: dict[str, Callable[[pd.DataFrame, str, dict], Figure]] = {
 
 
 def make_figure(experiment: str, rows: pd.DataFrame, gpu: str, tag: Optional[str] = None) -> Figure:
-    """The figure of one experiment for one GPU (name or slug) from all rows; a placeholder if none fit."""
+    """The figure of one experiment for one GPU (name or slug) from all rows; a placeholder if none fit (but
+    ValueError if `tag` matches no row at all)."""
     if experiment not in PLOTTERS:
         raise ValueError(f"no figure for experiment {experiment!r}; choose one of {sorted(PLOTTERS)}")
     grid = experiment_grid(experiment)
@@ -330,7 +333,7 @@ def make_figure(experiment: str, rows: pd.DataFrame, gpu: str, tag: Optional[str
     names = rows.loc[[gpu_slug(g) == slug for g in rows["gpu_name"]], "gpu_name"] \
         if not rows.empty and "gpu_name" in rows.columns else pd.Series(dtype=str)
     gpu_name = str(names.iloc[0]) if len(names) else (NO_GPU if slug == NO_GPU else gpu)
-    df = figure_rows(experiment, rows, slug, tag) if slug != NO_GPU else rows.iloc[0:0]
+    df = figure_rows(experiment, rows, slug, tag) if slug != NO_GPU else with_tag(rows, tag).iloc[0:0]
     if df.empty:
         return no_rows_figure(experiment, gpu_name)
     ok, why = REQUIRES[experiment]
@@ -350,8 +353,9 @@ def save(fig: Figure, experiment: str, gpu: str, out_dir: str | Path) -> Path:
 
 def render(experiment: str, rows: pd.DataFrame, out_dir: str | Path, gpus: Optional[Sequence[str]] = None,
            tag: Optional[str] = None) -> list[Path]:
-    """Writes <out_dir>/<experiment>-<gpu-slug>.png for each GPU (default: every GPU in the rows)."""
-    gpus = list(gpus) if gpus else (gpus_in(rows) or [NO_GPU])
+    """Writes <out_dir>/<experiment>-<gpu-slug>.png for each GPU (default: every GPU with rows, of `tag` when
+    given). Raises ValueError when `tag` matches no row."""
+    gpus = list(gpus) if gpus else (gpus_in(with_tag(rows, tag)) or [NO_GPU])
     return [save(make_figure(experiment, rows, g, tag), experiment, g, out_dir) for g in gpus]
 
 

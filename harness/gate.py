@@ -1,45 +1,61 @@
-"""Regression gate: the latest rows of a results table against a committed baseline, per GPU.
+"""Regression gate: the newest rows of a results table against a committed baseline, per GPU.
 
-    python -m harness.gate --results results --baselines results/baselines [--gpu SLUG] [--threshold auto]
+    python -m harness.gate --results results --baselines results/baselines [--gpu SLUG] [--strict] [--only K=V,..]
     python -m harness.gate --refresh --results results --baselines results/baselines [--gpu SLUG]
 
+A point is what was measured: GPU (slug of gpu_name), model, quant, group size, batch, ctx, impl, fusion and,
+for the megakernel, its backend (column `mega_backend`; absent or empty = "triton", the only backend so far).
+The results tag is NOT part of it: the same point measured under another tag is the same point.
+Several runs of one point on one side: the newest run at a clean commit (git_sha without "-dirty") wins;
+a point never measured at a clean commit takes its newest run. Newest = latest `timestamp_utc`.
+
 Compares same-run ratios only (they cancel most of what differs between two sessions on one GPU):
-`pct_of_copy_bw` and `speedup_over_torch_compile` (where the run measured torch-compile too).
-Only a GPU's own baseline, results/baselines/<gpu-slug>.parquet, is used; baselines of other GPUs
-are ignored with a message. Threshold (`--threshold auto`), per point and metric:
+`pct_of_copy_bw` and `speedup_over_torch_compile` (where the run measured torch-compile too). A point
+regresses when ANY of them drops beyond its threshold. Threshold (`--threshold auto`), per point and metric:
 
-    noise     = sqrt(spread_baseline^2 + spread_current^2), raised to the run-to-run relative std of
-                the metric where the current table holds >= 3 runs of the point
-    threshold = max(min_threshold, K * noise)        K = 2, min_threshold = 3 %
-    delta     = current / baseline - 1               REGRESSION if delta < -threshold
+    spread    = (latency_us_p90 - latency_us_p10) / (2 * latency_us_median) of the row (harness.analysis);
+                for the speedup, sqrt(spread(row)^2 + spread(torch-compile row of that run)^2)
+    threshold = min_threshold + K * sqrt(spread_baseline^2 + spread_current^2)     K = 2, min_threshold = 3 %
+    delta     = current / baseline - 1                REGRESSION if delta < -threshold
 
-spread = (p90 - p10) / (2 * median) of the row's latencies (harness.analysis); for a speedup, the
-row's and its reference's spreads combined the same way. `--threshold 0.05` fixes it at 5 % instead.
+`--threshold 0.05` fixes it at 5 % instead. Only a GPU's own baseline, <baselines>/<gpu-slug>.parquet, is used.
 
-Exit status: 1 when a point regresses or a point that was ok is now wrong/failed/unsupported (or,
-with --strict, a baseline point is missing); 0 otherwise, including when no baseline exists for the
-GPU (a message says so); 2 for a usage error.
+Exit status: 1 when a point regresses or a point that was ok is now wrong/failed/unsupported (or, with --strict,
+a baseline point is missing or the GPU has no baseline); every failing point is named on a line of its own
+starting "FAIL". 0 otherwise (a GPU without a baseline passes with a message unless --strict). 2 for a usage
+error (a missing folder, no rows to compare, a bad option), with one sentence saying what to change.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from harness import analysis as A
+from harness.errors import ConfigError
 from harness.results import load_results
 from kernels import gpu_slug
 
 METRICS = ("pct_of_copy_bw", A.speedup_column(A.DEFAULT_REFERENCE))
 METRIC_LABELS = {"pct_of_copy_bw": "%copy", A.speedup_column(A.DEFAULT_REFERENCE): "x compile"}
-NOISE_K = 2.0  # threshold = K x combined relative noise ...
-MIN_THRESHOLD = 0.03  # ... but never below 3 %: run-to-run clock and thermal drift on one GPU
+NOISE_K = 2.0  # threshold = floor + K x combined relative noise of both sides ...
+MIN_THRESHOLD = 0.03  # ... the floor: drift between sessions on one GPU that a row's own p10..p90 cannot see
+# Which megakernel ran, where a row says so; rows without the column ran the only backend there was.
+MEGA_BACKEND_COLUMN = "mega_backend"
+DEFAULT_MEGA_BACKEND = "triton"
+# Identity of a point for the gate (not harness.results.POINT_KEY_FIELDS: that one has `tag`, which names a
+# sweep, not what was measured; keying on it let re-tagged rows pass as "new").
+GATE_POINT_FIELDS = ("gpu_slug", "model", "quant", "group_size", "batch", "ctx", "impl", "fusion",
+                     MEGA_BACKEND_COLUMN)
+ONLY_FIELDS = GATE_POINT_FIELDS[1:]  # --only selects within a GPU; --gpu picks the GPU
 REGRESSION, IMPROVED, SAME, BROKEN, MISSING, NEW, NOT_MEASURED = (
     "REGRESSION", "improved", "ok", "BROKEN", "missing", "new", "not measured")
 FAILING = (REGRESSION, BROKEN)
@@ -61,58 +77,157 @@ class PointVerdict:
     verdict: str
     deltas: list[MetricDelta] = field(default_factory=list)
     note: str = ""
+    source: str = ""  # which rows were compared (tag, date, commit of each side): printed for failing points
 
 
-def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    """Same-run ratios on every row, then the newest row per point."""
-    if df.empty:
-        return df
-    return A.latest(A.add_same_run_ratios(A.with_point_key(df)))
+# ---------------------------------------------------------------------------------------------- point identity
 
-
-def _num(v) -> float:
+def _ident(v):
+    """A comparable form of a key value: NaN/NA/None/"" -> None, 128.0 -> 128, numpy scalars -> Python."""
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
     try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return math.nan
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):  # not a scalar: kept as it is
+        return v
+    if isinstance(v, str) and not v.strip():
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
     return v
 
 
-def threshold_for(spread_base: float, spread_cur: float, run_to_run: float = math.nan,
-                  k: float = NOISE_K, floor: float = MIN_THRESHOLD) -> float:
-    """max(floor, k * noise), noise = sqrt(spread_base^2 + spread_cur^2) raised to `run_to_run`."""
+def mega_backend(r: Mapping) -> Optional[str]:
+    """The megakernel backend of a row (DEFAULT_MEGA_BACKEND when unrecorded); None for other impls."""
+    if r.get("impl") != "megakernel":
+        return None
+    b = _ident(r.get(MEGA_BACKEND_COLUMN))
+    return DEFAULT_MEGA_BACKEND if b is None else str(b)
+
+
+def _fields(r: Mapping) -> dict:
+    out = {f: _ident(r.get(f)) for f in GATE_POINT_FIELDS}
+    out["gpu_slug"] = gpu_slug(r.get("gpu_name"))
+    out[MEGA_BACKEND_COLUMN] = mega_backend(r)
+    return out
+
+
+def gate_key(r: Mapping) -> str:
+    """The gate's identity of a row's point (GATE_POINT_FIELDS) as one string."""
+    return json.dumps([_fields(r)[f] for f in GATE_POINT_FIELDS], default=str)
+
+
+def point_label(r: Mapping) -> str:
+    """"llama1b bf16 b1 ctx1024 megakernel/model": no tag (not part of a point), the backend if not the default."""
+    label = A.point_label({**r, "tag": None})
+    b = mega_backend(r)
+    return label + (f" backend={b}" if b not in (None, DEFAULT_MEGA_BACKEND) else "")
+
+
+def is_clean_sha(sha) -> bool:
+    """A commit the row's code can be checked out at: a sha without "-dirty" (empty = unknown = not clean)."""
+    return isinstance(sha, str) and sha.strip() != "" and not sha.endswith("-dirty")
+
+
+def select_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per point (gate_key): the newest clean-commit row, else the newest row.
+
+    Newest = latest `timestamp_utc`; rows without one count as oldest; a tie goes to the later row in `df`.
+    """
+    if df.empty:
+        return df.assign(gate_key=pd.Series(dtype=str))
+    df = df.assign(gate_key=[gate_key(r) for r in df.to_dict("records")])
+    clean = df["git_sha"].map(is_clean_sha) if "git_sha" in df.columns else pd.Series(False, index=df.index)
+    order = (df.assign(_clean=clean.to_numpy(), _ts=A.timestamps(df), _pos=np.arange(len(df)))
+             .sort_values(["_clean", "_ts", "_pos"], na_position="first", kind="stable"))
+    keep = ~order["gate_key"].duplicated(keep="last")
+    return order[keep].sort_values("_pos").drop(columns=["_clean", "_ts", "_pos"]).reset_index(drop=True)
+
+
+def prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """Same-run ratios on every row (before choosing: a ratio belongs to its run), then one row per point."""
+    if df.empty:
+        return select_runs(df)
+    return select_runs(A.add_same_run_ratios(df))
+
+
+def parse_only(specs: Sequence[str]) -> dict[str, set[str]]:
+    """["model=llama1b", "quant=bf16,int4"] -> {"model": {"llama1b"}, "quant": {"bf16", "int4"}}."""
+    out: dict[str, set[str]] = {}
+    for s in specs:
+        name, sep, values = s.partition("=")
+        name = name.strip()
+        if not sep or not values.strip():
+            raise ConfigError(f"--only {s!r}: write FIELD=VALUE[,VALUE...], e.g. --only quant=bf16,int4")
+        if name not in ONLY_FIELDS:
+            raise ConfigError(f"--only {s!r}: FIELD must be one of {', '.join(ONLY_FIELDS)}")
+        if name in out:
+            raise ConfigError(f"--only {name} is given twice; list every value in one: --only {name}=A,B")
+        out[name] = {v.strip() for v in values.split(",") if v.strip()}
+    return out
+
+
+def apply_only(df: pd.DataFrame, only: Mapping[str, set[str]]) -> pd.DataFrame:
+    """The rows whose point matches every --only field (values compared as text: batch 1 matches "1")."""
+    if df.empty or not only:
+        return df
+    def match(r):
+        f = _fields(r)
+        # mega_backend has no value outside the megakernel's rows: selecting a backend keeps the references
+        return all(str(f[k]) in v or (k == MEGA_BACKEND_COLUMN and f[k] is None) for k, v in only.items())
+    keep = [match(r) for r in df.to_dict("records")]
+    return df[keep].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def threshold_for(spread_base: float, spread_cur: float, k: float = NOISE_K, floor: float = MIN_THRESHOLD) -> float:
+    """floor + k * sqrt(spread_base^2 + spread_cur^2); a side without a spread contributes nothing."""
     parts = [x for x in (spread_base, spread_cur) if not math.isnan(x)]
-    noise = math.sqrt(sum(x * x for x in parts)) if parts else 0.0
-    if not math.isnan(run_to_run):
-        noise = max(noise, run_to_run)
-    return max(floor, k * noise)
+    return floor + k * math.sqrt(sum(x * x for x in parts))
+
+
+def _short_sha(sha) -> str:
+    sha = str(sha or "")
+    return (sha[:12] + ("-dirty" if sha.endswith("-dirty") else "")) if sha else "no sha"
+
+
+def _source(b: Mapping, c: Mapping) -> str:
+    def one(r):
+        return f"tag {r.get('tag')}, {str(r.get('timestamp_utc') or '?')[:10]}, {_short_sha(r.get('git_sha'))}"
+    return f"current: {one(c)}; baseline: {one(b)}"
 
 
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, threshold: str | float = "auto",
-            min_threshold: float = MIN_THRESHOLD, history: Optional[pd.DataFrame] = None) -> list[PointVerdict]:
-    """Verdicts for every point of `baseline` and `current` (both as `prepare` returns them).
-
-    history: all rows of the current table (for the run-to-run spread of repeated points).
-    """
-    run_spread = {m: A.run_to_run_spread(A.add_same_run_ratios(history), m) for m in METRICS} \
-        if history is not None and not history.empty else {}
-    base = {r["point_key"]: r for r in baseline.to_dict("records")} if not baseline.empty else {}
-    cur = {r["point_key"]: r for r in current.to_dict("records")} if not current.empty else {}
-    keys = sorted(set(base) | set(cur), key=lambda k: A.point_label(base.get(k) or cur[k]))
+            min_threshold: float = MIN_THRESHOLD) -> list[PointVerdict]:
+    """Verdicts for every point of `baseline` and `current` (both as `prepare` returns them: one row per point)."""
+    base = {r["gate_key"]: r for r in baseline.to_dict("records")} if not baseline.empty else {}
+    cur = {r["gate_key"]: r for r in current.to_dict("records")} if not current.empty else {}
+    keys = sorted(set(base) | set(cur), key=lambda k: point_label(base.get(k) or cur[k]))
     out = []
     for k in keys:
         b, c = base.get(k), cur.get(k)
-        label = A.point_label(b or c)
+        label = point_label(b or c)
         if c is None:
             out.append(PointVerdict(label, MISSING, note="in the baseline, not in the current rows"))
             continue
         if b is None:
             out.append(PointVerdict(label, NEW, note="not in the baseline"))
             continue
+        source = _source(b, c)
         b_ok, c_ok = b.get("status") in A.MEASURED_STATUSES, c.get("status") in A.MEASURED_STATUSES
         if b.get("status") == "ok" and c.get("status") != "ok":
             note = str(c.get("note") or "")[:120]
-            out.append(PointVerdict(label, BROKEN, note=f"status ok -> {c.get('status')}" + (f": {note}" if note else "")))
+            note = f"status ok -> {c.get('status')}" + (f": {note}" if note else "")
+            out.append(PointVerdict(label, BROKEN, note=note, source=source))
             continue
         if not (b_ok and c_ok):
             out.append(PointVerdict(label, NOT_MEASURED, note=f"status {b.get('status')} -> {c.get('status')}"))
@@ -125,22 +240,22 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, threshold: str | floa
             if math.isnan(bv) or math.isnan(cv) or bv <= 0:
                 continue
             if threshold == "auto":
-                t = threshold_for(_num(b.get(A.spread_column(m))), _num(c.get(A.spread_column(m))),
-                                  _num(run_spread.get(m, pd.Series(dtype=float)).get(k)), floor=min_threshold)
+                t = threshold_for(_num(b.get(A.spread_column(m))), _num(c.get(A.spread_column(m))), floor=min_threshold)
             else:
                 t = float(threshold)
             d = cv / bv - 1.0
-            v = REGRESSION if d < -t else IMPROVED if d > t else SAME
-            deltas.append(MetricDelta(m, bv, cv, d, t, v))
+            deltas.append(MetricDelta(m, bv, cv, d, t, REGRESSION if d < -t else IMPROVED if d > t else SAME))
         if not deltas:
             out.append(PointVerdict(label, NOT_MEASURED, note="no ratio to compare"))
             continue
+        # ANY regressed metric fails the point: a kernel can lose % of copy bandwidth while its speedup holds
+        # (the reference slowed too) or the reverse.
         verdict = REGRESSION if any(d.verdict == REGRESSION for d in deltas) else \
             IMPROVED if any(d.verdict == IMPROVED for d in deltas) else SAME
         note = "throttled while measured" if str(c.get("tel_throttled")).lower() == "true" else ""
         if c.get("status") == "wrong":
             note = (note + "; " if note else "") + "output wrong"
-        out.append(PointVerdict(label, verdict, deltas, note))
+        out.append(PointVerdict(label, verdict, deltas, note, source))
     return out
 
 
@@ -154,6 +269,19 @@ def format_verdict(p: PointVerdict, width: int) -> str:
     return f"  {p.label:<{width}}  {body}{'   ' if body else ''}{p.verdict}{note}"
 
 
+def failure_line(slug: str, p: PointVerdict) -> str:
+    """One line naming a failing point and why."""
+    if p.verdict == REGRESSION:
+        why = ", ".join(f"{METRIC_LABELS.get(d.metric, d.metric)} {d.baseline:.3f} -> {d.current:.3f} "
+                        f"({d.delta * 100:+.1f}%, threshold -{d.threshold * 100:.1f}%)"
+                        for d in p.deltas if d.verdict == REGRESSION)
+    else:
+        why = p.note
+    return f"FAIL {slug} {p.label}: {p.verdict} {why}" + (f" [{p.source}]" if p.source else "")
+
+
+# ---------------------------------------------------------------------------------------------- files
+
 def _baseline_path(baselines: Path, slug: str) -> Path:
     return baselines / f"{slug}.parquet"
 
@@ -161,7 +289,7 @@ def _baseline_path(baselines: Path, slug: str) -> Path:
 def _load_baseline(path: Path, slug: str, say: Callable[[str], None]) -> pd.DataFrame:
     df = pd.read_parquet(path)
     if df.empty:
-        return df
+        return select_runs(df)
     slugs = [gpu_slug(g) for g in df.get("gpu_name", pd.Series(["unknown"] * len(df)))]
     other = [s for s in slugs if s != slug]
     if other:
@@ -169,85 +297,97 @@ def _load_baseline(path: Path, slug: str, say: Callable[[str], None]) -> pd.Data
         df = df[[s == slug for s in slugs]].reset_index(drop=True)
     if "run_id" not in df.columns:  # a baseline written by hand: treat each row as its own run
         df["run_id"] = [f"baseline-{i}" for i in range(len(df))]
-    # Ratios were computed when the baseline was written (from rows of the same run); recompute only if absent.
+    # Ratios were computed when the baseline was written, from the rows of each row's own run (which the
+    # baseline may no longer hold); recompute only where a file lacks them.
     if any(m not in df.columns for m in METRICS):
         df = A.add_same_run_ratios(df)
-    return A.latest(A.with_point_key(df))
+    return select_runs(df)
 
+
+def _load_rows(results: Path) -> pd.DataFrame:
+    if not results.is_dir():
+        raise ConfigError(f"--results {results} is not a folder; give the results root (it holds <gpu-slug>/*.parquet)")
+    rows = load_results(results)
+    if rows.empty:
+        raise ConfigError(f"--results {results} holds no result rows (<gpu-slug>/*.parquet); measure first with run.py")
+    return A.with_gpu_slug(rows)
+
+
+# ---------------------------------------------------------------------------------------------- commands
 
 def gate(results: str | os.PathLike, baselines: str | os.PathLike, gpu: Optional[str] = None,
          threshold: str | float = "auto", min_threshold: float = MIN_THRESHOLD, strict: bool = False,
-         say: Callable[[str], None] = print) -> int:
-    """Prints the report; returns the exit status (0 pass, 1 regression)."""
+         only: Optional[Mapping[str, set[str]]] = None, say: Callable[[str], None] = print) -> int:
+    """Prints the report; returns the exit status (0 pass, 1 fail). Raises ConfigError on a usage error."""
     results, baselines = Path(results), Path(baselines)
-    rows = load_results(results)
+    if not baselines.is_dir():
+        raise ConfigError(f"--baselines {baselines} is not a folder; give the folder of <gpu-slug>.parquet baselines")
+    only = dict(only or {})
+    rows = apply_only(_load_rows(results), only)
     slug_filter = gpu_slug(gpu) if gpu else None
-    if not rows.empty:
-        rows = A.with_gpu_slug(rows)
-    current_slugs = sorted(set(rows["gpu_slug"])) if not rows.empty else []
-    base_files = {p.stem: p for p in sorted(baselines.glob("*.parquet"))} if baselines.is_dir() else {}
-    slugs = [slug_filter] if slug_filter else current_slugs
-    for s, p in base_files.items():
-        if s not in slugs:
+    if slug_filter:
+        rows = rows[rows["gpu_slug"] == slug_filter]
+    if rows.empty:
+        sel = " ".join([f"--gpu {slug_filter}"] * bool(slug_filter) +
+                       [f"--only {k}={','.join(sorted(v))}" for k, v in only.items()])
+        raise ConfigError(f"no rows under {results} match {sel}; check the GPU slug and --only values")
+    slugs = sorted(set(rows["gpu_slug"]))
+    for p in sorted(baselines.glob("*.parquet")):
+        if p.stem not in slugs:
             why = f"--gpu {slug_filter}" if slug_filter else "no current rows for that GPU"
-            say(f"baseline {p} ignored: GPU {s} is not compared ({why})")
-    if not slugs:
-        say(f"no result rows under {results}; nothing to compare")
-        return 0
-    status = 0
+            say(f"baseline {p} ignored: GPU {p.stem} is not compared ({why})")
+    failures: list[str] = []
     for slug in slugs:
-        cur_all = rows[rows["gpu_slug"] == slug].drop(columns="gpu_slug") if not rows.empty else rows
         path = _baseline_path(baselines, slug)
         if not path.is_file():
-            say(f"GPU {slug}: no baseline {path}; nothing to compare (write one with "
-                f"`python -m harness.gate --refresh --results {results} --baselines {baselines} --gpu {slug}`)")
+            msg = (f"GPU {slug}: no baseline {path}; nothing to compare (write one with "
+                   f"`python -m harness.gate --refresh --results {results} --baselines {baselines} --gpu {slug}`)")
+            say(msg)
+            if strict:
+                failures.append(f"FAIL {slug}: no baseline {path} (--strict)")
             continue
-        base = _load_baseline(path, slug, say)
-        cur = prepare(cur_all)
-        verdicts = compare(base, cur, threshold, min_threshold, history=cur_all)
-        how = (f"auto: max({min_threshold:.0%}, {NOISE_K:g} x noise)" if threshold == "auto"
+        base = apply_only(_load_baseline(path, slug, say), only)
+        cur = prepare(rows[rows["gpu_slug"] == slug].drop(columns="gpu_slug"))
+        verdicts = compare(base, cur, threshold, min_threshold)
+        how = (f"auto: {min_threshold:.0%} + {NOISE_K:g} x noise" if threshold == "auto"
                else f"fixed ±{float(threshold):.1%}")
-        say(f"GPU {slug}: baseline {path} ({len(base)} points, measured {A.measurement_dates(base) or '?'}) vs "
+        say(f"GPU {slug}: baseline {path} ({len(base)} points, measured {A.measurement_dates(base) or '-'}) vs "
             f"{results} ({len(cur)} points, measured {A.measurement_dates(cur) or '-'}); threshold {how}")
         width = max((len(v.label) for v in verdicts), default=10)
         for v in verdicts:
             say(format_verdict(v, width))
         counts = {k: sum(v.verdict == k for v in verdicts) for k in (REGRESSION, BROKEN, IMPROVED, SAME, MISSING,
                                                                       NEW, NOT_MEASURED)}
-        failed = counts[REGRESSION] + counts[BROKEN] + (counts[MISSING] if strict else 0)
+        failing = [v for v in verdicts if v.verdict in FAILING or (strict and v.verdict == MISSING)]
+        failures += [failure_line(slug, v) for v in failing]
         say(f"GPU {slug}: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) +
-            (" -> FAIL" if failed else " -> pass") + ("" if strict or not counts[MISSING] else
-                                                      " (missing points fail only with --strict)"))
-        if failed:
-            status = 1
-    return status
+            (" -> FAIL" if failing else " -> pass") +
+            ("" if strict or not counts[MISSING] else " (missing points fail only with --strict)"))
+    for line in failures:
+        say(line)
+    return 1 if failures else 0
 
 
 def refresh(results: str | os.PathLike, baselines: str | os.PathLike, gpu: Optional[str] = None,
             say: Callable[[str], None] = print) -> list[Path]:
-    """Writes <baselines>/<gpu-slug>.parquet from the current latest rows (every GPU but cpu, or `gpu`)."""
+    """Writes <baselines>/<gpu-slug>.parquet from the rows the gate would compare (every GPU but cpu, or `gpu`)."""
     results, baselines = Path(results), Path(baselines)
-    rows = load_results(results)
-    if rows.empty:
-        say(f"no result rows under {results}; no baseline written")
-        return []
-    rows = A.with_gpu_slug(rows)
+    rows = _load_rows(results)
     slugs = [gpu_slug(gpu)] if gpu else sorted(s for s in set(rows["gpu_slug"]) if s != "cpu")
     written = []
     for slug in slugs:
         cur = rows[rows["gpu_slug"] == slug].drop(columns="gpu_slug")
         if cur.empty:
-            say(f"GPU {slug}: no rows under {results}; no baseline written")
-            continue
-        latest = prepare(cur)
+            raise ConfigError(f"no rows of GPU {slug} under {results}; no baseline written (check --gpu)")
+        chosen = prepare(cur)
         baselines.mkdir(parents=True, exist_ok=True)
         path = _baseline_path(baselines, slug)
         tmp = path.with_name(f".{path.name}.tmp")
-        latest.to_parquet(tmp, index=False)
+        chosen.to_parquet(tmp, index=False)
         os.replace(tmp, path)
-        shas = sorted({str(s) for s in latest.get("git_sha", pd.Series(dtype=str)).dropna() if str(s)})
-        say(f"wrote {path}: {len(latest)} points of GPU {slug}, measured {A.measurement_dates(latest)}"
-            f"{', git ' + ', '.join(s[:12] for s in shas) if shas else ''}; review it, then `git add {path}`")
+        shas = sorted({str(s) for s in chosen.get("git_sha", pd.Series(dtype=str)).dropna() if str(s)})
+        say(f"wrote {path}: {len(chosen)} points of GPU {slug}, measured {A.measurement_dates(chosen)}"
+            f"{', git ' + ', '.join(_short_sha(s) for s in shas) if shas else ''}; review it, then `git add {path}`")
         written.append(path)
     return written
 
@@ -265,18 +405,31 @@ def _threshold(s: str) -> str | float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.gate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m harness.gate", description=__doc__.split("\n\n")[0],
+                                epilog="Exit status: 0 pass, 1 a point regressed (each named on a FAIL line), "
+                                       "2 usage error. Details: docs/figures.md, 'The regression gate'.")
     p.add_argument("--results", default="results", help="results root (<root>/<gpu-slug>/*.parquet)")
     p.add_argument("--baselines", default="results/baselines", help="folder of <gpu-slug>.parquet baselines")
     p.add_argument("--gpu", default=None, help="compare only this GPU (name or slug)")
     p.add_argument("--threshold", type=_threshold, default="auto", help="auto (from measured noise) or e.g. 0.05")
     p.add_argument("--min-threshold", type=float, default=MIN_THRESHOLD, help="floor of the auto threshold")
-    p.add_argument("--strict", action="store_true", help="a baseline point missing from the results fails")
-    p.add_argument("--refresh", action="store_true", help="write the baseline(s) from the current latest rows")
+    p.add_argument("--strict", action="store_true",
+                   help="a baseline point missing from the results, or a GPU without a baseline, fails")
+    p.add_argument("--only", action="append", default=[], metavar="FIELD=V[,V]",
+                   help="compare only points with these values (both sides; repeatable); "
+                        f"FIELD: {', '.join(ONLY_FIELDS)}")
+    p.add_argument("--refresh", action="store_true", help="write the baseline(s) from the rows the gate would compare")
     a = p.parse_args(argv)
-    if a.refresh:
-        return 0 if refresh(a.results, a.baselines, a.gpu) else 1
-    return gate(a.results, a.baselines, a.gpu, a.threshold, a.min_threshold, a.strict)
+    try:
+        if a.refresh:
+            if a.only:
+                raise ConfigError("--only does not go with --refresh: a baseline holds every point of its GPU")
+            refresh(a.results, a.baselines, a.gpu)
+            return 0
+        return gate(a.results, a.baselines, a.gpu, a.threshold, a.min_threshold, a.strict, parse_only(a.only))
+    except ConfigError as e:
+        print(f"harness.gate: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

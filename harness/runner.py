@@ -5,9 +5,13 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -22,8 +26,10 @@ from kernels.model import KVCache
 from harness.results import ResultsStore, env_info, point_key
 from harness.telemetry import TelemetrySampler
 from harness.timing import GraphCaptureError, measure_copy_bandwidth, time_step
-from harness.weights import build_weights, check_fits
+from harness.weights import build_weights, check_fits, check_hf_checkpoint
+from kernels import gpu_slug
 from kernels.model import ModelWeights
+from kernels.quant import quant_mode
 
 # Relative logits error (||impl - ref|| / ||ref||, ref = fp32 reference on the same quantized weights)
 # under which an impl counts as correct, by activation dtype.
@@ -94,15 +100,70 @@ def compare(logits: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
+def check_results_dir(root: str | os.PathLike, gpu_name: str) -> None:
+    """Creates results.dir if missing and proves, by writing a hidden probe file where the rows will go
+    (<root>/<gpu slug>/, else <root>), that a run's rows can be stored: otherwise an unwritable results.dir fails
+    only after every impl was measured. os.access alone is not enough (root ignores modes; read-only mounts)."""
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"results.dir={root} is a file, not a directory; point results.dir at a directory "
+                          f"(it is created if missing)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"results.dir={root} cannot be created ({e.strerror or e}); "
+                          f"point results.dir at a writable directory") from None
+    folder = root / gpu_slug(gpu_name)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"results.dir={root} holds a file {folder.name} where this GPU's results folder goes; "
+                          f"move that file or point results.dir elsewhere")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder if folder.is_dir() else root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"results.dir={root} is not writable ({e.strerror or e}); "
+                          f"point results.dir at a writable directory or change its permissions") from None
+
+
+def unsupported_before_build(cfg, spec, device: torch.device, runs: list[tuple[str, str]]) -> dict:
+    """{(impl, fusion): why} for the runs an impl's `unsupported` refuses from the configuration alone (device,
+    quant, dtype, batch, shapes), asked before any weight exists, so that e.g. int4 torch-eager on a CPU is refused
+    without building 8B weights. The context holds stand-ins that carry only those facts; an impl whose check needs
+    more (it raises on a stand-in) is asked again, with the real context, when it is measured."""
+    b, mode = cfg.bench, quant_mode(cfg.quant.name)
+    weights = SimpleNamespace(spec=spec, quant=cfg.quant.name, group_size=cfg.quant.group_size, dtype=mode.act_dtype)
+    k = SimpleNamespace(shape=(spec.n_layers, b.batch, spec.n_kv_heads, b.ctx + 1, spec.head_dim),
+                        dtype=mode.act_dtype, device=device)
+    cache = SimpleNamespace(k=k, v=k, max_len=b.ctx + 1)
+    out = {}
+    for name, fusion in runs:
+        run_cfg = cfg if fusion in ("none", cfg.fusion) else _with_fusion(cfg, fusion)
+        ctx = ImplContext(cfg=run_cfg, spec=spec, weights=weights, cache=cache, device=device)
+        try:
+            why = REGISTRY[name].unsupported(ctx)
+        except Exception:  # noqa: BLE001 - the check needs real tensors: it runs again on the real context
+            why = None
+        if why:
+            out[(name, fusion)] = why
+    return out
+
+
 def run_point(cfg: DictConfig) -> list[dict]:
-    """Measures every selected impl at one (model, quant, batch, ctx) point; returns and stores the rows."""
+    """Measures every selected impl at one (model, quant, batch, ctx) point; returns and stores the rows.
+
+    Everything a user can get wrong (values, the checkpoint's config and tensor headers, results.dir, a point no
+    selected impl can run here) is refused in one ConfigError sentence before any weight is built."""
     spec = validate(cfg, list(REGISTRY))
+    if cfg.model.path:  # model_spec read config.json from the same path; now its tensors' names and shapes
+        check_hf_checkpoint(cfg.model.path, spec)
     device = pick_device(cfg.bench.device)
     if device.type == "cpu":
         print(CPU_BANNER)
     b, quant, gs = cfg.bench, cfg.quant.name, cfg.quant.group_size
     store = ResultsStore(cfg.results.dir)
     env = env_info(device)
+    check_results_dir(cfg.results.dir, env["gpu_name"])
     env["run_id"] = uuid.uuid4().hex  # the rows of this run_point call (same-run ratios)
     runs = impl_runs(cfg)  # (impl, fusion) pairs, the baseline first
     point = dict(model=spec.name, quant=quant, group_size=gs if quant == "int4" else 0, batch=b.batch, ctx=b.ctx,
@@ -115,6 +176,17 @@ def run_point(cfg: DictConfig) -> list[dict]:
                   f"(pass results.resume=false or a new results.tag to measure again)")
             return []
 
+    early = unsupported_before_build(cfg, spec, device, runs)
+    if len(early) == len(runs):  # nothing to measure: say why per impl, build nothing, and let a sweep go on
+        rows = [{**env, **point, "impl": name, "fusion": fusion, "point_key": keys[(name, fusion)], "status":
+                 "unsupported", "note": why, "baseline": cfg.baseline, "speedup": math.nan} for (name, fusion), why
+                in early.items()]
+        print(f"every selected impl is unsupported at model={spec.name} quant={quant} batch={b.batch} on {device}; "
+              f"no weights built:")
+        for r in rows:
+            print(f"impl {r['impl']}: unsupported: {r['note']}")
+        store.append(rows)
+        return rows
     check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
     copy_tbps = measure_copy_bandwidth(device)  # before the weights take the memory it needs
     t0 = time.perf_counter()
@@ -135,6 +207,8 @@ def run_point(cfg: DictConfig) -> list[dict]:
                "status": "ok", "note": "", "config_json": resolved}
         row.update({f"bytes_{k}": v for k, v in nbytes.items() if k != "total"})
         try:
+            if (name, fusion) in early:
+                raise Unsupported(early[(name, fusion)])
             run_cfg = cfg if fusion in ("none", cfg.fusion) else _with_fusion(cfg, fusion)
             row.update(_measure(name, run_cfg, spec, weights, cache, tokens, positions, ref_logits, device))
         except Unsupported as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -65,7 +66,8 @@ def check_fits(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
 # --------------------------------------------------------------------------------------------
 # Random weights, generated directly on the device
 # --------------------------------------------------------------------------------------------
-def random_weights(spec: ModelSpec, quant: str, group_size: int, device: torch.device | str, seed: int = 0) -> ModelWeights:
+def random_weights(spec: ModelSpec, quant: str, group_size: int, device: torch.device | str,
+                   seed: int = 0) -> ModelWeights:
     """Deterministic (per device type) random weights, scaled so activations stay O(1) through all layers:
     input projections ~ N(0, 1/K), output projections (wo, w_down) further / sqrt(2 * n_layers)
     so the residual stream grows by O(1) over the whole model; norms ~ 1 + N(0, 0.1^2)."""
@@ -102,7 +104,12 @@ def random_weights(spec: ModelSpec, quant: str, group_size: int, device: torch.d
 def _safetensor_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{index} is not a readable safetensors index ({type(e).__name__}: {e}); "
+                              f"repair it or copy the checkpoint again") from None
         files = [path / n for n in names]
     else:
         files = sorted(path.glob("*.safetensors"))
@@ -111,6 +118,103 @@ def _safetensor_files(path: Path) -> list[Path]:
         raise ConfigError(f"model.path={path} has no readable *.safetensors files"
                           + (f" (missing {missing[0].name})" if missing else "")
                           + "; point model.path at a complete local Hugging Face checkpoint")
+    return files
+
+
+# Tensor dtypes load_hf_weights can cast to the run's activation dtype (quantized or integer checkpoints cannot be).
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def expected_hf_tensors(spec: ModelSpec) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every tensor a Llama checkpoint of `spec` holds: name -> (shape, that shape in config.json's keys)."""
+    D, F, V = spec.dim, spec.ffn_dim, spec.vocab_size
+    # head_dim: config.json's head_dim, else hidden_size / num_attention_heads
+    q, kv = "num_attention_heads * head_dim", "num_key_value_heads * head_dim"
+    out = {"model.embed_tokens.weight": ((V, D), "[vocab_size, hidden_size]"),
+           "model.norm.weight": ((D,), "[hidden_size]")}
+    if not spec.tie_embeddings:
+        out["lm_head.weight"] = ((V, D), "[vocab_size, hidden_size]")
+    for i in range(spec.n_layers):
+        p = f"model.layers.{i}."
+        out.update({
+            p + "input_layernorm.weight": ((D,), "[hidden_size]"),
+            p + "post_attention_layernorm.weight": ((D,), "[hidden_size]"),
+            p + "self_attn.q_proj.weight": ((spec.q_dim, D), f"[{q}, hidden_size]"),
+            p + "self_attn.k_proj.weight": ((spec.kv_dim, D), f"[{kv}, hidden_size]"),
+            p + "self_attn.v_proj.weight": ((spec.kv_dim, D), f"[{kv}, hidden_size]"),
+            p + "self_attn.o_proj.weight": ((D, spec.q_dim), f"[hidden_size, {q}]"),
+            p + "mlp.gate_proj.weight": ((F, D), "[intermediate_size, hidden_size]"),
+            p + "mlp.up_proj.weight": ((F, D), "[intermediate_size, hidden_size]"),
+            p + "mlp.down_proj.weight": ((D, F), "[hidden_size, intermediate_size]"),
+        })
+    return out
+
+
+def _headers(f: Path) -> list[tuple[str, list[int], str]]:
+    """(name, shape, dtype) of every tensor in one .safetensors file, from its header alone (no tensor data is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(f), framework="pt", device="cpu") as sf:
+            out = []
+            for name in sf.keys():
+                sl = sf.get_slice(name)
+                out.append((name, list(sl.get_shape()), sl.get_dtype()))
+            return out
+    except OSError as e:
+        raise ConfigError(f"{f} cannot be read ({e.strerror or e}); "
+                          f"make it readable or copy the checkpoint again") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (not exported) on a bad header
+        why = str(e).splitlines()[0].removeprefix("Error while deserializing header: ") if str(e) else type(e).__name__
+        raise ConfigError(f"{f} is not a readable safetensors file ({why}); it is truncated or corrupt: "
+                          f"copy it from the checkpoint again") from None
+
+
+def check_hf_checkpoint(path: str | os.PathLike, spec: ModelSpec) -> list[Path]:
+    """Checks, from the safetensors headers alone, that the checkpoint at `path` holds exactly the tensors `spec`
+    (its config.json) implies, with those shapes and a float dtype; returns its files. Each problem is one
+    ConfigError sentence naming the file, the tensor and what was expected, raised before any weight is read
+    (a mismatch otherwise shows up as a shape error, or silently wrong logits, after minutes of loading)."""
+    path = Path(path).expanduser()
+    files = _safetensor_files(path)
+    cfg = path / "config.json"
+    expected = expected_hf_tensors(spec)
+    seen: dict[str, Path] = {}
+    layer_re = re.compile(r"model\.layers\.(\d+)\.")
+    for f in files:
+        for name, shape, dtype in _headers(f):
+            if name in seen:
+                raise ConfigError(f"{f} repeats tensor {name}, already in {seen[name].name}; "
+                                  f"remove the duplicate or copy the checkpoint again")
+            seen[name] = f
+            if name.endswith("rotary_emb.inv_freq"):  # a buffer older transformers saved; recomputed from config
+                continue
+            if name.endswith(".bias"):
+                raise ConfigError(f"{f} holds bias tensor {name}; only bias-free Llama checkpoints are supported")
+            want = expected.get(name)
+            if want is None and name == "lm_head.weight":  # tied checkpoints may still store the head: it is unused
+                want = ((spec.vocab_size, spec.dim), "[vocab_size, hidden_size]")
+            if want is None:
+                m = layer_re.match(name)
+                if m and int(m.group(1)) >= spec.n_layers:
+                    raise ConfigError(f"{f} holds {name} of layer {m.group(1)}, but {cfg} says num_hidden_layers="
+                                      f"{spec.n_layers}; make num_hidden_layers and the checkpoint's layers agree")
+                raise ConfigError(f"{f} holds unexpected tensor {name} (shape {shape}); a Llama checkpoint of {cfg} "
+                                  f"holds only model.embed_tokens, model.layers.*, model.norm and lm_head weights")
+            if tuple(shape) != want[0]:
+                raise ConfigError(f"{f} holds {name} of shape {shape}, but {cfg} implies {list(want[0])} {want[1]}; "
+                                  f"make config.json and the weights agree")
+            if dtype not in _FLOAT_DTYPES:
+                raise ConfigError(f"{f} holds {name} as {dtype}; only float checkpoints ({', '.join(_FLOAT_DTYPES)}) "
+                                  f"are supported, not quantized ones")
+    missing = [n for n in expected if n not in seen]
+    if missing:
+        name, (shape, dims) = missing[0], expected[missing[0]]
+        where = ", ".join(f.name for f in files)
+        hint = (" (or set tie_word_embeddings: true in config.json if the head is the embedding)"
+                if name == "lm_head.weight" else "")
+        raise ConfigError(f"model.path={path} lacks tensor {name} {list(shape)} {dims} in {where}{hint}; "
+                          f"{len(missing)} expected tensor(s) are missing: copy the complete checkpoint")
     return files
 
 
@@ -128,10 +232,9 @@ def load_hf_weights(path: str | os.PathLike, spec: ModelSpec, quant: str, group_
                     device: torch.device | str) -> ModelWeights:
     """Maps a Llama checkpoint's tensor names onto ModelWeights, quantizing each linear on the device."""
     path, device, dtype = Path(path).expanduser(), torch.device(device), quant_mode(quant).act_dtype
+    files = check_hf_checkpoint(path, spec)  # headers only: every bad tensor is refused before any is loaded
     raw: dict[str, torch.Tensor] = {}
-    for name, t in _tensors(_safetensor_files(path), device):
-        if name.endswith(".bias"):
-            raise ConfigError(f"model.path={path} has bias tensors ({name}); only bias-free Llama checkpoints are supported")
+    for name, t in _tensors(files, device):
         if name.endswith("rotary_emb.inv_freq"):
             continue
         raw[name] = t.to(device=device, dtype=dtype)

@@ -22,8 +22,13 @@ _QUANT_BYTES = {"bf16": 1.0, "int8": 0.53, "int4": 0.29}
 
 def run_rows(model="llama1b", quant="bf16", batch=1, ctx=1024, impls=ALL_IMPLS, fusion="model",
              gpu=GPU, when="2026-11-22T06:00:00+00:00", latency=None, spread=0.004, status=None,
-             copy_tbps=3.0, baseline="torch-eager", tag="default", seed=0, hostname="node1") -> list[dict]:
-    """Rows of one run. latency: {impl: µs} overrides the model; status: {impl: status}."""
+             copy_tbps=3.0, baseline="torch-eager", tag="default", seed=0, hostname="node1", git_sha="abc123",
+             mega_backend=None) -> list[dict]:
+    """Rows of one run. latency: {impl: µs} overrides the model; status: {impl: status}.
+
+    git_sha: "abc123" is a clean commit, "abc123-dirty" a dirty tree. mega_backend: None writes no
+    `mega_backend` column (rows from before it existed), else the megakernel row records it.
+    """
     rng = random.Random(seed)
     gb = _GB.get(model, 2.0) * _QUANT_BYTES.get(quant, 1.0) + batch * ctx * 1.3e-4
     nbytes = int(gb * 1e9)
@@ -35,11 +40,13 @@ def run_rows(model="llama1b", quant="bf16", batch=1, ctx=1024, impls=ALL_IMPLS, 
         lat = latency.get(impl, _BASE_US[impl] * gb * _FUSION_FACTOR[fus] * (1 + 0.06 * (batch - 1) ** 0.5)
                           * (1 + rng.uniform(-0.005, 0.005)))
         st = status.get(impl, "ok")
-        r = {"gpu_name": gpu, "hostname": hostname, "git_sha": "abc123", "timestamp_utc": when, "model": model,
+        r = {"gpu_name": gpu, "hostname": hostname, "git_sha": git_sha, "timestamp_utc": when, "model": model,
              "quant": quant, "group_size": 128 if quant == "int4" else 0, "batch": batch, "ctx": ctx, "tag": tag,
              "impl": impl, "fusion": fus, "bytes_per_step": nbytes, "copy_tbps": copy_tbps, "status": st,
              "note": "", "config_json": json.dumps(config, sort_keys=True), "baseline": baseline,
              "tel_throttled": False}
+        if mega_backend is not None and impl == "megakernel":
+            r["mega_backend"] = mega_backend
         if st in ("ok", "wrong"):
             r.update(latency_us_median=lat, latency_us_p10=lat * (1 - spread), latency_us_p90=lat * (1 + spread),
                      latency_us_mean=lat, latency_us_std=lat * spread / 1.28, repeats=50,

@@ -1,8 +1,14 @@
-"""Figure notebooks run headless (nbclient, kernel python3) and write their PNGs; the figure module
-draws real rows, and says "no rows yet" where there are none (on synthetic tables in tmp dirs)."""
+"""Figure notebooks run headless (nbclient, kernel python3), and every figure draws exactly the rows of its table:
+its expected series with their expected number of points on a synthetic full sweep, every row of figure_rows on
+the committed results, and the same picture from the notebook as from harness.figures. A notebook pointed at a tag
+that no row carries fails; "no rows yet" is drawn only where there are truly no rows."""
+from collections import defaultdict
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from harness import figures as F
 from harness.results import ResultsStore, load_results
@@ -12,32 +18,28 @@ from tests.synthetic_results import GPU, H200, full_sweeps, run_rows
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The value each line figure plots on y; the speedup figures draw the reference as a dashed line at 1, not a series.
+LINE_Y = {"speedup_vs_context": F.SPEEDUP, "speedup_vs_model": F.SPEEDUP, "batch_sweep": "latency_us_median"}
+REF_AS_LINE = {"speedup_vs_context", "speedup_vs_model"}
+FUSION_BARS = [f"megakernel/{f}" for f in F.FUSION_ORDER] + ["layerwise", F.REF]
+NON_REF = ["torch-eager", "torch-graph", "flash-attn", "layerwise", "megakernel/model"]
+
+# What each figure draws from tests/synthetic_results.full_sweeps (the design of that sweep, written out):
+# panels -> series -> points.
+PAIRS = ["llama1b bf16", "llama1b int4 g128", "llama8b bf16", "llama8b int4 g128"]
+EXPECTED_LINES = {
+    "speedup_vs_context": {p: {s: 5 for s in NON_REF} for p in PAIRS},  # ctx 128 .. 32768
+    "batch_sweep": {p: {s: 5 for s in [*NON_REF[:2], F.REF, *NON_REF[2:]]} for p in PAIRS},  # batch 1 .. 16
+    "speedup_vs_model": {q: {s: 3 for s in NON_REF} for q in ["bf16", "int8", "int4"]},  # 1B, 3B, 8B
+}
+EXPECTED_BARS = {
+    "fusion_ablation": {p: FUSION_BARS for p in PAIRS},  # one bar per fusion, layerwise and the reference
+    "bandwidth_by_impl": {"% of copy": 6 * 6, "TB/s": 6 * 6},  # (1B, 8B) x (bf16, int8, int4) x 6 impls
+}
 
 
 def _png_ok(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
-
-
-def test_one_notebook_per_figure():
-    assert {p.stem for p in NOTEBOOKS} == set(F.PLOTTERS)
-    for p in NOTEBOOKS:
-        assert (ROOT / "experiments" / f"{p.stem}.yaml").is_file()
-
-
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_on_the_committed_results(notebook, tmp_path):
-    F.execute_notebook(notebook, {"RESULTS": str(ROOT / "results"), "FIGURES": str(tmp_path)})
-    gpus = F.gpus_in(load_results(ROOT / "results")) or [F.NO_GPU]
-    for g in gpus:
-        assert _png_ok(tmp_path / f"{notebook.stem}-{g}.png")
-
-
-def test_notebook_runs_without_any_rows(tmp_path):
-    nb = ROOT / "notebooks" / "batch_sweep.ipynb"
-    executed = F.execute_notebook(nb, {"RESULTS": str(tmp_path / "empty"), "FIGURES": str(tmp_path / "fig")})
-    assert _png_ok(tmp_path / "fig" / "batch_sweep-any-gpu.png")
-    text = "".join(str(o.get("text", "")) for c in executed.cells for o in c.get("outputs", []))
-    assert "Traceback" not in text
 
 
 def _texts(fig) -> str:
@@ -45,13 +47,135 @@ def _texts(fig) -> str:
         " ".join(t.get_text() for t in fig.texts) + " " + (fig._suptitle.get_text() if fig._suptitle else "")
 
 
+def _panel(ax) -> str:
+    """A line panel's model and weight format: its title without the "(n of m ... measured)" count."""
+    return ax.get_title().split(" (")[0]
+
+
+def drawn_lines(fig) -> dict[str, dict[str, list[float]]]:
+    """Panel -> series -> the y values of its labelled error-bar line (a line figure's data, as drawn)."""
+    out: dict = defaultdict(dict)
+    for ax in fig.axes:
+        for c in ax.containers:
+            if isinstance(c, ErrorbarContainer) and not c.get_label().startswith("_"):
+                out[_panel(ax)][c.get_label()] = [float(v) for v in c.lines[0].get_ydata()]
+    return dict(out)
+
+
+def drawn_bars(ax) -> list[tuple[int, str, float]]:
+    """(x slot, edge colour, height) of every bar of an axes, in drawing order."""
+    bars = [c.patches[0] for c in ax.containers if isinstance(c, BarContainer)]
+    return [(round(p.get_x() + p.get_width() / 2), to_hex(p.get_edgecolor()), float(p.get_height())) for p in bars]
+
+
+def fusion_bars(fig) -> dict[str, dict[str, float]]:
+    """fusion_ablation: panel -> x tick (series) -> bar height."""
+    out = {}
+    for ax in fig.axes:
+        if ax.get_visible():
+            ticks = [t.get_text().replace("mega\n", "megakernel/") for t in ax.get_xticklabels()]
+            out[ax.get_title()] = {ticks[x]: h for x, _, h in drawn_bars(ax)}
+    return out
+
+
+def table_of(experiment: str, rows: pd.DataFrame, gpu: str) -> pd.DataFrame:
+    """The rows the figure must draw, each with its series name."""
+    return F._with_series(F.figure_rows(experiment, rows, gpu))
+
+
+def assert_draws_its_table(experiment: str, rows: pd.DataFrame, gpu: str) -> None:
+    """Every row of figure_rows is drawn, with its value, and nothing else is."""
+    fig = F.make_figure(experiment, rows, gpu)
+    df = table_of(experiment, rows, gpu)
+    assert "no rows yet" not in _texts(fig), f"{experiment} on {gpu}: a placeholder for a table of {len(df)} rows"
+    if experiment in LINE_Y:
+        y = LINE_Y[experiment]
+        d = df[df[y].notna() & ~((df["series"] == F.REF) & (experiment in REF_AS_LINE))]
+        want = {s: sorted(g[y]) for s, g in d.groupby("series")}
+        got = defaultdict(list)
+        for series in drawn_lines(fig).values():
+            for s, ys in series.items():
+                got[s] += ys
+        assert sorted(got) == sorted(want), f"{experiment} on {gpu}: series drawn {sorted(got)} != {sorted(want)}"
+        for s in want:
+            assert sorted(got[s]) == pytest.approx(want[s]), f"{experiment} on {gpu}: the points of {s}"
+    elif experiment == "fusion_ablation":
+        d = df[df["series"].isin(FUSION_BARS) & df[F.SPEEDUP].notna()]
+        heights = [h for panel in fusion_bars(fig).values() for h in panel.values()]
+        assert sorted(heights) == pytest.approx(sorted(d[F.SPEEDUP])), f"fusion_ablation on {gpu}: the bars"
+    else:  # bandwidth_by_impl: % of copy on top, TB/s below, one bar per row
+        ax_pct, ax_tb = fig.axes[:2]
+        assert sorted(h for *_, h in drawn_bars(ax_pct)) == pytest.approx(sorted(df["pct_of_copy_bw"]))
+        assert sorted(h for *_, h in drawn_bars(ax_tb)) == pytest.approx(sorted(df["gbps"] / 1e3))
+
+
 @pytest.fixture(scope="module")
-def synthetic_rows(tmp_path_factory):
+def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("results")
     store = ResultsStore(root)
     full_sweeps(store)
     store.append(run_rows(gpu=H200, model="llama8b", quant="int4", ctx=100))  # in no experiment's grid
-    return load_results(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic_rows(synthetic_root):
+    return load_results(synthetic_root)
+
+
+# ---------------------------------------------------------------- the data behind each figure
+
+@pytest.mark.parametrize("experiment", sorted(LINE_Y))
+def test_line_figures_draw_every_series_with_every_point(experiment, synthetic_rows):
+    fig = F.make_figure(experiment, synthetic_rows, GPU)
+    drawn = {panel: {s: len(ys) for s, ys in series.items()} for panel, series in drawn_lines(fig).items()}
+    assert drawn == EXPECTED_LINES[experiment]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(legend) == sorted({s for series in EXPECTED_LINES[experiment].values() for s in series} |
+                                    ({f"{F.REF} (reference = 1)"} if experiment in REF_AS_LINE else set()))
+    assert_draws_its_table(experiment, synthetic_rows, GPU)
+
+
+def test_fusion_figure_draws_one_bar_per_fusion_and_reference(synthetic_rows):
+    fig = F.make_figure("fusion_ablation", synthetic_rows, GPU)
+    bars = fusion_bars(fig)
+    want = EXPECTED_BARS["fusion_ablation"]
+    assert {p: sorted(b) for p, b in bars.items()} == {p: sorted(s) for p, s in want.items()}
+    for panel in bars.values():
+        assert panel[F.REF] == pytest.approx(1.0)  # the reference over itself
+        # the synthetic latencies grow from model to op fusion (tests/synthetic_results._FUSION_FACTOR)
+        assert panel["megakernel/model"] > panel["megakernel/layer"] > panel["megakernel/block"] > \
+            panel["megakernel/op"]
+    assert "not\nmeasured" not in _texts(fig)
+    assert_draws_its_table("fusion_ablation", synthetic_rows, GPU)
+
+
+def test_bandwidth_figure_draws_one_bar_per_impl_and_format(synthetic_rows):
+    fig = F.make_figure("bandwidth_by_impl", synthetic_rows, GPU)
+    ax_pct, ax_tb = fig.axes[:2]
+    for ax, key in ((ax_pct, "% of copy"), (ax_tb, "TB/s")):
+        bars = drawn_bars(ax)
+        assert len(bars) == EXPECTED_BARS["bandwidth_by_impl"][key]
+        per_slot = defaultdict(set)
+        for slot, colour, _ in bars:
+            per_slot[slot].add(colour)
+        assert sorted(per_slot) == list(range(6)) and all(len(c) == 6 for c in per_slot.values())  # 6 impls each
+    assert [t.get_text() for t in ax_pct.get_xticklabels()] == [
+        "llama1b bf16", "llama1b int8", "llama1b int4 g128", "llama8b bf16", "llama8b int8", "llama8b int4 g128"]
+    assert_draws_its_table("bandwidth_by_impl", synthetic_rows, GPU)
+
+
+@pytest.mark.parametrize("experiment", sorted(F.PLOTTERS))
+def test_committed_figures_draw_their_tables(experiment):
+    """On the committed results: each GPU's figure draws every row of its table, or says why there is none."""
+    rows = load_results(ROOT / "results")
+    for g in F.gpus_in(rows):
+        df = table_of(experiment, rows, g)
+        ok, _ = F.REQUIRES[experiment]
+        if df.empty or not ok(df):
+            assert "no rows yet" in _texts(F.make_figure(experiment, rows, g))
+        else:
+            assert_draws_its_table(experiment, rows, g)
 
 
 @pytest.mark.parametrize("experiment", sorted(F.PLOTTERS))
@@ -64,6 +188,28 @@ def test_every_figure_draws_a_full_sweep(experiment, synthetic_rows, tmp_path):
     assert labels and all("(" in l for l in labels)  # units on every y axis
     [path] = F.render(experiment, synthetic_rows, tmp_path, gpus=[GPU])
     assert path.name == f"{experiment}-{gpu_slug(GPU)}.png" and _png_ok(path)
+
+
+# ---------------------------------------------------------------- tags and empty selections
+
+@pytest.mark.parametrize("experiment", sorted(F.PLOTTERS))
+def test_a_missing_tag_is_an_error_not_an_empty_figure(experiment, synthetic_rows, tmp_path):
+    with pytest.raises(ValueError, match=r"results.tag='no-such-tag' matches no result row \(tags present: default\)"):
+        F.render(experiment, synthetic_rows, tmp_path, tag="no-such-tag")
+    with pytest.raises(ValueError, match="no-such-tag"):
+        F.figure_table(experiment, synthetic_rows, tag="no-such-tag")
+    with pytest.raises(ValueError, match="no-such-tag"):
+        F.make_figure(experiment, synthetic_rows, GPU, tag="no-such-tag")
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_a_tag_draws_only_the_gpus_that_have_it(synthetic_rows, tmp_path):
+    rows = pd.concat([synthetic_rows, pd.DataFrame(run_rows(gpu=H200, tag="h200-only", baseline="torch-compile"))],
+                     ignore_index=True)
+    paths = F.render("speedup_vs_model", rows, tmp_path, tag="h200-only")
+    assert [p.name for p in paths] == [f"speedup_vs_model-{gpu_slug(H200)}.png"]  # no placeholder for the H100
+    drawn = drawn_lines(F.make_figure("speedup_vs_model", rows, H200, tag="h200-only"))
+    assert {p: {s: len(ys) for s, ys in d.items()} for p, d in drawn.items()} == {"bf16": {s: 1 for s in NON_REF}}
 
 
 @pytest.mark.parametrize("experiment", sorted(F.PLOTTERS))
@@ -94,3 +240,41 @@ def test_fusion_figure_needs_megakernel_rows():
     for g in F.gpus_in(rows):
         text = _texts(F.make_figure("fusion_ablation", rows, g))
         assert "no rows yet for fusion_ablation" in text and "no megakernel rows" in text
+
+
+# ---------------------------------------------------------------- the notebooks themselves
+
+def test_one_notebook_per_figure():
+    assert {p.stem for p in NOTEBOOKS} == set(F.PLOTTERS)
+    for p in NOTEBOOKS:
+        assert (ROOT / "experiments" / f"{p.stem}.yaml").is_file()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_draws_what_the_figure_module_draws(notebook, tmp_path):
+    """On the committed results, each notebook writes, for every GPU, the very PNG that figures.render writes from
+    the same rows (whose content the tests above check against figure_rows)."""
+    F.execute_notebook(notebook, {"RESULTS": str(ROOT / "results"), "FIGURES": str(tmp_path / "nb")})
+    rows = load_results(ROOT / "results")
+    expected = F.render(notebook.stem, rows, tmp_path / "module")
+    assert expected and sorted(p.name for p in (tmp_path / "nb").glob("*.png")) == sorted(p.name for p in expected)
+    for p in expected:
+        assert _png_ok(p) and (tmp_path / "nb" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_notebook_with_a_missing_tag_fails(synthetic_root, tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    nb = ROOT / "notebooks" / "speedup_vs_context.ipynb"
+    with pytest.raises(CellExecutionError, match="matches no result row"):
+        F.execute_notebook(nb, {"RESULTS": str(synthetic_root), "FIGURES": str(tmp_path), "TAG": "no-such-tag"})
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_notebook_runs_without_any_rows(tmp_path):
+    """With no rows at all (no tag asked for) the notebook still writes the placeholder that says so."""
+    nb = ROOT / "notebooks" / "batch_sweep.ipynb"
+    executed = F.execute_notebook(nb, {"RESULTS": str(tmp_path / "empty"), "FIGURES": str(tmp_path / "fig")})
+    assert _png_ok(tmp_path / "fig" / "batch_sweep-any-gpu.png")
+    text = "".join(str(o.get("text", "")) for c in executed.cells for o in c.get("outputs", []))
+    assert "Traceback" not in text

@@ -1,4 +1,5 @@
 """harness.telemetry with mode off, without NVML, and with a fake NVML module (no GPU needed)."""
+import itertools
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ class FakeNvml:
         self.calls_by_thread = set()
         self.samples_alive = 0
         self.n_clock_reads = 0
+        self._gpm_ticks = itertools.count(1)  # GPM sample times: ordered without reading a clock
         if event_reasons_api:
             self.nvmlDeviceGetCurrentClocksEventReasons = lambda h: self._note() or self.reasons
 
@@ -89,7 +91,7 @@ class FakeNvml:
         return SimpleNamespace(t=None)
 
     def nvmlGpmSampleGet(self, h, s):
-        s.t = time.perf_counter()
+        s.t = next(self._gpm_ticks)
         return s
 
     def nvmlGpmSampleFree(self, s):
@@ -105,6 +107,47 @@ class FakeNvml:
         for m in mg.metrics[:mg.numMetrics]:
             m.value = values[m.metricId]
         return mg
+
+
+class PacedStop:
+    """Replaces a sampler's stop event: its first `free` waits return at once (the interval "passed"), the next
+    blocks until stop() sets it. A window then holds exactly free + 2 samples (one per wait that returned, one
+    before the blocking wait, one after stop), however slowly the machine runs the sampler thread."""
+
+    def __init__(self, free: int):
+        self.free = free
+        self.event = threading.Event()
+        self.blocking = threading.Event()  # the thread has used its free waits and now waits for stop()
+        self.timeouts = []  # what the sampler asked to wait: its interval
+
+    def wait(self, timeout=None):
+        self.timeouts.append(timeout)
+        if self.free > 0 and not self.event.is_set():
+            self.free -= 1
+            return False
+        self.blocking.set()
+        return self.event.wait()
+
+    def set(self):
+        self.event.set()
+
+    def clear(self):
+        self.event.clear()
+
+    def is_set(self):
+        return self.event.is_set()
+
+
+def sample_window(tel: TelemetrySampler, n_samples: int) -> TelemetrySampler:
+    """Runs tel's window until it has taken exactly n_samples (>= 2) samples, then closes it. The sampler must wait
+    its interval between samples."""
+    paced = PacedStop(n_samples - 2)
+    tel._stop = paced
+    with tel:
+        # 60 s only guards against a hang; no outcome depends on how fast the thread gets there.
+        assert paced.blocking.wait(60.0), "the sampler thread never reached its last interval"
+    assert paced.timeouts == [tel.interval_s] * (n_samples - 1), "the sampler waits its interval between samples"
+    return tel
 
 
 def test_decode_reasons():
@@ -155,19 +198,19 @@ def test_no_gpu_gives_unavailable():
 def test_real_pynvml_without_gpu_never_raises():
     pytest.importorskip("pynvml")
     with TelemetrySampler("nvml", interval_ms=5, device="cuda") as tel:
-        time.sleep(0.01)
+        pass
     assert tel.summary()["telemetry"].startswith("unavailable: ")
 
 
 def test_fake_nvml_summary_and_throttling():
     fake = FakeNvml(reasons=SW_POWER_CAP | GPU_IDLE)
-    with TelemetrySampler("nvml", interval_ms=5, nvml=fake, pci_bus_id=FakeNvml.BUS_IDS[1]) as tel:
-        time.sleep(0.06)
+    tel = sample_window(TelemetrySampler("nvml", interval_ms=5, nvml=fake, pci_bus_id=FakeNvml.BUS_IDS[1]), 4)
     s = tel.summary()
     assert s["telemetry"] == "nvml"
-    assert s["tel_n_samples"] >= 3
+    assert s["tel_n_samples"] == 4
     assert s["tel_device_name"] == "NVIDIA H200" and s["tel_pci_bus_id"] == FakeNvml.BUS_IDS[1]
-    assert 1960 <= s["tel_sm_clock_mhz_min"] <= s["tel_sm_clock_mhz_median"] <= 1980
+    # Clock reads 1, 3, 5, 7 are the SM clock (2, 4, 6, 8 the memory clock): 1970, 1980, 1960, 1970 MHz.
+    assert (s["tel_sm_clock_mhz_min"], s["tel_sm_clock_mhz_median"]) == (1960, 1970)
     assert s["tel_sm_clock_max_mhz"] == 1980
     assert s["tel_mem_clock_mhz_median"] == 3201
     assert s["tel_power_w_median"] == 650.0 and s["tel_power_limit_w"] == 700.0
@@ -192,19 +235,18 @@ def test_fake_nvml_summary_and_throttling():
 
 def test_idle_only_is_not_throttled_and_no_gpm():
     fake = FakeNvml(reasons=GPU_IDLE, gpm=False, event_reasons_api=False)  # old driver API name
-    with TelemetrySampler("nvml", interval_ms=5, nvml=NvmlAdapter(fake), nvml_index=0) as tel:
-        time.sleep(0.02)
+    tel = sample_window(TelemetrySampler("nvml", interval_ms=5, nvml=NvmlAdapter(fake), nvml_index=0), 2)
     s = tel.summary()
-    assert s["telemetry"] == "nvml" and s["tel_n_samples"] >= 2
+    assert s["telemetry"] == "nvml" and s["tel_n_samples"] == 2
     assert s["tel_throttled"] is False and s["tel_throttle_reasons"] == ""
     assert s["tel_gpm"] == "unsupported" and s["tel_dram_bw_util_pct"] is None
 
 
 def test_thermal_throttle_flagged():
     fake = FakeNvml(reasons=HW_THERMAL)
-    with TelemetrySampler("nvml", interval_ms=5, nvml=fake, nvml_index=0, gpm=False) as tel:
-        time.sleep(0.01)
+    tel = sample_window(TelemetrySampler("nvml", interval_ms=5, nvml=fake, nvml_index=0, gpm=False), 3)
     s = tel.summary()
+    assert s["tel_n_samples"] == 3 and s["tel_throttled_frac"] == 1.0
     assert s["tel_throttled"] is True and s["tel_throttle_reasons"] == "hw_thermal_slowdown"
     assert s["tel_gpm"] == "off"
 
@@ -218,10 +260,9 @@ def test_failing_fields_become_none_not_errors():
     fake.nvmlDeviceGetPowerUsage = broken
     fake.nvmlDeviceGetEnforcedPowerLimit = broken
     fake.nvmlDeviceGetPowerManagementLimit = broken
-    with TelemetrySampler("nvml", interval_ms=5, nvml=fake, nvml_index=0) as tel:
-        time.sleep(0.01)
+    tel = sample_window(TelemetrySampler("nvml", interval_ms=5, nvml=fake, nvml_index=0), 2)
     s = tel.summary()
-    assert s["telemetry"] == "nvml"
+    assert s["telemetry"] == "nvml" and s["tel_n_samples"] == 2
     assert s["tel_power_w_median"] is None and s["tel_power_limit_w"] is None
     assert s["tel_sm_clock_mhz_median"] is not None
 
@@ -234,6 +275,7 @@ def test_real_nvml_on_gpu():
     gen = torch.Generator(device=dev).manual_seed(0)  # not the default one: another test aborts a graph capture
     src = torch.randint(1, 256, (1 << 30,), dtype=torch.uint8, device=dev, generator=gen)
     dst = torch.empty_like(src)
+    # Smoke check on real hardware: about 50 samples in 1 s at 20 ms; the bound only catches a sampler that stalls.
     with TelemetrySampler("nvml", interval_ms=20, device=dev) as tel:
         t_end = time.perf_counter() + 1.0
         while time.perf_counter() < t_end:

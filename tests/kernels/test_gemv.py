@@ -1,13 +1,16 @@
 """GEMV kernels (plain, fused RMSNorm prologue, residual epilogue, gate/up + SiLU) vs the fp32 reference,
 for every weight layout, at batches that take each inner product (kernels/tiles.py: FMA below batch 4, tensor
 cores from 4 for dense / int8 and from 16 for int4), ragged N and K."""
+import dataclasses
+
 import pytest
 import torch
 
-from kernel_checks import QUANTS, assert_close, generator, make_linear, nan_full, randn, INTERPRETER_WARNINGS
+from kernel_checks import (QUANTS, assert_close, gemv_terms, generator, make_linear, nan_full, randn,
+                           silu_mul_terms, INTERPRETER_WARNINGS)
 from kernels import reference as ref
 from kernels.gemv import gemv, gemv_silu_mul, pick_config
-from kernels.quant import Kind
+from kernels.quant import Kind, QLinear
 
 pytestmark = INTERPRETER_WARNINGS
 
@@ -52,7 +55,8 @@ def test_gemv(quant, n, k, batch, fusion):
     assert cfg.use_dot == _expect_dot(w, batch, dtype), f"the tile rule's inner product at batch {batch}"
     y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype), config=cfg)
     assert y.dtype == dtype
-    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion} B{batch}")
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion} B{batch}",
+                 terms=gemv_terms(x, w, residual, norm_w), k=k, dot=cfg.use_dot)
 
 
 @pytest.mark.parametrize("quant,n,k", [q for q in _cases(SHAPES) if "int4" not in q.id])
@@ -68,10 +72,12 @@ def test_gemv_k_fold(quant, n, k, batch):
     cfg = pick_config(x, w, block_k=64, k_fold=2)
     assert cfg.k_fold == 2 and not cfg.use_dot
     y = gemv(x, w, residual=residual, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype), config=cfg)
-    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv k_fold=2 {qid}")
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv k_fold=2 {qid}",
+                 terms=gemv_terms(x, w, residual, norm_w), k=k, dot=False)
     y = gemv_silu_mul(x, w, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype),
                       config=pick_config(x, w, k_fold=2))
-    assert_close(y, ref.gemv_silu_mul(x, w, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul k_fold=2 {qid}")
+    assert_close(y, ref.gemv_silu_mul(x, w, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul k_fold=2 {qid}",
+                 terms=silu_mul_terms(x, w, w_up, norm_w), k=k, dot=False)
 
 
 def test_pick_config_k_fold_widens_the_fma_step_only():
@@ -95,7 +101,8 @@ def test_gemv_default_config(quant, n, k, fusion):
     residual = randn(2, n, dtype=dtype, gen=gen) if fusion == "residual" else None
     norm_w = randn(k, dtype=dtype, gen=gen) if fusion == "norm" else None
     y = gemv(x, w, residual=residual, norm_weight=norm_w, out=nan_full(2, n, dtype=dtype))
-    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion}")
+    assert_close(y, ref.gemv(x, w, residual, norm_w, 1e-5), dtype, f"gemv {qid} {fusion}",
+                 terms=gemv_terms(x, w, residual, norm_w), k=k)
 
 
 def test_gemv_fused_norm_equals_norm_then_gemv():
@@ -104,7 +111,25 @@ def test_gemv_fused_norm_equals_norm_then_gemv():
     dtype = torch.float32
     w = make_linear(75, 96, "fp16", dtype, 0, gen)
     h, g = randn(3, 96, dtype=dtype, gen=gen, scale=5.0), randn(96, dtype=dtype, gen=gen)
-    assert_close(gemv(h, w, norm_weight=g), gemv(ref.rmsnorm(h, g, 1e-5), w), dtype, "fused vs unfused")
+    assert_close(gemv(h, w, norm_weight=g), gemv(ref.rmsnorm(h, g, 1e-5), w), dtype, "fused vs unfused",
+                 terms=gemv_terms(h, w, None, g), k=96, dot=False)
+
+
+@pytest.mark.parametrize("quant", [q for q in QUANTS if q[0] in ("dense-fp32", "dense-bf16", "int4g32-bf16")],
+                         ids=lambda q: q[0])
+@pytest.mark.parametrize("batch", [1, 16], ids=lambda b: f"B{b}")
+def test_gemv_fused_norm_eps(quant, batch):
+    """x so small that eps is about mean(x^2): a dropped or misplaced eps moves the output by tens of percent
+    (at the other tests' scale it would hide in fp32 noise)."""
+    qid, mode, dtype, group = quant
+    n, k = 75, 128
+    gen = generator(k + batch)
+    w = make_linear(n, k, mode, dtype, group, gen)
+    x, norm_w = randn(batch, k, dtype=dtype, gen=gen, scale=3e-3), randn(k, dtype=dtype, gen=gen)
+    cfg = _config(x, w, group)
+    y = gemv(x, w, norm_weight=norm_w, eps=1e-5, out=nan_full(batch, n, dtype=dtype), config=cfg)
+    assert_close(y, ref.gemv(x, w, None, norm_w, 1e-5), dtype, f"gemv {qid} norm eps B{batch}",
+                 terms=gemv_terms(x, w, None, norm_w, 1e-5), k=k, dot=cfg.use_dot)
 
 
 @pytest.mark.parametrize("quant,n,k", _cases([(75, 128)]))
@@ -116,9 +141,10 @@ def test_gemv_silu_mul(quant, n, k, batch):
     w_up = make_linear(n, k, mode, dtype, group, gen)
     x = randn(batch, k, dtype=dtype, gen=gen)
     norm_w = randn(k, dtype=dtype, gen=gen)
-    y = gemv_silu_mul(x, w_gate, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype),
-                      config=_config(x, w_gate, group))
-    assert_close(y, ref.gemv_silu_mul(x, w_gate, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul {qid}")
+    cfg = _config(x, w_gate, group)
+    y = gemv_silu_mul(x, w_gate, w_up, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), config=cfg)
+    assert_close(y, ref.gemv_silu_mul(x, w_gate, w_up, norm_w, 1e-5), dtype, f"gemv_silu_mul {qid}",
+                 terms=silu_mul_terms(x, w_gate, w_up, norm_w), k=k, dot=cfg.use_dot)
 
 
 def test_pick_config_int4_steps_whole_groups():
@@ -147,4 +173,41 @@ def test_gemv_int4_small_or_odd_groups(group, batch):
     cfg = pick_config(x, w, block_k=2 * group)
     assert not cfg.use_dot
     y = gemv(x, w, norm_weight=norm_w, out=nan_full(batch, n, dtype=dtype), config=cfg)
-    assert_close(y, ref.gemv(x, w, None, norm_w, 1e-5), dtype, f"gemv int4 g{group}")
+    assert_close(y, ref.gemv(x, w, None, norm_w, 1e-5), dtype, f"gemv int4 g{group}",
+                 terms=gemv_terms(x, w, None, norm_w), k=k, dot=False)
+
+
+# ---------------------------------------------------------------- the tolerance itself
+# assert_close must see a wrong result, not only a NaN: a 1% scale error and a dropped int4 group, planted in the
+# weights the kernel reads (the reference keeps the right ones), fail it for every layout and dtype.
+
+def _planted(w: QLinear, fault: str) -> QLinear:
+    if fault == "dropped-group":  # group 1 of every row contributes only its zero point
+        scale = w.scale.clone()
+        scale[:, 1] = 0.0
+        return dataclasses.replace(w, scale=scale)
+    if w.kind == Kind.DENSE:  # no scale: the weights themselves 1% larger
+        return dataclasses.replace(w, weight=(w.weight.float() * 1.01).to(w.weight.dtype))
+    return dataclasses.replace(w, scale=(w.scale.float() * 1.01).to(w.scale.dtype))
+
+
+FAULTS = [pytest.param(q, "scale+1%", id=f"{q[0]}-scale+1%") for q in QUANTS] + \
+    [pytest.param(q, "dropped-group", id=f"{q[0]}-dropped-group") for q in QUANTS if q[3]]
+
+
+@pytest.mark.parametrize("quant,fault", FAULTS)
+def test_assert_close_catches_planted_errors(quant, fault):
+    """On the FMA path (batch 3: fp32 products on the GPU too) the bound is the output's rounding plus fp32 noise,
+    so 1% of a dot product stands out; the unmodified weights pass the same check."""
+    qid, mode, dtype, group = quant
+    n, k, batch = 75, 256, 3
+    gen = generator(31 + len(qid))
+    w = make_linear(n, k, mode, dtype, group, gen)
+    x = randn(batch, k, dtype=dtype, gen=gen, scale=2.0)
+    cfg = _config(x, w, group)
+    assert not cfg.use_dot
+    expected, terms = ref.gemv(x, w), gemv_terms(x, w)
+    assert_close(gemv(x, w, config=cfg), expected, dtype, f"{qid} intact", terms=terms, k=k, dot=False)
+    y = gemv(x, _planted(w, fault), config=cfg)
+    with pytest.raises(AssertionError, match="exceed the rounding bound"):
+        assert_close(y, expected, dtype, f"{qid} {fault}", terms=terms, k=k, dot=False)

@@ -50,8 +50,9 @@ class Case:
 
 
 def make_case(model: str, quant: str, batch: int, max_len: int = CACHE_LEN, seed: int = 1, device: str = "cpu",
-              positions=None) -> Case:
-    w = weights(model, quant, device)
+              positions=None, w: ModelWeights | None = None) -> Case:
+    """w: weights to use instead of the shared cached ones (a test that edits weights builds its own copy)."""
+    w = w if w is not None else weights(model, quant, device)
     spec = w.spec
     gen = torch.Generator(device=device).manual_seed(seed)
     cache = KVCache.empty(spec, batch, max_len, w.dtype, device)

@@ -2,6 +2,7 @@
 subset covering every quant mode, batch 1 and 4, every fusion granularity and both policies; plus the
 bounded-wait timeout path, the KV-cache append, greedy generation on the device, the impl through the
 harness interface, and the diff tool."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -189,3 +190,36 @@ def test_greedy_generation_matches_the_reference_on_cpu():
 
     out = greedy_compare(random_weights(spec_of("tiny"), "fp32", GROUP_SIZE, "cpu", seed=0), prompt_len=6, steps=4)
     assert out["first_divergence"] is None, explain(out)
+
+
+@pytest.mark.parametrize("batch", [1, 4], ids=lambda b: f"B{b}")
+def test_lm_head_exact_tie_goes_to_the_lowest_index(batch):
+    """Three identical LM-head rows, scaled to hold the largest logit of every sequence: two in different tiles
+    of one LmHead row block (the block's own scan, kernels/mega/interpreter.lm_head) and one in a later block
+    (Argmax over the blocks' partials). Their logits are bit-identical, and the next token must be the lowest
+    of the three, as torch.argmax picks."""
+    w = random_weights(spec_of("tiny"), "fp32", GROUP_SIZE, "cpu", seed=0)  # a private copy: edited below
+    base = make_case("tiny", "fp32", batch, w=w)
+    mk = Megakernel(w, base.cache.clone())
+    rows_per_block, tile = mk.prog.rows_per_instr(mk.tiles.lm_head), mk.tiles.lm_head.block_n
+    assert rows_per_block >= 2 * tile and mk.prog.n_lm >= 4, "the tie needs two tiles per block and three blocks"
+    first = rows_per_block + 3  # block 1, tile 0
+    tied = [first, first + tile + 2, 3 * rows_per_block + 5]  # block 1 tile 1, block 3
+    # A row whose logit is positive for every sequence, scaled by a power of two (exact in fp32) past the max.
+    logits = base.ref_logits
+    donor = int(torch.nonzero((logits > 0).all(dim=0))[0])
+    factor = 2.0 ** math.ceil(math.log2(float((logits.max(dim=1).values / logits[:, donor]).max())) + 1)
+    row = w.lm_head.weight[donor] * factor
+    for r in tied:
+        w.lm_head.weight[r] = row
+    case = make_case("tiny", "fp32", batch, w=w)
+    assert case.ref_logits.argmax(dim=1).tolist() == [tied[0]] * batch  # the reference's own tie rule
+
+    mk = Megakernel(w, case.cache)
+    out = mk.decode(case.tokens, case.positions)
+    mk.check()
+    top = out[:, tied]
+    assert (top == top[:, :1]).all(), f"the tied logits must be bit-identical: {top.tolist()}"
+    assert (top[:, 0] == out.max(dim=1).values).all(), "the tied rows must hold the largest logit"
+    assert mk.state.next_tokens.tolist() == [tied[0]] * batch, (
+        f"exact tie over rows {tied}: next tokens {mk.state.next_tokens.tolist()}, want the lowest index {tied[0]}")
