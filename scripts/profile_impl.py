@@ -35,4 +35,7 @@ def main(impl_name: str, overrides: list[str], steps: int = 20) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
     main(sys.argv[1], sys.argv[2:])
