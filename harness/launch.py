@@ -19,17 +19,29 @@ Option `launch.pin_gpu`: "auto" (pin only under a parallel launcher: joblib), tr
 more than one GPU is visible), false (never). Lock files: $HARNESS_GPU_LOCK_DIR, default
 <tmp>/harness-gpu-slots-<uid>; node-wide, so a second sweep on a busy node fails at once with one
 sentence instead of sharing a GPU.
+
+Sweep summary: in a multirun every job appends one line (its overrides, ok / failed / config-error / skipped
+and why) to <hydra.sweep.dir>/sweep_summary.jsonl (`record_job`, called by harness.run for each point, which
+never lets a bad point end the sweep). The `SweepSummary` callback (conf/config.yaml, hydra.callbacks) prints
+the lines when the multirun ends, in the process that launched it, and exits 1 if any point failed. That works
+for every launcher whose jobs can write to the sweep directory: in the same process (basic), in joblib's worker
+processes, on SLURM nodes sharing the filesystem. A joblib worker that dies outright (segfault, OOM killer)
+makes joblib end the sweep with its own error (exit 1, no summary); the rows already stored stay, and the
+claims of the dead worker are taken over when the sweep is run again.
 """
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
 
@@ -208,6 +220,95 @@ def pin_gpu(cfg: Any = None, env: Optional[dict] = None, lock_dir: Optional[Path
     return Pinning(device, slot, len(devices), job_num)
 
 
+SWEEP_SUMMARY = "sweep_summary.jsonl"
+FAILED_STATUSES = ("failed", "config-error")  # what makes a sweep exit non-zero
+
+
+def sweep_summary_path() -> Optional[Path]:
+    """<hydra.sweep.dir>/sweep_summary.jsonl of the running multirun job; None outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return None
+        return Path(str(HydraConfig.get().sweep.dir)) / SWEEP_SUMMARY
+    except Exception:  # noqa: BLE001 - not in a Hydra job
+        return None
+
+
+def record_job(status: str, reason: str, path: Optional[Path] = None) -> Optional[Path]:
+    """Appends this multirun job's outcome to the sweep summary; returns the file (None outside a multirun).
+    One short line per job, written with O_APPEND in one call, so parallel jobs' lines never interleave."""
+    path = path or sweep_summary_path()
+    if path is None:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    num = OmegaConf.select(hc, "job.num", default=None) if hc is not None else None
+    overrides = list(OmegaConf.select(hc, "overrides.task", default=[]) or []) if hc is not None else []
+    line = json.dumps({"job": num, "overrides": overrides, "status": status, "reason": reason[:500],
+                       "pid": os.getpid(), "host": socket.gethostname()}) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+def read_summary(path: Path) -> list[dict]:
+    """The jobs' lines of a sweep summary, by job number (an unreadable line is skipped)."""
+    out = []
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return sorted(out, key=lambda e: (e.get("job") is None, e.get("job") or 0))
+
+
+def format_summary(entries: list[dict], path: Optional[Path] = None) -> str:
+    """"sweep: 3 points: 2 ok, 1 failed, 0 skipped" and one line per point."""
+    failed = sum(e.get("status") in FAILED_STATUSES for e in entries)
+    ok = sum(e.get("status") == "ok" for e in entries)
+    skipped = sum(e.get("status") == "skipped" for e in entries)
+    head = f"sweep: {len(entries)} points: {ok} ok, {failed} failed, {skipped} skipped"
+    lines = [head + (f" ({path})" if path else "")]
+    # Name each point by what the sweep varies: the overrides every point shares say nothing about one of them.
+    shared = set.intersection(*(set(e.get("overrides") or []) for e in entries)) if len(entries) > 1 else set()
+    for e in entries:
+        what = " ".join(o for o in e.get("overrides") or [] if o not in shared) or "(no overrides)"
+        lines.append(f"  #{e.get('job')} {e.get('status', '?'):<12} {what}: {e.get('reason', '')}")
+    return "\n".join(lines)
+
+
+class SweepSummary(Callback):
+    """Prints the sweep summary when a multirun ends and exits 1 if a point failed (see the module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A fixed hydra.sweep.dir used again must not report the previous sweep's points.
+        path = Path(str(config.hydra.sweep.dir)) / SWEEP_SUMMARY
+        if path.is_file():
+            path.unlink()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(str(config.hydra.sweep.dir)) / SWEEP_SUMMARY
+        entries = read_summary(path)
+        if not entries:  # a task function that records nothing (not run.py's): nothing to say
+            return
+        print(format_summary(entries, path), flush=True)
+        failed = [e for e in entries if e.get("status") in FAILED_STATUSES]
+        if failed:
+            print(f"error: {len(failed)} of {len(entries)} sweep points failed (listed above); fix them and run the "
+                  f"sweep again: points already measured are skipped", file=sys.stderr, flush=True)
+            sys.exit(1)  # SystemExit passes through Hydra's callback wrapper, which only catches Exception
+
+
 def register_resolvers() -> None:
     """`${visible_gpus:}` for the launcher configs (n_jobs = one worker per GPU)."""
     if not OmegaConf.has_resolver("visible_gpus"):
@@ -216,5 +317,6 @@ def register_resolvers() -> None:
 
 register_resolvers()
 
-__all__ = ["Pinning", "claim_slot", "pin_gpu", "pin_mode", "register_resolvers", "release_slot", "should_pin",
-           "visible_devices", "visible_gpu_count"]
+__all__ = ["Pinning", "SweepSummary", "claim_slot", "format_summary", "pin_gpu", "pin_mode", "read_summary",
+           "record_job", "register_resolvers", "release_slot", "should_pin", "sweep_summary_path", "visible_devices",
+           "visible_gpu_count"]

@@ -14,6 +14,11 @@ result rows. `load` gives every row a `run_id` (the rows of one `run_point` call
 row's own `run_id` where it has one, otherwise one derived from what the rows of one run share
 (RUN_KEY_FIELDS: host, timestamp, same-process copy bandwidth, resolved config), which survives
 compaction; `load(with_source=True)` adds `source_file`, the file a row was read from.
+
+Resume: a row's `point_key` hashes everything that changes its measurement (POINT_KEY_FIELDS); `done_keys` gives
+the keys of rows whose status means "measured" (DONE_STATUSES: a failed point is retried). Two processes
+measuring the same points into one store take a claim per key first (`claim` / `release`: a file
+<root>/<gpu_slug>/.claims/<key>.claim created with O_EXCL), so that each point is measured once.
 """
 from __future__ import annotations
 
@@ -38,8 +43,15 @@ from kernels import gpu_slug
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Fields that identify a measurement point (what a resumed sweep must not measure again).
-POINT_KEY_FIELDS = ("model", "quant", "group_size", "impl", "fusion", "batch", "ctx", "tag", "gpu_name", "extra")
+# Fields that identify a measurement point: everything that changes what is measured (what a resumed sweep must not
+# measure again, and must measure again when it differs). model_id: the model's content (checkpoint_id for a local
+# checkpoint, so that two checkpoints in directories of one name never share a key); mega_config: the megakernel's
+# schedule, programs per SM and tile options as JSON, None for impls that do not read them; extra: free, unused here.
+POINT_KEY_FIELDS = ("model", "model_id", "quant", "group_size", "impl", "fusion", "mega_config", "batch", "ctx",
+                    "seed", "cache_fill", "cuda_graphs", "tag", "gpu_name", "extra")
+# Statuses of a point that resume skips: measured (ok, or timed but numerically wrong), or refused by the impl's own
+# rule for this configuration. "failed" (and anything else) is measured again.
+DONE_STATUSES = ("ok", "wrong", "unsupported")
 POINT_KEY_LEN = 16  # hex chars of sha256: 64 bits, ample for a sweep's points
 
 # What the rows of one run_point call share and no two runs do (the copy bandwidth is measured
@@ -203,6 +215,31 @@ def point_key(d: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:POINT_KEY_LEN]
 
 
+CHECKPOINT_SAMPLE_BYTES = 1 << 16
+
+
+def checkpoint_id(path: str | os.PathLike, files: Optional[Iterable[Path]] = None) -> str:
+    """Content hash of a local Hugging Face checkpoint, the same wherever it lies: config.json's bytes, then per
+    .safetensors file (`files`, default every one in `path`) its name, size and header, plus the first and last
+    64 KiB of its tensor data. Headers and sizes alone are equal for two fine-tunes of one architecture; the data
+    sample tells them apart without reading gigabytes."""
+    path = Path(path).expanduser()
+    h = hashlib.sha256()
+    h.update((path / "config.json").read_bytes())
+    for f in sorted(Path(f) for f in (files if files is not None else path.glob("*.safetensors"))):
+        size = f.stat().st_size
+        h.update(f"\0{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            n = min(n, max(size - 8, 0))  # a corrupt length (check_hf_checkpoint refuses such files anyway)
+            h.update(head + fh.read(n))
+            h.update(fh.read(CHECKPOINT_SAMPLE_BYTES))
+            fh.seek(max(8 + n, size - CHECKPOINT_SAMPLE_BYTES))
+            h.update(fh.read())
+    return h.hexdigest()[:POINT_KEY_LEN]
+
+
 def run_key(d: dict) -> Optional[str]:
     """Short hash of a row's RUN_KEY_FIELDS (the run it belongs to); None if it has none of them."""
     ident = [[f, _norm(d.get(f))] for f in RUN_KEY_FIELDS]
@@ -283,6 +320,7 @@ class ResultsStore:
 
     def __init__(self, root: str | os.PathLike = "results"):
         self.root = Path(root)
+        self._tokens: dict[str, str] = {}  # point key -> token of the claim this store holds on it
 
     def _folders(self, gpu: Optional[str]) -> list[Path]:
         if gpu is not None:
@@ -349,14 +387,78 @@ class ResultsStore:
                 df = df.drop(columns="source_file")
         return df
 
-    def done_keys(self, gpu: Optional[str] = None) -> set[str]:
-        """point_key of every stored row (to skip points of an interrupted sweep on resume)."""
-        df = self.load(gpu)
-        if df.empty:
-            return set()
-        if "point_key" in df.columns:
-            return {str(k) for k in df["point_key"].dropna()}
-        return {point_key(r) for r in df.to_dict("records")}
+    def done_keys(self, gpu: Optional[str] = None, statuses: Optional[Iterable[str]] = DONE_STATUSES) -> set[str]:
+        """point_key of every stored row whose status is in `statuses` (None: any status; a row without a status
+        counts as done), to skip points of an interrupted sweep on resume. Reads only the columns it needs."""
+        wanted = {"point_key", "status", *POINT_KEY_FIELDS}
+        for _ in range(5):
+            try:
+                frames = [_read_columns(f, wanted) for f in self.files(gpu)]
+                break
+            except FileNotFoundError:  # a concurrent compact() removed a file we listed: list again
+                continue
+        else:
+            frames = [_read_columns(f, wanted) for f in self.files(gpu)]
+        keep = None if statuses is None else set(statuses)
+        out: set[str] = set()
+        for df in frames:
+            for r in df.to_dict("records"):
+                status = r.get("status")
+                if keep is not None and isinstance(status, str) and status not in keep:
+                    continue
+                k = r.get("point_key")
+                out.add(str(k) if isinstance(k, str) and k else point_key(r))
+        return out
+
+    # ------------------------------------------------------------------------------------------ claims
+
+    def _claims_dir(self, gpu: str) -> Path:
+        return self.root / gpu_slug(gpu) / ".claims"
+
+    def claim(self, gpu: str, keys: Iterable[str]) -> tuple[set[str], dict[str, str]]:
+        """Claims each point key for this process: returns (the keys it now holds, {key: who holds it} for the
+        others). A claim is <root>/<gpu_slug>/.claims/<key>.claim, created with O_CREAT | O_EXCL and naming the
+        holder; one whose holder died (same host: its pid is gone or was reused) or that is older than
+        CLAIM_STALE_S is taken over. Checking and taking over happen under an flock of the claims folder, so two
+        processes never both take over one stale claim."""
+        folder = self._claims_dir(gpu)
+        folder.mkdir(parents=True, exist_ok=True)
+        mine, others = set(), {}
+        with _folder_lock(folder):
+            for key in keys:
+                if key in self._tokens:
+                    mine.add(key)
+                    continue
+                path = folder / f"{key}.claim"
+                token = uuid.uuid4().hex
+                if not _create_claim(path, token):
+                    holder = _read_claim(path)
+                    if not _claim_is_stale(path, holder):
+                        others[key] = _describe_claim(holder, path)
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    if not _create_claim(path, token):  # only without flock support: someone else was faster
+                        others[key] = _describe_claim(_read_claim(path), path)
+                        continue
+                self._tokens[key] = token
+                mine.add(key)
+        return mine, others
+
+    def release(self, gpu: str, keys: Iterable[str]) -> None:
+        """Removes this process's claims on `keys` (a claim another process took over as stale stays)."""
+        keys = [k for k in keys if k in self._tokens]
+        if not keys:
+            return
+        folder = self._claims_dir(gpu)
+        with _folder_lock(folder):
+            for key in keys:
+                token = self._tokens.pop(key)
+                path = folder / f"{key}.claim"
+                holder = _read_claim(path)
+                if holder is not None and holder.get("token") == token:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
 
     def compact(self, gpu: str) -> Optional[Path]:
         """Merges one GPU's files into one file, each row_id once; returns it (None if no files)."""
@@ -380,6 +482,93 @@ class ResultsStore:
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
             return merged
+
+
+def _read_columns(f: Path, wanted: set[str]) -> pd.DataFrame:
+    """The columns of one file that are in `wanted` (a file may lack some: rows written before they existed)."""
+    import pyarrow.parquet as pq
+
+    names = [c for c in pq.read_schema(f).names if c in wanted]
+    return pd.read_parquet(f, columns=names) if names else pd.DataFrame()
+
+
+# A claim older than this is stale whoever holds it (a holder on another host cannot be asked whether it lives);
+# HARNESS_CLAIM_STALE_S overrides it. One point with every impl takes minutes, not hours.
+CLAIM_STALE_S = float(os.environ.get("HARNESS_CLAIM_STALE_S", 6 * 3600))
+CLAIM_UNREADABLE_S = 60.0  # a claim file without content (holder killed while writing it) is stale after this
+
+
+def _pid_start(pid: int) -> Optional[int]:
+    """The start time (clock ticks since boot) of process `pid` from /proc, None where unknown: with the pid it
+    names one process, so a dead holder whose pid was reused is not taken for alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start: Optional[int]) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    except OSError:
+        return False
+    now = _pid_start(pid)
+    return start is None or now is None or now == start
+
+
+def _create_claim(path: Path, token: str) -> bool:
+    """Creates the claim file atomically (O_CREAT | O_EXCL); False if it exists."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    info = {"pid": os.getpid(), "pid_start": _pid_start(os.getpid()), "host": socket.gethostname(),
+            "time": _dt.datetime.now(_dt.timezone.utc).timestamp(), "token": token}
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def _read_claim(path: Path) -> Optional[dict]:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _claim_is_stale(path: Path, holder: Optional[dict]) -> bool:
+    now = _dt.datetime.now(_dt.timezone.utc).timestamp()
+    if holder is None:
+        try:
+            return now - path.stat().st_mtime > CLAIM_UNREADABLE_S
+        except FileNotFoundError:
+            return True
+    try:
+        if now - float(holder["time"]) > CLAIM_STALE_S:
+            return True
+        if holder.get("host") != socket.gethostname():
+            return False
+        pid = int(holder["pid"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    if pid == os.getpid():  # this process left it (a call that never released): run_point calls are sequential
+        return True
+    return not _pid_alive(pid, holder.get("pid_start"))
+
+
+def _describe_claim(holder: Optional[dict], path: Path) -> str:
+    if not holder:
+        return f"a process that is writing {path}"
+    when = _dt.datetime.fromtimestamp(float(holder.get("time", 0)), _dt.timezone.utc).isoformat(timespec="seconds")
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {when} ({path})"
 
 
 def _with_run_id(df: pd.DataFrame) -> pd.DataFrame:
@@ -429,8 +618,8 @@ def decode_json(df: pd.DataFrame, column: str = "config_json") -> pd.Series:
 
 
 __all__ = [
-    "NON_GPU_DIRS", "POINT_KEY_FIELDS", "RUN_KEY_FIELDS", "ResultsStore", "decode_json", "env_info", "git_sha",
-    "gpu_slug", "load_results", "point_key", "run_key",
+    "DONE_STATUSES", "NON_GPU_DIRS", "POINT_KEY_FIELDS", "RUN_KEY_FIELDS", "ResultsStore", "checkpoint_id",
+    "decode_json", "env_info", "git_sha", "gpu_slug", "load_results", "point_key", "run_key",
 ]
 
 

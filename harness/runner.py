@@ -1,8 +1,14 @@
 """One benchmark point: build weights and a KV cache once, then check and time every selected impl
-on the same inputs, and append one tidy row per impl to the results store."""
+on the same inputs, and append one tidy row per impl to the results store.
+
+Resume (results.resume=true): an impl whose point key (harness.results.POINT_KEY_FIELDS: model content, quant,
+batch, ctx, seed, cache fill, CUDA graphs, impl, fusion, megakernel options, tag, GPU) already has a done row is
+skipped, impl by impl; the others are claimed in the store first (one process measures a point at a time), and
+the baseline is measured again alongside them so that their speedups stay same-run."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -17,13 +23,13 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import validate
+from harness.config import tile_options, validate
 from harness.errors import ConfigError, Unsupported
 from harness.impls import REGISTRY, ImplContext
 from harness.metrics import achieved_gbps, bytes_per_step, pct_of_copy_bw
 from harness.reference import LlamaDecoder
 from kernels.model import KVCache
-from harness.results import ResultsStore, env_info, point_key
+from harness.results import ResultsStore, checkpoint_id, env_info, point_key
 from harness.telemetry import TelemetrySampler
 from harness.timing import GraphCaptureError, measure_copy_bandwidth, time_step
 from harness.weights import build_weights, check_fits, check_hf_checkpoint
@@ -149,38 +155,117 @@ def unsupported_before_build(cfg, spec, device: torch.device, runs: list[tuple[s
     return out
 
 
+def model_id(cfg, files: Optional[list[Path]] = None) -> str:
+    """What the weights are, for the point key: a local checkpoint's content hash (harness.results.checkpoint_id:
+    not its path, so two checkpoints in directories of one name differ and a moved copy stays the same), else the
+    named model's name and a hash of its configured dimensions (an override such as model.n_layers=4 differs)."""
+    if cfg.model.path:
+        return "hf:" + checkpoint_id(cfg.model.path, files)
+    d = OmegaConf.to_container(cfg.model, resolve=True)
+    d = {k: v for k, v in d.items() if k != "path" and v is not None}  # a field added later with None keeps keys
+    return f"{cfg.model.name}:" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def point_identity(cfg, spec, gpu_name: str, model: str) -> dict:
+    """The key fields (harness.results.POINT_KEY_FIELDS) that every impl of one point shares."""
+    b, quant = cfg.bench, cfg.quant.name
+    return dict(model=spec.name, model_id=model, quant=quant, group_size=cfg.quant.group_size if quant == "int4" else 0,
+                batch=b.batch, ctx=b.ctx, seed=b.seed, cache_fill=b.cache_fill, cuda_graphs=bool(b.cuda_graphs),
+                tag=cfg.results.tag, gpu_name=gpu_name)
+
+
+def run_identity(cfg, name: str, fusion: str) -> dict:
+    """The key fields of one (impl, fusion) run. mega_config only for impls with a launch granularity (the
+    megakernel): they alone read megakernel.{schedule, programs_per_sm, tiles}, so a tile sweep does not measure
+    the other impls again. A JSON string, not a dict: the store keeps it as a column of this name."""
+    mega = None
+    cls = REGISTRY.get(name)
+    if cls is not None and cls.fusion != "none":
+        mk = cfg.megakernel
+        mega = json.dumps({"schedule": mk.schedule, "programs_per_sm": mk.programs_per_sm,
+                           "tiles": tile_options(cfg).given()}, sort_keys=True)
+    return {"impl": name, "fusion": fusion, "mega_config": mega}
+
+
+class Skipped(list):
+    """The empty row list of a point that resume found nothing to measure at; `why` says so in a sentence."""
+
+    def __init__(self, why: str):
+        super().__init__()
+        self.why = why
+
+
 def run_point(cfg: DictConfig) -> list[dict]:
-    """Measures every selected impl at one (model, quant, batch, ctx) point; returns and stores the rows.
+    """Measures every selected impl at one (model, quant, batch, ctx) point; returns and stores the rows
+    (Skipped, an empty list, when resume found nothing left to measure: every impl is done, or being measured by
+    another process).
 
     Everything a user can get wrong (values, the checkpoint's config and tensor headers, results.dir, a point no
-    selected impl can run here) is refused in one ConfigError sentence before any weight is built."""
+    selected impl can run here) is refused in one ConfigError sentence before any weight is built. Another
+    exception before any impl is measured stores a "failed" row per impl (retried on resume) and is raised."""
     spec = validate(cfg, list(REGISTRY))
+    files = None
     if cfg.model.path:  # model_spec read config.json from the same path; now its tensors' names and shapes
-        check_hf_checkpoint(cfg.model.path, spec)
+        files = check_hf_checkpoint(cfg.model.path, spec)
     device = pick_device(cfg.bench.device)
     if device.type == "cpu":
         print(CPU_BANNER)
-    b, quant, gs = cfg.bench, cfg.quant.name, cfg.quant.group_size
     store = ResultsStore(cfg.results.dir)
     env = env_info(device)
     check_results_dir(cfg.results.dir, env["gpu_name"])
     env["run_id"] = uuid.uuid4().hex  # the rows of this run_point call (same-run ratios)
+    gpu = env["gpu_name"]
     runs = impl_runs(cfg)  # (impl, fusion) pairs, the baseline first
-    point = dict(model=spec.name, quant=quant, group_size=gs if quant == "int4" else 0, batch=b.batch, ctx=b.ctx,
-                 tag=cfg.results.tag, gpu_name=env["gpu_name"])
-    keys = {r: point_key({**point, "impl": r[0], "fusion": r[1]}) for r in runs}
-    if cfg.results.resume:
-        done = store.done_keys()
-        if all(k in done for k in keys.values()):
-            print(f"skipped: every impl of this point is already in {cfg.results.dir} under results.tag={cfg.results.tag} "
-                  f"(pass results.resume=false or a new results.tag to measure again)")
-            return []
+    point = point_identity(cfg, spec, gpu, model_id(cfg, files))
+    keys = {r: point_key({**point, **run_identity(cfg, *r)}) for r in runs}
+    if not cfg.results.resume:
+        return _measure_point(cfg, spec, device, store, env, point, keys, runs, runs)
+
+    where = f"{cfg.results.dir} under results.tag={cfg.results.tag}"
+    done = store.done_keys(gpu)
+    pending = [r for r in runs if keys[r] not in done]
+    if not pending:
+        print(f"skipped: every impl of this point is already in {where} "
+              f"(pass results.resume=false or a new results.tag to measure again)")
+        return Skipped(f"every impl is already in {where}")
+    mine, others = store.claim(gpu, [keys[r] for r in pending])
+    try:
+        # Again, now that the claims are held: a process that measured some of them may have stored its rows and
+        # released its claims between the first look and ours.
+        done = store.done_keys(gpu)
+        todo = [r for r in pending if keys[r] in mine and keys[r] not in done]
+        for r in runs:
+            if r in todo:
+                continue
+            why = f"being measured by {others[keys[r]]}" if keys[r] in others else f"already in {where}"
+            again = todo and r[0] == cfg.baseline
+            print(f"impl {r[0]}: {why}" + ("; measured again as this run's baseline" if again else "; skipped"))
+        if not todo:
+            busy = sorted({others[keys[r]] for r in pending if keys[r] in others})
+            why = (f"every impl not yet in {where} is being measured by {'; '.join(busy)}" if busy
+                   else f"every impl is already in {where}")
+            print(f"skipped: {why}")
+            return Skipped(why)
+        # The baseline is measured with them even when it is done: speedups are over a baseline of the same run.
+        measured = [r for r in runs if r in todo or r[0] == cfg.baseline]
+        return _measure_point(cfg, spec, device, store, env, point, keys, measured, todo)
+    finally:
+        store.release(gpu, mine)
+
+
+def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dict, keys: dict,
+                   runs: list[tuple[str, str]], todo: list[tuple[str, str]]) -> list[dict]:
+    """Measures `runs` (`todo`, plus the baseline where it was done already) and stores one row per run."""
+    b, quant, gs = cfg.bench, cfg.quant.name, cfg.quant.group_size
+
+    def base_row(run: tuple[str, str]) -> dict:
+        return {**env, **point, **run_identity(cfg, *run), "point_key": keys[run]}
 
     early = unsupported_before_build(cfg, spec, device, runs)
-    if len(early) == len(runs):  # nothing to measure: say why per impl, build nothing, and let a sweep go on
-        rows = [{**env, **point, "impl": name, "fusion": fusion, "point_key": keys[(name, fusion)], "status":
-                 "unsupported", "note": why, "baseline": cfg.baseline, "speedup": math.nan} for (name, fusion), why
-                in early.items()]
+    runs = [r for r in runs if r in todo or r not in early]  # a done baseline it refuses has nothing to add
+    if all(r in early for r in todo):  # nothing to measure: say why per impl, build nothing, and let a sweep go on
+        rows = [{**base_row(r), "status": "unsupported", "note": early[r], "baseline": cfg.baseline,
+                 "speedup": math.nan} for r in todo]
         print(f"every selected impl is unsupported at model={spec.name} quant={quant} batch={b.batch} on {device}; "
               f"no weights built:")
         for r in rows:
@@ -188,23 +273,32 @@ def run_point(cfg: DictConfig) -> list[dict]:
         store.append(rows)
         return rows
     check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
-    copy_tbps = measure_copy_bandwidth(device)  # before the weights take the memory it needs
-    t0 = time.perf_counter()
-    pt = prepare_point(cfg, spec, device)
-    weights, cache, tokens, positions = pt.weights, pt.cache, pt.tokens, pt.positions
-    ref_logits = None
-    if cfg.check:
-        ref_logits = LlamaDecoder(weights, compute_dtype=torch.float32, max_len=cache.max_len).decode(
-            tokens, positions, cache.clone())
-    setup_s = time.perf_counter() - t0
-    nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    try:
+        copy_tbps = measure_copy_bandwidth(device)  # before the weights take the memory it needs
+        t0 = time.perf_counter()
+        pt = prepare_point(cfg, spec, device)
+        weights, cache, tokens, positions = pt.weights, pt.cache, pt.tokens, pt.positions
+        ref_logits = None
+        if cfg.check:
+            ref_logits = LlamaDecoder(weights, compute_dtype=torch.float32, max_len=cache.max_len).decode(
+                tokens, positions, cache.clone())
+        setup_s = time.perf_counter() - t0
+    except ConfigError:
+        raise
+    except Exception as e:  # a record of the failure, then the caller decides (a sweep goes on, one run stops)
+        note = f"point failed before any impl ran: {type(e).__name__}: {e}".splitlines()[0][:300]
+        store.append([{**base_row(r), "status": "unsupported" if r in early else "failed",
+                       "note": early.get(r, note), "config_json": resolved, "baseline": cfg.baseline,
+                       "speedup": math.nan} for r in todo])
+        print(f"{note} (a failed row per impl is stored; a resumed sweep measures them again)")
+        raise
+    nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
 
     rows = []
     for name, fusion in runs:
-        row = {**env, **point, "impl": name, "fusion": fusion, "point_key": keys[(name, fusion)],
-               "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps, "setup_s": setup_s,
-               "status": "ok", "note": "", "config_json": resolved}
+        row = {**base_row((name, fusion)), "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps,
+               "setup_s": setup_s, "status": "ok", "note": "", "config_json": resolved}
         row.update({f"bytes_{k}": v for k, v in nbytes.items() if k != "total"})
         try:
             if (name, fusion) in early:
@@ -226,6 +320,8 @@ def run_point(cfg: DictConfig) -> list[dict]:
                     row["status"] = "wrong"
         else:
             print(f"impl {name}: {row['status']}: {row['note']}")
+        if (name, fusion) not in todo:
+            row["note"] = "; ".join(filter(None, [row["note"], "measured again as this run's baseline"]))
         rows.append(row)
         gc.collect()
         if device.type == "cuda":

@@ -301,3 +301,223 @@ def test_added_unknown_key_is_one_sentence(tmp_path, override, key):
     results = tmp_path / "results"
     r = _run(tmp_path, "model=tiny", *QUICK, override, f"results.dir={results}")
     _assert_one_sentence(r, f"error: {key} is not a configuration key; check its spelling", results)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+def _fake_measure(calls: list, fail: set = frozenset(), sleep_s: float = 0.0):
+    """Stands in for runner._measure: records (impl, fusion) and returns a plausible result at once (the
+    resume logic is under test, not the kernels); raises for impls in `fail`."""
+    def measure(name, cfg, *args, **kw):
+        import time
+
+        calls.append((name, cfg.fusion))
+        if sleep_s:
+            time.sleep(sleep_s)
+        if name in fail:
+            raise RuntimeError(f"{name} broke")
+        return {"latency_us_median": 10.0, "latency_us_p10": 9.0, "latency_us_p90": 11.0, "latency_us_mean": 10.0,
+                "latency_us_std": 0.5, "repeats": 3, "timing_method": "fake", "rel_err": 0.0, "max_abs_err": 0.0,
+                "top1_agree": 1.0}
+    return measure
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """run_point in process with a fake measurement and copy bandwidth; yields the list of measured runs."""
+    import harness.runner as runner
+
+    calls: list = []
+    monkeypatch.setattr(runner, "_measure", _fake_measure(calls))
+    monkeypatch.setattr(runner, "measure_copy_bandwidth", lambda device: 1.0)
+    return calls
+
+
+def _point(results: Path, *overrides: str) -> list[dict]:
+    from harness.runner import run_point
+
+    return run_point(_compose("model=tiny", *QUICK, f"results.dir={results}", *overrides))
+
+
+def _impls(rows) -> list[str]:
+    return sorted(r["impl"] for r in rows)
+
+
+def test_resume_measures_again_exactly_what_changes_the_measurement(tmp_path, fake):
+    from harness.results import load_results
+
+    both = "impl.names=[torch-eager,megakernel]"
+    assert _impls(_point(tmp_path, both)) == ["megakernel", "torch-eager"]
+    assert _point(tmp_path, both) == [] and fake == [("torch-eager", "model"), ("megakernel", "model")]
+    for change in ("bench.seed=1", "bench.cache_fill=prefill", "bench.cuda_graphs=false", "quant=fp32"):
+        assert _impls(_point(tmp_path, both, change)) == ["megakernel", "torch-eager"], change
+        assert _point(tmp_path, both, change) == [], change
+    # megakernel options are the megakernel's alone: the baseline is measured again only as the same-run reference
+    for change in ("megakernel.tiles.num_warps=2", "megakernel.programs_per_sm=1", "megakernel.schedule=cost-balanced"):
+        rows = _point(tmp_path, both, change)
+        assert _impls(rows) == ["megakernel", "torch-eager"], change
+        base = next(r for r in rows if r["impl"] == "torch-eager")
+        assert "measured again as this run's baseline" in base["note"] and rows[1]["speedup"] == 1.0
+        assert _point(tmp_path, both, change) == [], change
+    assert _point(tmp_path, "megakernel.tiles.num_warps=8") == []  # torch-eager alone: tiles change nothing
+    mega = load_results(tmp_path).query("impl == 'megakernel'")
+    assert len(mega) == 1 + 4 + 3 and mega["point_key"].is_unique
+
+
+def test_a_failed_impl_is_measured_again_on_resume(tmp_path, monkeypatch, fake):
+    import harness.runner as runner
+    from harness.results import load_results
+
+    broken = []
+    monkeypatch.setattr(runner, "_measure", _fake_measure(broken, fail={"layerwise"}))
+    pair = "impl.names=[torch-eager,layerwise]"
+    rows = _point(tmp_path, pair)
+    assert [(r["impl"], r["status"]) for r in rows] == [("torch-eager", "ok"), ("layerwise", "failed")]
+    assert rows[1]["note"] == "RuntimeError: layerwise broke"
+    monkeypatch.setattr(runner, "_measure", _fake_measure(fake))
+    assert [(r["impl"], r["status"]) for r in _point(tmp_path, pair)] == [("torch-eager", "ok"), ("layerwise", "ok")]
+    assert _point(tmp_path, pair) == []
+    df = load_results(tmp_path)
+    assert sorted(df[df["impl"] == "layerwise"]["status"]) == ["failed", "ok"]
+
+
+def test_a_point_that_fails_before_measuring_stores_failed_rows_and_is_retried(tmp_path, monkeypatch, fake):
+    import harness.runner as runner
+    from harness.results import load_results
+
+    real = runner.prepare_point
+
+    def broken(*a, **kw):
+        raise RuntimeError("no memory for the KV cache")
+
+    monkeypatch.setattr(runner, "prepare_point", broken)
+    with pytest.raises(RuntimeError, match="no memory"):
+        _point(tmp_path, "impl.names=[torch-eager,layerwise]")
+    df = load_results(tmp_path)
+    assert sorted(df["impl"]) == ["layerwise", "torch-eager"] and (df["status"] == "failed").all()
+    assert df["note"].str.startswith("point failed before any impl ran: RuntimeError: no memory").all()
+    assert not list((tmp_path / "cpu" / ".claims").glob("*.claim"))  # released on the way out
+    monkeypatch.setattr(runner, "prepare_point", real)
+    assert _impls(_point(tmp_path, "impl.names=[torch-eager,layerwise]")) == ["layerwise", "torch-eager"]
+
+
+def test_overlapping_impl_lists_measure_each_impl_once(tmp_path, fake):
+    """A second impl list measures only its new impls (and the baseline again, as their same-run reference);
+    a list whose impls are all done measures nothing."""
+    from harness.results import load_results
+
+    _point(tmp_path, "impl.names=[torch-eager,layerwise]")
+    assert _impls(_point(tmp_path, "impl.names=[layerwise,megakernel]")) == ["megakernel", "torch-eager"]
+    assert _point(tmp_path, "impl.names=[torch-eager,megakernel,layerwise]") == []
+    assert _point(tmp_path, "impl.names=[torch-eager]") == []
+    df = load_results(tmp_path)
+    counts = df.groupby("impl").size().to_dict()
+    assert counts == {"layerwise": 1, "megakernel": 1, "torch-eager": 2}, counts  # one baseline per measuring run
+    assert df["run_id"].nunique() == 2
+    assert [c[0] for c in fake] == ["torch-eager", "layerwise", "torch-eager", "megakernel"]
+
+
+def test_checkpoints_in_directories_of_one_name_are_different_points(tmp_path, fake):
+    """Two checkpoints in directories both named `ck` (same config, other weights): both measured; the same
+    checkpoint copied elsewhere is the same point."""
+    from harness.results import load_results
+    from tests.hf_tiny import write_tiny_checkpoint
+
+    a, b = tmp_path / "a" / "ck", tmp_path / "b" / "ck"
+    write_tiny_checkpoint(a, seed=0)
+    write_tiny_checkpoint(b, seed=1)
+    results = tmp_path / "results"
+    assert len(_point(results, "model=hf", f"model.path={a}")) == 1
+    assert len(_point(results, "model=hf", f"model.path={b}")) == 1
+    shutil.copytree(a, tmp_path / "c" / "ck")
+    assert _point(results, "model=hf", f"model.path={tmp_path / 'c' / 'ck'}") == []
+    df = load_results(results)
+    assert list(df["model"]) == ["ck", "ck"] and df["model_id"].nunique() == 2 and df["point_key"].nunique() == 2
+
+
+def _concurrent_point(results: str, role: str, to_test, from_test) -> None:
+    """One of two processes measuring the same point into one results directory. The first holds its measurement
+    until the second has run all of run_point, so that the second meets the claims every time."""
+    import harness.runner as runner
+
+    def measure(name, *a, **kw):
+        if role == "first" and name == "torch-eager":
+            to_test.put("measuring")
+            from_test.get(timeout=240)
+        return _fake_measure([])(name, *a, **kw)
+
+    runner._measure = measure
+    runner.measure_copy_bandwidth = lambda device: 1.0
+    rows = runner.run_point(_compose("model=tiny", *QUICK, "impl.names=[torch-eager,layerwise]",
+                                     f"results.dir={results}"))
+    to_test.put((role, len(rows), getattr(rows, "why", "")))
+
+
+def test_two_processes_on_one_point_measure_it_once(tmp_path):
+    import multiprocessing as mp
+
+    from harness.results import load_results
+
+    ctx = mp.get_context("spawn")
+    to_test, from_test = ctx.Queue(), ctx.Queue()
+    first = ctx.Process(target=_concurrent_point, args=(str(tmp_path), "first", to_test, from_test))
+    second = ctx.Process(target=_concurrent_point, args=(str(tmp_path), "second", to_test, from_test))
+    first.start()
+    try:
+        assert to_test.get(timeout=240) == "measuring"
+        second.start()
+        role, n, why = to_test.get(timeout=240)
+        assert (role, n) == ("second", 0)
+        assert why.startswith(f"every impl not yet in {tmp_path} under results.tag=default is being measured by "
+                              f"pid {first.pid} on "), why
+        from_test.put("go on")
+        assert to_test.get(timeout=240)[:2] == ("first", 2)
+    finally:
+        for p in (first, second):
+            p.join(60)
+            if p.is_alive():
+                p.kill()
+    assert first.exitcode == 0 and second.exitcode == 0
+    assert sorted(load_results(tmp_path)["impl"]) == ["layerwise", "torch-eager"]
+    assert not list((tmp_path / "cpu" / ".claims").glob("*.claim"))
+
+
+def _killed_point(results: str, q) -> None:
+    import harness.runner as runner
+
+    def hang(name, *a, **kw):
+        q.put("measuring")
+        import time
+        time.sleep(120)
+
+    runner._measure = hang
+    runner.measure_copy_bandwidth = lambda device: 1.0
+    runner.run_point(_compose("model=tiny", *QUICK, "impl.names=[torch-eager,layerwise]", f"results.dir={results}"))
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_killed_while_measuring_then_resumed_loses_and_duplicates_nothing(tmp_path, fake, sig):
+    """SIGKILL leaves its claims behind (their pid is dead: taken over); SIGINT releases them on the way out."""
+    import multiprocessing as mp
+    import signal
+
+    from harness.results import load_results
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_killed_point, args=(str(tmp_path), q))
+    p.start()
+    try:
+        assert q.get(timeout=240) == "measuring"
+        os.kill(p.pid, getattr(signal, sig))
+        p.join(60)
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join(30)
+    left = list((tmp_path / "cpu" / ".claims").glob("*.claim"))
+    assert len(left) == (2 if sig == "SIGKILL" else 0)
+    assert not list(tmp_path.rglob("*.parquet"))
+    assert _impls(_point(tmp_path, "impl.names=[torch-eager,layerwise]")) == ["layerwise", "torch-eager"]
+    assert _point(tmp_path, "impl.names=[torch-eager,layerwise]") == []
+    assert len(load_results(tmp_path)) == 2

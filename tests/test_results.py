@@ -1,5 +1,6 @@
 """harness.results: parquet store round trips, concurrent appends, resume keys, compaction."""
 import multiprocessing as mp
+import os
 
 import pandas as pd
 import pytest
@@ -190,3 +191,111 @@ def test_commit_manifest_names_the_commit_of_a_copied_tree(tmp_path):
     assert git_sha(copy) == sha  # no .git at all: the manifest alone
     (copy / "a.py").write_text("x = 2\n")
     assert git_sha(copy) == sha + "-dirty"
+
+
+# ---------------------------------------------------------------------------------------------- resume and claims
+
+def test_point_key_covers_every_measurement_field():
+    """Each field that changes a measurement changes the key; fields of the row's result do not."""
+    from harness.results import POINT_KEY_FIELDS
+
+    base = {"model": "tiny", "model_id": "tiny:abc", "quant": "int4", "group_size": 128, "impl": "megakernel",
+            "fusion": "model", "mega_config": '{"programs_per_sm": 2}', "batch": 1, "ctx": 8, "seed": 0,
+            "cache_fill": "random", "cuda_graphs": True, "tag": "t", "gpu_name": GPU, "extra": ""}
+    changed = {"model": "tiny2", "model_id": "hf:def", "quant": "int8", "group_size": 64, "impl": "layerwise",
+               "fusion": "layer", "mega_config": '{"programs_per_sm": 1}', "batch": 2, "ctx": 16, "seed": 1,
+               "cache_fill": "prefill", "cuda_graphs": False, "tag": "u", "gpu_name": "NVIDIA H200", "extra": "x"}
+    assert set(changed) == set(POINT_KEY_FIELDS)
+    keys = {point_key({**base, f: v}) for f, v in changed.items()}
+    assert len(keys) == len(changed) and point_key(base) not in keys
+    assert point_key({**base, "latency_us_median": 5.0, "status": "failed"}) == point_key(base)
+
+
+def test_done_keys_leave_out_failed_rows(tmp_path):
+    """A failed (or any unknown-status) row is measured again on resume; ok, wrong and unsupported rows are done,
+    and so are rows written before `status` existed."""
+    store = ResultsStore(tmp_path)
+    by_status = {s: _row(i, status=s) for i, s in enumerate(["ok", "wrong", "unsupported", "failed", "config-error"])}
+    store.append(list(by_status.values()))
+    old = _row(10)  # no status column in its file
+    store.append([old])
+    done = store.done_keys()
+    assert done == {point_key(by_status[s]) for s in ("ok", "wrong", "unsupported")} | {point_key(old)}
+    assert store.done_keys(statuses=None) == {point_key(r) for r in [*by_status.values(), old]}
+
+
+def _hold_claim(root, key, q):
+    import time
+
+    from harness.results import ResultsStore as S
+
+    q.put(sorted(S(root).claim(GPU, [key])[0]))
+    time.sleep(120)  # until killed (an Event would deadlock its setter once its waiter is SIGKILLed)
+
+
+def test_claims_are_exclusive_and_a_dead_holders_claim_is_taken_over(tmp_path):
+    import signal
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    holder = ctx.Process(target=_hold_claim, args=(str(tmp_path), "k1", q))
+    holder.start()
+    try:
+        assert q.get(timeout=60) == ["k1"]
+        store = ResultsStore(tmp_path)
+        mine, others = store.claim(GPU, ["k1", "k2"])
+        assert mine == {"k2"} and f"pid {holder.pid} on " in others["k1"]
+        store.release(GPU, mine)
+        os.kill(holder.pid, signal.SIGKILL)  # its claim file stays behind, naming a dead process
+        holder.join(30)
+        claim = tmp_path / gpu_slug(GPU) / ".claims" / "k1.claim"
+        assert claim.is_file()
+        mine, others = store.claim(GPU, ["k1"])
+        assert mine == {"k1"} and not others
+        store.release(GPU, mine)
+        assert not claim.exists()
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        holder.join(30)
+
+
+def test_claims_of_other_hosts_go_stale_by_age(tmp_path, monkeypatch):
+    """A holder on another host cannot be asked whether it lives: its claim holds until CLAIM_STALE_S; a claim
+    taken over meanwhile is not removed by its first holder's release."""
+    import json
+    import time
+
+    import harness.results as R
+
+    folder = tmp_path / gpu_slug(GPU) / ".claims"
+    folder.mkdir(parents=True)
+    claim = folder / "k1.claim"
+    claim.write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time(), "token": "x"}))
+    store = ResultsStore(tmp_path)
+    mine, others = store.claim(GPU, ["k1"])
+    assert not mine and "pid 1 on elsewhere" in others["k1"]
+    monkeypatch.setattr(R, "CLAIM_STALE_S", 0.0)
+    mine, _ = store.claim(GPU, ["k1"])
+    assert mine == {"k1"}
+    claim.write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time(), "token": "y"}))
+    store.release(GPU, mine)  # not its claim any more
+    assert json.loads(claim.read_text())["token"] == "y"
+
+
+def test_checkpoint_id_is_content_not_path(tmp_path):
+    """Two checkpoints of one architecture in directories both named `ck` (equal config.json, headers and sizes,
+    other weights) get different ids; a copy of one elsewhere gets the same id."""
+    import shutil
+
+    from harness.results import checkpoint_id
+    from tests.hf_tiny import write_tiny_checkpoint
+
+    a, b = tmp_path / "a" / "ck", tmp_path / "b" / "ck"
+    write_tiny_checkpoint(a, seed=0)
+    write_tiny_checkpoint(b, seed=1)
+    assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
+    assert (a / "model.safetensors").stat().st_size == (b / "model.safetensors").stat().st_size
+    assert checkpoint_id(a) != checkpoint_id(b)
+    shutil.copytree(a, tmp_path / "c" / "ck")
+    assert checkpoint_id(tmp_path / "c" / "ck") == checkpoint_id(a)
