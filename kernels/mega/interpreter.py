@@ -292,21 +292,25 @@ def _megakernel(queue, bufs, wts, cache, dims: tl.constexpr, tiles: tl.constexpr
         if TIMELINE:
             t_ready = now(bufs.clock, CLOCK)
         if alive != 0:
+            # One int64 layer index for every instruction body, widened here rather than in each body: with the
+            # widening in each body, LLVM picks other 64-bit address forms and ptxas schedules the gate/up K loop's
+            # loads differently, 2% slower at llama8b int4 on an H200 (docs/perf-notes.md, "Architecture change").
+            lw = layer.to(tl.int64)
             if op == OP_EMBED:
                 embed(a, bufs, wts, dims, tiles)
             elif op == OP_RMS_QKV_ROPE:
-                rms_qkv_rope(layer, a, bufs, wts, cache, dims, tiles)
+                rms_qkv_rope(lw, a, bufs, wts, cache, dims, tiles)
             elif op == OP_ATTN_PARTIAL:
-                attn_partial(layer, a, b, bufs, cache, dims, tiles)
+                attn_partial(lw, a, b, bufs, cache, dims, tiles)
             elif op == OP_ATTN_REDUCE:
                 attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
-                gemv_residual(layer, a, wts.o, bufs.attn, dims.H * dims.HD, dims.WSTR_Q, dims.SSTR_Q, bufs, cache.eps,
+                gemv_residual(lw, a, wts.o, bufs.attn, dims.H * dims.HD, dims.WSTR_Q, dims.SSTR_Q, bufs, cache.eps,
                               tiles.O.BN, tiles.O.BK, tiles.O.GPS, tiles.O.TPI, dims, tiles)
             elif op == OP_RMS_GATE_UP_SILU:
-                rms_gate_up_silu(layer, a, bufs, wts, cache.eps, dims, tiles)
+                rms_gate_up_silu(lw, a, bufs, wts, cache.eps, dims, tiles)
             elif op == OP_DOWN_RESIDUAL:
-                gemv_residual(layer, a, wts.down, bufs.act, dims.F, dims.WSTR_F, dims.SSTR_F, bufs, cache.eps,
+                gemv_residual(lw, a, wts.down, bufs.act, dims.F, dims.WSTR_F, dims.SSTR_F, bufs, cache.eps,
                               tiles.DN.BN, tiles.DN.BK, tiles.DN.GPS, tiles.DN.TPI, dims, tiles)
             elif op == OP_LM_HEAD:
                 lm_head(a, bufs, wts, cache.eps, dims, tiles)
