@@ -12,6 +12,14 @@ declared 16-divisible, as Triton's launcher specialises them on the GPU.
     python scripts/gemv_sass.py --kind dense --block-n 16 --block-k 512
     python scripts/gemv_sass.py --kind int8 --block-n 16 --block-k 1024 --k-fold 2
 
+--kernel qgemv compiles the tensor-core quantized GEMV instead (kernels/qgemv._qgemv_kernel, Gluon: inline-asm
+dequantisation + mma.sync), with the arguments and specialisation its launcher gives it, and reports registers and
+spills (ptxas -v), the K loop's instructions per weight and its HMMA / LDG counts; --all does every configuration the
+launcher can choose:
+
+    python scripts/gemv_sass.py --kernel qgemv --kind int4 --act bf16 --group 128 --num-warps 8
+    python scripts/gemv_sass.py --kernel qgemv --all --jobs 2
+
 At 4.25 TB/s (an H200 copy), int4 streams 8.5e12 weights/s; 132 SMs x 4 schedulers x 32 lanes x 1.98 GHz
 issue ~3.3e13 thread-instructions/s, so a loop above ~4 instructions per weight cannot keep up.
 """
@@ -87,8 +95,196 @@ def k_loop(cubin: bytes) -> list[str]:
     return [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best]
 
 
+# ----------------------------------------------------------------------------------------------
+# kernels/qgemv.py: the tensor-core quantized GEMV
+# ----------------------------------------------------------------------------------------------
+# Every configuration the launcher (kernels.qgemv.qgemv) can choose: kernels.qgemv.supported takes int8 and int4
+# groups of 64 or 128, the launcher bf16 and fp16 x, pick_warps 4 or 8 warps, and a residual or none.
+QGEMV_KINDS = (("int4", 64), ("int4", 128), ("int8", 0))
+QGEMV_ACTS = ("bf16", "fp16")
+QGEMV_WARPS = (4, 8)
+
+
+def qgemv_launch(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
+                 k: int = 4096) -> tuple[tuple, dict]:
+    """(args, kwargs) kernels.qgemv.qgemv launches _qgemv_kernel with for an [n, k] weight and x [batch, k]: the
+    launcher itself is called with placeholder CPU tensors (never read) and the launch is intercepted, so the
+    arguments, dtypes, strides and constexprs are the launcher's own."""
+    import torch
+
+    from kernels import qgemv as q
+    from kernels.quant import Kind, QLinear
+
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[act]
+    tiles, steps = -(-n // q.FRAG_ROWS), -(-k // 64)
+    if kind == "int4":
+        scale = torch.empty(n, k // group, dtype=dt)
+        w = QLinear(Kind.INT4, torch.empty(n, k // 2, dtype=torch.uint8), n, k, scale, torch.empty_like(scale), group)
+        w.frag = torch.empty(tiles, steps, 32, 4, dtype=torch.int32)
+    elif kind == "int8":
+        w = QLinear(Kind.INT8, torch.empty(n, k, dtype=torch.int8), n, k, torch.empty(n, dtype=dt))
+        w.frag = torch.empty(tiles, steps, 32, 8, dtype=torch.int32)
+    else:
+        raise ValueError(f"qgemv takes int4 and int8 weights, not {kind}")
+    x = torch.empty(batch, k, dtype=dt)
+    res = torch.empty(batch, n, dtype=dt) if residual else None
+    calls = []
+
+    class _Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((args, kwargs))
+
+    kernel = q._qgemv_kernel
+    q._qgemv_kernel = _Capture()
+    try:
+        q.qgemv(x, w, res, warps=num_warps)
+    finally:
+        q._qgemv_kernel = kernel
+    (args, kwargs), = calls
+    return args, kwargs
+
+
+def qgemv_source(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
+                 k: int = 4096):
+    """(GluonASTSource, num_warps) of the launch above, specialised as Triton's JIT would on the GPU: pointers
+    16-byte aligned (torch allocates at 256 bytes on the GPU; the CPU placeholders at 64), ints that are multiples
+    of 16 declared divisible by 16, ints equal to 1 made constants (at batch 1: B; int8: the scale's stride), by
+    Triton's own specialisation function. Bools and constexprs as passed."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import native_specialize_impl
+
+    from kernels.qgemv import _qgemv_kernel
+
+    args, kwargs = qgemv_launch(kind, act, group, num_warps, residual, batch, n, k)
+    kwargs = dict(kwargs)
+    warps = kwargs.pop("num_warps")
+    bound = inspect.signature(_qgemv_kernel.fn).bind(*args, **kwargs).arguments
+    sig, constants, attrs = {}, {}, {}
+    for i, p in enumerate(_qgemv_kernel.params):
+        v = bound[p.name]
+        if p.is_constexpr:
+            sig[p.name], constants[(i,)] = "constexpr", v
+            continue
+        ty, spec = native_specialize_impl(CUDABackend, v, p.is_const, not p.do_not_specialize,
+                                          not p.do_not_specialize_on_alignment)
+        sig[p.name] = ty
+        if ty == "constexpr":
+            constants[(i,)] = v
+        elif spec:
+            attrs[(i,)] = CUDABackend.parse_attr(spec)
+    return GluonASTSource(_qgemv_kernel, sig, constants, attrs), warps
+
+
+def compile_qgemv(kind: str, act: str, group: int, num_warps: int, residual: bool, arch: int = 90, batch: int = 1,
+                  n: int = 4096, k: int = 4096):
+    """The compiled kernels/qgemv._qgemv_kernel for x [batch, k] (bf16 / fp16) and an [n, k] int4 (group 64 or 128)
+    or int8 weight, with the launcher's arguments (qgemv_launch) and the JIT's specialisation (qgemv_source)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    src, warps = qgemv_source(kind, act, group, num_warps, residual, batch, n, k)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+
+
+def qgemv_weights_per_thread(kind: str, group: int) -> int:
+    """Weights one thread turns into MMA operands per K loop iteration, from the kernel's constexprs: an iteration
+    is one scale group of KPG k-steps of 64 columns (int4: GROUP / 64; int8: 1); in a k-step a lane holds WPL
+    32-bit words of each of its RT row tiles (int4: 4 words of 8 nibbles; int8: 8 words of 4 bytes), so RT x KPG
+    x WPL x (weights per word) = RT x KPG x 32: the 16 rows x 64 columns of a k-step tile over the 32 lanes of the
+    warp that owns it (the warps of a program split K, so the count does not depend on them)."""
+    from kernels.qgemv import _RT
+
+    kpg, wpl, per_word = (max(group, 64) // 64, 4, 8) if kind == "int4" else (1, 8, 4)
+    return _RT * kpg * wpl * per_word
+
+
+def qgemv_signature(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1,
+                    n: int = 4096, k: int = 4096) -> dict:
+    """What the kernel is compiled for, per non-constexpr parameter: its type, "/16" where declared divisible by 16,
+    or "=value" where specialised as a constant."""
+    src, _ = qgemv_source(kind, act, group, num_warps, residual, batch, n, k)
+    out = {}
+    for i, (name, ty) in enumerate(src.signature.items()):
+        if (i,) in src.constants and ty == "constexpr" and not _qgemv_param(name).is_constexpr:
+            out[name] = f"={src.constants[(i,)]}"
+        elif ty != "constexpr":
+            out[name] = ty + ("/16" if ["tt.divisibility", 16] in src.attrs.get((i,), []) else "")
+    return out
+
+
+def _qgemv_param(name: str):
+    from kernels.qgemv import _qgemv_kernel
+
+    return next(p for p in _qgemv_kernel.params if p.name == name)
+
+
+def qgemv_report(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
+                 k: int = 4096, arch: int = 90) -> dict:
+    """Registers, spills and the K loop's instruction counts of one configuration (and its signature)."""
+    from kernels.mega.resources import ptxas_usage
+
+    compiled = compile_qgemv(kind, act, group, num_warps, residual, arch, batch, n, k)
+    use = ptxas_usage(compiled, arch)
+    ops = k_loop(compiled.asm["cubin"])
+    weights = qgemv_weights_per_thread(kind, group)
+    hist = collections.Counter(ops)
+    return dict(kind=kind, act=act, group=group if kind == "int4" else 0, num_warps=num_warps, residual=residual,
+                batch=batch, n=n, k=k, regs=use["regs"], spill_bytes=use["spill_stores"] + use["spill_loads"],
+                stack=use["stack"], loop=len(ops), weights=weights, per_weight=round(len(ops) / weights, 4),
+                hmma=hist["HMMA"], ldg=hist["LDG"], top=dict(hist.most_common(10)),
+                signature=qgemv_signature(kind, act, group, num_warps, residual, batch, n, k))
+
+
+def qgemv_configs() -> list[tuple]:
+    """(kind, act, group, num_warps, residual) of every configuration the launcher can choose."""
+    return [(kind, act, group, warps, residual) for kind, group in QGEMV_KINDS for act in QGEMV_ACTS
+            for warps in QGEMV_WARPS for residual in (False, True)]
+
+
+def _qgemv_line(r: dict) -> str:
+    name = f"qgemv {r['kind']}{' g' + str(r['group']) if r['kind'] == 'int4' else ''} {r['act']} {r['num_warps']} warps"
+    name += " +residual" if r["residual"] else ""
+    top = ", ".join(f"{k} {v}" for k, v in r["top"].items())
+    return (f"{name} B={r['batch']} {r['n']}x{r['k']}: {r['regs']} registers, {r['spill_bytes']} spill bytes; K loop "
+            f"{r['loop']} instructions for {r['weights']} weights/thread = {r['per_weight']:.2f} per weight, "
+            f"HMMA {r['hmma']}, LDG {r['ldg']} ({top})")
+
+
+def _qgemv_report_star(cfg: tuple) -> dict:
+    return qgemv_report(*cfg)
+
+
+def qgemv_main(a) -> None:
+    import json
+
+    batch, n, k = a.batch, a.n, a.k
+    if a.all:
+        cfgs = [(*c, batch, n, k) for c in qgemv_configs()]
+    else:
+        group = a.group if a.kind == "int4" else 0
+        cfgs = [(a.kind, a.act, group, a.num_warps, a.residual, batch, n, k)]
+    if a.jobs > 1 and len(cfgs) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        # fork: the workers start with torch and Triton imported; the parent has compiled nothing
+        with concurrent.futures.ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+            results = ex.map(_qgemv_report_star, cfgs)
+            for r in results:
+                print(json.dumps(r) if a.json else _qgemv_line(r), flush=True)
+    else:
+        for c in cfgs:
+            r = qgemv_report(*c)
+            print(json.dumps(r) if a.json else _qgemv_line(r), flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernel", choices=("gemv", "qgemv"), default="gemv",
+                    help="gemv: kernels/gemv._gemv_kernel (FMA or tl.dot tile); qgemv: kernels/qgemv._qgemv_kernel "
+                         "(Gluon, mma.sync), compiled as its launcher would (int4 / int8 only)")
     ap.add_argument("--kind", choices=("dense", "int8", "int4"), default="int4", help="the weights' storage kind")
     ap.add_argument("--batch-pad", type=int, default=1)
     ap.add_argument("--block-n", type=int, default=4)
@@ -101,7 +297,23 @@ def main(argv=None) -> None:
 
     ap.add_argument("--k-fold", type=int, default=1, choices=K_FOLDS,
                     help="input columns per FMA accumulator (dense / int8; kernels/gemv.fold_mac)")
+    q = ap.add_argument_group("--kernel qgemv (--kind, --group and --num-warps above apply too)")
+    q.add_argument("--act", choices=QGEMV_ACTS, default="bf16", help="activation (x, scale, y) dtype")
+    q.add_argument("--residual", action="store_true", help="with the residual input")
+    q.add_argument("--batch", type=int, default=1, help="rows of x (1..8; 1 is specialised as a constant)")
+    q.add_argument("--n", type=int, default=4096, help="output rows of the weight")
+    q.add_argument("--k", type=int, default=4096, help="input columns of the weight")
+    q.add_argument("--all", action="store_true", help="every configuration the launcher can choose")
+    q.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    q.add_argument("--json", action="store_true", help="one JSON object per configuration")
     a = ap.parse_args(argv)
+    if a.kernel == "qgemv":
+        if a.kind == "dense" and not a.all:
+            ap.error("--kernel qgemv takes --kind int4 or int8")
+        if a.kind == "int4" and a.group not in (64, 128) and not a.all:
+            ap.error("--kernel qgemv takes int4 groups of 64 or 128")
+        qgemv_main(a)
+        return
     gps = a.groups_per_step if a.kind == "int4" else 1
     compiled = compile_gemv(a.kind, a.batch_pad, a.block_n, a.block_k, gps, a.dot, a.num_warps, a.group,
                             k_fold=a.k_fold)
