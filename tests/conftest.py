@@ -9,6 +9,11 @@ if not torch.cuda.is_available():
 
 import time  # noqa: E402
 
+if torch.cuda.is_available() and torch.cuda.device_count() > 1 and os.environ.get("PYTEST_XDIST_WORKER", "gw")[2:]:
+    # `pytest -n N` on a machine with several GPUs: worker i works on GPU i mod count ("cuda" means the current
+    # device everywhere in the tests and kernels), so memory and SMs are shared by N / count workers, not N.
+    torch.cuda.set_device(int(os.environ["PYTEST_XDIST_WORKER"][2:]) % torch.cuda.device_count())
+
 import pytest  # noqa: E402
 
 GPU_MEMORY_WAIT_S = 240  # under `pytest -n N`, other workers free their memory when their tests end

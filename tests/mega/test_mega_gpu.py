@@ -54,13 +54,6 @@ def _act(quant):
     return quant if quant in ("fp32", "fp16") else "bf16"
 
 
-def same_weights(model: str, quant: str) -> list:
-    """The tests of one (model, quant) run in one worker under `--dist loadgroup`, one after another, so the
-    worker builds those weights once (_weights_for keeps one set); spread over the workers instead, every test
-    rebuilt an 8B model and waited for memory, and the GPU suite outran a 10-minute call on an H200."""
-    return [pytest.mark.xdist_group(f"weights-{model}-{quant}")]
-
-
 def _matrix():
     """Every model x quant mode x batch 1/16 x ctx 128/8192 at the default 2 programs per SM; 1 program per SM
     for every model x quant at batch 1 and 16, ctx 128; fp32 (a CPU-check mode) on llama1b only."""
@@ -72,9 +65,8 @@ def _matrix():
                     # the 3B / 8B caches at batch 16, ctx 8192 take ~17 GB (x3 with the reference's copies)
                     heavy = batch == 16 and ctx == 8192 and model != "llama1b"
                     out.append(pytest.param(model, quant, batch, ctx, 2, id=f"{model}-{quant}-B{batch}-ctx{ctx}-pps2",
-                                            marks=big_memory(heavy) or same_weights(model, quant)))
-                out.append(pytest.param(model, quant, batch, 128, 1, id=f"{model}-{quant}-B{batch}-ctx128-pps1",
-                                        marks=same_weights(model, quant)))
+                                            marks=big_memory(heavy)))
+                out.append(pytest.param(model, quant, batch, 128, 1, id=f"{model}-{quant}-B{batch}-ctx128-pps1"))
     return out
 
 
