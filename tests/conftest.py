@@ -7,6 +7,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import gc  # noqa: E402
 import time  # noqa: E402
 
 if torch.cuda.is_available() and torch.cuda.device_count() > 1 and os.environ.get("PYTEST_XDIST_WORKER", "gw")[2:]:
@@ -40,9 +41,23 @@ def wait_for_gpu_memory(nbytes: int, what: str, timeout_s: float = GPU_MEMORY_WA
 def _gpu_headroom(request):
     """Every GPU test starts with a few GB free: with several test processes on one GPU, a small allocation must
     not fail because a big test elsewhere holds the rest for a moment."""
-    if "gpu" in request.keywords and torch.cuda.is_available():
+    gpu = "gpu" in request.keywords and torch.cuda.is_available()
+    if gpu:
         wait_for_gpu_memory(4 << 30, request.node.name)
     yield
+    if gpu:  # hand this process's freed blocks back to the driver, for the other test processes on the GPU
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def pytest_runtest_logreport(report):
+    """With GPU_TEST_LOG=PATH, one line per test phase as it ends (worker, outcome, seconds, test): a run cut short
+    by a time limit still shows where its time went."""
+    path = os.environ.get("GPU_TEST_LOG")
+    if path and (report.when == "call" or report.outcome != "passed"):
+        with open(path, "a") as f:
+            f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', '-')} {report.when} {report.outcome} "
+                    f"{report.duration:.1f} {report.nodeid}\n")
 
 
 def pytest_collection_modifyitems(config, items):

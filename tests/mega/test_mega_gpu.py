@@ -37,6 +37,9 @@ def _setup(model, quant, batch, ctx, seed=1):
     spec = spec_of(model)
     # cache + the reference's clone (+ its fp32 temporaries), weights unless already built
     kv = 3 * kv_cache_nbytes(spec, batch, ctx + 1) * (2 if quant == "fp32" else 1)
+    if (model, quant) not in _weights:  # drop the last test's weights before waiting for memory, not after
+        _weights.clear()
+        torch.cuda.empty_cache()
     need = kv + (0 if (model, quant) in _weights else weight_nbytes(spec, quant, GROUP))
     wait_for_gpu_memory(need, f"{model} {quant} batch {batch} ctx {ctx}")
     w = _weights_for(model, quant)
