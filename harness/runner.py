@@ -366,6 +366,14 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
     cache.k[:, :, :, positions[0]] = float("nan")
     cache.v[:, :, :, positions[0]] = float("nan")
     impl = cls(ctx)
+    try:
+        return _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device)
+    finally:
+        impl.close()
+        del impl
+
+
+def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device) -> dict:
     out = {}
     logits = impl.decode(tokens, positions)
     impl.check()
@@ -387,7 +395,6 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
     out.update(latency_us_median=t.median_us, latency_us_p10=t.p10_us, latency_us_p90=t.p90_us,
                latency_us_mean=t.mean_us, latency_us_std=t.std_us, repeats=t.repeats, timing_method=t.method)
     out.update(impl.info())
-    del impl
     return out
 
 

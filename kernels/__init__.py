@@ -6,7 +6,8 @@ helpers, the data they read, and the whole-model megakernel (kernels/mega/). Not
   tiles.py      the one tile rule of every GEMV (per-op launchers and the megakernel lowering)
   reference.py  the pure-PyTorch oracle of every op
   fragments.py  int4 / int8 weights in the register order of the tensor cores' MMA operands (+ an emulator)
-  qgemv.py      the quantized GEMV on tensor cores that reads them (Gluon, GPU only)
+  qgemv.py      the quantized GEMV on tensor cores that reads them (Gluon, GPU only; batch <= 16; gemv.py's
+                launcher routes to it a weight whose fragments were made)
   gemv.py, attention.py, rope.py, lm_head.py, norm.py, elementwise.py, embedding.py: one op family each:
                 `@triton.jit` helpers with the per-tile math (reused by the megakernel), a private
                 `_op_kernel`, and a public launcher that picks block sizes and the grid.

@@ -511,7 +511,10 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     """x: [B, K] -> y: [B, N] = rmsnorm?(x) @ W.T (+ residual) in x.dtype (or out's dtype), fp32 accumulation.
 
     norm_weight: [K] fuses y = rmsnorm(x, norm_weight, eps) @ W.T. residual: [B, N] is added in fp32.
-    config: block sizes other than pick_config's (tests, tuning)."""
+    config: block sizes other than pick_config's (tests, tuning).
+
+    An int8 / int4 weight whose tensor-core fragments were made (kernels.qgemv.fragments_of, on a GPU) goes through
+    kernels.qgemv instead when that kernel takes the call (batch <= 16, no fused norm, no explicit config)."""
     _check_linear(x, w, "gemv")
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -519,6 +522,11 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     n = w.out_features
     if residual is not None and residual.shape != (b_sz, n):
         raise ValueError(f"gemv: residual must be [B, N] = {(b_sz, n)}; got {tuple(residual.shape)}")
+    if w.frag is not None and norm_weight is None and config is None and x.is_cuda:
+        from kernels.qgemv import qgemv, supported  # Gluon: imported only where it can run
+
+        if supported(w, b_sz) is None and x.stride(0) % 2 == 0 and (residual is None or residual.stride(1) == 1):
+            return qgemv(x, w, residual, out=out)
     y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
     cfg = config or pick_config(x, w)
     weight, s, z, stride_sn = _weight_args(w)

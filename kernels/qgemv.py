@@ -28,7 +28,8 @@ from kernels import sm_count
 from kernels.fragments import FRAG_ROWS, int4_to_fragments, int8_to_fragments
 from kernels.quant import Kind, QLinear, unpack_int4
 
-MAX_BATCH_MMA = 8  # the N of m16n8k16: batch rows per MMA
+MAX_BATCH_MMA = 8  # the N of m16n8k16: batch rows per MMA (an n-tile)
+MAX_BATCH = 16  # two n-tiles
 
 _MMA = "mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32 {{$0, $1, $2, $3}}, {{a0, a1, a2, a3}}, {{{b0}, {b1}}}, {{{c}}};\n"
 # 16-bit float pairs: the magic that turns a nibble / byte in a half's low bits into MAGIC + value exactly, and the
@@ -118,13 +119,14 @@ def _index(n: gl.constexpr, dim: gl.constexpr, layout: gl.constexpr, RANK: gl.co
 
 
 @gluon.jit
-def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.constexpr):
+def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.constexpr, N0: gl.constexpr = 0):
     """The B operands (b0, b1: [1, WARPS, 32, 4] int32, 16-bit float pairs) of 4 k-tiles from column k0 (a tensor
-    per warp): in the permuted K order of kernels/fragments.py lane l holds x[l / 4, k0 + 16 (l % 4) + 0..15], two
-    16-byte loads; 0 past B and K. x_ptr: x as int32 pairs [B, K2 = K / 2]. CVT: bf16 pairs to fp16 pairs."""
+    per warp) for batch rows N0..N0 + 7: in the permuted K order of kernels/fragments.py lane l holds
+    x[N0 + l / 4, k0 + 16 (l % 4) + 0..15], two 16-byte loads; 0 past B and K. x_ptr: x as int32 pairs
+    [B, K2 = K / 2]. CVT: bf16 pairs to fp16 pairs."""
     lane = _index(32, 2, LX)
     e = _index(8, 3, LX)  # [.., 8]: pairs b0 j, b1 j interleaved: word 2 j + reg
-    n = lane // 4
+    n = N0 + lane // 4
     kw = k0 // 2 + 8 * (lane % 4) + e + 0 * wp  # word (pair) index along K
     words = gl.load(x_ptr + n * stride_xb + kw, mask=(n < B) & (kw < K2), other=0)
     if CVT:
@@ -157,15 +159,38 @@ def _int4_step(w, b0, b1, d, dx, X_BF16: gl.constexpr):
 
 
 @gluon.jit
+def _store_rows(acc, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, L: gl.constexpr, RT: gl.constexpr,
+                KIND: gl.constexpr, HAS_RESIDUAL: gl.constexpr, N0: gl.constexpr):
+    """y[N0 + c, rows] = the warps' sum of acc (d0..d3 of each lane: rows r, r, r + 8, r + 8, batch rows c, c + 1),
+    times the int8 channel scale, plus the residual."""
+    out = gl.sum(acc, axis=1)  # [RT, 32, 4]: the sum of the warps' K slices
+    L3: gl.constexpr = gl.SliceLayout(1, L)
+    tile = gl.program_id(0) * RT + _index(RT, 0, L3, 3)
+    lane = _index(32, 1, L3, 3)
+    q4 = _index(4, 2, L3, 3)
+    rows = tile * 16 + lane // 4 + 8 * (q4 // 2)
+    cols = N0 + 2 * (lane % 4) + q4 % 2  # batch rows of d0..d3: c, c + 1, c, c + 1
+    row_ok = rows < N
+    if KIND == KIND_INT8:  # W = q * s[n]: the per-channel scale once, at the end
+        out = out * gl.load(s_ptr + rows, mask=row_ok, other=0.0).to(gl.float32)
+    out_ok = row_ok & (cols < B)
+    if HAS_RESIDUAL:
+        out += gl.load(res_ptr + cols * stride_rb + rows, mask=out_ok, other=0.0).to(gl.float32)
+    gl.store(y_ptr + cols * stride_yb + rows, out.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+@gluon.jit
 def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb, stride_sn, stride_rb, stride_yb,
-                  KIND: gl.constexpr, GROUP: gl.constexpr, RT: gl.constexpr, HAS_RESIDUAL: gl.constexpr,
-                  X_BF16: gl.constexpr):
-    # grid: (cdiv(N, 16 RT),); the warps of a program split K. x: [B, K] (B <= 8) as int32 pairs [B, K / 2],
+                  KIND: gl.constexpr, GROUP: gl.constexpr, RT: gl.constexpr, NT: gl.constexpr,
+                  HAS_RESIDUAL: gl.constexpr, X_BF16: gl.constexpr):
+    # grid: (cdiv(N, 16 RT),); the warps of a program split K. x: [B, K] (B <= 8 NT) as int32 pairs [B, K / 2],
     # W: fragments [cdiv(N, 16), cdiv(K, 64), 32, WPL] int32, s / z: [N, K / GROUP] (int4) or s: [N] (int8),
-    # residual / y: [B, N]. X_BF16: x is bf16 (else fp16).
+    # residual / y: [B, N]. X_BF16: x is bf16 (else fp16). NT: n-tiles of 8 batch rows (1 or 2); the weights'
+    # operands are made once per k-tile and serve every n-tile (the second costs MMAs and x loads, no dequantising).
     WARPS: gl.constexpr = gl.num_warps()
     WPL: gl.constexpr = 4 if KIND == KIND_INT4 else 8  # words per lane per k-step of 64 columns
     KPG: gl.constexpr = GROUP // 64 if KIND == KIND_INT4 else 1  # k-steps per scale group (int8: per k-step)
+    gl.static_assert(NT == 1 or NT == 2, "qgemv: 1 or 2 n-tiles of 8 batch rows")
     # [row tile, warp, lane, 4]: the last dim is the k-tile of a weight / x word, or d0..d3 of an accumulator
     L: gl.constexpr = gl.BlockedLayout([RT, 1, 1, 4], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
     LX: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
@@ -184,7 +209,7 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     wx = _index(WARPS, 1, LX)
     # Warp w walks the groups w * per_warp .. (w + 1) * per_warp - 1 and loads one group ahead of its arithmetic:
     # the words and x fragments of group i + 1 are in flight while group i's MMAs run. A group is KPG (1 or 2)
-    # k-steps: slot a is its first, slot b its second.
+    # k-steps: slot a is its first, slot b its second. x fragments: xa / xb batch rows 0-7, ya / yb rows 8-15.
     gl.static_assert(KPG == 1 or KPG == 2, "qgemv: a scale group is 64 or 128 columns")
     XCVT: gl.constexpr = KIND == KIND_INT8 and X_BF16
     STEP: gl.constexpr = 32 * WPL  # words of one k-step of one row tile
@@ -192,27 +217,42 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     w_ptrs = w_ptr + words + g0 * (KPG * STEP)
     acc = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)  # int4: the scaled group sums; int8: sum x (q + OFFSET)
     acc_x = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # int8: sum x
+    acc2 = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)  # the same for batch rows 8-15 (NT == 2)
+    acc_x2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
     ok = tile_ok & (g0 < n_groups)
     wa_next = _load_words(w_ptrs, 0, 0, ok, WPL, 0)
     wa1_next = _load_words(w_ptrs, 0, 0, ok & (KIND == KIND_INT8), WPL, 1)
     wb_next = _load_words(w_ptrs, STEP, 0, ok & (KPG == 2), WPL, 0)
     gx0 = wx * per_warp
-    xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, gx0 * (KPG * 64), wx, LX, XCVT)
-    xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, gx0 * (KPG * 64) + 64, wx, LX, XCVT)
+    K2 = K // 2
+    xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT)
+    xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64) + 64, wx, LX, XCVT)
+    ya0_next, ya1_next, yb0_next, yb1_next = xa0_next, xa1_next, xb0_next, xb1_next  # unused unless NT == 2
+    if NT == 2:
+        ya0_next, ya1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT, 8)
+        yb0_next, yb1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64) + 64, wx, LX, XCVT, 8)
     for i in range(0, per_warp):
         wa, wa1, wb = wa_next, wa1_next, wb_next
         xa0, xa1, xb0, xb1 = xa0_next, xa1_next, xb0_next, xb1_next
+        ya0, ya1, yb0, yb1 = ya0_next, ya1_next, yb0_next, yb1_next
         ok_next = tile_ok & (g0 + i + 1 < n_groups) & (i + 1 < per_warp)
         nxt = (i + 1) * (KPG * STEP)
         wa_next = _load_words(w_ptrs, nxt, 0, ok_next, WPL, 0)
         wa1_next = _load_words(w_ptrs, nxt, 0, ok_next & (KIND == KIND_INT8), WPL, 1)
         wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
         k_next = (gx0 + i + 1) * (KPG * 64)
-        xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, k_next, wx, LX, XCVT)
+        xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next, wx, LX, XCVT)
         if KPG == 2:
-            xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K // 2, k_next + 64, wx, LX, XCVT)
+            xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next + 64, wx, LX, XCVT)
+        if NT == 2:
+            ya0_next, ya1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next, wx, LX, XCVT, 8)
+            if KPG == 2:
+                yb0_next, yb1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next + 64, wx, LX, XCVT, 8)
         xa0 = gl.convert_layout(xa0, L, assert_trivial=True)
         xa1 = gl.convert_layout(xa1, L, assert_trivial=True)
+        if NT == 2:
+            ya0 = gl.convert_layout(ya0, L, assert_trivial=True)
+            ya1 = gl.convert_layout(ya1, L, assert_trivial=True)
         if KIND == KIND_INT4:
             xb0 = gl.convert_layout(xb0, L, assert_trivial=True)
             xb1 = gl.convert_layout(xb1, L, assert_trivial=True)
@@ -227,28 +267,33 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
             s = gl.load(s_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
             z = gl.load(z_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
             offset: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
-            acc += s * d + (z - offset * s) * dx
+            zo = z - offset * s
+            acc += s * d + zo * dx
+            if NT == 2:
+                yb0 = gl.convert_layout(yb0, L, assert_trivial=True)
+                yb1 = gl.convert_layout(yb1, L, assert_trivial=True)
+                d2 = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)
+                dx2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
+                d2, dx2 = _int4_step(wa, ya0, ya1, d2, dx2, X_BF16)
+                if KPG == 2:
+                    d2, dx2 = _int4_step(wb, yb0, yb1, d2, dx2, X_BF16)
+                acc2 += s * d2 + zo * dx2
         else:
             acc = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
                                             [wa, wa1, xa0, xa1, acc], dtype=gl.float32, is_pure=True, pack=4)
             acc_x = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
                                               [xa0, xa1, acc_x], dtype=gl.float32, is_pure=True, pack=4)
+            if NT == 2:
+                acc2 = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
+                                                 [wa, wa1, ya0, ya1, acc2], dtype=gl.float32, is_pure=True, pack=4)
+                acc_x2 = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                                   [ya0, ya1, acc_x2], dtype=gl.float32, is_pure=True, pack=4)
     if KIND == KIND_INT8:
         acc = acc - INT8_F16_OFFSET * acc_x  # sum x q
-    out = gl.sum(acc, axis=1)  # [RT, 32, 4]: the sum of the warps' K slices
-    L3: gl.constexpr = gl.SliceLayout(1, L)
-    tile = gl.program_id(0) * RT + _index(RT, 0, L3, 3)
-    lane = _index(32, 1, L3, 3)
-    q4 = _index(4, 2, L3, 3)
-    rows = tile * 16 + lane // 4 + 8 * (q4 // 2)
-    cols = 2 * (lane % 4) + q4 % 2  # batch rows of d0..d3: c, c + 1, c, c + 1
-    row_ok = rows < N
-    if KIND == KIND_INT8:  # W = q * s[n]: the per-channel scale once, at the end
-        out = out * gl.load(s_ptr + rows, mask=row_ok, other=0.0).to(gl.float32)
-    out_ok = row_ok & (cols < B)
-    if HAS_RESIDUAL:
-        out += gl.load(res_ptr + cols * stride_rb + rows, mask=out_ok, other=0.0).to(gl.float32)
-    gl.store(y_ptr + cols * stride_yb + rows, out.to(y_ptr.dtype.element_ty), mask=out_ok)
+        acc2 = acc2 - INT8_F16_OFFSET * acc_x2
+    _store_rows(acc, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, L, RT, KIND, HAS_RESIDUAL, 0)
+    if NT == 2:
+        _store_rows(acc2, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, L, RT, KIND, HAS_RESIDUAL, 8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,14 +331,14 @@ def supported(w: QLinear, batch: int) -> Optional[str]:
         return "qgemv takes int8 and int4 weights"
     if w.kind == Kind.INT4 and w.group_size not in (64, 128):
         return f"qgemv takes int4 groups of 64 or 128 columns (got {w.group_size})"
-    if not 1 <= batch <= MAX_BATCH_MMA:
-        return f"qgemv takes 1..{MAX_BATCH_MMA} rows of x (got {batch})"
+    if not 1 <= batch <= MAX_BATCH:
+        return f"qgemv takes 1..{MAX_BATCH} rows of x (got {batch})"
     return None
 
 
 def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, *,
           out: Optional[torch.Tensor] = None, warps: Optional[int] = None) -> torch.Tensor:
-    """x: [B, K] (B <= 8) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
+    """x: [B, K] (B <= 16) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
     the tensor cores; W int8 or int4 (group 64 or 128). GPU only (Gluon). warps (K slices per program) overrides
     the launcher's choice (tuning)."""
     why = supported(w, x.shape[0])
@@ -316,6 +361,7 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
         raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")
     _qgemv_kernel[grid](x.view(torch.int32), frag, s, z, res, y, b_sz, n, k, x.stride(0) // 2,
                         s.stride(0) if s.dim() == 2 else 1, res.stride(0), y.stride(0), KIND=int(w.kind),
-                        GROUP=max(w.group_size, 64), RT=rt, HAS_RESIDUAL=residual is not None,
+                        GROUP=max(w.group_size, 64), RT=rt, NT=triton.cdiv(b_sz, MAX_BATCH_MMA),
+                        HAS_RESIDUAL=residual is not None,
                         X_BF16=x.dtype == torch.bfloat16, num_warps=warps)
     return y

@@ -70,3 +70,6 @@ class DecodeImpl:
     def info(self) -> dict:
         """Extra columns for this impl's result row (e.g. which attention backend ran)."""
         return {}
+
+    def close(self) -> None:
+        """Frees what this impl added to the shared weights (called by the runner when its measurement ends)."""

@@ -1,6 +1,12 @@
 """layerwise: our Triton kernels, one launch per operation (the ablation's baseline), replayed from
 one CUDA graph by the timer. Per layer: RMSNorm, QKV GEMV, RoPE + KV append, attention (partial +
-reduce), O GEMV, residual add, RMSNorm, gate GEMV, up GEMV, SiLU*up, down GEMV, residual add."""
+reduce), O GEMV, residual add, RMSNorm, gate GEMV, up GEMV, SiLU*up, down GEMV, residual add.
+
+int8 / int4 weights on a GPU with mma.sync (sm_80+) at batch <= 16: the GEMVs run on the tensor cores
+(kernels/qgemv.py), reading a copy of each layer's weights in the MMA fragment layout (kernels/fragments.py, as
+many bytes as the packed weights), made when the impl is built and freed when its measurement ends. Where that
+copy does not fit in free GPU memory, the Triton FMA GEMV reads the packed weights; the row's `gemv_path` column
+says which ran."""
 from __future__ import annotations
 
 import math
@@ -14,7 +20,10 @@ from kernels.embedding import embedding
 from kernels.gemv import gemv
 from kernels.lm_head import lm_head_argmax
 from kernels.norm import rmsnorm
+from kernels.quant import Kind
 from kernels.rope import rope_kv_append
+
+_FRAGMENT_HEADROOM = 2 << 30  # free memory the fragment copy must leave (activations, the timer's graph)
 
 
 @register("layerwise")
@@ -25,6 +34,37 @@ class Layerwise(DecodeImpl):
         super().__init__(ctx)
         self.cos, self.sin = ctx.spec.rope_tables(ctx.cache.max_len, ctx.device)
         self.scale = 1.0 / math.sqrt(ctx.spec.head_dim)
+        self.gemv_path = self._fragments() if self._tensor_core_gemv(ctx) else "fma"
+
+    @staticmethod
+    def _tensor_core_gemv(ctx: ImplContext) -> bool:
+        from kernels.qgemv import MAX_BATCH
+
+        return (ctx.device.type == "cuda" and torch.cuda.get_device_capability(ctx.device) >= (8, 0)
+                and ctx.weights.layers[0].wqkv.kind in (Kind.INT4, Kind.INT8) and ctx.batch <= MAX_BATCH)
+
+    def _linears(self):
+        return [q for lw in self.ctx.weights.layers for q in lw.linears().values()]
+
+    def _fragments(self) -> str:
+        """Makes the fragment copies of every layer's linears (kernels.gemv then routes them to qgemv); "fma" if
+        they would not fit."""
+        from kernels.qgemv import fragments_of, supported
+
+        linears = [q for q in self._linears() if supported(q, self.ctx.batch) is None]
+        need = sum(q.weight.numel() * q.weight.element_size() for q in linears)
+        if not linears or need + _FRAGMENT_HEADROOM > torch.cuda.mem_get_info(self.ctx.device)[0]:
+            return "fma"
+        for q in linears:
+            fragments_of(q)
+        return "qgemv"
+
+    def close(self) -> None:
+        for q in self._linears():
+            q.frag = None
+
+    def info(self) -> dict:
+        return {"gemv_path": self.gemv_path}
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         s, w, cache, eps = self.ctx.spec, self.ctx.weights, self.ctx.cache, self.ctx.spec.norm_eps

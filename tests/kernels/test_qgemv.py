@@ -2,8 +2,9 @@
 
 CPU: the packers round-trip, and the kernels' register recipe (nibble / byte -> 16-bit float magic, the permuted
 K order, the group fold), run through an emulator of mma.sync.m16n8k16's fragment semantics, equals W @ x.
-GPU: the kernel against the fp32 reference at odd and real shapes, every batch 1..8, NaN-poisoned outputs,
-strided x, residual, fp16 and bf16 activations."""
+GPU: the kernel against the fp32 reference at odd and real shapes, batch 1..16 (one and two n-tiles of 8 batch
+rows), NaN-poisoned outputs, strided x, residual, fp16 and bf16 activations; kernels.gemv routes a weight with
+fragments to it."""
 import pytest
 import torch
 
@@ -116,9 +117,38 @@ def test_qgemv_matches_reference(mode, group, n, k, act):
         pytest.skip("the group does not divide K")
     gen = torch.Generator(device="cuda").manual_seed(n + k + group)
     w = quantize_linear(torch.randn(n, k, generator=gen, device="cuda").to(act) * k ** -0.5, mode, group or 128)
-    for batch in (1, 3, 8):
+    for batch in (1, 3, 8, 9, 16):  # one n-tile of 8 batch rows, then two
         xs = torch.randn(batch, k + 8, generator=gen, device="cuda").to(act)[:, 8:]  # strided rows
         res = torch.randn(batch, n, generator=gen, device="cuda").to(act)
         for residual in (None, res):
             y = qgemv(xs, w, residual, out=torch.full((batch, n), float("nan"), dtype=act, device="cuda"))
             _close(y, ref.gemv_fp32(xs, w, residual), k, f"{mode} g{group} {n}x{k} B{batch}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_gemv_routes_weights_with_fragments_to_qgemv(mode, monkeypatch):
+    """kernels.gemv takes the tensor-core kernel for an int8 / int4 weight whose fragments exist (batch <= 16, no
+    fused norm), the FMA kernel otherwise; both agree with the reference."""
+    import kernels.qgemv as qg
+    from kernels.gemv import gemv
+    from kernel_checks import assert_close
+
+    calls = []
+    real = qg.qgemv
+    monkeypatch.setattr(qg, "qgemv", lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw))
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    n, k = 1024, 2048
+    w = quantize_linear(torch.randn(n, k, generator=gen, device="cuda").bfloat16() * k ** -0.5, mode, 128)
+    for batch in (1, 16, 17):
+        x = torch.randn(batch, k, generator=gen, device="cuda").bfloat16()
+        res = torch.randn(batch, n, generator=gen, device="cuda").bfloat16()
+        expect = ref.gemv_fp32(x, w, res)
+        assert_close(gemv(x, w, res), ref.gemv(x, w, res), x.dtype, f"{mode} B{batch} without fragments")
+        qg.fragments_of(w)
+        _close(gemv(x, w, res, out=torch.full((batch, n), float("nan"), dtype=x.dtype, device="cuda")), expect, k,
+               f"{mode} B{batch} with fragments")
+        norm = torch.ones(k, dtype=x.dtype, device="cuda")
+        gemv(x, w, norm_weight=norm)  # a fused norm stays on the FMA kernel
+        w.frag = None
+    assert calls == [1, 16], "the fragment route must take batch 1 and 16 and leave 17, and fused norms, to the FMA"
