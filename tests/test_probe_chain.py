@@ -1,0 +1,24 @@
+"""scripts/probe_chain.py (the Gluon TMA-ring probe) compiles for sm_90 on the CPU with the pinned Triton, and its
+shared memory is the ring it asks for: a change in Gluon's TMA / mbarrier API or a layout mistake fails here, before
+any GPU time is spent."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_probe_compiles_for_sm90_with_the_ring_it_asks_for():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
+    env["PYTHONPATH"] = ROOT
+    res = subprocess.run([sys.executable, "scripts/probe_chain.py", "--compile-only", "--dim", "1024", "--layers", "2",
+                          "--bn", "32", "--bk", "256", "--nbuf", "4", "16"], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [l for l in res.stdout.splitlines() if "compiled" in l]
+    assert len(lines) == 3, res.stdout  # wait, nowait, timeline for the one ring that fits
+    ring = 4 * 32 * 256 * 2
+    for line in lines:
+        shared = int(line.split("shared ")[1].split()[0])
+        assert ring <= shared <= ring + 1024, line
+    assert "NBUF 16: a ring of" in res.stdout and "skipped" in res.stdout  # 256 KB does not fit an SM
