@@ -1,5 +1,5 @@
 """The layerwise impl on a GPU with int8 / int4 weights: its GEMVs take the tensor-core kernel (kernels/qgemv.py)
-through the fragment copies it makes, its logits match the fp32 reference decoder, and close() frees the copies."""
+(the LM head's too) through the fragment copies it makes, its logits match the fp32 reference decoder, and close() frees the copies."""
 import pytest
 import torch
 
@@ -27,10 +27,10 @@ def test_layerwise_quantized_runs_on_tensor_cores_and_matches_reference(quant, b
     expect = LlamaDecoder(w, compute_dtype=torch.float32, max_len=ctx_len + 1).decode(tokens, positions, cache.clone())
     impl = Layerwise(ImplContext(cfg=None, spec=spec, weights=w, cache=cache, device=dev))
     assert impl.info() == {"gemv_path": "qgemv"}
-    assert all(q.frag is not None for lw in w.layers for q in lw.linears().values())
+    assert all(q.frag is not None for lw in w.layers for q in lw.linears().values()) and w.lm_head.frag is not None
     got = impl.decode(tokens, positions).float()
     err = ((got - expect).norm() / expect.norm()).item()
     assert torch.isfinite(got).all() and err <= 3e-2, f"relative error {err:.3g}"
     assert (got.argmax(-1) == expect.argmax(-1)).float().mean() >= 0.9
     impl.close()
-    assert all(q.frag is None for lw in w.layers for q in lw.linears().values())
+    assert all(q.frag is None for lw in w.layers for q in lw.linears().values()) and w.lm_head.frag is None

@@ -2,11 +2,11 @@
 one CUDA graph by the timer. Per layer: RMSNorm, QKV GEMV, RoPE + KV append, attention (partial +
 reduce), O GEMV, residual add, RMSNorm, gate GEMV, up GEMV, SiLU*up, down GEMV, residual add.
 
-int8 / int4 weights on a GPU with mma.sync (sm_80+) at batch <= 16: the GEMVs run on the tensor cores
-(kernels/qgemv.py), reading a copy of each layer's weights in the MMA fragment layout (kernels/fragments.py, as
-many bytes as the packed weights), made when the impl is built and freed when its measurement ends. Where that
-copy does not fit in free GPU memory, the Triton FMA GEMV reads the packed weights; the row's `gemv_path` column
-says which ran."""
+int8 / int4 weights on a GPU with mma.sync (sm_80+) at batch <= 16: the GEMVs, the LM head's too, run on the
+tensor cores (kernels/qgemv.py), reading a copy of the weights in the MMA fragment layout (kernels/fragments.py,
+as many bytes as the packed weights), made when the impl is built and freed when its measurement ends. Where
+that copy does not fit in free GPU memory, the Triton FMA GEMV reads the packed weights; the row's `gemv_path`
+column says which ran."""
 from __future__ import annotations
 
 import math
@@ -78,5 +78,8 @@ class Layerwise(DecodeImpl):
             h = add(h, gemv(attn, lw.wo))
             x = rmsnorm(h, lw.mlp_norm, eps)
             h = add(h, gemv(silu_mul(gemv(x, lw.w_gate), gemv(x, lw.w_up)), lw.w_down))
+        if w.lm_head.frag is not None:  # the tensor-core GEMV writes fp32 logits; decode returns no tokens
+            logits = torch.empty(h.shape[0], s.vocab_size, dtype=torch.float32, device=h.device)
+            return gemv(rmsnorm(h, w.final_norm, eps), w.lm_head, out=logits)
         logits, _ = lm_head_argmax(h, w.lm_head, w.final_norm, eps)
         return logits
