@@ -297,6 +297,139 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
 
 
 # ----------------------------------------------------------------------------------------------
+# The chunked variant: CH scale groups per loop iteration, loaded as one tensor
+# ----------------------------------------------------------------------------------------------
+# Why: a short GEMV is latency-bound (llama8b qkv int4: each warp walks 4 groups of K, one dependent load round
+# trip per group with one group in flight). Here a warp's loop iteration takes CH groups at once (their words and
+# x fragments as [.., CH, KPG, 4] tensors, the next iteration's in flight meanwhile): CH x the bytes in flight per
+# warp and 1 / CH the round trips, for more registers. Each inline-asm call still takes one k-step (pack=4 over the
+# last dimension), so the math is the kernel's above, element for element.
+@gluon.jit
+def _x_chunk(x_ptr, stride_xb, B, K2, k0, g, g_end, LX: gl.constexpr, CH: gl.constexpr, KPG: gl.constexpr,
+             CVT: gl.constexpr, N0: gl.constexpr):
+    """b0, b1 ([1, WARPS, 32, CH, KPG, 4] int32) of the CH x KPG k-steps of 64 columns from column k0 ([1, WARPS,
+    1, 1, 1, 1]: each warp its own) for batch rows N0..N0 + 7; 0 past B and K and for groups g >= g_end."""
+    lane = _index(32, 2, LX, 6)
+    c = _index(CH, 3, LX, 6)
+    st = _index(KPG, 4, LX, 6)
+    e = _index(8, 5, LX, 6)
+    n = N0 + lane // 4
+    kw = k0 // 2 + 32 * (c * KPG + st) + 8 * (lane % 4) + e
+    ok = (n < B) & (kw < K2) & (g + c < g_end)
+    words = gl.load(x_ptr + n * stride_xb + kw, mask=ok, other=0)
+    if CVT:
+        words = gl.inline_asm_elementwise(BF16X2_TO_F16X2_PTX, "=r,r", [words], dtype=gl.int32, is_pure=True,
+                                          pack=1)
+    b0, b1 = gl.split(words.reshape([1, words.shape[1], 32, CH, KPG, 4, 2]))
+    return b0, b1
+
+
+@gluon.jit
+def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb, stride_sn, stride_rb,
+                        stride_yb, KIND: gl.constexpr, GROUP: gl.constexpr, RT: gl.constexpr, NT: gl.constexpr,
+                        CH: gl.constexpr, HAS_RESIDUAL: gl.constexpr, X_BF16: gl.constexpr):
+    # As _qgemv_kernel; the warps of a program split the groups of K, each warp CH groups per iteration.
+    WARPS: gl.constexpr = gl.num_warps()
+    WPL: gl.constexpr = 4 if KIND == KIND_INT4 else 8
+    KPG: gl.constexpr = GROUP // 64 if KIND == KIND_INT4 else 1
+    gl.static_assert(NT == 1 or NT == 2, "qgemv: 1 or 2 n-tiles of 8 batch rows")
+    gl.static_assert(KPG == 1 or KPG == 2, "qgemv: a scale group is 64 or 128 columns")
+    # [row tile, warp, lane, group of the chunk, k-step of the group, 4]
+    L6: gl.constexpr = gl.BlockedLayout([RT, 1, 1, CH, KPG, 4], [1, 1, 32, 1, 1, 1], [1, WARPS, 1, 1, 1, 1],
+                                        [5, 4, 3, 2, 1, 0])
+    LX: gl.constexpr = gl.BlockedLayout([1, 1, 1, CH, KPG, 8], [1, 1, 32, 1, 1, 1], [1, WARPS, 1, 1, 1, 1],
+                                        [5, 4, 3, 2, 1, 0])
+    LG: gl.constexpr = gl.SliceLayout(4, L6)  # [RT, WARPS, 32, CH, 4]: per group
+    LA: gl.constexpr = gl.SliceLayout(3, LG)  # [RT, WARPS, 32, 4]: the accumulators
+    XCVT: gl.constexpr = KIND == KIND_INT8 and X_BF16
+    tile = gl.program_id(0) * RT + _index(RT, 0, L6, 6)
+    wp = _index(WARPS, 1, L6, 6)
+    lane = _index(32, 2, L6, 6)
+    c = _index(CH, 3, L6, 6)
+    st = _index(KPG, 4, L6, 6)
+    q4 = _index(4, 5, L6, 6)
+    k_steps = gl.cdiv(K, 64)
+    n_groups = k_steps // KPG
+    per_warp = gl.cdiv(n_groups, WARPS)
+    g0 = wp * per_warp  # this warp's first group
+    g_end = gl.minimum(g0 + per_warp, n_groups)
+    tile_ok = tile * 16 < N
+    w_ptrs = w_ptr + (((tile * k_steps + (g0 + c) * KPG + st) * 32 + lane) * WPL + q4)
+    w_ok = tile_ok & (g0 + c < g_end)
+    # the group index, per row, of the scale / zero loads ([RT, WARPS, 32, CH, 4] in LG)
+    rows_g = (gl.program_id(0) * RT + _index(RT, 0, LG, 5)) * 16 + _index(32, 2, LG, 5) // 4 + \
+        8 * (_index(4, 4, LG, 5) // 2)
+    g0_g = _index(WARPS, 1, LG, 5) * per_warp + _index(CH, 3, LG, 5)
+    g_end_g = gl.minimum(_index(WARPS, 1, LG, 5) * per_warp + per_warp, n_groups)
+    wx = _index(WARPS, 1, LX, 6)
+    g0x = wx * per_warp
+    g_endx = gl.minimum(g0x + per_warp, n_groups)
+    K2 = K // 2
+    acc = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=LA)
+    acc2 = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=LA)  # batch rows 8-15 (NT == 2)
+    acc8 = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)  # int8: sum x (q + OFFSET), per slot
+    acc8x = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)  # int8: sum x
+    acc8_2 = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
+    acc8x_2 = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
+    wa_next = gl.load(w_ptrs, mask=w_ok, other=0)
+    wa1_next = gl.load(w_ptrs + 4, mask=w_ok & (KIND == KIND_INT8), other=0)
+    xa0_next, xa1_next = _x_chunk(x_ptr, stride_xb, B, K2, g0x * (KPG * 64), g0x, g_endx, LX, CH, KPG, XCVT, 0)
+    ya0_next, ya1_next = xa0_next, xa1_next  # unused unless NT == 2
+    if NT == 2:
+        ya0_next, ya1_next = _x_chunk(x_ptr, stride_xb, B, K2, g0x * (KPG * 64), g0x, g_endx, LX, CH, KPG, XCVT, 8)
+    STEP: gl.constexpr = CH * KPG * 32 * WPL  # words of one iteration of one row tile
+    for i in range(0, gl.cdiv(per_warp, CH)):
+        wa, wa1, xa0, xa1, ya0, ya1 = wa_next, wa1_next, xa0_next, xa1_next, ya0_next, ya1_next
+        gn = (i + 1) * CH  # the next iteration's first group, relative to g0
+        wn_ok = tile_ok & (g0 + gn + c < g_end)
+        wa_next = gl.load(w_ptrs + gn * (KPG * 32 * WPL), mask=wn_ok, other=0)
+        wa1_next = gl.load(w_ptrs + gn * (KPG * 32 * WPL) + 4, mask=wn_ok & (KIND == KIND_INT8), other=0)
+        xa0_next, xa1_next = _x_chunk(x_ptr, stride_xb, B, K2, (g0x + gn) * (KPG * 64), g0x + gn, g_endx, LX, CH,
+                                      KPG, XCVT, 0)
+        if NT == 2:
+            ya0_next, ya1_next = _x_chunk(x_ptr, stride_xb, B, K2, (g0x + gn) * (KPG * 64), g0x + gn, g_endx, LX,
+                                          CH, KPG, XCVT, 8)
+        xa0 = gl.convert_layout(xa0, L6, assert_trivial=True)
+        xa1 = gl.convert_layout(xa1, L6, assert_trivial=True)
+        if NT == 2:
+            ya0 = gl.convert_layout(ya0, L6, assert_trivial=True)
+            ya1 = gl.convert_layout(ya1, L6, assert_trivial=True)
+        if KIND == KIND_INT4:
+            d = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
+            dx = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
+            d, dx = _int4_step(wa, xa0, xa1, d, dx, X_BF16)  # every k-step of the chunk at once
+            g = g0_g + i * CH
+            g_ok = (rows_g < N) & (g < g_end_g)
+            s = gl.load(s_ptr + rows_g * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
+            z = gl.load(z_ptr + rows_g * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
+            offset: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
+            zo = z - offset * s
+            acc += gl.sum(s * gl.sum(d, axis=4) + zo * gl.sum(dx, axis=4), axis=3)
+            if NT == 2:
+                d2 = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
+                dx2 = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
+                d2, dx2 = _int4_step(wa, ya0, ya1, d2, dx2, X_BF16)
+                acc2 += gl.sum(s * gl.sum(d2, axis=4) + zo * gl.sum(dx2, axis=4), axis=3)
+        else:
+            acc8 = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
+                                             [wa, wa1, xa0, xa1, acc8], dtype=gl.float32, is_pure=True, pack=4)
+            acc8x = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                              [xa0, xa1, acc8x], dtype=gl.float32, is_pure=True, pack=4)
+            if NT == 2:
+                acc8_2 = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
+                                                   [wa, wa1, ya0, ya1, acc8_2], dtype=gl.float32, is_pure=True,
+                                                   pack=4)
+                acc8x_2 = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
+                                                    [ya0, ya1, acc8x_2], dtype=gl.float32, is_pure=True, pack=4)
+    if KIND == KIND_INT8:  # sum x q = sum x (q + OFFSET) - OFFSET sum x, then the slots' sum
+        acc = gl.sum(gl.sum(acc8 - INT8_F16_OFFSET * acc8x, axis=4), axis=3)
+        acc2 = gl.sum(gl.sum(acc8_2 - INT8_F16_OFFSET * acc8x_2, axis=4), axis=3)
+    _store_rows(acc, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, LA, RT, KIND, HAS_RESIDUAL, 0)
+    if NT == 2:
+        _store_rows(acc2, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, LA, RT, KIND, HAS_RESIDUAL, 8)
+
+
+# ----------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------
 # Warps of a program (each walks a slice of K) and row tiles of 16 rows per program. H200, llama8b shapes, batch 1
@@ -337,10 +470,11 @@ def supported(w: QLinear, batch: int) -> Optional[str]:
 
 
 def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, *,
-          out: Optional[torch.Tensor] = None, warps: Optional[int] = None) -> torch.Tensor:
+          out: Optional[torch.Tensor] = None, warps: Optional[int] = None, chunk: int = 0) -> torch.Tensor:
     """x: [B, K] (B <= 16) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
     the tensor cores; W int8 or int4 (group 64 or 128). GPU only (Gluon). warps (K slices per program) overrides
-    the launcher's choice (tuning)."""
+    the launcher's choice (tuning); chunk >= 1 runs _qgemv_chunk_kernel with that many groups per iteration (a
+    variant under measurement; 0: _qgemv_kernel)."""
     why = supported(w, x.shape[0])
     if why:
         raise ValueError(why)
@@ -359,9 +493,14 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     grid = (triton.cdiv(n, FRAG_ROWS * rt),)
     if k % 2 or x.stride(0) % 2 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")
-    _qgemv_kernel[grid](x.view(torch.int32), frag, s, z, res, y, b_sz, n, k, x.stride(0) // 2,
-                        s.stride(0) if s.dim() == 2 else 1, res.stride(0), y.stride(0), KIND=int(w.kind),
-                        GROUP=max(w.group_size, 64), RT=rt, NT=triton.cdiv(b_sz, MAX_BATCH_MMA),
-                        HAS_RESIDUAL=residual is not None,
-                        X_BF16=x.dtype == torch.bfloat16, num_warps=warps)
+    if chunk not in (0, 1, 2, 4):
+        raise ValueError(f"qgemv: chunk must be 0 (the plain kernel), 1, 2 or 4 groups per iteration; got {chunk}")
+    args = (x.view(torch.int32), frag, s, z, res, y, b_sz, n, k, x.stride(0) // 2, s.stride(0) if s.dim() == 2 else 1,
+            res.stride(0), y.stride(0))
+    cx = dict(KIND=int(w.kind), GROUP=max(w.group_size, 64), RT=rt, NT=triton.cdiv(b_sz, MAX_BATCH_MMA),
+              HAS_RESIDUAL=residual is not None, X_BF16=x.dtype == torch.bfloat16, num_warps=warps)
+    if chunk:
+        _qgemv_chunk_kernel[grid](*args, CH=chunk, **cx)
+    else:
+        _qgemv_kernel[grid](*args, **cx)
     return y

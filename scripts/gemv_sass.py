@@ -106,7 +106,7 @@ QGEMV_WARPS = (4, 8)
 
 
 def qgemv_launch(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
-                 k: int = 4096) -> tuple[tuple, dict]:
+                 k: int = 4096, chunk: int = 0) -> tuple[tuple, dict]:
     """(args, kwargs) kernels.qgemv.qgemv launches _qgemv_kernel with for an [n, k] weight and x [batch, k]: the
     launcher itself is called with placeholder CPU tensors (never read) and the launch is intercepted, so the
     arguments, dtypes, strides and constexprs are the launcher's own."""
@@ -134,18 +134,18 @@ def qgemv_launch(kind: str, act: str, group: int, num_warps: int, residual: bool
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append((args, kwargs))
 
-    kernel = q._qgemv_kernel
-    q._qgemv_kernel = _Capture()
+    kernels = q._qgemv_kernel, q._qgemv_chunk_kernel
+    q._qgemv_kernel = q._qgemv_chunk_kernel = _Capture()
     try:
-        q.qgemv(x, w, res, warps=num_warps)
+        q.qgemv(x, w, res, warps=num_warps, chunk=chunk)
     finally:
-        q._qgemv_kernel = kernel
+        q._qgemv_kernel, q._qgemv_chunk_kernel = kernels
     (args, kwargs), = calls
     return args, kwargs
 
 
 def qgemv_source(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
-                 k: int = 4096):
+                 k: int = 4096, chunk: int = 0):
     """(GluonASTSource, num_warps) of the launch above, specialised as Triton's JIT would on the GPU: pointers
     16-byte aligned (torch allocates at 256 bytes on the GPU; the CPU placeholders at 64), ints that are multiples
     of 16 declared divisible by 16, ints equal to 1 made constants (at batch 1: B; int8: the scale's stride), by
@@ -154,14 +154,15 @@ def qgemv_source(kind: str, act: str, group: int, num_warps: int, residual: bool
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import native_specialize_impl
 
-    from kernels.qgemv import _qgemv_kernel
+    from kernels.qgemv import _qgemv_chunk_kernel, _qgemv_kernel
 
-    args, kwargs = qgemv_launch(kind, act, group, num_warps, residual, batch, n, k)
+    kernel = _qgemv_chunk_kernel if chunk else _qgemv_kernel
+    args, kwargs = qgemv_launch(kind, act, group, num_warps, residual, batch, n, k, chunk)
     kwargs = dict(kwargs)
     warps = kwargs.pop("num_warps")
-    bound = inspect.signature(_qgemv_kernel.fn).bind(*args, **kwargs).arguments
+    bound = inspect.signature(kernel.fn).bind(*args, **kwargs).arguments
     sig, constants, attrs = {}, {}, {}
-    for i, p in enumerate(_qgemv_kernel.params):
+    for i, p in enumerate(kernel.params):
         v = bound[p.name]
         if p.is_constexpr:
             sig[p.name], constants[(i,)] = "constexpr", v
@@ -173,38 +174,39 @@ def qgemv_source(kind: str, act: str, group: int, num_warps: int, residual: bool
             constants[(i,)] = v
         elif spec:
             attrs[(i,)] = CUDABackend.parse_attr(spec)
-    return GluonASTSource(_qgemv_kernel, sig, constants, attrs), warps
+    return GluonASTSource(kernel, sig, constants, attrs), warps
 
 
 def compile_qgemv(kind: str, act: str, group: int, num_warps: int, residual: bool, arch: int = 90, batch: int = 1,
-                  n: int = 4096, k: int = 4096):
+                  n: int = 4096, k: int = 4096, chunk: int = 0):
     """The compiled kernels/qgemv._qgemv_kernel for x [batch, k] (bf16 / fp16) and an [n, k] int4 (group 64 or 128)
     or int8 weight, with the launcher's arguments (qgemv_launch) and the JIT's specialisation (qgemv_source)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
 
-    src, warps = qgemv_source(kind, act, group, num_warps, residual, batch, n, k)
+    src, warps = qgemv_source(kind, act, group, num_warps, residual, batch, n, k, chunk)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
 
-def qgemv_weights_per_thread(kind: str, group: int) -> int:
+def qgemv_weights_per_thread(kind: str, group: int, chunk: int = 0) -> int:
     """Weights one thread turns into MMA operands per K loop iteration, from the kernel's constexprs: an iteration
     is one scale group of KPG k-steps of 64 columns (int4: GROUP / 64; int8: 1); in a k-step a lane holds WPL
     32-bit words of each of its RT row tiles (int4: 4 words of 8 nibbles; int8: 8 words of 4 bytes), so RT x KPG
     x WPL x (weights per word) = RT x KPG x 32: the 16 rows x 64 columns of a k-step tile over the 32 lanes of the
-    warp that owns it (the warps of a program split K, so the count does not depend on them)."""
+    warp that owns it (the warps of a program split K, so the count does not depend on them). The chunked kernel
+    (chunk >= 1) takes `chunk` groups per iteration."""
     from kernels.qgemv import _RT
 
     kpg, wpl, per_word = (max(group, 64) // 64, 4, 8) if kind == "int4" else (1, 8, 4)
-    return _RT * kpg * wpl * per_word
+    return _RT * kpg * wpl * per_word * max(chunk, 1)
 
 
 def qgemv_signature(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1,
-                    n: int = 4096, k: int = 4096) -> dict:
+                    n: int = 4096, k: int = 4096, chunk: int = 0) -> dict:
     """What the kernel is compiled for, per non-constexpr parameter: its type, "/16" where declared divisible by 16,
     or "=value" where specialised as a constant."""
-    src, _ = qgemv_source(kind, act, group, num_warps, residual, batch, n, k)
+    src, _ = qgemv_source(kind, act, group, num_warps, residual, batch, n, k, chunk)
     out = {}
     for i, (name, ty) in enumerate(src.signature.items()):
         if (i,) in src.constants and ty == "constexpr" and not _qgemv_param(name).is_constexpr:
@@ -215,26 +217,27 @@ def qgemv_signature(kind: str, act: str, group: int, num_warps: int, residual: b
 
 
 def _qgemv_param(name: str):
-    from kernels.qgemv import _qgemv_kernel
+    from kernels.qgemv import _qgemv_chunk_kernel, _qgemv_kernel
 
-    return next(p for p in _qgemv_kernel.params if p.name == name)
+    return next(p for p in _qgemv_kernel.params + _qgemv_chunk_kernel.params if p.name == name)
 
 
 def qgemv_report(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
-                 k: int = 4096, arch: int = 90) -> dict:
+                 k: int = 4096, arch: int = 90, chunk: int = 0) -> dict:
     """Registers, spills and the K loop's instruction counts of one configuration (and its signature)."""
     from kernels.mega.resources import ptxas_usage
 
-    compiled = compile_qgemv(kind, act, group, num_warps, residual, arch, batch, n, k)
+    compiled = compile_qgemv(kind, act, group, num_warps, residual, arch, batch, n, k, chunk)
     use = ptxas_usage(compiled, arch)
     ops = k_loop(compiled.asm["cubin"])
-    weights = qgemv_weights_per_thread(kind, group)
+    weights = qgemv_weights_per_thread(kind, group, chunk)
     hist = collections.Counter(ops)
     return dict(kind=kind, act=act, group=group if kind == "int4" else 0, num_warps=num_warps, residual=residual,
-                batch=batch, n=n, k=k, regs=use["regs"], spill_bytes=use["spill_stores"] + use["spill_loads"],
+                batch=batch, n=n, k=k, chunk=chunk, regs=use["regs"],
+                spill_bytes=use["spill_stores"] + use["spill_loads"],
                 stack=use["stack"], loop=len(ops), weights=weights, per_weight=round(len(ops) / weights, 4),
                 hmma=hist["HMMA"], ldg=hist["LDG"], top=dict(hist.most_common(10)),
-                signature=qgemv_signature(kind, act, group, num_warps, residual, batch, n, k))
+                signature=qgemv_signature(kind, act, group, num_warps, residual, batch, n, k, chunk))
 
 
 def qgemv_configs() -> list[tuple]:
@@ -246,6 +249,7 @@ def qgemv_configs() -> list[tuple]:
 def _qgemv_line(r: dict) -> str:
     name = f"qgemv {r['kind']}{' g' + str(r['group']) if r['kind'] == 'int4' else ''} {r['act']} {r['num_warps']} warps"
     name += " +residual" if r["residual"] else ""
+    name += f" chunk {r['chunk']}" if r.get("chunk") else ""
     top = ", ".join(f"{k} {v}" for k, v in r["top"].items())
     return (f"{name} B={r['batch']} {r['n']}x{r['k']}: {r['regs']} registers, {r['spill_bytes']} spill bytes; K loop "
             f"{r['loop']} instructions for {r['weights']} weights/thread = {r['per_weight']:.2f} per weight, "
@@ -261,10 +265,10 @@ def qgemv_main(a) -> None:
 
     batch, n, k = a.batch, a.n, a.k
     if a.all:
-        cfgs = [(*c, batch, n, k) for c in qgemv_configs()]
+        cfgs = [(*c, batch, n, k, 90, a.chunk) for c in qgemv_configs()]
     else:
         group = a.group if a.kind == "int4" else 0
-        cfgs = [(a.kind, a.act, group, a.num_warps, a.residual, batch, n, k)]
+        cfgs = [(a.kind, a.act, group, a.num_warps, a.residual, batch, n, k, 90, a.chunk)]
     if a.jobs > 1 and len(cfgs) > 1:
         import concurrent.futures
         import multiprocessing
@@ -300,6 +304,9 @@ def main(argv=None) -> None:
     q = ap.add_argument_group("--kernel qgemv (--kind, --group and --num-warps above apply too)")
     q.add_argument("--act", choices=QGEMV_ACTS, default="bf16", help="activation (x, scale, y) dtype")
     q.add_argument("--residual", action="store_true", help="with the residual input")
+    q.add_argument("--chunk", type=int, default=0, choices=(0, 1, 2, 4),
+                   help="0: kernels/qgemv._qgemv_kernel; 1, 2, 4: _qgemv_chunk_kernel with that many groups per "
+                        "iteration")
     q.add_argument("--batch", type=int, default=1, help="rows of x (1..8; 1 is specialised as a constant)")
     q.add_argument("--n", type=int, default=4096, help="output rows of the weight")
     q.add_argument("--k", type=int, default=4096, help="input columns of the weight")

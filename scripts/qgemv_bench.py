@@ -9,7 +9,8 @@ replay time divided by the calls in it.
 
     python scripts/qgemv_bench.py --models llama8b llama1b --quant int4 int8 --batch 1 8 [--variants]
 
---variants also times qgemv at each number of warps (K slices per program) in WARPS. Writes qgemv_bench.csv to $OUT (or .).
+--variants also times qgemv at each number of warps (K slices per program) in WARPS and each chunk (scale groups
+per loop iteration, 0 = the plain kernel) in CHUNKS. Writes qgemv_bench.csv to $OUT (or .).
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ import torch.nn.functional as F  # noqa: E402
 from harness.models import named_spec  # noqa: E402
 from harness.timing import measure_copy_bandwidth  # noqa: E402
 from kernels import reference as ref  # noqa: E402
-from kernels.gemv import gemv  # noqa: E402
-from kernels.qgemv import qgemv  # noqa: E402
+from kernels.gemv import gemv, pick_config  # noqa: E402
+from kernels.qgemv import MAX_BATCH, qgemv  # noqa: E402
 from kernels.quant import quantize_linear, unpack_int4  # noqa: E402
 
 WARPS = (4, 8)
+CHUNKS = (0, 1, 2, 4)  # 0: _qgemv_kernel; n: _qgemv_chunk_kernel with n groups per iteration
 L2_BYTES = 50 << 20  # H100 / H200
 
 
@@ -111,7 +113,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["llama8b"])
     ap.add_argument("--quant", nargs="+", default=["int4", "int8"], choices=("int4", "int8"))
     ap.add_argument("--batch", nargs="+", type=int, default=[1])
-    ap.add_argument("--variants", action="store_true", help="also qgemv at each number of warps in WARPS")
+    ap.add_argument("--variants", action="store_true",
+                    help="also qgemv at each number of warps in WARPS and each chunk in CHUNKS")
     a = ap.parse_args()
     dev = torch.device("cuda")
     copy = measure_copy_bandwidth(dev)
@@ -132,7 +135,8 @@ def main() -> None:
                     w_dense.numel() * 2)))) - 1)]
                 # name -> list of callables x -> y, one per weight copy
                 impls = {"cublas-bf16": [lambda x, wd=wd: F.linear(x, wd) for wd in dense_copies],
-                         "triton-fma": [lambda x, wi=wi: gemv(x, wi) for wi in ws]}
+                         # an explicit config keeps kernels.gemv on its FMA kernel once qgemv made fragments
+                         "triton-fma": [lambda x, wi=wi: gemv(x, wi, config=pick_config(x, wi)) for wi in ws]}
                 for name, make in (("tinygemm", _tinygemm), ("gemlite", _gemlite)):
                     if name == "tinygemm" and quant != "int4":
                         continue
@@ -143,14 +147,16 @@ def main() -> None:
                 impls["qgemv"] = [lambda x, wi=wi: qgemv(x, wi) for wi in ws]
                 if a.variants:
                     for wp in WARPS:
-                        impls[f"qgemv-w{wp}"] = [lambda x, wi=wi, wp=wp: qgemv(x, wi, warps=wp) for wi in ws]
+                        for ch in CHUNKS:
+                            impls[f"qgemv-w{wp}-c{ch}"] = [
+                                lambda x, wi=wi, wp=wp, ch=ch: qgemv(x, wi, warps=wp, chunk=ch) for wi in ws]
                 q_bytes = w.nbytes
                 for batch in a.batch:
                     x = torch.randn(batch, k, generator=gen, device=dev).to(torch.bfloat16)
                     expect = ref.gemv_fp32(x, w)
                     io = 2 * batch * (n + k)
                     for name, fns in impls.items():
-                        if name.startswith("qgemv") and batch > 8:
+                        if name.startswith("qgemv") and batch > MAX_BATCH:
                             continue
                         try:
                             y = fns[0](x).float()

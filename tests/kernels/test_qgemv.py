@@ -126,6 +126,28 @@ def test_qgemv_matches_reference(mode, group, n, k, act):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+@pytest.mark.parametrize("mode,group", [("int4", 128), ("int4", 64), ("int8", 0)])
+@pytest.mark.parametrize("n,k", [(75, 192), (200, 1344), (6144, 4096)], ids=lambda v: str(v))
+def test_qgemv_chunk_kernel_matches_reference(chunk, mode, group, n, k):
+    """The chunked variant (several groups per loop iteration), including the groups past a warp's share of K and
+    past K that a chunk's last iteration must mask."""
+    from kernels.qgemv import qgemv
+
+    if mode == "int4" and k % group:
+        pytest.skip("the group does not divide K")
+    gen = torch.Generator(device="cuda").manual_seed(n + k + group + chunk)
+    w = quantize_linear(torch.randn(n, k, generator=gen, device="cuda").bfloat16() * k ** -0.5, mode, group or 128)
+    for act in (torch.bfloat16, torch.float16):
+        for batch in (1, 9):
+            xs = torch.randn(batch, k + 8, generator=gen, device="cuda").to(act)[:, 8:]
+            res = torch.randn(batch, n, generator=gen, device="cuda").to(act)
+            for warps in (4, 8):
+                y = qgemv(xs, w, res, warps=warps, chunk=chunk,
+                          out=torch.full((batch, n), float("nan"), dtype=act, device="cuda"))
+                _close(y, ref.gemv_fp32(xs, w, res), k, f"{mode} g{group} {n}x{k} B{batch} chunk {chunk} w{warps}")
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["int4", "int8"])
 def test_gemv_routes_weights_with_fragments_to_qgemv(mode, monkeypatch):
     """kernels.gemv takes the tensor-core kernel for an int8 / int4 weight whose fragments exist (batch <= 16, no
