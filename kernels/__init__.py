@@ -78,6 +78,16 @@ def check_act(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} is on {x.device} but TRITON_INTERPRET=1 runs kernels on the CPU; move it to the CPU")
 
 
+def check_out(out: torch.Tensor, shape: tuple, name: str) -> None:
+    """Raises a clear error unless an out= buffer has `shape` and unit stride along its last dimension. The kernels
+    write each row as one contiguous run and honour the other strides, so a slice of a wider buffer is fine; a
+    column-major or otherwise transposed out= is not (it is written in place, so it cannot be copied first)."""
+    shape = tuple(shape)
+    if tuple(out.shape) != shape or (len(shape) and shape[-1] > 1 and out.stride(-1) != 1):
+        raise ValueError(f"{name}: out= must be {list(shape)} with unit stride along its last dimension (rows may be "
+                         f"strided); got shape {list(out.shape)}, strides {list(out.stride())}")
+
+
 def gpu_slug(name: Optional[str]) -> str:
     """Folder / key name of a GPU: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"; any CPU -> "cpu"."""
     if name is None or (isinstance(name, float) and math.isnan(name)):

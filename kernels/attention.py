@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import check_act, dot_operand_dtype, sm_count
+from kernels import check_act, check_out, dot_operand_dtype, sm_count
 from kernels.gemv import dot_acc
 from kernels.tiles import split_count
 
@@ -73,15 +73,16 @@ def split_range(seq_len, split, n_splits, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _attn_partial_kernel(q_ptr, k_ptr, v_ptr, len_ptr, o_part_ptr, lse_part_ptr, n_splits, scale_log2,
-                         stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+                         stride_len, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
+                         stride_vb, stride_vh, stride_vs,
                          GROUP: tl.constexpr, G_PAD: tl.constexpr, HD: tl.constexpr, HD_PAD: tl.constexpr,
                          BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    # grid: (B, KVH, n_splits). q: [B, H, hd], caches: [B, KVH, S_max, hd], seq_lens: [B],
+    # grid: (B, KVH, n_splits). q: [B, H, hd], caches: [B, KVH, S_max, hd], seq_lens: [B] (stride stride_len),
     # o_part: [B, H, n_splits, HD_PAD] fp32, lse_part: [B, H, n_splits] fp32
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
-    seq_len = tl.load(len_ptr + b).to(tl.int32)
+    seq_len = tl.load(len_ptr + b * stride_len).to(tl.int32)
     start, end = split_range(seq_len, split, n_splits, BLOCK_N)
     out, lse2 = attn_partial_tile(q_ptr + b * stride_qb + kvh * GROUP * stride_qh,
                                   k_ptr + b.to(tl.int64) * stride_kb + kvh * stride_kh,
@@ -113,7 +114,8 @@ def combine_splits(o_part_ptr, lse_part_ptr, n_splits, SPLITS_PAD: tl.constexpr,
 @triton.jit
 def _attn_reduce_kernel(o_part_ptr, lse_part_ptr, out_ptr, n_splits, stride_ob,
                         HD: tl.constexpr, HD_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr):
-    # grid: (B, H). o_part: [B, H, n_splits, HD_PAD], lse_part: [B, H, n_splits], out: [B, H * hd]
+    # grid: (B, H). o_part: [B, H, n_splits, HD_PAD], lse_part: [B, H, n_splits], out: [B, H * hd] (row stride
+    # stride_ob, unit column stride)
     b = tl.program_id(0)
     h = tl.program_id(1)
     head = b * tl.num_programs(1) + h
@@ -135,8 +137,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
     Sequence b attends to keys 0 .. seq_lens[b] - 1; query head h reads kv head h // (H // KVH).
     n_splits=None picks it from `max_len` (an upper bound of seq_lens, default S_max: no host sync,
-    CUDA-graph safe) and the SM count; splits past a sequence's end are empty and cost little."""
+    CUDA-graph safe) and the SM count; splits past a sequence's end are empty and cost little.
+
+    Strides: q, the caches and seq_lens are read at their own strides (q is copied first if hd is not unit-stride;
+    the caches must have unit stride on hd); out= may have any row stride but unit stride along H * hd."""
     check_act(q, "decode_attention q")
+    if q.dim() != 3:
+        raise ValueError(f"decode_attention: q must be [B, H, hd]; got shape {tuple(q.shape)}")
     b_sz, n_heads, hd = q.shape
     n_kv_heads, s_max = k_cache.shape[1], k_cache.shape[2]
     if n_heads % n_kv_heads:
@@ -144,7 +151,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.shape != (b_sz, n_kv_heads, s_max, hd) or c.stride(3) != 1:
             raise ValueError(f"decode_attention: {name} must be [B, KVH, S_max, hd] = {(b_sz, n_kv_heads, s_max, hd)} "
-                             f"with unit stride on hd; got {tuple(c.shape)}")
+                             f"with unit stride on hd; got shape {tuple(c.shape)}, strides {c.stride()}")
+    if seq_lens.shape != (b_sz,):
+        raise ValueError(f"decode_attention: seq_lens must be [B] = [{b_sz}]; got shape {tuple(seq_lens.shape)}")
     if q.stride(2) != 1:
         q = q.contiguous()
     group = n_heads // n_kv_heads
@@ -155,8 +164,10 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     lse_part = torch.empty(b_sz, n_heads, n_splits, dtype=torch.float32, device=q.device)
     if out is None:
         out = torch.empty(b_sz, n_heads * hd, dtype=q.dtype, device=q.device)
+    else:
+        check_out(out, (b_sz, n_heads * hd), "decode_attention")
     _attn_partial_kernel[(b_sz, n_kv_heads, n_splits)](
-        q, k_cache, v_cache, seq_lens, o_part, lse_part, n_splits, scale * LOG2E,
+        q, k_cache, v_cache, seq_lens, o_part, lse_part, n_splits, scale * LOG2E, seq_lens.stride(0),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         GROUP=group, G_PAD=max(triton.next_power_of_2(group), _MIN_DOT), HD=hd, HD_PAD=hd_pad,

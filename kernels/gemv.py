@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import check_act, dot_operand_dtype, sm_count
+from kernels import check_act, check_out, dot_operand_dtype, sm_count
 from kernels.elementwise import silu
 from kernels.quant import Kind, QLinear
 from kernels.tiles import DOT_MIN_ROWS, batch_pad, fma_cols, k_step, uses_tensor_cores
@@ -493,8 +493,29 @@ def _check_linear(x: torch.Tensor, w: QLinear, name: str) -> None:
     check_act(x, f"{name} input x")
     if x.dim() != 2 or x.shape[1] != w.in_features:
         raise ValueError(f"{name}: x must be [B, {w.in_features}] for this weight; got {tuple(x.shape)}")
-    if not w.weight.is_contiguous():
-        raise ValueError(f"{name}: the weight must be contiguous (QLinear layouts are row-major)")
+    # The kernels read the weight, its scales and its zeros row-major: the weight at its row stride, the scale and
+    # the zero both at the scale's row stride, every column at unit stride.
+    for what, t in (("the weight", w.weight), ("the weight's scale", w.scale), ("the weight's zero", w.zero)):
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{name}: {what} must be contiguous (QLinear layouts are row-major); "
+                             f"got shape {tuple(t.shape)}, strides {t.stride()}")
+
+
+def _norm_weight(norm_weight: Optional[torch.Tensor], k: int, name: str) -> Optional[torch.Tensor]:
+    """The fused RMSNorm's weight as the kernels read it: [K], contiguous (a strided view is copied)."""
+    if norm_weight is None:
+        return None
+    if norm_weight.shape != (k,):
+        raise ValueError(f"{name}: norm_weight must be [K] = [{k}]; got shape {tuple(norm_weight.shape)}")
+    return norm_weight.contiguous()
+
+
+def _out(out: Optional[torch.Tensor], shape: tuple, dtype: torch.dtype, device, name: str) -> torch.Tensor:
+    """out= checked (any row stride, unit column stride), or a new tensor."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    check_out(out, shape, name)
+    return out
 
 
 def _weight_args(w: QLinear):
@@ -514,7 +535,10 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     config: block sizes other than pick_config's (tests, tuning).
 
     An int8 / int4 weight whose tensor-core fragments were made (kernels.qgemv.fragments_of, on a GPU) goes through
-    kernels.qgemv instead when that kernel takes the call (batch <= 16, no fused norm, no explicit config)."""
+    kernels.qgemv instead when that kernel takes the call (batch <= 16, no fused norm, no explicit config).
+
+    Strides: x, residual and out= may have any row stride (x and residual are copied first if their columns are not
+    unit-stride; out= must have unit-stride columns); norm_weight is copied if it is not contiguous."""
     _check_linear(x, w, "gemv")
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -522,12 +546,17 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     n = w.out_features
     if residual is not None and residual.shape != (b_sz, n):
         raise ValueError(f"gemv: residual must be [B, N] = {(b_sz, n)}; got {tuple(residual.shape)}")
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    norm_weight = _norm_weight(norm_weight, k, "gemv")
+    if out is not None:
+        check_out(out, (b_sz, n), "gemv")
     if w.frag is not None and norm_weight is None and config is None and x.is_cuda:
         from kernels.qgemv import qgemv, supported  # Gluon: imported only where it can run
 
         if supported(w, b_sz) is None and x.stride(0) % 2 == 0 and (residual is None or residual.stride(1) == 1):
             return qgemv(x, w, residual, out=out)
-    y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
+    y = _out(out, (b_sz, n), x.dtype, x.device, "gemv")
     cfg = config or pick_config(x, w)
     weight, s, z, stride_sn = _weight_args(w)
     res = residual if residual is not None else y
@@ -545,7 +574,7 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: 
                   eps: float = 1e-5, *, out: Optional[torch.Tensor] = None,
                   config: Optional[GemvConfig] = None) -> torch.Tensor:
     """x: [B, K] -> silu(rmsnorm?(x) @ Wg.T) * (rmsnorm?(x) @ Wu.T): [B, F] in x.dtype.
-    One program reads the same BLOCK_N rows of both weights (same kind, shape and group size)."""
+    One program reads the same BLOCK_N rows of both weights (same kind, shape and group size). Strides as in gemv."""
     _check_linear(x, w_gate, "gemv_silu_mul")
     _check_linear(x, w_up, "gemv_silu_mul")
     if (w_gate.kind, w_gate.out_features, w_gate.group_size) != (w_up.kind, w_up.out_features, w_up.group_size):
@@ -554,7 +583,8 @@ def gemv_silu_mul(x: torch.Tensor, w_gate: QLinear, w_up: QLinear, norm_weight: 
         x = x.contiguous()
     b_sz, k = x.shape
     n = w_gate.out_features
-    y = torch.empty(b_sz, n, dtype=x.dtype, device=x.device) if out is None else out
+    norm_weight = _norm_weight(norm_weight, k, "gemv_silu_mul")
+    y = _out(out, (b_sz, n), x.dtype, x.device, "gemv_silu_mul")
     cfg = config or pick_config(x, w_gate)
     wg, sg, zg, stride_sn = _weight_args(w_gate)
     wu, su, zu, _ = _weight_args(w_up)

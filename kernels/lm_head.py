@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 from kernels import dot_operand_dtype
-from kernels.gemv import GemvConfig, _check_linear, _weight_args, gemv_tile, pick_config, store_rows_tile
+from kernels.gemv import (GemvConfig, _check_linear, _norm_weight, _out, _weight_args, gemv_tile, pick_config,
+                          store_rows_tile)
 from kernels.quant import QLinear
 
 _REDUCE_BLOCK = 1024  # tile partials scanned per step of the reduce (128256 / 8 rows per tile = 16032 tiles)
@@ -80,13 +81,16 @@ def lm_head_argmax(x: torch.Tensor, w: QLinear, norm_weight: torch.Tensor, eps: 
                    config: Optional[GemvConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [B, D] (final hidden state, before the norm), W: [V, D] -> (logits [B, V] fp32, tokens [B] int64).
 
-    logits = rmsnorm(x, norm_weight, eps) @ W.T; tokens = argmax over V (lowest index on ties)."""
+    logits = rmsnorm(x, norm_weight, eps) @ W.T; tokens = argmax over V (lowest index on ties).
+    Strides: x and out= (the logits) may have any row stride (x is copied first if its columns are not unit-stride;
+    out= must have unit-stride columns); norm_weight is copied if it is not contiguous."""
     _check_linear(x, w, "lm_head_argmax")
     if x.stride(1) != 1:
         x = x.contiguous()
     b_sz, k = x.shape
     n = w.out_features
-    logits = torch.empty(b_sz, n, dtype=torch.float32, device=x.device) if out is None else out
+    norm_weight = _norm_weight(norm_weight, k, "lm_head_argmax")
+    logits = _out(out, (b_sz, n), torch.float32, x.device, "lm_head_argmax")
     cfg = config or pick_config(x, w)
     n_tiles = triton.cdiv(n, cfg.block_n)
     pmax = torch.empty(b_sz, n_tiles, dtype=torch.float32, device=x.device)

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import check_act
+from kernels import check_act, check_out
 
 # Columns per step of the row loop: 16 bytes per thread for 4 warps of bf16 (128 threads x 8) x 2.
 _BLOCK_D_MAX = 2048
@@ -46,14 +46,18 @@ def _rmsnorm_kernel(x_ptr, w_ptr, y_ptr, D, stride_xb, stride_yb, eps, BLOCK_D: 
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x: [B, D] (bf16/fp16/fp32), weight: [D] -> y: [B, D] in x.dtype."""
+    """x: [B, D] (bf16/fp16/fp32), weight: [D] -> y: [B, D] in x.dtype. Row strides of x and out= are honoured."""
     check_act(x, "rmsnorm input x")
     if x.dim() != 2 or weight.shape != (x.shape[1],):
         raise ValueError(f"rmsnorm takes x [B, D] and weight [D]; got {tuple(x.shape)} and {tuple(weight.shape)}")
     b_sz, d = x.shape
-    if x.stride(1) != 1:
+    if x.stride(1) != 1:  # rows are read at x's row stride; only the columns must be unit-stride
         x = x.contiguous()
-    y = torch.empty_like(x) if out is None else out
+    if out is None:
+        y = torch.empty(b_sz, d, dtype=x.dtype, device=x.device)
+    else:
+        check_out(out, (b_sz, d), "rmsnorm")
+        y = out
     block_d = min(triton.next_power_of_2(d), _BLOCK_D_MAX)
     _rmsnorm_kernel[(b_sz,)](x, weight.contiguous(), y, d, x.stride(0), y.stride(0), eps,
                              BLOCK_D=block_d, num_warps=_NUM_WARPS)
