@@ -7,6 +7,11 @@ GPU that fall in it, after same-run ratios were derived and only the newest row 
     figure_rows("speedup_vs_context", load_results("results"), gpu="h100")
     figure_table("batch_sweep", rows)   # the numbers behind a figure
 
+Every row a figure draws says how its marker is drawn: `clean` (harness.results.is_clean_sha of its git_sha: a
+commit, not a dirty tree or an unknown one) and `hollow` (True when the row is not clean or its output was wrong:
+status "wrong"), so that a figure never draws numbers from a dirty tree as if they came from a commit; `hollow_why`
+says which.
+
 harness.figures draws these rows; it re-exports the functions here under its own name.
 """
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pandas as pd
 import yaml
 
 from harness import analysis as A
-from harness.results import REPO_ROOT
+from harness.results import REPO_ROOT, is_clean_sha
 from kernels import gpu_slug
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
@@ -106,7 +111,29 @@ def figure_rows(experiment: str, rows: pd.DataFrame, gpu: Optional[str] = None,
     if tag is not None:
         df = df[df["tag"] == tag]
     df = A.latest(A.measured(df), by=A.FIGURE_POINT_FIELDS)
-    return in_grid(df, experiment_grid(experiment))
+    return with_markers(in_grid(df, experiment_grid(experiment)))
+
+
+NOT_CLEAN = "not from a clean commit"  # hollow_why of a row measured from a dirty tree or an unknown commit
+WRONG = "output wrong"  # hollow_why of a row whose logits failed the check against the fp32 reference
+
+
+def with_markers(df: pd.DataFrame) -> pd.DataFrame:
+    """`clean`, `hollow` and `hollow_why` on every row (see the module docstring). `clean` is taken from the row when
+    harness.results.load gave it one, else derived from `git_sha` by the same rule (no sha: not clean)."""
+    df = df.copy()
+    if "clean" in df.columns:
+        clean = df["clean"].eq(True)  # a missing value (a row from elsewhere) is not clean
+    elif "git_sha" in df.columns:
+        clean = df["git_sha"].map(is_clean_sha)
+    else:
+        clean = pd.Series(False, index=df.index)
+    wrong = df["status"].eq("wrong") if "status" in df.columns else pd.Series(False, index=df.index)
+    df["clean"] = clean.astype(bool)
+    df["hollow"] = (~df["clean"]) | wrong
+    df["hollow_why"] = ["; ".join([w for w, on in ((NOT_CLEAN, not c), (WRONG, bool(x))) if on])
+                        for c, x in zip(df["clean"], wrong)]
+    return df
 
 
 def figure_table(experiment: str, rows: pd.DataFrame, gpu: Optional[str] = None,
@@ -114,7 +141,8 @@ def figure_table(experiment: str, rows: pd.DataFrame, gpu: Optional[str] = None,
     """The numbers behind a figure, one line per point (for display next to the PNG)."""
     df = figure_rows(experiment, rows, gpu, tag)
     cols = ["gpu_slug", "model", "quant", "group_size", "batch", "ctx", "impl", "fusion", "status",
-            "latency_us_median", "latency_rel_spread", "pct_of_copy_bw", SPEEDUP, "copy_tbps", "timestamp_utc"]
+            "latency_us_median", "latency_rel_spread", "pct_of_copy_bw", SPEEDUP, "copy_tbps", "timestamp_utc",
+            "git_sha", "clean", "hollow"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     return df[[c for c in cols if c in df.columns]].sort_values(

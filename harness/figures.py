@@ -6,6 +6,11 @@ each point kept (harness.analysis; rows chosen in harness.figure_data). A figure
 is still written, saying plainly "no rows yet for <experiment> on <gpu>": nothing is ever invented. A figure
 asked for a results.tag that no row carries is an error (ValueError), not a placeholder.
 
+Markers and bars are hollow (white face) for rows that were not measured at a clean commit (harness.results
+.is_clean_sha: a git sha ending in "-dirty", or none) and for rows whose output was wrong (the `hollow` column of
+harness.figure_data.with_markers); the note under each figure says how many points are hollow and why, and the
+legend has an entry for hollow points whenever a figure draws any.
+
     figures.render("speedup_vs_context", load_results("results"), "results/figures")
     python -m harness.figures      # executes every notebook in notebooks/ headless (nbclient)
 
@@ -82,25 +87,50 @@ def _empty_panel(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _finish(fig: Figure, axes: np.ndarray) -> Figure:
-    """One legend for all panels, outside them on the right."""
+def _finish(fig: Figure, axes: np.ndarray, extra: Sequence = ()) -> Figure:
+    """One legend for all panels, outside them on the right; `extra`: handles of artists drawn in no panel."""
     handles, labels = {}, []
-    for ax in axes.flat:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in handles:
-                handles[l] = h
-                labels.append(l)
+    pairs = [pair for ax in axes.flat for pair in zip(*ax.get_legend_handles_labels())]
+    for h, l in pairs + [(h, h.get_label()) for h in extra]:
+        if l not in handles:
+            handles[l] = h
+            labels.append(l)
     if labels:
         fig.legend([handles[l] for l in labels], labels, loc="outside right upper", fontsize=8, frameon=False)
     return fig
 
 
-def _marker_face(status: str, color: str) -> str:
-    return "white" if status == "wrong" else color
+def _face(r, color: str) -> str:
+    """A marker's or bar's face colour: white (hollow) for a row not from a clean commit or with wrong output."""
+    return "white" if bool(r["hollow"]) else color
 
 
-COMMON_NOTE = ("Same-run ratios; error bars: p10..p90 of the step latency. Hollow markers: output wrong vs the "
-               "fp32 reference. Newest row per point. ")
+HOLLOW = "hollow: not from a clean commit"  # legend label of hollow points (figure_data.NOT_CLEAN)
+
+
+def _hollow_note(df: pd.DataFrame) -> str:
+    """The caption's sentence on hollow markers, with the counts of this figure's rows."""
+    n = len(df)
+    dirty = int((~df["clean"]).sum())
+    wrong = int(df["status"].eq("wrong").sum())
+    return (f"Hollow: measured from a tree that was not a clean commit (git sha -dirty or unknown: {dirty} of the "
+            f"figure's {n} rows) or output wrong vs the fp32 reference ({wrong} of {n}). ")
+
+
+def _hollow_handles(df: pd.DataFrame, bars: bool = False) -> list:
+    """A legend entry for hollow points when the figure draws any row not from a clean commit."""
+    if bool(df["clean"].all()):
+        return []
+    n, dirty = len(df), int((~df["clean"]).sum())
+    label = f"{HOLLOW}\n({dirty} of {n} rows; git sha -dirty or unknown)"
+    if bars:
+        from matplotlib.patches import Patch
+        return [Patch(facecolor="white", edgecolor="#555555", label=label)]
+    from matplotlib.lines import Line2D
+    return [Line2D([], [], ls="none", marker="o", ms=6, mfc="white", mec="#555555", label=label)]
+
+
+COMMON_NOTE = "Same-run ratios; error bars: p10..p90 of the step latency. Newest row per point. "
 
 
 def no_rows_figure(experiment: str, gpu_name: str, detail: str = "") -> Figure:
@@ -147,7 +177,7 @@ def _line_panels(df: pd.DataFrame, grid: dict, x: str, y: str, xlabel: str, ylab
                     yerr = (s[y] * s[spread]).fillna(0).to_numpy() if spread in s.columns else None
                 ax.errorbar(s[x], s[y], yerr=yerr, color=c, lw=1.6, capsize=3, label=name, marker="o", ms=6,
                             zorder=3)
-                for _, r in s[s["status"] == "wrong"].iterrows():
+                for _, r in s[s["hollow"]].iterrows():
                     ax.plot([r[x]], [r[y]], "o", ms=6, mfc="white", mec=c, zorder=4)
             if ref_line:
                 ax.axhline(1.0, color=COLORS[REF], ls="--", lw=1.2, label=f"{REF} (reference = 1)", zorder=2)
@@ -169,17 +199,17 @@ def speedup_vs_context(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     fig, axes = _line_panels(df, grid, "ctx", SPEEDUP, "context length (tokens in the KV cache)",
                              f"speedup over {REF} (x, same run)", True, True, A.spread_column(SPEEDUP))
     _title(fig, f"Decode-step speedup over {REF} vs context length (batch {grid.get('batch', ['?'])[0]})", df,
-           gpu_name, COMMON_NOTE + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes)
+           gpu_name, COMMON_NOTE + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
+    return _finish(fig, axes, _hollow_handles(df))
 
 
 def batch_sweep(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     fig, axes = _line_panels(df, grid, "batch", "latency_us_median", "batch (sequences decoded together)",
                              "decode-step latency (µs, median)", True, False, "latency_rel_spread")
     _title(fig, f"Decode-step latency vs batch (context {grid.get('ctx', ['?'])[0]})", df, gpu_name,
-           "Median step latency; error bars: p10..p90 of the step latency. Hollow markers: output wrong vs the fp32 "
-           f"reference. Newest row per point. Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes)
+           "Median step latency; error bars: p10..p90 of the step latency. Newest row per point. " + _hollow_note(df)
+           + f"Megakernel at fusion={DEFAULT_FUSION}.")
+    return _finish(fig, axes, _hollow_handles(df))
 
 
 def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
@@ -202,7 +232,7 @@ def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
             c = _color(name)
             ax.errorbar(s["_x"], s[SPEEDUP], yerr=(s[SPEEDUP] * s[A.spread_column(SPEEDUP)]).fillna(0),
                         color=c, marker="o", ms=6, lw=1.6, capsize=3, label=name, zorder=3)
-            for _, r in s[s["status"] == "wrong"].iterrows():
+            for _, r in s[s["hollow"]].iterrows():
                 ax.plot([r["_x"]], [r[SPEEDUP]], "o", ms=6, mfc="white", mec=c, zorder=4)
         ax.axhline(1.0, color=COLORS[REF], ls="--", lw=1.2, label=f"{REF} (reference = 1)", zorder=2)
         ax.set_xticks(range(len(models)))
@@ -214,8 +244,8 @@ def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
         ax.set_ylabel(f"speedup over {REF} (x, same run)")
     b, c = grid.get("batch", ["?"])[0], grid.get("ctx", ["?"])[0]
     _title(fig, f"Decode-step speedup over {REF} vs model size (batch {b}, context {c})", df, gpu_name,
-           COMMON_NOTE + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes)
+           COMMON_NOTE + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
+    return _finish(fig, axes, _hollow_handles(df))
 
 
 def fusion_ablation(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
@@ -224,7 +254,8 @@ def fusion_ablation(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     combos = sorted({(m, q) for m, q in zip(df["model"], df["quant"])},
                     key=lambda t: (_model_order(df["model"]).index(t[0]), t[1]))
     n_cols = min(2, len(combos))
-    fig, axes = _panels(math.ceil(len(combos) / n_cols), n_cols, w=5.2, legend_w=0)
+    extra = _hollow_handles(df, bars=True)
+    fig, axes = _panels(math.ceil(len(combos) / n_cols), n_cols, w=5.2, legend_w=2.6 if extra else 0)
     for ax in axes.flat[len(combos):]:
         ax.set_visible(False)
     for j, (m, q) in enumerate(combos):
@@ -238,7 +269,7 @@ def fusion_ablation(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
                 continue
             r = s.iloc[0]
             c = _color(name)
-            ax.bar(i, r[SPEEDUP], color=c if r["status"] == "ok" else "white", edgecolor=c, lw=1.5, zorder=3)
+            ax.bar(i, r[SPEEDUP], color=_face(r, c), edgecolor=c, lw=1.5, zorder=3)
             ax.errorbar(i, r[SPEEDUP], yerr=r[SPEEDUP] * (r.get(A.spread_column(SPEEDUP)) or 0), color="#333333",
                         capsize=3, lw=1, zorder=4)
             ax.text(i, r[SPEEDUP], f"{r['latency_us_median']:.0f} µs", ha="center", va="bottom", fontsize=7,
@@ -253,8 +284,10 @@ def fusion_ablation(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
         ax.set_ylabel(f"speedup over {REF} (x, same run)")
     b, c = grid.get("batch", ["?"])[0], grid.get("ctx", ["?"])[0]
     _title(fig, f"Fusion ablation: megakernel launch granularity (batch {b}, context {c})", df, gpu_name,
-           COMMON_NOTE + "Labels: median step latency. op/block/layer/model = one launch per instruction type / "
-           "attention-or-MLP block / layer / whole step.")
+           COMMON_NOTE + _hollow_note(df) + "Labels: median step latency. op/block/layer/model = one launch per "
+           "instruction type / attention-or-MLP block / layer / whole step.")
+    if extra:
+        fig.legend(extra, [h.get_label() for h in extra], loc="outside right center", fontsize=8, frameon=False)
     return fig
 
 
@@ -268,7 +301,6 @@ def bandwidth_by_impl(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     width = 0.8 / max(1, len(impls))
     throttled = df["tel_throttled"].astype(str).str.lower().eq("true") if "tel_throttled" in df.columns \
         else pd.Series(False, index=df.index)
-    labelled: set[str] = set()
     for gi, (m, q) in enumerate(groups):
         g = df[(df["model"] == m) & (df["quant"] == q)]
         for ii, name in enumerate(impls):
@@ -279,10 +311,8 @@ def bandwidth_by_impl(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
             x = gi + (ii - (len(impls) - 1) / 2) * width
             c = _color(name)
             hatch = "//" if bool(throttled.loc[s.index[0]]) else None
-            face = c if r["status"] == "ok" else "white"
-            label = name if name not in labelled else None
-            labelled.add(name)
-            ax_pct.bar(x, r["pct_of_copy_bw"], width, color=face, edgecolor=c, hatch=hatch, label=label, zorder=3)
+            face = _face(r, c)
+            ax_pct.bar(x, r["pct_of_copy_bw"], width, color=face, edgecolor=c, hatch=hatch, zorder=3)
             ax_pct.text(x, r["pct_of_copy_bw"], f"{r['pct_of_copy_bw']:.0f}", ha="center", va="bottom", fontsize=7)
             ax_tb.bar(x, r["gbps"] / 1e3, width, color=face, edgecolor=c, hatch=hatch, zorder=3)
             ax_tb.text(x, r["gbps"] / 1e3, f"{r['gbps'] / 1e3:.2f}", ha="center", va="bottom", fontsize=7)
@@ -302,14 +332,19 @@ def bandwidth_by_impl(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     ax_pct.set_ylabel("% of copy bandwidth (same process)")
     ax_tb.set_ylabel("achieved bandwidth (TB/s)")
     ax_tb.set_ylim(0, max([1e-9] + list(pd.to_numeric(df["copy_tbps"], errors="coerce").dropna())) * 1.12)
-    handles, labels = ax_pct.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    from matplotlib.patches import Patch
+
+    # each impl by a solid patch of its colour (its first bar may be hollow or hatched), then what hollow means
+    handles, _ = ax_pct.get_legend_handles_labels()
+    handles += [Patch(facecolor=_color(n), edgecolor=_color(n), label=n) for n in impls]
+    handles += _hollow_handles(df, bars=True)
+    fig.legend(handles, [h.get_label() for h in handles], loc="outside right center", fontsize=8, frameon=False)
     b, c = grid.get("batch", ["?"])[0], grid.get("ctx", ["?"])[0]
     missing = [f"{m} {q}" for m in _model_order(grid.get("model", [])) for q in grid.get("quant", [])
                if (m, q) not in groups]
     _title(fig, f"Achieved bandwidth by impl (batch {b}, context {c})", df, gpu_name,
            "bytes_per_step / latency; ceiling: device-to-device copy measured in the same process. Hatched: "
-           "GPU throttled while measured; hollow: output wrong. " +
+           "GPU throttled while measured. " + _hollow_note(df) +
            (f"Not measured yet: {', '.join(missing)}." if missing else ""))
     return fig
 

@@ -41,7 +41,7 @@ import pandas as pd
 
 from harness import analysis as A
 from harness.errors import ConfigError
-from harness.results import load_results
+from harness.results import is_clean_sha, load_results  # noqa: F401 - is_clean_sha: G.is_clean_sha for callers
 from kernels import gpu_slug
 
 METRICS = ("pct_of_copy_bw", A.speedup_column(A.DEFAULT_REFERENCE))
@@ -123,11 +123,6 @@ def point_label(r: Mapping) -> str:
     label = A.point_label({**r, "tag": None})
     b = mega_backend(r)
     return label + (f" backend={b}" if b not in (None, DEFAULT_MEGA_BACKEND) else "")
-
-
-def is_clean_sha(sha) -> bool:
-    """A commit the row's code can be checked out at: a sha without "-dirty" (empty = unknown = not clean)."""
-    return isinstance(sha, str) and sha.strip() != "" and not sha.endswith("-dirty")
 
 
 def select_runs(df: pd.DataFrame) -> pd.DataFrame:

@@ -13,7 +13,10 @@ Folders under <root> that are not GPUs (`baselines/`, `figures/`: NON_GPU_DIRS) 
 result rows. `load` gives every row a `run_id` (the rows of one `run_point` call share it): the
 row's own `run_id` where it has one, otherwise one derived from what the rows of one run share
 (RUN_KEY_FIELDS: host, timestamp, same-process copy bandwidth, resolved config), which survives
-compaction; `load(with_source=True)` adds `source_file`, the file a row was read from.
+compaction; `load(with_source=True)` adds `source_file`, the file a row was read from. `load` also gives every row
+a boolean `clean`: whether the code that measured it was a clean commit (`is_clean_sha` of its `git_sha`, the one
+definition the gate, the report and the figures use). A row is not clean when its sha ends in "-dirty" (tracked
+files differed from HEAD, or from the commit that .commit-manifest names) or is empty (no commit known).
 
 Resume: a row's `point_key` hashes everything that changes its measurement (POINT_KEY_FIELDS); `done_keys` gives
 the keys of rows whose status means "measured" (DONE_STATUSES: a failed point is retried). Two processes
@@ -157,6 +160,13 @@ def manifest_sha(repo: Path = REPO_ROOT) -> Optional[str]:
     return sha
 
 
+def is_clean_sha(sha) -> bool:
+    """Whether a row's `git_sha` names a clean commit, one the row's code can be checked out at: a sha without
+    "-dirty" (empty or missing = unknown = not clean). The only definition of "clean": the gate, the report, the
+    figures and `load`'s `clean` column all use it."""
+    return isinstance(sha, str) and sha.strip() != "" and not sha.endswith("-dirty")
+
+
 def git_sha(repo: Path = REPO_ROOT) -> str:
     """The commit of the code that runs: from .commit-manifest when there is one (a copy of the tree on another
     machine, whose .git may be stale), else HEAD's sha; "-dirty" if tracked files differ from it; "" if neither
@@ -177,6 +187,21 @@ def git_sha(repo: Path = REPO_ROOT) -> str:
         return ""
     status = git("status", "--porcelain", "--untracked-files=no")
     return sha.strip() + ("-dirty" if status and status.strip() else "")
+
+
+def unclean_tree(repo: Path = REPO_ROOT) -> Optional[str]:
+    """None when rows measured from `repo` would record a clean commit (is_clean_sha of git_sha(repo)), else one
+    sentence saying what is wrong and what to do: scripts/gpu_session.sh refuses to start on it."""
+    sha = git_sha(repo)
+    if is_clean_sha(sha):
+        return None
+    if not sha:
+        return (f"no commit is known for {repo} (neither a git checkout nor a {COMMIT_MANIFEST}); commit first and run "
+                f"from the checkout, or from a copy with the {COMMIT_MANIFEST} that `python -m harness.results "
+                f"--manifest` writes there, so that every row records the commit that produced it")
+    return (f"the tracked files in {repo} differ from commit {sha[:12]}; commit first, then run again, so that every "
+            f"row records the commit that produced it (a copy whose .git is older than that commit also needs the "
+            f"{COMMIT_MANIFEST} that `python -m harness.results --manifest` writes in the checkout)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,7 +393,8 @@ class ResultsStore:
     def load(self, gpu: Optional[str] = None, *, with_source: bool = False) -> pd.DataFrame:
         """All rows (of every GPU, or of one GPU by name or slug); empty DataFrame if none.
 
-        Every row gets a `run_id` (see the module docstring); with_source=True adds `source_file`.
+        Every row gets a `run_id` and a boolean `clean` (see the module docstring); with_source=True adds
+        `source_file`.
         """
         for _ in range(5):
             try:
@@ -383,6 +409,8 @@ class ResultsStore:
             df = df[~dup].reset_index(drop=True)
         if len(df):
             df = _with_run_id(df)
+            df["clean"] = (df["git_sha"].map(is_clean_sha) if "git_sha" in df.columns
+                           else pd.Series(False, index=df.index)).astype(bool)
             if not with_source:
                 df = df.drop(columns="source_file")
         return df
@@ -608,7 +636,8 @@ def _folder_lock(folder: Path):
 
 def load_results(root: str | os.PathLike = "results", gpu: Optional[str] = None, *,
                  with_source: bool = False) -> pd.DataFrame:
-    """All result rows under `root` (optionally one GPU's); empty DataFrame if none."""
+    """All result rows under `root` (optionally one GPU's); empty DataFrame if none. Every row has `run_id` and
+    `clean` (is_clean_sha of its git_sha: False for a dirty tree or an unknown commit)."""
     return ResultsStore(root).load(gpu, with_source=with_source)
 
 
@@ -619,7 +648,8 @@ def decode_json(df: pd.DataFrame, column: str = "config_json") -> pd.Series:
 
 __all__ = [
     "DONE_STATUSES", "NON_GPU_DIRS", "POINT_KEY_FIELDS", "RUN_KEY_FIELDS", "ResultsStore", "checkpoint_id",
-    "decode_json", "env_info", "git_sha", "gpu_slug", "load_results", "point_key", "run_key",
+    "decode_json", "env_info", "git_sha", "gpu_slug", "is_clean_sha", "load_results", "point_key", "run_key",
+    "unclean_tree",
 ]
 
 
@@ -630,8 +660,19 @@ if __name__ == "__main__":
     ap.add_argument("--manifest", action="store_true",
                     help=f"write {COMMIT_MANIFEST} (HEAD and its tracked files' blob ids) before running elsewhere")
     ap.add_argument("--sha", action="store_true", help="print the commit rows written here would record")
+    ap.add_argument("--require-clean", action="store_true",
+                    help="exit 1 with one sentence on stderr unless that commit is clean (not -dirty, not unknown)")
+    ap.add_argument("--repo", default=str(REPO_ROOT), help="the tree to look at (default: this checkout)")
     a = ap.parse_args()
+    repo = Path(a.repo)
     if a.manifest:
-        print(write_commit_manifest())
-    if a.sha or not a.manifest:
-        print(git_sha())
+        print(write_commit_manifest(repo))
+    if a.require_clean:
+        why = unclean_tree(repo)
+        if why:
+            import sys
+
+            print(f"error: {why}.", file=sys.stderr)
+            raise SystemExit(1)
+    if a.sha or not (a.manifest or a.require_clean):
+        print(git_sha(repo))

@@ -6,6 +6,10 @@
 #   bash scripts/gpu_session.sh tests            # pytest -m gpu
 #   bash scripts/gpu_session.sh sweep ARGS...    # python run.py ARGS... (a Hydra multirun with -m)
 # New result files are packed into $OUT/results.tgz (when OUT is set) so they can be committed.
+#
+# It refuses to start unless the tree is a clean commit, as the rows will record it (python -m harness.results
+# --require-clean: git status of tracked files, or .commit-manifest on a copy whose .git is stale), so that every
+# row names the commit that produced it: commit first. ALLOW_DIRTY=1 runs anyway (its rows say "-dirty").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ] && ! python3 -c 'import hydra' 2>/dev/null; then
@@ -13,12 +17,18 @@ if [ -d .whl ] && ! python3 -c 'import hydra' 2>/dev/null; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1
-stamp=$(mktemp); touch "$stamp"; sleep 1
 step=${1:-tests}; shift || true
+case "$step" in
+  tests|sweep) ;;
+  *) echo "unknown step $step (tests | sweep)"; exit 2 ;;
+esac
+if [ "${ALLOW_DIRTY:-0}" != 1 ]; then
+  python3 -m harness.results --require-clean --repo "$PWD" || exit 2
+fi
+stamp=$(mktemp); touch "$stamp"; sleep 1
 case "$step" in
   tests) python3 -m pytest -q -m gpu -n 8 --dist loadgroup "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
   sweep) python3 run.py "$@" 2>&1 | tee -a ${OUT:+$OUT/sweep.log} ;;
-  *) echo "unknown step $step (tests | sweep)"; exit 2 ;;
 esac
 rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ]; then

@@ -13,7 +13,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from harness import figures as F
 from harness.results import ResultsStore, load_results
 from kernels import gpu_slug
-from tests.synthetic_results import GPU, H200, full_sweeps, run_rows
+from tests.synthetic_results import GPU, H200, full_sweeps, run_rows, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -188,6 +188,77 @@ def test_every_figure_draws_a_full_sweep(experiment, synthetic_rows, tmp_path):
     assert labels and all("(" in l for l in labels)  # units on every y axis
     [path] = F.render(experiment, synthetic_rows, tmp_path, gpus=[GPU])
     assert path.name == f"{experiment}-{gpu_slug(GPU)}.png" and _png_ok(path)
+
+
+# ---------------------------------------------------------------- rows not from a clean commit
+
+def _loaded(root: Path, *runs: list) -> pd.DataFrame:
+    """The runs' rows as load_results gives them back (run_id, clean)."""
+    store = ResultsStore(root)
+    for rows in runs:
+        store.append(rows)
+    return load_results(root)
+
+
+def _one_dirty_run(root: Path, sha8b: str = "abc123-dirty") -> pd.DataFrame:
+    """speedup_vs_model rows of two runs on one GPU: llama1b from a commit, llama8b from a dirty tree."""
+    return _loaded(root, run_rows(model="llama1b", baseline="torch-compile", when=stamp(0), git_sha="abc123"),
+                   run_rows(model="llama8b", baseline="torch-compile", when=stamp(60), git_sha=sha8b))
+
+
+def test_a_dirty_row_is_hollow_in_the_figure_data(tmp_path):
+    rows = _one_dirty_run(tmp_path)
+    df = F.figure_rows("speedup_vs_model", rows, GPU)
+    assert len(df) == 2 * 6
+    dirty = df["git_sha"].str.endswith("-dirty")
+    assert (df["clean"] == ~dirty).all() and (df["hollow"] == dirty).all()
+    assert set(df.loc[dirty, "hollow_why"]) == {"not from a clean commit"} and set(df.loc[~dirty, "hollow_why"]) == {""}
+    table = F.figure_table("speedup_vs_model", rows)
+    assert table.loc[table["model"] == "llama8b", "hollow"].all() and not table.loc[table["model"] == "llama1b",
+                                                                                     "hollow"].any()
+    # rows that never went through load_results (no `clean` column): the same rule from git_sha
+    direct = F.figure_rows("speedup_vs_model", rows.drop(columns="clean"), GPU)
+    assert (direct["hollow"] == direct["git_sha"].str.endswith("-dirty")).all()
+
+
+def _hollow_points(fig) -> list[tuple[float, float]]:
+    """(x, y) of every white-faced marker drawn in the panels."""
+    out = []
+    for ax in fig.axes:
+        for line in ax.lines:
+            if line.get_marker() not in (None, "None", "") and to_hex(line.get_markerfacecolor()) == "#ffffff":
+                out += list(zip(map(float, line.get_xdata()), map(float, line.get_ydata())))
+    return out
+
+
+def test_a_dirty_row_is_drawn_hollow_and_the_legend_and_caption_say_why(tmp_path):
+    rows = _one_dirty_run(tmp_path / "dirty")
+    fig = F.make_figure("speedup_vs_model", rows, GPU)
+    df = F._with_series(F.figure_rows("speedup_vs_model", rows, GPU))
+    drawn = df[df["series"] != F.REF]  # the reference is the dashed line at 1
+    slot = F._model_order(F.experiment_grid("speedup_vs_model")["model"]).index  # x of a model: 1b 0, 3b 1, 8b 2
+    want = sorted((float(slot(m)), y) for m, y, h in zip(drawn["model"], drawn[F.SPEEDUP], drawn["hollow"]) if h)
+    assert len(want) == 5 and sorted(_hollow_points(fig)) == pytest.approx(want)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith(F.HOLLOW) and "6 of 12 rows" in t for t in legend), legend
+    assert "not a clean commit (git sha -dirty or unknown: 6 of the figure's 12 rows)" in _texts(fig)
+    clean = F.make_figure("speedup_vs_model", _one_dirty_run(tmp_path / "clean", sha8b="abc123"), GPU)
+    assert _hollow_points(clean) == [] and not any(t.get_text().startswith(F.HOLLOW)
+                                                   for t in clean.legends[0].get_texts())
+    assert "0 of the figure's 12 rows" in _texts(clean)
+
+
+def test_a_dirty_run_draws_hollow_bars(tmp_path):
+    def rows(sha):
+        return _loaded(tmp_path / sha, run_rows(model="llama1b", impls=("megakernel", "layerwise", "torch-compile"),
+                                                baseline="torch-compile", git_sha=sha))
+    fig = F.make_figure("bandwidth_by_impl", rows("abc123-dirty"), GPU)
+    bars = [p for ax in fig.axes[:2] for c in ax.containers if isinstance(c, BarContainer) for p in c.patches]
+    assert len(bars) == 6 and all(to_hex(p.get_facecolor()) == "#ffffff" for p in bars)
+    assert any(t.get_text().startswith(F.HOLLOW) for t in fig.legends[0].get_texts())
+    solid = F.make_figure("bandwidth_by_impl", rows("abc123"), GPU)
+    assert not any(to_hex(p.get_facecolor()) == "#ffffff" for ax in solid.axes[:2] for c in ax.containers
+                   if isinstance(c, BarContainer) for p in c.patches)
 
 
 # ---------------------------------------------------------------- tags and empty selections

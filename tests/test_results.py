@@ -193,6 +193,64 @@ def test_commit_manifest_names_the_commit_of_a_copied_tree(tmp_path):
     assert git_sha(copy) == sha + "-dirty"
 
 
+def test_load_marks_each_row_clean_by_its_commit(tmp_path):
+    """`clean` is is_clean_sha of the row's git_sha: a commit is clean; a dirty tree, an empty sha, a missing one (a
+    row from before git_sha existed, or a file without the column) are not."""
+    from harness.results import is_clean_sha
+
+    store = ResultsStore(tmp_path)
+    shas = ["4682442", "4682442-dirty", "", None]
+    store.append([_row(i, git_sha=s) for i, s in enumerate(shas)])
+    store.append([_row(9)])  # a file whose rows have no git_sha column at all
+    df = load_results(tmp_path).sort_values("ctx").reset_index(drop=True)
+    assert df["clean"].dtype == bool
+    assert df["clean"].tolist() == [True, False, False, False, False]
+    assert df["clean"].tolist() == [is_clean_sha(s) for s in df["git_sha"]]
+    assert load_results(tmp_path, GPU)["clean"].sum() == 1  # one GPU's rows: the same column
+    assert "clean" not in ResultsStore(tmp_path)._read(ResultsStore(tmp_path).files()).columns  # derived, not stored
+
+
+def _git_repo(path):
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    run = lambda *a: subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t",  # noqa: E731
+                                     "-c", "commit.gpgsign=false", *a], check=True, capture_output=True, text=True)
+    run("init", "-q")
+    (path / "a.py").write_text("x = 1\n")
+    run("add", ".")
+    run("commit", "-qm", "one")
+    return run("rev-parse", "HEAD").stdout.strip()
+
+
+def test_unclean_tree_says_commit_first(tmp_path):
+    """The check scripts/gpu_session.sh runs: None at a clean commit (untracked files allowed), one sentence saying
+    to commit first when a tracked file changed or no commit is known; the CLI exits 1 with it on stderr."""
+    import shutil
+    import subprocess
+    import sys
+
+    from harness.results import unclean_tree
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    sha = _git_repo(repo)
+    (repo / "new.txt").write_text("untracked")
+    assert unclean_tree(repo) is None
+    def cli():
+        return subprocess.run([sys.executable, "-m", "harness.results", "--require-clean", "--repo", str(repo)],
+                              capture_output=True, text=True, timeout=120)
+    ok = cli()
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    (repo / "a.py").write_text("x = 2\n")
+    why = unclean_tree(repo)
+    assert why.startswith(f"the tracked files in {repo} differ from commit {sha[:12]}; commit first")
+    bad = cli()
+    assert bad.returncode == 1 and bad.stderr.splitlines() == [f"error: {why}."]
+    assert unclean_tree(tmp_path / "nowhere").startswith(f"no commit is known for {tmp_path / 'nowhere'}")
+
+
 # ---------------------------------------------------------------------------------------------- resume and claims
 
 def test_point_key_covers_every_measurement_field():
