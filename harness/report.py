@@ -11,6 +11,11 @@ torch-compile never drops the speedup of the rows it keeps.
 
     speedup_over_torch_compile = latency(torch-compile of the same run) / latency(row)   (NaN: run had none)
     pct_of_copy_bw             = achieved GB/s / copy bandwidth measured in the same process
+    build_s                    = seconds from the impl's constructor to the end of its first, checked step
+    peak_mem_gb                = peak GPU memory (PyTorch allocator, 1e9 bytes) while the impl was built and measured,
+                                 the weights and KV cache every impl shares included (NaN: CPU, or rows before it)
+    clean_commit               = the row's git sha names a commit: not "-dirty", not empty
+                                 (harness.results.is_clean_sha, the rule of the gate and the figures)
 
 `--latest` keeps one row per point as the gate chooses (harness.gate.select_runs): the newest run at a clean commit
 (a git sha without "-dirty"; an empty sha is not clean), else the newest run; the tag is not part of a point.
@@ -43,7 +48,7 @@ from harness import analysis as A
 from harness import gate as G
 from harness.errors import ConfigError
 from harness.figure_data import FUSION_ORDER, IMPL_ORDER
-from harness.results import load_results
+from harness.results import is_clean_sha, load_results
 from kernels import gpu_slug
 
 PROG = "python -m harness.report"
@@ -60,7 +65,8 @@ MATCH_FIELDS = tuple(f for f in G.GATE_POINT_FIELDS if f != "gpu_slug")
 # The report's columns (CSV / JSON keep these names and full precision; markdown formats them).
 LIST_COLUMNS = ("gpu", "model", "quant", "group_size", "batch", "ctx", "impl", "fusion", "tag",
                 "latency_us_median", "latency_us_p10", "latency_us_p90", "pct_of_copy_bw", SPEEDUP,
-                "rel_err", "status", "git_sha", "clean_commit", "timestamp_utc", "run_id", "note")
+                "rel_err", "build_s", "peak_mem_gb", "status", "git_sha", "clean_commit", "timestamp_utc", "run_id",
+                "note")
 SIDE_COLUMNS = ("gpu", "tag", "git_sha", "clean_commit", "timestamp_utc", "status", "latency_us_median",
                 "pct_of_copy_bw", SPEEDUP)
 COMPARE_COLUMNS = ("model", "quant", "group_size", "batch", "ctx", "impl", "fusion", "mega_backend", "match",
@@ -206,7 +212,7 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- tables
 
 def _sha_clean(sha) -> bool:
-    return G.is_clean_sha(sha if isinstance(sha, str) else None)
+    return is_clean_sha(sha if isinstance(sha, str) else None)
 
 
 def report_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -346,18 +352,22 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 LIST_MD_HEADER = ("GPU", "model", "quant", "batch", "ctx", "impl", "fusion", "tag", "latency µs median (p10–p90)",
-                  "% copy", "× torch-compile", "rel_err", "status", "git sha", "clean", "measured (UTC)")
+                  "% copy", "× torch-compile", "rel_err", "build s", "peak GB", "status", "git sha", "clean",
+                  "measured (UTC)")
 
 
 def list_markdown(table: pd.DataFrame, title: str) -> str:
     rows = [(r["gpu"], r["model"], A.quant_label(r["quant"], r["group_size"]), _text(r["batch"]), _text(r["ctx"]),
              _impl(r), _text(r["fusion"]), _text(r["tag"]), _latency(r), _f(r["pct_of_copy_bw"], ".1f"),
-             _f(r[SPEEDUP], ".3f"), _f(r["rel_err"], ".2e"), _text(r["status"]), _short_sha(r["git_sha"]),
+             _f(r[SPEEDUP], ".3f"), _f(r["rel_err"], ".2e"), _f(r["build_s"], ".2f"), _f(r["peak_mem_gb"], ".2f"),
+             _text(r["status"]), _short_sha(r["git_sha"]),
              "yes" if r["clean_commit"] else "no", _when(r["timestamp_utc"]))
             for r in table.to_dict("records")]
     foot = ("× torch-compile = latency(torch-compile) / latency(row), torch-compile of the same run (- when that run "
-            "has none); % copy = achieved GB/s over the copy bandwidth measured in the same process; clean = a git "
-            "sha without -dirty.")
+            "has none); % copy = achieved GB/s over the copy bandwidth measured in the same process; build s = the "
+            "impl's constructor and first checked step; peak GB = peak GPU memory while the impl was built and "
+            "measured, shared weights and KV cache included (- on a CPU or where not recorded); clean = a git sha "
+            "without -dirty.")
     return f"{title}\n\n{markdown_table(LIST_MD_HEADER, rows)}\n\n{foot}\n"
 
 

@@ -365,20 +365,45 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
     # Poison the position this step writes: an impl that reads it without writing it gets NaN logits.
     cache.k[:, :, :, positions[0]] = float("nan")
     cache.v[:, :, :, positions[0]] = float("nan")
+    _reset_peak_memory(device)  # the peak of this impl alone (weights and cache, shared by every impl, included)
+    t0 = _clock()
     impl = cls(ctx)
     try:
-        return _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device)
+        out = _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t0=t0)
+        out["peak_mem_gb"] = _peak_memory_gb(device)
+        return out
     finally:
         impl.close()
         del impl
 
 
-def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device) -> dict:
+_clock = time.perf_counter  # build_s's clock (a module attribute, so that tests can replace it)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Starts peak_mem_gb afresh (CUDA only: the CPU has no allocator statistics)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    """The most GPU memory PyTorch's allocator held since _reset_peak_memory, in GB (1e9 bytes); NaN on the CPU."""
+    if device.type != "cuda":
+        return math.nan
+    return torch.cuda.max_memory_allocated(device) / 1e9
+
+
+def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t0: Optional[float] = None) -> dict:
+    """The row's measured columns. build_s: from `build_t0` (before the impl's constructor; default: now) to the end
+    of the first, checked step (what the impl compiles, tunes or captures there included; time_step's own CUDA-graph
+    capture, after it, is not)."""
     out = {}
+    t0 = _clock() if build_t0 is None else build_t0
     logits = impl.decode(tokens, positions)
     impl.check()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    out["build_s"] = _clock() - t0
     if ref_logits is not None:
         out.update(compare(logits, ref_logits))
     b = cfg.bench

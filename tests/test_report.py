@@ -189,6 +189,24 @@ def test_latest_prefers_the_newest_clean_commit_on_synthetic_rows(capsys, tmp_pa
     assert len(_csv(capsys, results=root)) == 12
 
 
+def test_build_time_and_peak_memory_are_shown(capsys, tmp_path):
+    """build_s and peak_mem_gb as recorded (CSV / JSON: full precision), formatted in markdown; "-" where a row has
+    none (a CPU row's NaN memory, rows written before the columns existed)."""
+    run = _run(0)
+    for r, b, m in zip(run, (1.5, 61.25, 3.0, 0.125), (20.0, 24.5, float("nan"), 19.75)):
+        r.update(build_s=b, peak_mem_gb=m)
+    root = _store(tmp_path / "r", run, _run(10, ctx=4096))
+    t = _csv(capsys, results=root).set_index(["ctx", "impl"])
+    assert t.loc[(1024, "torch-compile"), "build_s"] == 61.25 and t.loc[(1024, "torch-compile"), "peak_mem_gb"] == 24.5
+    assert t.loc[(1024, "layerwise"), "build_s"] == 3.0 and math.isnan(t.loc[(1024, "layerwise"), "peak_mem_gb"])
+    assert t.loc[4096, "build_s"].isna().all() and t.loc[4096, "peak_mem_gb"].isna().all()
+    header, body = _md_table(_report(capsys, results=root)[1])
+    col = {h: i for i, h in enumerate(header)}
+    cells = {(c[col["ctx"]], c[col["impl"]]): (c[col["build s"]], c[col["peak GB"]]) for c in body}
+    assert cells[("1024", "torch-eager")] == ("1.50", "20.00") and cells[("1024", "megakernel")] == ("0.12", "19.75")
+    assert cells[("1024", "layerwise")] == ("3.00", "-") and cells[("4096", "megakernel")] == ("-", "-")
+
+
 def test_synthetic_speedup_status_and_missing_reference(capsys, tmp_path):
     root = _store(tmp_path / "r",
                   _run(0),  # everything measured

@@ -1,5 +1,6 @@
 """run.py end to end on the CPU: a table printed, verified rows appended, a resumed sweep skips points already
 measured, and a multirun goes on past a bad point, prints its summary and exits non-zero."""
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,9 @@ def test_run_py_end_to_end_and_resume(tmp_path):
     assert sorted(rows["impl"]) == ["layerwise", "torch-eager"]
     assert (rows["status"] == "ok").all() and rows["correct"].all() and (rows["top1_agree"] == 1.0).all()
     assert (rows["bytes_per_step"] > 0).all() and rows["latency_us_median"].notna().all()
+    # build time is measured on any device; peak memory only on CUDA (NaN on the CPU, never a made-up 0)
+    assert rows["build_s"].map(lambda v: isinstance(v, float) and math.isfinite(v) and v > 0).all(), rows["build_s"]
+    assert rows["peak_mem_gb"].isna().all()
     again = _run(*args)
     assert again.returncode == 0 and "skipped: every impl of this point is already in" in again.stdout
     assert len(load_results(tmp_path)) == 2
@@ -106,3 +110,108 @@ def test_sweep_job_records_any_exception_and_the_summary_sets_the_exit_status(tm
     assert not path.exists()
     launch.record_job("ok", "2 ok", path)
     launch.SweepSummary().on_multirun_end(cfg)  # no failure: no exit
+
+
+# ---------------------------------------------------------------------------------------------- build_s, peak_mem_gb
+
+class _Clock:
+    """A fake runner._clock: time moves only when the fake impl says so."""
+
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _fake_impl(events: list, clock: _Clock, build_s: float = 2.0, step_s: float = 0.25):
+    from harness.impls import DecodeImpl
+
+    class Fake(DecodeImpl):
+        name = "fake"
+
+        def __init__(self, ctx):
+            super().__init__(ctx)
+            events.append("build")
+            clock.t += build_s
+            self.vocab = ctx.spec.vocab_size
+
+        def decode(self, tokens, positions):
+            events.append("step")
+            clock.t += step_s
+            import torch
+            return torch.zeros(tokens.shape[0], self.vocab)
+
+        def check(self):
+            events.append("check")
+    return Fake
+
+
+@pytest.fixture
+def tiny_point():
+    """A tiny model's configuration, weights and inputs on the CPU, as run_point prepares them."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from harness.config import register_configs, validate
+    from harness.impls import REGISTRY
+    from harness.runner import prepare_point
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["model=tiny", "bench=quick", "bench.ctx=8",
+                                                       "bench.device=cpu", "telemetry=off"])
+    spec = validate(cfg, list(REGISTRY))
+    return cfg, spec, prepare_point(cfg, spec, torch.device("cpu"))
+
+
+def _measure_fake(monkeypatch, tiny_point, events, clock) -> dict:
+    import torch
+
+    import harness.runner as runner
+    from harness.impls import REGISTRY
+
+    cfg, spec, pt = tiny_point
+    monkeypatch.setitem(REGISTRY, "fake", _fake_impl(events, clock))
+    monkeypatch.setattr(runner, "_clock", clock)
+    return runner._measure("fake", cfg, spec, pt.weights, pt.cache, pt.tokens, pt.positions, None,
+                           torch.device("cpu"))
+
+
+def test_build_s_is_the_constructor_and_the_first_checked_step(monkeypatch, tiny_point):
+    """On a fake clock: 2 s in the constructor + 0.25 s in the first step; the timed steps after it do not count."""
+    events: list = []
+    out = _measure_fake(monkeypatch, tiny_point, events, _Clock())
+    assert out["build_s"] == 2.25
+    assert events[:3] == ["build", "step", "check"] and events.count("step") > 3  # warm-up and timed steps followed
+    assert math.isnan(out["peak_mem_gb"])  # the CPU has no allocator statistics
+
+
+def test_peak_memory_is_reset_before_the_build_and_read_after_the_measurement(monkeypatch, tiny_point):
+    import harness.runner as runner
+
+    events: list = []
+    monkeypatch.setattr(runner, "_reset_peak_memory", lambda device: events.append("reset"))
+    monkeypatch.setattr(runner, "_peak_memory_gb", lambda device: events.append("read") or 3.5)
+    out = _measure_fake(monkeypatch, tiny_point, events, _Clock())
+    assert events[:2] == ["reset", "build"] and events[-1] == "read" and events.count("read") == 1
+    assert out["peak_mem_gb"] == 3.5
+
+
+def test_peak_memory_reads_the_cuda_allocator_in_gb(monkeypatch):
+    """The CUDA branch against a stand-in allocator (this runs on the CPU too): bytes / 1e9; NaN and no call on CPU."""
+    import torch
+
+    import harness.runner as runner
+
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated",
+                        lambda device=None: calls.append(("max", device)) or 12_345_000_000)
+    cuda = torch.device("cuda")
+    runner._reset_peak_memory(cuda)
+    assert runner._peak_memory_gb(cuda) == pytest.approx(12.345)
+    assert calls == [("reset", cuda), ("max", cuda)]
+    calls.clear()
+    runner._reset_peak_memory(torch.device("cpu"))
+    assert math.isnan(runner._peak_memory_gb(torch.device("cpu"))) and calls == []
