@@ -8,6 +8,8 @@ waits (bounded spin) until every row block of layer l - 1 has been released on a
 Variants (same run, same weights, % of the copy bandwidth measured in the process):
   wait     the real dependency chain (checked against PyTorch)
   nowait   the same kernel with the waits skipped: wrong numbers, the time of the streaming alone
+  stream   wait, with the loader reading each chunk's coordinates from a host-built table (the weight stream of
+           docs/megakernel-v2.md) instead of computing them
   cublas   F.linear per layer inside one CUDA graph (the reference a megakernel must beat)
 With --timeline, the wait variant records per program and layer the global timer before its wait, after it, and
 after its last row block: where a boundary's time goes (waiting, or refilling the ring after the wait).
@@ -41,16 +43,25 @@ def _globaltimer():
 
 
 @gluon.jit
-def _issue(desc, ring, bars, j, n_chunks, p, P, n_p, R, D, BN: gl.constexpr, BK: gl.constexpr, NBUF: gl.constexpr):
+def _issue(desc, ring, bars, j, n_chunks, p, P, n_p, R, D, stream_ptr, max_chunks, BN: gl.constexpr,
+           BK: gl.constexpr, NBUF: gl.constexpr, STREAM: gl.constexpr):
     """Starts the TMA load of this program's chunk j (if it exists) into ring slot j % NBUF. Chunk j is K chunk
-    j % KC of the program's tile j // KC, tile i being layer i // n_p, row block p + (i % n_p) P."""
-    KC = D // BK
-    i = j // KC
-    row = (i // n_p) * D + (p + (i % n_p) * P) * BN
-    slot = j % NBUF
+    j % KC of the program's tile j // KC, tile i being layer i // n_p, row block p + (i % n_p) P: computed here, or
+    (STREAM) read from the host's table stream[p, j] = (row, column), as a loader that follows a weight stream
+    built beside the instruction queues would."""
     ok = j < n_chunks
+    if STREAM:
+        entry = stream_ptr + (p * max_chunks + j) * 2
+        row = gl.load(entry, mask=ok, other=0)
+        col = gl.load(entry + 1, mask=ok, other=0)
+    else:
+        KC = D // BK
+        i = j // KC
+        row = (i // n_p) * D + (p + (i % n_p) * P) * BN
+        col = (j % KC) * BK
+    slot = j % NBUF
     mbarrier.expect(bars.index(slot), desc.block_type.nbytes, pred=ok)
-    tma.async_copy_global_to_shared(desc, [row, (j % KC) * BK], bars.index(slot), ring.index(slot), pred=ok)
+    tma.async_copy_global_to_shared(desc, [row, col], bars.index(slot), ring.index(slot), pred=ok)
 
 
 @gluon.jit
@@ -69,11 +80,12 @@ def _wait_layer(cnt_ptr, target, err_ptr, spin_limit):
 
 
 @gluon.jit
-def _chain_kernel(desc, y_ptr, cnt_ptr, err_ptr, tl_ptr, D, L, epoch, spin_limit, BN: gl.constexpr, BK: gl.constexpr,
-                  NBUF: gl.constexpr, WAIT: gl.constexpr, TIMELINE: gl.constexpr):
+def _chain_kernel(desc, y_ptr, cnt_ptr, err_ptr, tl_ptr, stream_ptr, max_chunks, D, L, epoch, spin_limit,
+                  BN: gl.constexpr, BK: gl.constexpr, NBUF: gl.constexpr, WAIT: gl.constexpr, TIMELINE: gl.constexpr,
+                  STREAM: gl.constexpr):
     # desc: W [L D, D] bf16 in [BN, BK] blocks; y: [L + 1, D] fp32 (y[0] = x); cnt: [L] int32 (row blocks of layer l
     # released, over all runs: run `epoch` (1, 2, ...) waits for epoch R, so nothing is reset between runs);
-    # err: [1] int32; tl: [P, L, 3] int64 (TIMELINE).
+    # err: [1] int32; tl: [P, L, 3] int64 (TIMELINE); stream: [P, max_chunks, 2] int32 (STREAM).
     WARPS: gl.constexpr = gl.num_warps()
     LW: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [WARPS, 1], [1, 0])  # 16 B of a row per thread
     LK: gl.constexpr = gl.SliceLayout(0, LW)
@@ -89,7 +101,7 @@ def _chain_kernel(desc, y_ptr, cnt_ptr, err_ptr, tl_ptr, D, L, epoch, spin_limit
     for s in gl.static_range(NBUF):
         mbarrier.init(bars.index(s), count=1)
     for s in gl.static_range(NBUF):  # the ring starts full: the first NBUF chunks, whatever layer they belong to
-        _issue(desc, ring, bars, s, n_chunks, p, P, n_p, R, D, BN, BK, NBUF)
+        _issue(desc, ring, bars, s, n_chunks, p, P, n_p, R, D, stream_ptr, max_chunks, BN, BK, NBUF, STREAM)
     k_idx = gl.arange(0, BK, layout=LK)
     n_idx = gl.arange(0, BN, layout=LN)
     j = 0
@@ -114,7 +126,8 @@ def _chain_kernel(desc, y_ptr, cnt_ptr, err_ptr, tl_ptr, D, L, epoch, spin_limit
                 acc += w.to(gl.float32) * x[None, :]
                 gl.thread_barrier()  # every warp has read the slot ...
                 fence_async_shared()  # ... before the async proxy overwrites it
-                _issue(desc, ring, bars, j + NBUF, n_chunks, p, P, n_p, R, D, BN, BK, NBUF)
+                _issue(desc, ring, bars, j + NBUF, n_chunks, p, P, n_p, R, D, stream_ptr, max_chunks, BN, BK, NBUF,
+                       STREAM)
                 j += 1
             out = gl.sum(acc, axis=1)
             gl.store(y_ptr + (l + 1) * D + r * BN + n_idx, out)
@@ -156,27 +169,40 @@ class Chain:
         self.timeline = torch.zeros(self.P, n_layers, 3, dtype=torch.int64, device=x.device)
         self.spin_limit = spin_limit
         self.epoch = 0
+        self.stream = self.weight_stream().to(x.device)
         self.y[0].copy_(x)
 
-    def args(self, wait: bool, timeline: bool):
-        return ((self.desc, self.y, self.cnt, self.err, self.timeline, self.d, self.L, self.epoch, self.spin_limit),
-                dict(BN=self.bn, BK=self.bk, NBUF=self.nbuf, WAIT=wait, TIMELINE=timeline, num_warps=self.warps))
+    def weight_stream(self) -> torch.Tensor:
+        """[P, max_chunks, 2] int32: each program's chunks (row, column of W) in the order it reads them."""
+        rows_blocks, kc = self.d // self.bn, self.d // self.bk
+        per_prog = [[(l * self.d + r * self.bn, c * self.bk) for l in range(self.L)
+                     for r in range(p, rows_blocks, self.P) for c in range(kc)] for p in range(self.P)]
+        out = torch.zeros(self.P, max(len(c) for c in per_prog), 2, dtype=torch.int32)
+        for p, chunks in enumerate(per_prog):
+            out[p, :len(chunks)] = torch.tensor(chunks, dtype=torch.int32)
+        return out
 
-    def run(self, wait: bool = True, timeline: bool = False) -> None:
+    def args(self, wait: bool, timeline: bool, stream: bool = False):
+        return ((self.desc, self.y, self.cnt, self.err, self.timeline, self.stream, self.stream.shape[1], self.d,
+                 self.L, self.epoch, self.spin_limit),
+                dict(BN=self.bn, BK=self.bk, NBUF=self.nbuf, WAIT=wait, TIMELINE=timeline, STREAM=stream,
+                     num_warps=self.warps))
+
+    def run(self, wait: bool = True, timeline: bool = False, stream: bool = False) -> None:
         """One launch and nothing else (no reset kernels in the timed region)."""
         self.epoch += 1
-        args, kw = self.args(wait, timeline)
+        args, kw = self.args(wait, timeline, stream)
         _chain_kernel[(self.P,)](*args, **kw)
 
 
-def compile_sm90(chain: Chain, wait: bool = True, timeline: bool = False):
+def compile_sm90(chain: Chain, wait: bool = True, timeline: bool = False, stream: bool = False):
     """The kernel compiled for sm_90 on any machine (the JIT's own argument specialisation)."""
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import native_specialize_impl
 
-    args, kw = chain.args(wait, timeline)
+    args, kw = chain.args(wait, timeline, stream)
     warps = kw.pop("num_warps")
     names = [p.name for p in _chain_kernel.params]
     bound = dict(zip(names, args), **kw)
@@ -264,9 +290,10 @@ def main(argv=None) -> None:
     if a.compile_only:
         for bn, bk, nbuf in configs:
             chain = Chain(w, x, n_layers, bn, bk, nbuf, a.warps, sms * a.programs_per_sm)
-            for wait, timeline in ((True, False), (False, False), (True, True)):
-                c = compile_sm90(chain, wait, timeline)
-                print(f"BN {bn} BK {bk} NBUF {nbuf} wait={wait} timeline={timeline}: compiled, "
+            for wait, timeline, stream in ((True, False, False), (False, False, False), (True, True, False),
+                                           (True, False, True)):
+                c = compile_sm90(chain, wait, timeline, stream)
+                print(f"BN {bn} BK {bk} NBUF {nbuf} wait={wait} timeline={timeline} stream={stream}: compiled, "
                       f"shared {c.metadata.shared} B")
         return
 
@@ -317,6 +344,10 @@ def main(argv=None) -> None:
         err = ((chain.y[-1].double() - ref).norm() / ref.norm()).item()
         row("wait", _time(lambda: chain.run(True), a.reps), bn=bn, bk=bk, nbuf=nbuf, rel_err=err)
         row("nowait", _time(lambda: chain.run(False), a.reps), bn=bn, bk=bk, nbuf=nbuf)
+        chain.run(True, stream=True)
+        torch.cuda.synchronize()
+        err_s = ((chain.y[-1].double() - ref).norm() / ref.norm()).item()
+        row("stream", _time(lambda: chain.run(True, stream=True), a.reps), bn=bn, bk=bk, nbuf=nbuf, rel_err=err_s)
         if a.timeline:
             chain.run(True, True)
             torch.cuda.synchronize()
