@@ -82,6 +82,15 @@ MUTATIONS = [
              "if ref_line and name == REF:", "if name == REF:", True,
              ("tests/test_notebooks.py", "-k", "line_figures or draw_their_tables"),
              "the latency figure loses the reference impl's series (a legend and a PNG are still there)"),
+    Mutation("clean-ignores-dirty", "harness/results", "harness/results.py",
+             'return isinstance(sha, str) and sha.strip() != "" and not sha.endswith("-dirty")',
+             'return isinstance(sha, str) and sha.strip() != ""', True,
+             ("tests/test_results.py", "-k", "clean"),
+             "rows measured on a dirty tree pass as clean (the gate, the report and the figures trust them)"),
+    Mutation("attention-seq-len-stride", "kernels/attention", "kernels/attention.py",
+             "seq_len = tl.load(len_ptr + b * stride_len).to(tl.int32)", "seq_len = tl.load(len_ptr + b).to(tl.int32)",
+             True, ("tests/kernels/test_strides.py", "-k", "attention"),
+             "decode attention reads seq_lens[b] at offset b whatever the tensor's stride"),
 ]
 
 
