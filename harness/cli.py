@@ -1,7 +1,9 @@
 """Module commands that take the run configuration (`python -m harness.timeline ...`, `python -m harness.resources
-...`): Hydra overrides composed like run.py's, `--help`, and a bad value ending in one sentence."""
+...`): Hydra overrides composed like run.py's, `--help`, a bad value ending in one sentence, and the harness's
+logging on stderr (quiet=true: warnings and errors only)."""
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Optional
 
@@ -28,6 +30,10 @@ def compose(argv: Optional[list[str]], usage: str):
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=argv)
+            cfg = hydra_compose(config_name="config", overrides=argv)
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
         raise SystemExit(f"error: {str(e).splitlines()[0]}")
+    # The harness's progress lines on stderr, as a plain message each (a no-op where logging is set up already);
+    # quiet=true: warnings and errors only, as for run.py.
+    logging.basicConfig(level=logging.WARNING if cfg.get("quiet", False) else logging.INFO, format="%(message)s")
+    return cfg

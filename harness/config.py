@@ -108,6 +108,9 @@ class RunConfig:
     check: bool = True  # compare every impl's logits with the fp32 reference
     results: ResultsConfig = field(default_factory=ResultsConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    # true: the console shows warnings, errors, the result table and a sweep's summary only (CI); the job's log
+    # file (<hydra run dir>/run.log) still holds the progress. harness.run.configure_console.
+    quiet: bool = False
 
 
 def register_configs() -> None:

@@ -4,15 +4,22 @@ on the same inputs, and append one tidy row per impl to the results store.
 Resume (results.resume=true): an impl whose point key (harness.results.POINT_KEY_FIELDS: model content, quant,
 batch, ctx, seed, cache fill, CUDA graphs, impl, fusion, megakernel options, tag, GPU) already has a done row is
 skipped, impl by impl; the others are claimed in the store first (one process measures a point at a time), and
-the baseline is measured again alongside them so that their speedups stay same-run."""
+the baseline is measured again alongside them so that their speedups stay same-run.
+
+Progress goes through Python logging (logger "harness.runner"; under Hydra to the console and the job's run.log,
+conf/config.yaml): `Progress` logs each phase of a point as it ends, with its elapsed time: copy bandwidth, weights,
+reference, then per impl build, correctness, warm-up, timing, telemetry. The result table is printed on stdout and
+also logged to the job's log file alone (records marked `file_only`)."""
 from __future__ import annotations
 
 import gc
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,8 +48,135 @@ from kernels.quant import quant_mode
 # under which an impl counts as correct, by activation dtype.
 REL_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
+log = logging.getLogger(__name__)
+
 CPU_BANNER = ("NOTE: no CUDA device: running on the CPU (Triton kernels through the interpreter). "
               "Latencies and bandwidths printed here are NOT meaningful; they only show the pipeline works.")
+
+HEARTBEAT_S = 20.0  # a phase still running after this long says so, then again after each doubling (20, 40, 80 s)
+FILE_ONLY = {"file_only": True}  # `extra` of a record for the job's log file only (harness.run drops it on the console)
+
+
+class Progress:
+    """The progress of one benchmark point (or of one impl in it, `child`) as log lines.
+
+    `begin(phase)` ... `end(detail)` logs "<tag> <phase>: <elapsed> s (<detail>)" when the phase ends; a phase
+    still running after `heartbeat_s` logs "<tag> <phase>: still running after N s" (then after 2N, 4N s ...), so a
+    minutes-long compile is not silence. `fail()` ends an open phase as "failed after N s". The clock is runner's
+    `_clock` (read at each call, so a test's fake clock applies)."""
+
+    def __init__(self, tag: str = "[point]", logger: logging.Logger = log, heartbeat_s: Optional[float] = None):
+        self.tag = tag
+        self.log = logger
+        self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+        self.phase: Optional[str] = None
+        self.t0 = 0.0
+        self.created = _clock()
+        self._lock = threading.Lock()
+        self._timer: Optional[threading.Timer] = None
+
+    def child(self, name: str) -> "Progress":
+        """The progress of one part (an impl) of this point: "[<name>]", or "[point 2/6: <name>]" in a sweep, where
+        jobs running at once interleave their lines."""
+        inner = self.tag.strip("[]")
+        return Progress(f"[{name}]" if inner == "point" else f"[{inner}: {name}]", self.log, self.heartbeat_s)
+
+    def info(self, msg: str) -> None:
+        self.log.info(f"{self.tag} {msg}")
+
+    def begin(self, phase: str) -> float:
+        """Starts `phase` (ending an open one first); returns its start time on the clock."""
+        if self.phase is not None:
+            self.end()
+        with self._lock:
+            self.phase, self.t0 = phase, _clock()
+            self._schedule(phase, self.heartbeat_s, self.heartbeat_s)
+        return self.t0
+
+    def end(self, detail: str = "") -> float:
+        """Ends the open phase and logs it with its elapsed time; returns the elapsed seconds (0 if none was open)."""
+        with self._lock:
+            phase, elapsed = self._close()
+        if phase is None:
+            return 0.0
+        self.log.info(f"{self.tag} {phase}: {elapsed:.2f} s" + (f" ({detail})" if detail else ""))
+        return elapsed
+
+    def fail(self) -> None:
+        """Ends an open phase as failed (its exception is reported by the caller)."""
+        with self._lock:
+            phase, elapsed = self._close()
+        if phase is not None:
+            self.log.warning(f"{self.tag} {phase}: failed after {elapsed:.2f} s")
+
+    def done(self, detail: str = "") -> float:
+        """Logs the whole span since this Progress was made ("<tag> done: N s (<detail>)"); returns it."""
+        self.fail()  # nothing is open after a normal end; an open phase here was cut short
+        elapsed = _clock() - self.created
+        self.log.info(f"{self.tag} done: {elapsed:.2f} s" + (f" ({detail})" if detail else ""))
+        return elapsed
+
+    def _close(self) -> tuple[Optional[str], float]:
+        phase, self.phase = self.phase, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return phase, (_clock() - self.t0 if phase is not None else 0.0)
+
+    def _schedule(self, phase: str, wait: float, at: float) -> None:
+        """A heartbeat for `phase` in `wait` seconds, saying it has run `at` seconds."""
+        if not self.heartbeat_s or self.heartbeat_s <= 0:
+            return
+        self._timer = threading.Timer(wait, self._beat, args=(phase, at))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _beat(self, phase: str, at: float) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread():  # the phase ended (or another began) meanwhile
+                return
+            self.log.info(f"{self.tag} {phase}: still running after {at:g} s")
+            self._schedule(phase, at, 2 * at)  # the next one when the phase has run twice as long
+
+
+class _PhaseWindow:
+    """time_step's measurement window (opened right before the timed calls, closed right after them) as progress:
+    opening it ends the warm-up phase and begins timing; closing it ends timing and begins telemetry. It opens and
+    closes the telemetry sampler `tel` as time_step would."""
+
+    def __init__(self, tel, progress: Progress, warmup_detail: str, timing_detail: str):
+        self.tel, self.progress = tel, progress
+        self.warmup_detail, self.timing_detail = warmup_detail, timing_detail
+
+    def start(self):
+        self.tel.start()
+        self.progress.end(self.warmup_detail)
+        self.progress.begin("timing")
+        return self
+
+    def stop(self):
+        self.progress.end(self.timing_detail)
+        self.progress.begin("telemetry")
+        self.tel.stop()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _steps(n: int) -> str:
+    return _count(n, "step")
+
+
+def _telemetry_detail(summary: dict) -> str:
+    if summary.get("telemetry") != "nvml":
+        return str(summary.get("telemetry", "off"))
+    frac = summary.get("tel_throttled_frac")
+    clock = summary.get("tel_sm_clock_mhz_median")
+    return ", ".join(filter(None, [
+        f"nvml, {summary.get('tel_n_samples', 0)} samples",
+        f"SM clock median {clock:.0f} MHz" if clock is not None else "",
+        f"throttled {frac:.0%} of samples" if frac is not None else ""]))
 
 
 def pick_device(choice: str) -> torch.device:
@@ -195,10 +329,10 @@ class Skipped(list):
         self.why = why
 
 
-def run_point(cfg: DictConfig) -> list[dict]:
+def run_point(cfg: DictConfig, label: str = "point") -> list[dict]:
     """Measures every selected impl at one (model, quant, batch, ctx) point; returns and stores the rows
     (Skipped, an empty list, when resume found nothing left to measure: every impl is done, or being measured by
-    another process).
+    another process). `label` names the point in the progress lines ("point 2/6" in a sweep: harness.run).
 
     Everything a user can get wrong (values, the checkpoint's config and tensor headers, results.dir, a point no
     selected impl can run here) is refused in one ConfigError sentence before any weight is built. Another
@@ -209,7 +343,7 @@ def run_point(cfg: DictConfig) -> list[dict]:
         files = check_hf_checkpoint(cfg.model.path, spec)
     device = pick_device(cfg.bench.device)
     if device.type == "cpu":
-        print(CPU_BANNER)
+        log.warning(CPU_BANNER)
     store = ResultsStore(cfg.results.dir)
     env = env_info(device)
     check_results_dir(cfg.results.dir, env["gpu_name"])
@@ -218,15 +352,16 @@ def run_point(cfg: DictConfig) -> list[dict]:
     runs = impl_runs(cfg)  # (impl, fusion) pairs, the baseline first
     point = point_identity(cfg, spec, gpu, model_id(cfg, files))
     keys = {r: point_key({**point, **run_identity(cfg, *r)}) for r in runs}
+    progress = Progress(f"[{label}]")
     if not cfg.results.resume:
-        return _measure_point(cfg, spec, device, store, env, point, keys, runs, runs)
+        return _measure_point(cfg, spec, device, store, env, point, keys, runs, runs, progress)
 
     where = f"{cfg.results.dir} under results.tag={cfg.results.tag}"
     done = store.done_keys(gpu)
     pending = [r for r in runs if keys[r] not in done]
     if not pending:
-        print(f"skipped: every impl of this point is already in {where} "
-              f"(pass results.resume=false or a new results.tag to measure again)")
+        log.info(f"skipped: every impl of this point is already in {where} "
+                 f"(pass results.resume=false or a new results.tag to measure again)")
         return Skipped(f"every impl is already in {where}")
     mine, others = store.claim(gpu, [keys[r] for r in pending])
     try:
@@ -239,24 +374,26 @@ def run_point(cfg: DictConfig) -> list[dict]:
                 continue
             why = f"being measured by {others[keys[r]]}" if keys[r] in others else f"already in {where}"
             again = todo and r[0] == cfg.baseline
-            print(f"impl {r[0]}: {why}" + ("; measured again as this run's baseline" if again else "; skipped"))
+            log.info(f"impl {r[0]}: {why}" + ("; measured again as this run's baseline" if again else "; skipped"))
         if not todo:
             busy = sorted({others[keys[r]] for r in pending if keys[r] in others})
             why = (f"every impl not yet in {where} is being measured by {'; '.join(busy)}" if busy
                    else f"every impl is already in {where}")
-            print(f"skipped: {why}")
+            log.info(f"skipped: {why}")
             return Skipped(why)
         # The baseline is measured with them even when it is done: speedups are over a baseline of the same run.
         measured = [r for r in runs if r in todo or r[0] == cfg.baseline]
-        return _measure_point(cfg, spec, device, store, env, point, keys, measured, todo)
+        return _measure_point(cfg, spec, device, store, env, point, keys, measured, todo, progress)
     finally:
         store.release(gpu, mine)
 
 
 def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dict, keys: dict,
-                   runs: list[tuple[str, str]], todo: list[tuple[str, str]]) -> list[dict]:
+                   runs: list[tuple[str, str]], todo: list[tuple[str, str]],
+                   progress: Optional[Progress] = None) -> list[dict]:
     """Measures `runs` (`todo`, plus the baseline where it was done already) and stores one row per run."""
     b, quant, gs = cfg.bench, cfg.quant.name, cfg.quant.group_size
+    progress = progress or Progress()
 
     def base_row(run: tuple[str, str]) -> dict:
         return {**env, **point, **run_identity(cfg, *run), "point_key": keys[run]}
@@ -266,51 +403,65 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
     if all(r in early for r in todo):  # nothing to measure: say why per impl, build nothing, and let a sweep go on
         rows = [{**base_row(r), "status": "unsupported", "note": early[r], "baseline": cfg.baseline,
                  "speedup": math.nan} for r in todo]
-        print(f"every selected impl is unsupported at model={spec.name} quant={quant} batch={b.batch} on {device}; "
-              f"no weights built:")
+        log.warning(f"every selected impl is unsupported at model={spec.name} quant={quant} batch={b.batch} "
+                    f"on {device}; no weights built:")
         for r in rows:
-            print(f"impl {r['impl']}: unsupported: {r['note']}")
+            log.warning(f"impl {r['impl']}: unsupported: {r['note']}")
         store.append(rows)
         return rows
     check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
+    progress.info(f"{spec.name} {quant} batch={b.batch} ctx={b.ctx} on {device}: {_count(len(runs), 'run')}: "
+                  + ", ".join(_run_name(r) for r in runs))
     try:
+        progress.begin("copy bandwidth")
         copy_tbps = measure_copy_bandwidth(device)  # before the weights take the memory it needs
+        progress.end(f"{copy_tbps:.2f} TB/s")
         t0 = time.perf_counter()
+        progress.begin("weights")
         pt = prepare_point(cfg, spec, device)
         weights, cache, tokens, positions = pt.weights, pt.cache, pt.tokens, pt.positions
+        progress.end(f"{(nbytes['weights'] + nbytes['lm_head']) / 1e9:.3f} GB of {quant} linear weights, "
+                     f"KV cache of {b.batch} x {b.ctx + 1} positions, cache_fill={b.cache_fill}")
         ref_logits = None
         if cfg.check:
+            progress.begin("reference")
             ref_logits = LlamaDecoder(weights, compute_dtype=torch.float32, max_len=cache.max_len).decode(
                 tokens, positions, cache.clone())
+            progress.end("fp32 logits that every impl is checked against")
         setup_s = time.perf_counter() - t0
     except ConfigError:
+        progress.fail()
         raise
     except Exception as e:  # a record of the failure, then the caller decides (a sweep goes on, one run stops)
+        progress.fail()
         note = f"point failed before any impl ran: {type(e).__name__}: {e}".splitlines()[0][:300]
         store.append([{**base_row(r), "status": "unsupported" if r in early else "failed",
                        "note": early.get(r, note), "config_json": resolved, "baseline": cfg.baseline,
                        "speedup": math.nan} for r in todo])
-        print(f"{note} (a failed row per impl is stored; a resumed sweep measures them again)")
+        log.error(f"{note} (a failed row per impl is stored; a resumed sweep measures them again)")
         raise
-    nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
 
     rows = []
-    for name, fusion in runs:
+    for i, (name, fusion) in enumerate(runs, 1):
         row = {**base_row((name, fusion)), "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps,
                "setup_s": setup_s, "status": "ok", "note": "", "config_json": resolved}
         row.update({f"bytes_{k}": v for k, v in nbytes.items() if k != "total"})
+        step = progress.child(f"{i}/{len(runs)} {_run_name((name, fusion))}")
         try:
             if (name, fusion) in early:
                 raise Unsupported(early[(name, fusion)])
             run_cfg = cfg if fusion in ("none", cfg.fusion) else _with_fusion(cfg, fusion)
-            row.update(_measure(name, run_cfg, spec, weights, cache, tokens, positions, ref_logits, device))
+            row.update(_measure(name, run_cfg, spec, weights, cache, tokens, positions, ref_logits, device, step))
         except Unsupported as e:
             row.update(status="unsupported", note=str(e))
         except torch.cuda.OutOfMemoryError as e:
             row.update(status="failed", note=f"out of GPU memory: {str(e).splitlines()[0]}")
         except Exception as e:  # noqa: BLE001 - one impl's failure must not end the sweep
             row.update(status="failed", note=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        finally:
+            step.fail()  # a phase still open here was cut short by the exception being handled
         if row["status"] == "ok":
             row["gbps"] = achieved_gbps(nbytes["total"], row["latency_us_median"])
             row["pct_of_copy_bw"] = pct_of_copy_bw(nbytes["total"], row["latency_us_median"], copy_tbps)
@@ -318,8 +469,9 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
                 row["correct"] = bool(row["rel_err"] <= REL_TOL[weights.dtype])
                 if not row["correct"]:
                     row["status"] = "wrong"
+            step.done(f"{row['status']}, median {row['latency_us_median']:.1f} µs over {_steps(row['repeats'])}")
         else:
-            print(f"impl {name}: {row['status']}: {row['note']}")
+            (log.warning if row["status"] == "failed" else log.info)(f"impl {name}: {row['status']}: {row['note']}")
         if (name, fusion) not in todo:
             row["note"] = "; ".join(filter(None, [row["note"], "measured again as this run's baseline"]))
         rows.append(row)
@@ -333,8 +485,23 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
         ok = base is not None and "latency_us_median" in r
         r["speedup"] = base["latency_us_median"] / r["latency_us_median"] if ok else math.nan
     store.append(rows)
-    print(format_table(rows, device))
+    table = format_table(rows, device)
+    print(table)
+    log.info("result table:\n" + table, extra=FILE_ONLY)  # the job's log file holds the run's result too
+    progress.done(f"{_count(len(rows), 'run')}: " + ", ".join(f"{n} {s}" for s, n in _tally(rows).items()))
     return rows
+
+
+def _tally(rows: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["status"]] = out.get(r["status"], 0) + 1
+    return out
+
+
+def _run_name(run: tuple[str, str]) -> str:
+    name, fusion = run
+    return name if fusion == "none" else f"{name} fusion={fusion}"
 
 
 def impl_runs(cfg) -> list[tuple[str, str]]:
@@ -356,7 +523,9 @@ def _with_fusion(cfg: DictConfig, fusion: str) -> DictConfig:
     return c
 
 
-def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, device) -> dict:
+def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, device,
+             progress: Optional[Progress] = None) -> dict:
+    progress = progress or Progress(f"[{name}]")
     ctx = ImplContext(cfg=cfg, spec=spec, weights=weights, cache=cache, device=device)
     cls = REGISTRY[name]
     reason = cls.unsupported(ctx)
@@ -366,10 +535,10 @@ def _measure(name, cfg, spec, weights, cache, tokens, positions, ref_logits, dev
     cache.k[:, :, :, positions[0]] = float("nan")
     cache.v[:, :, :, positions[0]] = float("nan")
     _reset_peak_memory(device)  # the peak of this impl alone (weights and cache, shared by every impl, included)
-    t0 = _clock()
+    t0 = progress.begin("build")
     impl = cls(ctx)
     try:
-        out = _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t0=t0)
+        out = _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t0=t0, progress=progress)
         out["peak_mem_gb"] = _peak_memory_gb(device)
         return out
     finally:
@@ -393,30 +562,49 @@ def _peak_memory_gb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 1e9
 
 
-def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t0: Optional[float] = None) -> dict:
+def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t0: Optional[float] = None,
+                  progress: Optional[Progress] = None) -> dict:
     """The row's measured columns. build_s: from `build_t0` (before the impl's constructor; default: now) to the end
     of the first, checked step (what the impl compiles, tunes or captures there included; time_step's own CUDA-graph
-    capture, after it, is not)."""
+    capture, after it, is not). `progress` reports the phases: build (begun by the caller when it gives build_t0),
+    correctness, warm-up, timing, telemetry."""
+    progress = progress or Progress(f"[{cls.name}]")
     out = {}
-    t0 = _clock() if build_t0 is None else build_t0
+    if build_t0 is None:
+        build_t0 = progress.begin("build")
+    t0 = build_t0
     logits = impl.decode(tokens, positions)
     impl.check()
     if device.type == "cuda":
         torch.cuda.synchronize()
     out["build_s"] = _clock() - t0
+    progress.end("constructor and first checked step")
+    progress.begin("correctness")
     if ref_logits is not None:
         out.update(compare(logits, ref_logits))
+        progress.end(f"rel err {out['rel_err']:.2e}, top-1 agreement {out['top1_agree']:.2f} "
+                     f"against the fp32 reference")
+    else:
+        progress.end("not checked: check=false")
     b = cfg.bench
     graphs = b.cuda_graphs and cls.graph_safe and device.type == "cuda"
     tel = TelemetrySampler(cfg.telemetry.mode, cfg.telemetry.get("interval_ms", 20), device=device)
     step = lambda: impl.decode(tokens, positions)  # noqa: E731
+
+    def window(graphs: bool) -> _PhaseWindow:
+        return _PhaseWindow(tel, progress, _steps(b.warmup) + (", CUDA graph captured" if graphs else ""),
+                            _steps(b.repeats))
+
+    progress.begin("warm-up")
     try:
-        t = time_step(step, device, b.warmup, b.repeats, graphs, window=tel)
+        t = time_step(step, device, b.warmup, b.repeats, graphs, window=window(graphs))
     except GraphCaptureError as e:
         out["note"] = f"CUDA graph capture failed, timed without: {e}"[:300]
-        t = time_step(step, device, b.warmup, b.repeats, False, window=tel)
+        log.warning(f"{progress.tag} CUDA graph capture failed; timing without CUDA graphs")
+        t = time_step(step, device, b.warmup, b.repeats, False, window=window(False))
     impl.check()
     out.update(tel.summary())
+    progress.end(_telemetry_detail(out))
     out.update(latency_us_median=t.median_us, latency_us_p10=t.p10_us, latency_us_p90=t.p90_us,
                latency_us_mean=t.mean_us, latency_us_std=t.std_us, repeats=t.repeats, timing_method=t.method)
     out.update(impl.info())
