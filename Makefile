@@ -5,7 +5,7 @@ PY := .venv/bin/python
 HAS_GPU := $(shell ($(PY) -c "import torch; print(int(torch.cuda.is_available()))" || python3 -c "import torch; print(int(torch.cuda.is_available()))") 2>/dev/null || echo 0)
 RUN_ARGS ?= $(if $(filter 1,$(HAS_GPU)),,model=tiny bench=quick bench.ctx=256)
 
-.PHONY: env run test test-gpu
+.PHONY: env run test test-gpu figures-gpu
 env:
 	@bash scripts/setup_env.sh
 
@@ -17,3 +17,21 @@ test: env  # two processes (the CI machine has two cores): 7 minutes instead of 
 
 test-gpu: env  # spread over 8 processes (Triton compiles in parallel); the 30-70 GB cases share one of them
 	$(PY) -m pytest -q -m gpu -n 8 --dist loadgroup $(PYTEST_ARGS)
+
+# Every figure from fresh rows, on a GPU machine: each experiment's sweep (experiments/*.yaml, their own impl lists;
+# bandwidth_by_impl first, with telemetry, then the others by name, all under results.tag=$(FIGURES_TAG) so that a
+# point an earlier sweep measured is resumed, not measured twice), then `python -m harness.figures`. Device time: about
+# 1.1 h for the five sweeps (an estimate from the wall time per impl row of the committed sessions, printed again from
+# the rows at hand by `python -m harness.figures --gpu-plan`). Without a GPU it stops at the first step with one
+# sentence; from a tree that is not a clean commit it stops too (ALLOW_DIRTY=1 measures anyway, rows say -dirty).
+FIGURES_TAG ?= figures
+FIGURE_EXPERIMENTS := bandwidth_by_impl $(filter-out bandwidth_by_impl,$(sort $(basename $(notdir $(wildcard experiments/*.yaml)))))
+figures-gpu: env
+	@$(PY) -m harness.figures --require-gpu
+	@$(if $(filter 1,$(ALLOW_DIRTY)),,$(PY) -m harness.results --require-clean)
+	@$(PY) -m harness.figures --gpu-plan
+	@rc=0; for e in $(FIGURE_EXPERIMENTS); do \
+	  echo "== $$e: $(PY) run.py +experiment=$$e results.tag=$(FIGURES_TAG) -m $(ARGS)"; \
+	  $(PY) run.py +experiment=$$e results.tag=$(FIGURES_TAG) -m $(ARGS) || rc=1; \
+	done; \
+	$(PY) -m harness.figures || rc=1; exit $$rc

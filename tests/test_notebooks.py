@@ -2,6 +2,8 @@
 its expected series with their expected number of points on a synthetic full sweep, every row of figure_rows on
 the committed results, and the same picture from the notebook as from harness.figures. A notebook pointed at a tag
 that no row carries fails; "no rows yet" is drawn only where there are truly no rows."""
+import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,12 +55,13 @@ def _panel(ax) -> str:
 
 
 def drawn_lines(fig) -> dict[str, dict[str, list[float]]]:
-    """Panel -> series -> the y values of its labelled error-bar line (a line figure's data, as drawn)."""
+    """Panel -> series -> the y values of its labelled error-bar line (a line figure's data, as drawn; the NaN that
+    break a line where a value was not measured are left out)."""
     out: dict = defaultdict(dict)
     for ax in fig.axes:
         for c in ax.containers:
             if isinstance(c, ErrorbarContainer) and not c.get_label().startswith("_"):
-                out[_panel(ax)][c.get_label()] = [float(v) for v in c.lines[0].get_ydata()]
+                out[_panel(ax)][c.get_label()] = [float(v) for v in c.lines[0].get_ydata() if not math.isnan(v)]
     return dict(out)
 
 
@@ -316,21 +319,41 @@ def test_fusion_figure_needs_megakernel_rows():
 # ---------------------------------------------------------------- the notebooks themselves
 
 def test_one_notebook_per_figure():
-    assert {p.stem for p in NOTEBOOKS} == set(F.PLOTTERS)
+    assert {p.stem for p in NOTEBOOKS} == set(F.FIGURES)
     for p in NOTEBOOKS:
-        assert (ROOT / "experiments" / f"{p.stem}.yaml").is_file()
+        if p.stem in F.PLOTTERS:  # an experiment's figure; the others draw every row, timelines/ or ops/
+            assert (ROOT / "experiments" / f"{p.stem}.yaml").is_file()
+
+
+def _findings_cell(notebook: Path):
+    import nbformat
+
+    return nbformat.read(str(notebook), as_version=4).cells[-1]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_ends_with_findings_computed_from_the_data(notebook):
+    """The last cell prints harness.figures.findings of this notebook's figure, from the rows it loaded: code, not
+    prose, and no number typed into it."""
+    cell = _findings_cell(notebook)
+    assert cell.cell_type == "code"
+    assert cell.source.strip() == f'print(figures.findings("{notebook.stem}", RESULTS, rows=rows, tag=TAG))'
+    assert not re.search(r"\d", cell.source)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_draws_what_the_figure_module_draws(notebook, tmp_path):
-    """On the committed results, each notebook writes, for every GPU, the very PNG that figures.render writes from
-    the same rows (whose content the tests above check against figure_rows)."""
-    F.execute_notebook(notebook, {"RESULTS": str(ROOT / "results"), "FIGURES": str(tmp_path / "nb")})
-    rows = load_results(ROOT / "results")
-    expected = F.render(notebook.stem, rows, tmp_path / "module")
-    assert expected and sorted(p.name for p in (tmp_path / "nb").glob("*.png")) == sorted(p.name for p in expected)
+    """On the committed results, each notebook writes, for every GPU, the very files that figures.render_named writes
+    from the same tables (whose content the tests above and tests/test_figures_honest.py check), and ends with the
+    findings that figures.findings computes from them."""
+    nb = F.execute_notebook(notebook, {"RESULTS": str(ROOT / "results"), "FIGURES": str(tmp_path / "nb")})
+    expected = F.render_named(notebook.stem, ROOT / "results", tmp_path / "module")
+    assert expected and sorted(p.name for p in (tmp_path / "nb").iterdir()) == sorted(p.name for p in expected)
     for p in expected:
-        assert _png_ok(p) and (tmp_path / "nb" / p.name).read_bytes() == p.read_bytes(), p.name
+        assert (p.suffix != ".png" or _png_ok(p)) and (tmp_path / "nb" / p.name).read_bytes() == p.read_bytes(), p.name
+    printed = "".join(str(o.get("text", "")) for o in nb.cells[-1].get("outputs", []))
+    want = F.findings(notebook.stem, ROOT / "results")
+    assert want.strip() and printed.strip() == want.strip()
 
 
 def test_notebook_with_a_missing_tag_fails(synthetic_root, tmp_path):

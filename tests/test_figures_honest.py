@@ -1,0 +1,493 @@
+"""Honest figures and the figures that are not one experiment's grid (harness.figures, harness.figure_data):
+- a value of a sweep that was not measured is a gap in the line, never bridged;
+- throttling is marked only on rows measured with telemetry, and the notes say for how many rows it ran;
+- the batch figure's latency axis is logarithmic, so torch-eager does not squash the other impls;
+- the roofline, the two-GPU comparison, the per-stage step breakdown and the per-op kernel figure draw exactly the
+  rows of their tables;
+- `make figures-gpu` refuses to run without a GPU in one sentence, and on a GPU runs every experiment's sweep, then
+  the figures; its device-time estimate comes from the committed sessions.
+All on the CPU, from synthetic rows or the committed tables."""
+from __future__ import annotations
+
+import math
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer, ErrorbarContainer
+
+from harness import figure_data as D
+from harness import figures as F
+from harness.results import ResultsStore, load_results
+from kernels import gpu_slug
+from tests.synthetic_results import GPU, H200, full_sweeps, run_rows, stamp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _loaded(root: Path, *runs: list) -> pd.DataFrame:
+    store = ResultsStore(root)
+    for rows in runs:
+        store.append(rows)
+    return load_results(root)
+
+
+def _texts(fig) -> str:
+    return " ".join(t.get_text() for ax in fig.axes for t in ax.texts) + " " + \
+        " ".join(t.get_text() for t in fig.texts) + " " + (fig._suptitle.get_text() if fig._suptitle else "")
+
+
+def _legend(fig) -> list[str]:
+    return [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+
+
+def _lines(fig) -> dict[str, dict[str, tuple[list, list]]]:
+    """Panel title -> series -> (x, y) of its error-bar line as drawn, NaN included."""
+    out: dict = {}
+    for ax in fig.axes:
+        for c in ax.containers:
+            if isinstance(c, ErrorbarContainer) and not c.get_label().startswith("_"):
+                ln = c.lines[0]
+                out.setdefault(ax.get_title().split(" (")[0], {})[c.get_label()] = \
+                    ([float(v) for v in ln.get_xdata()], [float(v) for v in ln.get_ydata()])
+    return out
+
+
+def _bridged(x: list, y: list, grid: list) -> list[tuple]:
+    """Segments of a drawn line (two consecutive vertices, neither NaN) with a grid value between their ends: a line
+    drawn across a value that was not measured."""
+    pts = list(zip(map(float, x), map(float, y)))
+    return [(p, q) for p, q in zip(pts, pts[1:])
+            if not (math.isnan(p[1]) or math.isnan(q[1])) and any(p[0] < g < q[0] for g in grid)]
+
+
+# ---------------------------------------------------------------- gaps, not bridges
+
+def test_a_model_not_measured_is_a_gap_in_the_line(tmp_path):
+    """speedup_vs_model with llama1b and llama8b measured and llama3b not: no line joins 1B to 8B."""
+    rows = _loaded(tmp_path, run_rows(model="llama1b", baseline="torch-compile", when=stamp(0)),
+                   run_rows(model="llama8b", baseline="torch-compile", when=stamp(5)))
+    lines = _lines(F.make_figure("speedup_vs_model", rows, GPU))
+    assert set(lines["bf16"]) == {"torch-eager", "torch-graph", "flash-attn", "layerwise", "megakernel/model"}
+    for series, (x, y) in lines["bf16"].items():
+        assert x == [0.0, 1.0, 2.0] and math.isnan(y[1]) and not math.isnan(y[0]) and not math.isnan(y[2]), series
+        assert _bridged(x, y, [0, 1, 2]) == [], series
+    # all three measured: one unbroken line
+    rows3 = _loaded(tmp_path / "all", *(run_rows(model=m, baseline="torch-compile", when=stamp(i))
+                                        for i, m in enumerate(("llama1b", "llama3b", "llama8b"))))
+    for x, y in _lines(F.make_figure("speedup_vs_model", rows3, GPU))["bf16"].values():
+        assert not any(math.isnan(v) for v in y)
+
+
+def test_a_context_not_measured_is_a_gap_in_the_line(tmp_path):
+    """ctx 128, 1024 and 8192 measured, 4096 and 32768 not: 1024 and 8192 are not joined."""
+    rows = _loaded(tmp_path, *(run_rows(ctx=c, baseline="torch-compile", when=stamp(i))
+                               for i, c in enumerate((128, 1024, 8192))))
+    grid = F.experiment_grid("speedup_vs_context")["ctx"]
+    lines = _lines(F.make_figure("speedup_vs_context", rows, GPU))["llama1b bf16"]
+    assert lines
+    for series, (x, y) in lines.items():
+        drawn = [a for a, b in zip(x, y) if not math.isnan(b)]
+        assert drawn == [128.0, 1024.0, 8192.0], series
+        assert _bridged(x, y, grid) == [], series
+        assert _bridged([128.0, 1024.0, 8192.0], [1, 1, 1], grid) != []  # the check sees a bridge when there is one
+
+
+def test_committed_line_figures_bridge_no_gap():
+    rows = load_results(ROOT / "results")
+    for experiment in ("speedup_vs_context", "speedup_vs_model", "batch_sweep"):
+        grid = F.experiment_grid(experiment)
+        for g in F.gpus_in(rows):
+            fig = F.make_figure(experiment, rows, g)
+            for panel in _lines(fig).values():
+                for series, (x, y) in panel.items():
+                    xs = list(range(len(grid["model"]))) if experiment == "speedup_vs_model" else \
+                        grid["ctx" if experiment == "speedup_vs_context" else "batch"]
+                    assert _bridged(x, y, xs) == [], (experiment, g, series)
+
+
+# ---------------------------------------------------------------- throttling only where telemetry ran
+
+def _with_telemetry(rows: list, mode: str, throttled_impl: str | None = None, samples: int = 12) -> list:
+    for r in rows:
+        r["telemetry"] = mode
+        r["tel_n_samples"] = samples if mode != "off" else float("nan")
+        r["tel_throttled"] = r["impl"] == throttled_impl
+    return rows
+
+
+def _hatched_bars(fig) -> list:
+    return [p for ax in fig.axes[:2] for c in ax.containers if isinstance(c, BarContainer) for p in c.patches
+            if p.get_hatch()]
+
+
+def test_no_throttle_mark_or_note_without_telemetry(tmp_path):
+    """Rows measured with telemetry off say nothing about throttling, whatever tel_throttled holds."""
+    rows = _loaded(tmp_path, _with_telemetry(run_rows(baseline="torch-compile"), "off", throttled_impl="megakernel"))
+    df = F.figure_rows("bandwidth_by_impl", rows, GPU)
+    assert not df["telemetry_ran"].any() and not df["throttled"].any()
+    fig = F.make_figure("bandwidth_by_impl", rows, GPU)
+    assert _hatched_bars(fig) == []
+    text = _texts(fig)
+    assert "No telemetry ran for these 6 rows, so whether the GPU throttled is unknown" in text
+    assert "throttled while measured" not in text and not any("throttled" in t for t in _legend(fig))
+
+
+def test_throttle_marks_exactly_the_throttled_rows_measured_with_telemetry(tmp_path):
+    rows = _loaded(tmp_path, _with_telemetry(run_rows(baseline="torch-compile"), "nvml", throttled_impl="layerwise"))
+    df = F.figure_rows("bandwidth_by_impl", rows, GPU)
+    assert df["telemetry_ran"].all() and df.loc[df["throttled"], "impl"].tolist() == ["layerwise"]
+    fig = F.make_figure("bandwidth_by_impl", rows, GPU)
+    hatched = _hatched_bars(fig)
+    assert len(hatched) == 2 and {to_hex(p.get_edgecolor()) for p in hatched} == {F.COLORS["layerwise"]}
+    assert "Telemetry ran for 6 of 6 rows: hatched = GPU throttled while measured (1 of 6)" in _texts(fig)
+    assert any(t.startswith("GPU throttled while measured") for t in _legend(fig))
+    # a row that says nvml but took no sample is no telemetry either
+    none = _loaded(tmp_path / "zero", _with_telemetry(run_rows(baseline="torch-compile"), "nvml", "layerwise", 0))
+    assert _hatched_bars(F.make_figure("bandwidth_by_impl", none, GPU)) == []
+
+
+def test_mixed_telemetry_says_for_how_many_rows_it_ran(tmp_path):
+    rows = _loaded(tmp_path,
+                   _with_telemetry(run_rows(model="llama1b", baseline="torch-compile", when=stamp(0)), "nvml"),
+                   _with_telemetry(run_rows(model="llama8b", baseline="torch-compile", when=stamp(5)), "off"))
+    text = _texts(F.make_figure("bandwidth_by_impl", rows, GPU))
+    assert ("Telemetry ran for 6 of 12 rows: hatched = GPU throttled while measured (0 of 6); for the other 6 rows, "
+            "measured without telemetry, it is unknown") in text
+
+
+def test_committed_figures_mark_throttling_only_where_telemetry_ran():
+    rows = load_results(ROOT / "results")
+    for g in F.gpus_in(rows):
+        df = F.figure_rows("bandwidth_by_impl", rows, g)
+        text = _texts(F.make_figure("bandwidth_by_impl", rows, g))
+        ran = int(df["telemetry_ran"].sum())
+        if ran == 0:  # the H200 rows: telemetry was off
+            assert "hatched =" not in text and "No telemetry ran" in text
+        else:
+            assert f"Telemetry ran for {ran} of {len(df)} rows" in text
+
+
+# ---------------------------------------------------------------- every impl readable
+
+def test_batch_latency_axis_is_logarithmic_and_holds_every_point():
+    rows = load_results(ROOT / "results")
+    for g in F.gpus_in(rows):
+        fig = F.make_figure("batch_sweep", rows, g)
+        df = F.figure_rows("batch_sweep", rows, g)
+        for ax in fig.axes:
+            if not ax.containers:
+                continue
+            assert ax.get_yscale() == "log", ax.get_title()
+            lo, hi = ax.get_ylim()
+            d = df[[ax.get_title().startswith(f"{m} ") for m in df["model"]]]
+            for c in ax.containers:
+                ys = [v for v in c.lines[0].get_ydata() if not math.isnan(v)]
+                assert all(lo < v < hi for v in ys)
+            # the spread of the non-eager impls takes a visible share of the axis (log decades)
+            others = d[d["impl"] != "torch-eager"]["latency_us_median"]
+            assert len(d) == 0 or np.log10(hi / lo) < 8 * max(np.log10(others.max() / others.min()), 0.05)
+
+
+# ---------------------------------------------------------------- the roofline
+
+@pytest.fixture(scope="module")
+def synthetic_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    full_sweeps(ResultsStore(root))
+    return load_results(root)
+
+
+def _points(fig, gid: str = "point") -> list[tuple[float, float]]:
+    return sorted((float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ax in fig.axes for ln in ax.lines
+                  if ln.get_gid() == gid)
+
+
+def test_roofline_draws_every_point_of_every_impl(synthetic_rows):
+    df = F.roofline_rows(synthetic_rows, GPU)
+    assert set(df["impl"]) == set(F.IMPL_ORDER) and set(df["fusion"]) <= {"none", "model"}
+    assert not df.duplicated(["model", "quant", "batch", "ctx", "impl", "fusion"]).any()
+    assert set(df["batch"]) == {1, 2, 4, 8, 16}
+    fig = F.roofline(df, GPU)
+    assert _points(fig) == pytest.approx(sorted(zip(df["bytes_per_step"] / 1e9, df["pct_of_copy_bw"])))
+    assert [ax.get_xscale() for ax in fig.axes] == ["log"] * 5
+    assert [ax.get_title().split(" (")[0] for ax in fig.axes] == [f"batch {b}" for b in (1, 2, 4, 8, 16)]
+
+
+def test_roofline_marks_throttled_points_only_where_telemetry_ran(tmp_path):
+    rows = _loaded(tmp_path, _with_telemetry(run_rows(model="llama1b", baseline="torch-compile", when=stamp(0)), "nvml",
+                                             throttled_impl="megakernel"),
+                   _with_telemetry(run_rows(model="llama8b", baseline="torch-compile", when=stamp(5)), "off",
+                                   throttled_impl="megakernel"))
+    df = F.roofline_rows(rows, GPU)
+    fig = F.roofline(df, GPU)
+    want = df[(df["model"] == "llama1b") & (df["impl"] == "megakernel")]
+    assert _points(fig, "throttled") == pytest.approx(list(zip(want["bytes_per_step"] / 1e9, want["pct_of_copy_bw"])))
+    assert "Telemetry ran for 6 of 12 rows: x = GPU throttled while measured (1 of 6)" in _texts(fig)
+
+
+def test_committed_rooflines_draw_their_rows(tmp_path):
+    rows = load_results(ROOT / "results")
+    for g in F.gpus_in(rows):
+        df = F.roofline_rows(rows, g)
+        assert len(df) and _points(F.roofline(df, g)) == pytest.approx(
+            sorted(zip(df["bytes_per_step"] / 1e9, df["pct_of_copy_bw"])))
+    paths = F.render_roofline(rows, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(f"roofline-{g}.png" for g in F.gpus_in(rows))
+
+
+# ---------------------------------------------------------------- H100 vs H200
+
+def test_gpu_pairs_hold_the_points_both_gpus_measured(tmp_path):
+    lat_a = {"torch-compile": 1000.0, "megakernel": 900.0, "layerwise": 950.0}
+    lat_b = {"torch-compile": 800.0, "megakernel": 630.0, "layerwise": 760.0}
+    impls = tuple(lat_a)
+    rows = _loaded(tmp_path,
+                   run_rows(gpu=GPU, impls=impls, latency=lat_a, copy_tbps=3.0, baseline="torch-compile",
+                            when=stamp(0)),
+                   run_rows(gpu=GPU, model="llama8b", impls=impls, baseline="torch-compile", when=stamp(1)),
+                   run_rows(gpu=H200, impls=impls, latency=lat_b, copy_tbps=4.2, baseline="torch-compile",
+                            when=stamp(2)))
+    assert F.gpu_compare_pairs(rows) == [(gpu_slug(GPU), gpu_slug(H200))]
+    p = F.gpu_pairs(rows, GPU, H200)
+    assert set(p["model"]) == {"llama1b"}  # llama8b: H100 only
+    assert dict(zip(p["impl"], p["latency_ratio"])) == pytest.approx({i: lat_b[i] / lat_a[i] for i in impls})
+    assert p["copy_ratio"].tolist() == pytest.approx([3.0 / 4.2] * 3)
+    fig = F.gpu_compare(p, GPU, H200)
+    heights = sorted(b.get_height() for c in fig.axes[0].containers if isinstance(c, BarContainer) for b in c.patches)
+    assert heights == pytest.approx(sorted(p["latency_ratio"]))
+    assert _points(fig) == pytest.approx(sorted(zip(p["pct_of_copy_bw_a"], p["pct_of_copy_bw_b"])))
+    [path] = F.render_gpu_compare(rows, tmp_path / "fig")
+    assert path.name == f"gpu_compare-{gpu_slug(GPU)}-vs-{gpu_slug(H200)}.png"
+
+
+def test_no_common_point_is_a_placeholder(tmp_path):
+    rows = _loaded(tmp_path, run_rows(gpu=GPU, baseline="torch-compile"))
+    [path] = F.render_gpu_compare(rows, tmp_path / "fig")
+    assert path.name == "gpu_compare-none.png"
+
+
+# ---------------------------------------------------------------- the per-stage breakdown of a step
+
+def _timeline() -> pd.DataFrame:
+    """Two programs, one launch. Program 0: RmsQkvRope 0..10 (waits 0), DownResidual waits 10..15, runs 15..20.
+    Program 1: starts at 2, RmsQkvRope 2..8, then LmHead waits 8..9 and runs 9..16, idle 16..20."""
+    recs = [(0, 0, "RmsQkvRope", 0, 0, 10, 1000.0), (0, 1, "DownResidual", 10, 15, 20, 2000.0),
+            (1, 0, "RmsQkvRope", 2, 2, 8, 1000.0), (1, 1, "LmHead", 8, 9, 16, 4000.0)]
+    df = pd.DataFrame([{"launch": 0, "program": p, "pos": i, "instr": i, "op": op, "layer": 0, "t_start": t0,
+                        "t_ready": t1, "t_end": t2, "sm": p, "bytes": b, "gpu": GPU, "point": "toy", "tiles": ""}
+                       for p, i, op, t0, t1, t2, b in recs])
+    df["wait_us"] = df["t_ready"] - df["t_start"]
+    df["run_us"] = df["t_end"] - df["t_ready"]
+    return df
+
+
+def test_step_breakdown_adds_up_to_the_span():
+    b = F.step_breakdown(_timeline(), copy_tbps=1e-3)  # 1 GB/s: 1000 bytes take 1 µs
+    us = dict(zip(b["segment"], b["us"]))
+    assert us == pytest.approx({"RmsQkvRope": (10 + 6) / 2, "DownResidual": 5 / 2, "LmHead": 7 / 2,
+                                F.WAIT: (5 + 1) / 2, F.IDLE: (0 + 4) / 2, F.OTHER: (0 + 2) / 2,
+                                F.BETWEEN: 0.0})
+    assert b["us"].sum() == pytest.approx(20.0) and set(b["span_us"]) == {20.0}
+    assert dict(zip(b["segment"], b["copy_us"])) == pytest.approx(
+        {"RmsQkvRope": 2.0, "DownResidual": 2.0, "LmHead": 4.0, F.WAIT: np.nan, F.IDLE: np.nan, F.OTHER: np.nan,
+         F.BETWEEN: np.nan}, nan_ok=True)
+    assert list(b["segment"][:3]) == ["RmsQkvRope", "DownResidual", "LmHead"]  # the order of a step
+
+
+def _measured_widths(fig) -> dict[str, float]:
+    out: dict = {}
+    for ax in fig.axes:
+        for p in ax.patches:
+            gid = p.get_gid() or ""
+            if gid.startswith("measured|"):
+                point = gid.split("|")[1]
+                out[point] = out.get(point, 0.0) + p.get_width()
+    return out
+
+
+def test_committed_step_breakdowns_draw_each_step_whole(tmp_path):
+    rows = load_results(ROOT / "results")
+    b = F.step_breakdowns(ROOT / "results" / "timelines", rows)
+    files = sorted((ROOT / "results" / "timelines").glob("*/*.parquet"))
+    assert files and b.groupby(["gpu_slug", "point"]).ngroups == len(files)
+    for slug, d in b.groupby("gpu_slug"):
+        spans = d.groupby("point")["span_us"].first()
+        assert d.groupby("point")["us"].sum().to_dict() == pytest.approx(spans.to_dict())
+        fig = F.step_breakdown_figure(d, slug)
+        assert _measured_widths(fig) == pytest.approx(spans.to_dict())
+        assert set(d["copy_tbps"]) == {D.copy_tbps_by_gpu(rows)[slug]}
+    paths = F.render_step_breakdown(ROOT / "results" / "timelines", tmp_path, rows)
+    assert sorted(p.name for p in paths) == sorted({f"step_breakdown-{f.parent.name}.png" for f in files})
+
+
+# ---------------------------------------------------------------- the per-op kernel tables
+
+def test_op_tables_read_both_layouts_and_put_ours_next_to_the_libraries():
+    ops = F.op_tables(ROOT / "results" / "ops")
+    raw = {f.name: pd.read_csv(f) for f in (ROOT / "results" / "ops").glob("*.csv")}
+    for name, d in raw.items():
+        got = ops[ops["source"] == name]
+        if "layer" in d.columns:  # qgemv tables: the row/warp variants are left out
+            assert len(got) == int((~d["impl"].str.match(r"^qgemv-r\d+w\d+$")).sum())
+        else:
+            assert len(got) == len(d)
+    assert set(ops.loc[ops["ours"], "impl"]) <= set(F.OURS) and set(ops.loc[~ops["ours"], "impl"]) <= set(F.LIBRARY)
+    for _, g in ops.groupby(list(F.OP_PANEL) + ["op"], dropna=False):
+        assert g["ours"].any() and (~g["ours"]).any()  # every op: ours and a library kernel
+
+
+def test_op_figure_draws_one_bar_per_row(tmp_path):
+    ops = F.op_tables(ROOT / "results" / "ops")
+    for slug, d in ops.groupby("gpu_slug"):
+        d = d.reset_index(drop=True)
+        fig = F.op_bandwidth(d, slug)
+        bars = {p.get_gid(): p.get_width() for ax in fig.axes for p in ax.patches if p.get_gid()}
+        metric = np.where(d["kind"] == "qgemv", d["pct_of_copy_bw"], d["gbps"])
+        want = {F.op_bar_id(r): m for r, m in zip(d.to_dict("records"), metric)}
+        assert len(bars) == len(d) and bars == pytest.approx(want)
+    # a CSV in another layout is not drawn, and the note names it
+    (tmp_path / "ops").mkdir()
+    for f in (ROOT / "results" / "ops").glob("bench_ops-h100-b16.csv"):
+        (tmp_path / "ops" / f.name).write_text(f.read_text())
+    (tmp_path / "ops" / "other.csv").write_text("a,b\n1,2\n")
+    assert F.op_files_unread(tmp_path / "ops") == ["other.csv"]
+    [path] = F.render_op_bandwidth(tmp_path / "ops", tmp_path / "fig")
+    assert path.name == "op_bandwidth-nvidia-h100-80gb-hbm3.png"
+
+
+# ---------------------------------------------------------------- make figures-gpu
+
+def _fake_python(tmp_path: Path, log: Path, real: bool) -> Path:
+    """A `python` that logs its arguments, then runs the real interpreter (real) or pretends every step succeeds and
+    a GPU is there (not real)."""
+    f = tmp_path / "python"
+    body = f'exec {sys.executable} "$@"' if real else "exit 0"
+    f.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{body}\n')
+    f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    return f
+
+
+def _make(tmp_path: Path, real: bool) -> tuple[subprocess.CompletedProcess, list[str]]:
+    log = tmp_path / "calls.log"
+    py = _fake_python(tmp_path, log, real)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    p = subprocess.run(["make", "-s", "-o", "env", "figures-gpu", f"PY={py}"], cwd=ROOT, capture_output=True,
+                       text=True, env=env, timeout=300)
+    calls = [c for c in (log.read_text().splitlines() if log.exists() else []) if not c.startswith("-c ")]
+    return p, calls
+
+
+def test_make_figures_gpu_without_a_gpu_stops_in_one_sentence(tmp_path):
+    if F.has_cuda():
+        pytest.skip("this machine has a GPU")
+    p, calls = _make(tmp_path, real=True)
+    assert p.returncode != 0
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error:")] == [F.NO_GPU_SENTENCE]
+    assert calls == ["-m harness.figures --require-gpu"]  # nothing measured, nothing else run
+
+
+def test_make_figures_gpu_runs_every_experiment_then_the_figures(tmp_path):
+    p, calls = _make(tmp_path, real=False)
+    assert p.returncode == 0, p.stderr
+    order = list(F.gpu_plan(load_results(ROOT / "results"))["experiment"])
+    assert sorted(order) == sorted(f.stem for f in (ROOT / "experiments").glob("*.yaml"))
+    assert calls == (["-m harness.figures --require-gpu", "-m harness.results --require-clean",
+                      "-m harness.figures --gpu-plan"]
+                     + [f"run.py +experiment={e} results.tag=figures -m" for e in order]
+                     + ["-m harness.figures"])
+
+
+def test_require_gpu_answers_in_one_sentence(capsys, monkeypatch):
+    monkeypatch.setattr(F, "has_cuda", lambda: False)
+    assert F.main(["--require-gpu"]) == 2
+    assert capsys.readouterr().err.strip() == F.NO_GPU_SENTENCE
+    monkeypatch.setattr(F, "has_cuda", lambda: True)
+    assert F.main(["--require-gpu"]) == 0
+
+
+# ---------------------------------------------------------------- its device-time estimate
+
+def test_gpu_plan_counts_new_points_and_prices_them_from_the_sessions(tmp_path):
+    exp = tmp_path / "experiments"
+    exp.mkdir()
+    (exp / "bandwidth_by_impl.yaml").write_text(
+        "bench: {batch: 1, ctx: 1024}\nhydra: {sweeper: {params: {model: 'llama1b,llama8b', quant: bf16}}}\n")
+    (exp / "a_batch.yaml").write_text(
+        "bench: {ctx: 1024}\nhydra: {sweeper: {params: {model: llama1b, quant: bf16, bench.batch: '1,4'}}}\n")
+    (exp / "b_fusion.yaml").write_text(
+        "impl: {names: [megakernel, layerwise, torch-compile]}\nmegakernel: {fusions: [op, model]}\n"
+        "bench: {batch: 1, ctx: 1024}\nhydra: {sweeper: {params: {model: llama1b, quant: bf16}}}\n")
+    # one session: runs of 6 rows, 120 s apart (20 s per row); a run 3 hours later starts another session
+    rows = _loaded(tmp_path / "r", *(run_rows(when=stamp(2 * i), seed=i) for i in range(4)),
+                   run_rows(when=stamp(180), seed=9))
+    spr = D.seconds_per_row(rows)
+    assert spr["s_per_row"].tolist() == pytest.approx([20.0]) and spr["runs"].tolist() == [3]
+    plan = F.gpu_plan(rows, exp)
+    assert plan["experiment"].tolist() == ["bandwidth_by_impl", "a_batch", "b_fusion"]
+    assert plan["new_points"].tolist() == [2, 1, 0]
+    # 2 points x 6 impls; 1 new point x 6 impls; a measured point: the op fusion and the baseline again
+    assert plan["rows"].tolist() == [12, 6, 2]
+    assert plan["est_minutes"].tolist() == pytest.approx([12 * 20 / 60, 6 * 20 / 60, 2 * 20 / 60])
+    assert ("Estimate, not a measurement: about 0.1 h of device time (nvidia-h100-80gb-hbm3: 20.0 s per impl row over 3 "
+            "runs") in F.gpu_plan_text(rows, exp)
+
+
+# ---------------------------------------------------------------- findings quote their tables
+
+@pytest.fixture(scope="module")
+def two_gpu_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two")
+    store = ResultsStore(root)
+    full_sweeps(store)
+    full_sweeps(store, gpu=H200)
+    rows = load_results(root)
+    h200 = rows["gpu_name"] == H200
+    for c in ("latency_us_median", "latency_us_p10", "latency_us_p90"):
+        rows.loc[h200, c] = rows.loc[h200, c] * 0.8  # the H200 20 % faster, every impl of a run alike
+    return rows
+
+
+def test_findings_quote_the_numbers_of_their_tables(two_gpu_rows, tmp_path):
+    rows = two_gpu_rows
+    text = F.findings("roofline", tmp_path, rows=rows)
+    for g in (GPU, H200):
+        df = F._with_series(F.roofline_rows(rows, g))
+        for name, s in df.groupby("series"):
+            p = s["pct_of_copy_bw"]
+            assert f"{name}: {len(s)} points, median {p.median():.1f} % of copy, highest {p.max():.1f} %" in text
+    text = F.findings("gpu_compare", tmp_path, rows=rows)
+    p = F.gpu_pairs(rows, GPU, H200)
+    for name, s in p.groupby("series"):
+        assert f"{name}: latency on {H200} / on {GPU} median {s['latency_ratio'].median():.2f}" in text
+    assert "median 0.80" in text
+    text = F.findings("batch_sweep", tmp_path, rows=rows)
+    d = F._with_series(F.figure_rows("batch_sweep", rows, H200))
+    s = d[(d["model"] == "llama8b") & (d["quant"] == "int4") & (d["series"] == F.REF)].sort_values("batch")
+    assert (f"{F.REF} {s['latency_us_median'].iloc[0]:.0f} µs at batch 1 -> {s['latency_us_median'].iloc[-1]:.0f} µs "
+            f"at batch 16") in text
+    text = F.findings("headline", tmp_path, rows=rows)
+    t = F.headline_table(rows)
+    assert f"from {t['mega_speedup'].min():.2f}x" in text and f"to {t['mega_speedup'].max():.2f}x" in text
+
+
+def test_findings_of_the_file_figures_quote_their_tables(tmp_path):
+    rows = load_results(ROOT / "results")
+    text = F.findings("step_breakdown", ROOT / "results", rows=rows)
+    b = F.step_breakdowns(ROOT / "results" / "timelines", rows)
+    for (g, p), d in b.groupby(["gpu_name", "point"]):
+        span = d["span_us"].iloc[0]
+        assert f"{g} {p}: span {span:.0f} µs; programs run {100 * d.loc[d['stage'], 'us'].sum() / span:.0f} %" in text
+    text = F.findings("op_bandwidth", ROOT / "results", rows=rows)
+    ops = F.op_tables(ROOT / "results" / "ops")
+    d = ops[(ops["source"] == "qgemv-llama8b-h200.csv") & (ops["quant"] == "int4") & (ops["batch"] == 1)]
+    per_op = d.groupby("op").apply(
+        lambda g: g.loc[g["ours"], "latency_us"].min() < g.loc[~g["ours"], "latency_us"].min())
+    assert (f"llama8b int4 batch 1 [qgemv-llama8b-h200.csv]: ours faster than the fastest library kernel for "
+            f"{int(per_op.sum())} of {len(per_op)} ops") in text
