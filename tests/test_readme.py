@@ -70,13 +70,7 @@ LONG = {
     "make test": "the test suite itself (~17 min on 2 cores; .ci/run runs it): checked with make -n",
 }
 # Commands that do not run as shown: command -> reason and fix. An xfail, strict.
-KNOWN_BROKEN = {
-    f"{PY} -m harness.resources model=llama8b quant=int4 megakernel.tiles.num_warps=4":
-        "README: 'any machine'; on a CPU harness/resources.py's __main__ calls use_interpreter_without_gpu(), "
-        "which sets TRITON_INTERPRET=1, so kernels.mega.resources.compile_config fails with \"'InterpretedFunction' "
-        "object has no attribute 'params'\". Fix: drop that call from harness/resources.py (it compiles for sm_90 "
-        "and runs no kernel; without it the command prints regs=255 ... programs_per_sm=2 in ~9 s)",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------------------------------------------ parsing
