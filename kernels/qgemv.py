@@ -159,6 +159,16 @@ def _int4_step(w, b0, b1, d, dx, X_BF16: gl.constexpr):
 
 
 @gluon.jit
+def _int8_step(w0, w1, b0, b1, acc, acc_x):
+    """One int8 k-step: acc += (1152 + q) x over 4 k-tiles (w0: their a0 / a1 words, w1: a2 / a3), acc_x += sum x."""
+    acc = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f", [w0, w1, b0, b1, acc],
+                                    dtype=gl.float32, is_pure=True, pack=4)
+    acc_x = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f", [b0, b1, acc_x],
+                                      dtype=gl.float32, is_pure=True, pack=4)
+    return acc, acc_x
+
+
+@gluon.jit
 def _store_rows(acc, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, L: gl.constexpr, RT: gl.constexpr,
                 KIND: gl.constexpr, HAS_RESIDUAL: gl.constexpr, N0: gl.constexpr):
     """y[N0 + c, rows] = the warps' sum of acc (d0..d3 of each lane: rows r, r, r + 8, r + 8, batch rows c, c + 1),
@@ -279,15 +289,9 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
                     d2, dx2 = _int4_step(wb, yb0, yb1, d2, dx2, X_BF16)
                 acc2 += s * d2 + zo * dx2
         else:
-            acc = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
-                                            [wa, wa1, xa0, xa1, acc], dtype=gl.float32, is_pure=True, pack=4)
-            acc_x = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
-                                              [xa0, xa1, acc_x], dtype=gl.float32, is_pure=True, pack=4)
+            acc, acc_x = _int8_step(wa, wa1, xa0, xa1, acc, acc_x)
             if NT == 2:
-                acc2 = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
-                                                 [wa, wa1, ya0, ya1, acc2], dtype=gl.float32, is_pure=True, pack=4)
-                acc_x2 = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
-                                                   [ya0, ya1, acc_x2], dtype=gl.float32, is_pure=True, pack=4)
+                acc2, acc_x2 = _int8_step(wa, wa1, ya0, ya1, acc2, acc_x2)
     if KIND == KIND_INT8:
         acc = acc - INT8_F16_OFFSET * acc_x  # sum x q
         acc2 = acc2 - INT8_F16_OFFSET * acc_x2
@@ -411,16 +415,9 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
                 d2, dx2 = _int4_step(wa, ya0, ya1, d2, dx2, X_BF16)
                 acc2 += gl.sum(s * gl.sum(d2, axis=4) + zo * gl.sum(dx2, axis=4), axis=3)
         else:
-            acc8 = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
-                                             [wa, wa1, xa0, xa1, acc8], dtype=gl.float32, is_pure=True, pack=4)
-            acc8x = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
-                                              [xa0, xa1, acc8x], dtype=gl.float32, is_pure=True, pack=4)
+            acc8, acc8x = _int8_step(wa, wa1, xa0, xa1, acc8, acc8x)
             if NT == 2:
-                acc8_2 = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f",
-                                                   [wa, wa1, ya0, ya1, acc8_2], dtype=gl.float32, is_pure=True,
-                                                   pack=4)
-                acc8x_2 = gl.inline_asm_elementwise(ONES_F16_PTX, "=f,=f,=f,=f," + "r," * 8 + "f,f,f,f",
-                                                    [ya0, ya1, acc8x_2], dtype=gl.float32, is_pure=True, pack=4)
+                acc8_2, acc8x_2 = _int8_step(wa, wa1, ya0, ya1, acc8_2, acc8x_2)
     if KIND == KIND_INT8:  # sum x q = sum x (q + OFFSET) - OFFSET sum x, then the slots' sum
         acc = gl.sum(gl.sum(acc8 - INT8_F16_OFFSET * acc8x, axis=4), axis=3)
         acc2 = gl.sum(gl.sum(acc8_2 - INT8_F16_OFFSET * acc8x_2, axis=4), axis=3)

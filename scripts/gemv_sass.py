@@ -150,31 +150,12 @@ def qgemv_source(kind: str, act: str, group: int, num_warps: int, residual: bool
     16-byte aligned (torch allocates at 256 bytes on the GPU; the CPU placeholders at 64), ints that are multiples
     of 16 declared divisible by 16, ints equal to 1 made constants (at batch 1: B; int8: the scale's stride), by
     Triton's own specialisation function. Bools and constexprs as passed."""
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import native_specialize_impl
-
+    from kernels.mega.resources import jit_source
     from kernels.qgemv import _qgemv_chunk_kernel, _qgemv_kernel
 
     kernel = _qgemv_chunk_kernel if chunk else _qgemv_kernel
     args, kwargs = qgemv_launch(kind, act, group, num_warps, residual, batch, n, k, chunk)
-    kwargs = dict(kwargs)
-    warps = kwargs.pop("num_warps")
-    bound = inspect.signature(kernel.fn).bind(*args, **kwargs).arguments
-    sig, constants, attrs = {}, {}, {}
-    for i, p in enumerate(kernel.params):
-        v = bound[p.name]
-        if p.is_constexpr:
-            sig[p.name], constants[(i,)] = "constexpr", v
-            continue
-        ty, spec = native_specialize_impl(CUDABackend, v, p.is_const, not p.do_not_specialize,
-                                          not p.do_not_specialize_on_alignment)
-        sig[p.name] = ty
-        if ty == "constexpr":
-            constants[(i,)] = v
-        elif spec:
-            attrs[(i,)] = CUDABackend.parse_attr(spec)
-    return GluonASTSource(kernel, sig, constants, attrs), warps
+    return jit_source(kernel, args, kwargs)
 
 
 def compile_qgemv(kind: str, act: str, group: int, num_warps: int, residual: bool, arch: int = 90, batch: int = 1,

@@ -27,12 +27,14 @@ import os
 import statistics
 import sys
 
-import torch
-import triton
-from triton.experimental import gluon
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.experimental import gluon  # noqa: E402
+from triton.experimental.gluon import language as gl  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma  # noqa: E402
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
 
 ERR_TIMEOUT = gl.constexpr(1)
 
@@ -198,28 +200,11 @@ class Chain:
 def compile_sm90(chain: Chain, wait: bool = True, timeline: bool = False, stream: bool = False):
     """The kernel compiled for sm_90 on any machine (the JIT's own argument specialisation)."""
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import CUDABackend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import native_specialize_impl
+
+    from kernels.mega.resources import jit_source
 
     args, kw = chain.args(wait, timeline, stream)
-    warps = kw.pop("num_warps")
-    names = [p.name for p in _chain_kernel.params]
-    bound = dict(zip(names, args), **kw)
-    sig, constants, attrs = {}, {}, {}
-    for i, prm in enumerate(_chain_kernel.params):
-        v = bound[prm.name]
-        if prm.is_constexpr:
-            sig[prm.name], constants[(i,)] = "constexpr", v
-            continue
-        ty, spec = native_specialize_impl(CUDABackend, v, prm.is_const, not prm.do_not_specialize,
-                                          not prm.do_not_specialize_on_alignment)
-        sig[prm.name] = ty
-        if ty == "constexpr":
-            constants[(i,)] = v
-        elif spec:
-            attrs[(i,)] = CUDABackend.parse_attr(spec)
-    src = GluonASTSource(_chain_kernel, sig, constants, attrs)
+    src, warps = jit_source(_chain_kernel, args, kw)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 

@@ -48,6 +48,38 @@ def compile_config(spec, quant: str, group_size: int, batch: int, max_len: int, 
     return compiled, tiles
 
 
+def jit_source(kernel, args, kwargs: dict):
+    """(source, num_warps) that triton.compile turns into the kernel the JIT would build on the GPU for this call
+    (any @triton.jit or @gluon.jit function): each argument typed and specialised by Triton's own rule (16-byte
+    alignment, ints divisible by 16, ints equal to 1 made constants, tensor descriptors), constexprs as passed. The
+    arguments may live on the CPU: nothing is read or run."""
+    import inspect
+
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+    from triton.runtime.jit import native_specialize_impl
+
+    kwargs = dict(kwargs)
+    warps = kwargs.pop("num_warps", 4)
+    bound = inspect.signature(kernel.fn).bind(*args, **kwargs).arguments
+    sig, constants, attrs = {}, {}, {}
+    for i, p in enumerate(kernel.params):
+        v = bound[p.name]
+        if p.is_constexpr:
+            sig[p.name], constants[(i,)] = "constexpr", v
+            continue
+        ty, spec = native_specialize_impl(CUDABackend, v, p.is_const, not p.do_not_specialize,
+                                          not p.do_not_specialize_on_alignment)
+        sig[p.name] = ty
+        if ty == "constexpr":
+            constants[(i,)] = v
+        elif spec:
+            attrs[(i,)] = CUDABackend.parse_attr(spec)
+    source = GluonASTSource if isinstance(kernel, GluonJITFunction) else ASTSource
+    return source(kernel, sig, constants, attrs), warps
+
+
 def ptxas_usage(compiled, arch: int = 90) -> dict:
     """Registers, spill bytes, stack and static shared memory of the compiled kernel, from `ptxas -v`."""
     from triton.backends.nvidia.compiler import get_ptxas
