@@ -159,6 +159,21 @@ def _int4_step(w, b0, b1, d, dx, X_BF16: gl.constexpr):
 
 
 @gluon.jit
+def _int4_group(wa, wb, b0a, b1a, b0b, b1b, L: gl.constexpr, RT: gl.constexpr, KPG: gl.constexpr,
+                X_BF16: gl.constexpr):
+    """One scale group of KPG k-steps (slot a, and b when KPG == 2) from zero: (sum x (q + OFFSET), sum x)."""
+    WARPS: gl.constexpr = gl.num_warps()
+    d = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)
+    dx = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
+    d, dx = _int4_step(wa, b0a, b1a, d, dx, X_BF16)
+    if KPG == 2:
+        b0b = gl.convert_layout(b0b, L, assert_trivial=True)
+        b1b = gl.convert_layout(b1b, L, assert_trivial=True)
+        d, dx = _int4_step(wb, b0b, b1b, d, dx, X_BF16)
+    return d, dx
+
+
+@gluon.jit
 def _int8_step(w0, w1, b0, b1, acc, acc_x):
     """One int8 k-step: acc += (1152 + q) x over 4 k-tiles (w0: their a0 / a1 words, w1: a2 / a3), acc_x += sum x."""
     acc = gl.inline_asm_elementwise(INT8_F16_PTX, "=f,=f,=f,=f," + "r," * 16 + "f,f,f,f", [w0, w1, b0, b1, acc],
@@ -264,13 +279,7 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
             ya0 = gl.convert_layout(ya0, L, assert_trivial=True)
             ya1 = gl.convert_layout(ya1, L, assert_trivial=True)
         if KIND == KIND_INT4:
-            xb0 = gl.convert_layout(xb0, L, assert_trivial=True)
-            xb1 = gl.convert_layout(xb1, L, assert_trivial=True)
-            d = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)
-            dx = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-            d, dx = _int4_step(wa, xa0, xa1, d, dx, X_BF16)
-            if KPG == 2:
-                d, dx = _int4_step(wb, xb0, xb1, d, dx, X_BF16)
+            d, dx = _int4_group(wa, wb, xa0, xa1, xb0, xb1, L, RT, KPG, X_BF16)
             # y += s * sum x (q - 8) + z * sum x = s * sum x (q + OFFSET) + (z - OFFSET s) * sum x
             sz = rows * stride_sn + g0 + i
             g_ok = row_ok & ok_next | (row_ok & tile_ok & (g0 + i < n_groups))
@@ -280,13 +289,7 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
             zo = z - offset * s
             acc += s * d + zo * dx
             if NT == 2:
-                yb0 = gl.convert_layout(yb0, L, assert_trivial=True)
-                yb1 = gl.convert_layout(yb1, L, assert_trivial=True)
-                d2 = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)
-                dx2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-                d2, dx2 = _int4_step(wa, ya0, ya1, d2, dx2, X_BF16)
-                if KPG == 2:
-                    d2, dx2 = _int4_step(wb, yb0, yb1, d2, dx2, X_BF16)
+                d2, dx2 = _int4_group(wa, wb, ya0, ya1, yb0, yb1, L, RT, KPG, X_BF16)
                 acc2 += s * d2 + zo * dx2
         else:
             acc, acc_x = _int8_step(wa, wa1, xa0, xa1, acc, acc_x)
