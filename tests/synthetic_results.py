@@ -88,3 +88,13 @@ def full_sweeps(store, gpu=GPU) -> int:
     add(model="llama3b", quant="bf16")
     add(model="llama3b", quant="int4")
     return n
+
+
+def stored_and_loaded(root, *runs: list):
+    """Appends each run's rows to a results store at root and loads them all back (with the loader's columns)."""
+    from harness.results import ResultsStore, load_results
+
+    store = ResultsStore(root)
+    for rows in runs:
+        store.append(rows)
+    return load_results(root)

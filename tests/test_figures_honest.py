@@ -26,16 +26,10 @@ from harness import figure_data as D
 from harness import figures as F
 from harness.results import ResultsStore, load_results
 from kernels import gpu_slug
-from tests.synthetic_results import GPU, H200, full_sweeps, run_rows, stamp
+from tests.synthetic_results import GPU, H200, full_sweeps, run_rows, stamp, stored_and_loaded
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _loaded(root: Path, *runs: list) -> pd.DataFrame:
-    store = ResultsStore(root)
-    for rows in runs:
-        store.append(rows)
-    return load_results(root)
+_loaded = stored_and_loaded
 
 
 def _texts(fig) -> str:

@@ -7,23 +7,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer
 
 from harness import figures as F
-from harness.results import ResultsStore, load_results
-from tests.synthetic_results import H200, run_rows, stamp
+from harness.results import load_results
+from tests.synthetic_results import H200, run_rows, stamp, stored_and_loaded
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _loaded(root: Path, *runs: list) -> pd.DataFrame:
-    store = ResultsStore(root)
-    for rows in runs:
-        store.append(rows)
-    return load_results(root)
+_loaded = stored_and_loaded
 
 
 def test_readme_and_headline_md_hold_the_table_the_committed_rows_give():
