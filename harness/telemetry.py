@@ -17,6 +17,7 @@ inject a fake module with pynvml's function names (harness.nvml).
 """
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import threading
@@ -77,6 +78,18 @@ def _min(xs: list) -> Optional[float]:
 def _max(xs: list) -> Optional[float]:
     xs = [x for x in xs if x is not None]
     return float(max(xs)) if xs else None
+
+
+_log = logging.getLogger(__name__)
+_WARNED: set = set()  # reasons already reported in this process
+
+
+def _warn_once(reason: str) -> None:
+    """telemetry=nvml asked for samples that NVML cannot give: said once per process and reason (each row also
+    records it in its `telemetry` column)."""
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        _log.warning("telemetry=nvml: no GPU telemetry on this machine (%s); rows record telemetry=unavailable", reason)
 
 
 class TelemetrySampler:
@@ -147,6 +160,7 @@ class TelemetrySampler:
         except Exception as exc:
             msg = str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
             self._status = f"unavailable: {msg}"
+            _warn_once(msg)
             self._release()
         return self
 

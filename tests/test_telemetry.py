@@ -185,6 +185,21 @@ def test_nvml_init_failure_gives_unavailable():
     assert tel.summary()["telemetry"].startswith("unavailable: NVML init failed")
 
 
+def test_nvml_that_cannot_start_is_said_once(monkeypatch, caplog):
+    """telemetry=nvml where NVML cannot start warns once per process and reason, not once per row."""
+    import harness.telemetry as T
+
+    monkeypatch.setattr(T, "_WARNED", set())
+    with caplog.at_level("WARNING", logger="harness.telemetry"):
+        for _ in range(3):
+            with TelemetrySampler("nvml", interval_ms=5, nvml=FakeNvml(fail_init=True), nvml_index=0):
+                pass
+        with TelemetrySampler("off"):
+            pass
+    said = [r.getMessage() for r in caplog.records if r.name == "harness.telemetry"]
+    assert len(said) == 1 and "no GPU telemetry" in said[0] and "NVML init failed" in said[0], said
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_no_gpu_gives_unavailable():
     fake = FakeNvml()
