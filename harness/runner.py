@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -240,10 +241,14 @@ def compare(logits: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
+MIN_FREE_BYTES = 64 << 20  # a point's rows are ~100 KB of parquet; a sweep's, logs and figures a few MB
+
+
 def check_results_dir(root: str | os.PathLike, gpu_name: str) -> None:
     """Creates results.dir if missing and proves, by writing a hidden probe file where the rows will go
     (<root>/<gpu slug>/, else <root>), that a run's rows can be stored: otherwise an unwritable results.dir fails
-    only after every impl was measured. os.access alone is not enough (root ignores modes; read-only mounts)."""
+    only after every impl was measured. os.access alone is not enough (root ignores modes; read-only mounts).
+    A disk with less than MIN_FREE_BYTES free is refused too."""
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"results.dir={root} is a file, not a directory; point results.dir at a directory "
@@ -264,6 +269,10 @@ def check_results_dir(root: str | os.PathLike, gpu_name: str) -> None:
     except OSError as e:
         raise ConfigError(f"results.dir={root} is not writable ({e.strerror or e}); "
                           f"point results.dir at a writable directory or change its permissions") from None
+    free = shutil.disk_usage(root).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"results.dir={root} has {free / 1e6:.0f} MB free, less than the {MIN_FREE_BYTES / 1e6:.0f} "
+                          f"MB a run's rows and logs may need; free some space or point results.dir elsewhere")
 
 
 def unsupported_before_build(cfg, spec, device: torch.device, runs: list[tuple[str, str]]) -> dict:

@@ -225,6 +225,24 @@ def test_results_dir_read_only(tmp_path):
         ro.chmod(0o700)
 
 
+def test_results_dir_on_a_full_disk_is_refused_before_measuring(tmp_path, monkeypatch):
+    """A results.dir whose disk is (nearly) full is refused in one sentence before anything is measured."""
+    import collections
+
+    import harness.runner as runner
+
+    def never(*a, **kw):
+        raise AssertionError("measured or built before checking results.dir")
+
+    usage = collections.namedtuple("usage", "total used free")
+    cfg = _compose("model=tiny", *QUICK, f"results.dir={tmp_path / 'results'}")
+    monkeypatch.setattr(runner, "measure_copy_bandwidth", never)
+    monkeypatch.setattr(runner, "prepare_point", never)
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda p: usage(1 << 40, (1 << 40) - (1 << 20), 1 << 20))
+    with pytest.raises(ConfigError, match=r"^results.dir=.* has 1 MB free, less than the 67 MB"):
+        runner.run_point(cfg)
+
+
 def test_results_dir_checked_before_measuring(tmp_path, monkeypatch):
     """In process, whatever the user: an unwritable results.dir is refused before the copy-bandwidth measurement
     and before any weight is built (as root, chmod cannot make a directory unwritable, so the probe write is made
