@@ -20,7 +20,6 @@ from kernels.embedding import embedding
 from kernels.gemv import gemv
 from kernels.lm_head import lm_head_argmax
 from kernels.norm import rmsnorm
-from kernels.quant import Kind
 from kernels.rope import rope_kv_append
 
 _FRAGMENT_HEADROOM = 2 << 30  # free memory the fragment copy must leave (activations, the timer's graph)
@@ -38,10 +37,8 @@ class Layerwise(DecodeImpl):
 
     @staticmethod
     def _tensor_core_gemv(ctx: ImplContext) -> bool:
-        from kernels.qgemv import MAX_BATCH
-
-        return (ctx.device.type == "cuda" and torch.cuda.get_device_capability(ctx.device) >= (8, 0)
-                and ctx.weights.layers[0].wqkv.kind in (Kind.INT4, Kind.INT8) and ctx.batch <= MAX_BATCH)
+        """A GPU with mma.sync; which weights and batches qgemv takes is kernels.qgemv.supported's to say."""
+        return ctx.device.type == "cuda" and torch.cuda.get_device_capability(ctx.device) >= (8, 0)
 
     def _linears(self):
         return [q for lw in self.ctx.weights.layers for q in lw.linears().values()]
