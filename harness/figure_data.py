@@ -41,7 +41,7 @@ REF = A.DEFAULT_REFERENCE
 SPEEDUP = A.speedup_column(REF)
 DEFAULT_FUSION = "model"  # RunConfig.fusion: the megakernel curve of every figure but the fusion ablation
 
-IMPL_ORDER = ("torch-eager", "torch-graph", "torch-compile", "flash-attn", "layerwise", "megakernel")
+IMPL_ORDER = ("torch-eager", "torch-graph", "torch-compile", "gemlite", "flash-attn", "layerwise", "megakernel")
 FUSION_ORDER = ("op", "block", "layer", "model")
 
 

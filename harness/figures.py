@@ -54,7 +54,7 @@ from kernels import gpu_slug
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NO_GPU = "any-gpu"  # slug of the placeholder written when results/ holds no GPU rows at all
 
-COLORS = {"torch-eager": "#9e9e9e", "torch-graph": "#8c6d31", "torch-compile": "#252525", "flash-attn": "#3182bd",
+COLORS = {"torch-eager": "#9e9e9e", "torch-graph": "#8c6d31", "torch-compile": "#252525", "gemlite": "#6a51a3", "flash-attn": "#3182bd",
           "layerwise": "#fd8d3c", "megakernel": "#cb181d", "megakernel/op": "#fcae91", "megakernel/block": "#fb6a4a",
           "megakernel/layer": "#de2d26", "megakernel/model": "#a50f15"}
 DPI = 120

@@ -1,7 +1,8 @@
-"""PyTorch linear layers for the reference impls, gpt-fast style, behind the QLinear seam:
-dense -> F.linear (cuBLAS); int8 -> F.linear(x, W_int8.to(x.dtype)) * scale (gpt-fast's
-weight-only int8); int4 -> torch's tinygemm `_weight_int4pack_mm` on CUDA. The same quantized
-numbers as every other impl (kernels/quant.py), only repacked where a library wants its own layout.
+"""Library linear layers for the reference impls, behind the QLinear seam. gpt-fast style (TorchLinear):
+dense -> F.linear (cuBLAS); int8 -> F.linear(x, W_int8.to(x.dtype)) * scale (gpt-fast's weight-only int8);
+int4 -> torch's tinygemm `_weight_int4pack_mm` on CUDA. GemLite (gemlite_layer): its Triton GEMV / GEMM
+kernels for int8 and int4 weights. The same quantized numbers as every other impl (kernels/quant.py), only
+repacked where a library wants its own layout.
 """
 from __future__ import annotations
 
@@ -49,13 +50,46 @@ class TorchLinear:
         return y.reshape(*shape[:-1], self.n).to(x.dtype)
 
 
-def torch_linear_fn(weights) -> "callable":
-    """A `linear(x, qlinear)` for LlamaDecoder that dispatches to prepared TorchLinear objects."""
-    table: dict[int, TorchLinear] = {}
+def gemlite_layer(w: QLinear):
+    """A GemLite layer (callable x -> y) holding the same quantized numbers as `w`. GemLite computes
+    W = (q - zero) * scale, so the project's int4 zero z (W = (q - 8) s + z) becomes 8 - z / s; int8 is one group
+    per row with a zero of 0. Raises Unsupported without CUDA, GemLite, or an int8 / int4 weight."""
+    if w.kind not in (Kind.INT8, Kind.INT4):
+        raise Unsupported("GemLite takes int8 / int4 weights here (dense weights are cuBLAS's)")
+    if w.weight.device.type != "cuda":
+        raise Unsupported("GemLite's kernels need CUDA")
+    try:
+        import gemlite
+        from gemlite import DType, GemLiteLinear
+    except ImportError as e:
+        raise Unsupported(f"GemLite is not importable ({e}); pip install gemlite==0.6.0.post2") from None
+    import os
+
+    # GemLite ships tuned kernel configs for the H100 only; they are its published choice for Hopper.
+    cfg = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
+    if os.path.isfile(cfg):
+        GemLiteLinear.load_config(cfg)
+    n, k = w.out_features, w.in_features
+    if w.kind == Kind.INT4:
+        layer = GemLiteLinear(4, group_size=w.group_size, in_features=k, out_features=n, input_dtype=DType.BF16,
+                              output_dtype=DType.BF16)
+        zeros = 8.0 - w.zero.float() / w.scale.float()
+        layer.pack(unpack_int4(w.weight), w.scale, zeros.to(w.scale.dtype), None)
+    else:
+        layer = GemLiteLinear(8, group_size=k, in_features=k, out_features=n, input_dtype=DType.BF16,
+                              output_dtype=DType.BF16)
+        layer.pack(w.weight, w.scale[:, None], 0, None)
+    return layer
+
+
+def torch_linear_fn(weights, make=TorchLinear) -> "callable":
+    """A `linear(x, qlinear)` for LlamaDecoder that dispatches to layers prepared once by `make(qlinear)`
+    (TorchLinear, or gemlite_layer)."""
+    table: dict[int, "callable"] = {}
     for lw in weights.layers:
         for q in lw.linears().values():
-            table[id(q)] = TorchLinear(q)
-    table[id(weights.lm_head)] = TorchLinear(weights.lm_head)
+            table[id(q)] = make(q)
+    table[id(weights.lm_head)] = make(weights.lm_head)
 
     def linear(x: torch.Tensor, w: QLinear) -> torch.Tensor:
         return table[id(w)](x)

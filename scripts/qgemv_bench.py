@@ -87,24 +87,10 @@ def _tinygemm(w):
     return lambda x: lin(x)
 
 
-def _gemlite(w, quant: str):
-    """A GemLite layer holding the same quantized numbers (GemLite: W = (q - zero) * scale)."""
-    import gemlite
-    from gemlite import DType, GemLiteLinear
+def _gemlite(w):
+    from harness.torch_ops import gemlite_layer
 
-    cfg = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
-    if os.path.isfile(cfg):
-        GemLiteLinear.load_config(cfg)
-    n, k = w.out_features, w.in_features
-    if quant == "int4":
-        layer = GemLiteLinear(4, group_size=w.group_size, in_features=k, out_features=n, input_dtype=DType.BF16,
-                              output_dtype=DType.BF16)
-        zeros = 8.0 - w.zero.float() / w.scale.float()  # (q - 8) s + z = (q - zeros) s
-        layer.pack(unpack_int4(w.weight), w.scale, zeros.to(w.scale.dtype), None)
-    else:
-        layer = GemLiteLinear(8, group_size=k, in_features=k, out_features=n, input_dtype=DType.BF16,
-                              output_dtype=DType.BF16)
-        layer.pack(w.weight, w.scale[:, None], 0, None)
+    layer = gemlite_layer(w)
     return lambda x: layer(x)
 
 
@@ -119,7 +105,9 @@ def main() -> None:
     dev = torch.device("cuda")
     copy = measure_copy_bandwidth(dev)
     gpu = torch.cuda.get_device_name(dev)
-    rows_out = []
+    path = os.path.join(os.environ.get("OUT", "."), "qgemv_bench.csv")
+    out = open(path, "w", newline="")  # written row by row: a run cut short by a time limit keeps its rows
+    wr = None
     print(f"{gpu}, copy {copy:.3f} TB/s", flush=True)
     for model in a.models:
         spec = named_spec(model)
@@ -141,7 +129,7 @@ def main() -> None:
                     if name == "tinygemm" and quant != "int4":
                         continue
                     try:
-                        impls[name] = [make(wi) if name == "tinygemm" else make(wi, quant) for wi in ws]
+                        impls[name] = [make(wi) for wi in ws]
                     except Exception as e:  # noqa: BLE001 - an optional library: report and go on
                         print(f"{model} {quant} {layer}: {name} unavailable: {type(e).__name__}: {str(e)[:200]}")
                 impls["qgemv"] = [lambda x, wi=wi: qgemv(x, wi) for wi in ws]
@@ -170,16 +158,16 @@ def main() -> None:
                         row = dict(gpu=gpu, model=model, quant=quant, layer=layer, n=n, k=k, batch=batch, impl=name,
                                    latency_us=round(us, 2), bytes=nbytes, pct_of_copy_bw=round(pct, 1),
                                    rel_err=f"{err:.2e}", copy_tbps=round(copy, 3), copies=len(fns))
-                        rows_out.append(row)
+                        if wr is None:
+                            wr = csv.DictWriter(out, fieldnames=list(row))
+                            wr.writeheader()
+                        wr.writerow(row)
+                        out.flush()
                         print(f"{model:8} {quant:5} {layer:5} {n:6}x{k:<6} B{batch:<2} {name:14} {us:9.1f} us "
                               f"{pct:6.1f}% rel_err {err:.1e}", flush=True)
                 del w, ws, w_dense, dense_copies, dense, impls
                 torch.cuda.empty_cache()
-    path = os.path.join(os.environ.get("OUT", "."), "qgemv_bench.csv")
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows_out[0]))
-        wr.writeheader()
-        wr.writerows(rows_out)
+    out.close()
     print(f"wrote {path}")
 
 

@@ -7,12 +7,14 @@ from typing import Optional
 from harness.errors import Unsupported
 from harness.impls.base import DecodeImpl, ImplContext, register
 from harness.reference import LlamaDecoder
-from harness.torch_ops import torch_linear_fn
+from harness.torch_ops import TorchLinear, torch_linear_fn
 
 
 @register("torch-eager")
 class TorchEager(DecodeImpl):
     graph_safe = False  # timed as launched op by op from Python; torch-graph is the same step captured
+    linear_layer = TorchLinear  # QLinear -> prepared callable layer (the gemlite impl swaps in GemLite's)
+
     @classmethod
     def unsupported(cls, ctx: ImplContext) -> Optional[str]:
         reason = super().unsupported(ctx)
@@ -24,7 +26,7 @@ class TorchEager(DecodeImpl):
 
     def __init__(self, ctx: ImplContext):
         super().__init__(ctx)
-        self.model = LlamaDecoder(ctx.weights, linear=torch_linear_fn(ctx.weights), max_len=ctx.cache.max_len)
+        self.model = LlamaDecoder(ctx.weights, linear=torch_linear_fn(ctx.weights, self.linear_layer), max_len=ctx.cache.max_len)
 
     def decode(self, tokens, positions):
         return self.model.decode(tokens, positions, self.ctx.cache)

@@ -1,0 +1,53 @@
+"""The gemlite reference impl: refused in one sentence where it cannot run (no CUDA, dense weights), and on a GPU its
+logits (GemLite's kernels for every linear, under torch.compile) match the fp32 reference decoder."""
+import pytest
+import torch
+
+from harness.impls.base import ImplContext
+from harness.impls.gemlite_ref import GemLite
+from harness.models import named_spec
+from harness.reference import LlamaDecoder
+from harness.weights import random_weights
+from kernels.model import KVCache
+
+
+def _ctx(quant, batch, dev, ctx_len=300):
+    spec = named_spec("llama1b") if dev.type == "cuda" else named_spec("tiny")
+    w = random_weights(spec, quant, 128 if dev.type == "cuda" else 32, dev, seed=5)
+    gen = torch.Generator(device=dev).manual_seed(batch)
+    cache = KVCache.empty(spec, batch, ctx_len + 1, w.dtype, dev)
+    cache.k[:, :, :, :ctx_len].normal_(generator=gen)
+    cache.v[:, :, :, :ctx_len].normal_(generator=gen)
+    return ImplContext(cfg=None, spec=spec, weights=w, cache=cache, device=dev), gen
+
+
+def test_gemlite_is_refused_without_cuda_in_one_sentence():
+    ctx, _ = _ctx("int8", 1, torch.device("cpu"), ctx_len=8)
+    reason = GemLite.unsupported(ctx)
+    assert reason and "CUDA" in reason and "\n" not in reason
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gemlite_refuses_dense_weights():
+    ctx, _ = _ctx("bf16", 1, torch.device("cuda"), ctx_len=8)
+    assert "int8 / int4" in GemLite.unsupported(ctx)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("quant,batch", [("int4", 1), ("int8", 16)])
+def test_gemlite_matches_the_reference_decoder(quant, batch):
+    pytest.importorskip("gemlite")
+    dev = torch.device("cuda")
+    ctx, gen = _ctx(quant, batch, dev)
+    assert GemLite.unsupported(ctx) is None
+    n = ctx.cache.k.shape[3] - 1
+    tokens = torch.randint(0, ctx.spec.vocab_size, (batch,), generator=gen, device=dev)
+    positions = torch.full((batch,), n, dtype=torch.long, device=dev)
+    expect = LlamaDecoder(ctx.weights, compute_dtype=torch.float32, max_len=n + 1).decode(tokens, positions,
+                                                                                          ctx.cache.clone())
+    got = GemLite(ctx).decode(tokens, positions).float()
+    err = ((got - expect).norm() / expect.norm()).item()
+    assert torch.isfinite(got).all() and err <= 3e-2, f"relative error {err:.3g}"
+    assert (got.argmax(-1) == expect.argmax(-1)).float().mean() >= 0.9
