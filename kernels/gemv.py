@@ -535,7 +535,8 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     config: block sizes other than pick_config's (tests, tuning).
 
     An int8 / int4 weight whose tensor-core fragments were made (kernels.qgemv.fragments_of, on a GPU) goes through
-    kernels.qgemv instead when that kernel takes the call (batch <= 16, no fused norm, no explicit config).
+    kernels.qgemv instead where kernels.qgemv.preferred says so (int4 at batch <= 16, int8 at batch <= 8; no fused
+    norm, no explicit config).
 
     Strides: x, residual and out= may have any row stride (x and residual are copied first if their columns are not
     unit-stride; out= must have unit-stride columns); norm_weight is copied if it is not contiguous."""
@@ -552,9 +553,9 @@ def gemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None,
     if out is not None:
         check_out(out, (b_sz, n), "gemv")
     if w.frag is not None and norm_weight is None and config is None and x.is_cuda:
-        from kernels.qgemv import qgemv, supported  # Gluon: imported only where it can run
+        from kernels.qgemv import preferred, qgemv  # Gluon: imported only where it can run
 
-        if supported(w, b_sz) is None and x.stride(0) % 2 == 0 and (residual is None or residual.stride(1) == 1):
+        if preferred(w, b_sz) and x.stride(0) % 2 == 0 and (residual is None or residual.stride(1) == 1):
             return qgemv(x, w, residual, out=out)
     y = _out(out, (b_sz, n), x.dtype, x.device, "gemv")
     cfg = config or pick_config(x, w)

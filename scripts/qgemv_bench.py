@@ -105,6 +105,9 @@ def main() -> None:
     dev = torch.device("cuda")
     copy = measure_copy_bandwidth(dev)
     gpu = torch.cuda.get_device_name(dev)
+    from harness.results import git_sha
+
+    sha = git_sha()  # every row names the commit that measured it ("-dirty": not a clean tree)
     path = os.path.join(os.environ.get("OUT", "."), "qgemv_bench.csv")
     out = open(path, "w", newline="")  # written row by row: a run cut short by a time limit keeps its rows
     wr = None
@@ -157,7 +160,7 @@ def main() -> None:
                         pct = 100 * nbytes / (us * 1e-6) / (copy * 1e12)
                         row = dict(gpu=gpu, model=model, quant=quant, layer=layer, n=n, k=k, batch=batch, impl=name,
                                    latency_us=round(us, 2), bytes=nbytes, pct_of_copy_bw=round(pct, 1),
-                                   rel_err=f"{err:.2e}", copy_tbps=round(copy, 3), copies=len(fns))
+                                   rel_err=f"{err:.2e}", copy_tbps=round(copy, 3), copies=len(fns), git_sha=sha)
                         if wr is None:
                             wr = csv.DictWriter(out, fieldnames=list(row))
                             wr.writeheader()

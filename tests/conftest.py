@@ -50,6 +50,32 @@ def _gpu_headroom(request):
         torch.cuda.empty_cache()
 
 
+GPU_OOM_RETRIES = 2  # a GPU test that ran out of memory is run again this many times, after the wait below
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Under `pytest -n N` on one GPU, two workers can both see enough free memory and then both allocate it: the
+    later one's out-of-memory error says nothing about the code under test. Such a GPU test is run again (after its
+    process returns its blocks and waits up to GPU_MEMORY_WAIT_S for a quarter of the GPU to be free); a test that
+    runs out of memory on every try fails with the last error."""
+    if "gpu" not in pyfuncitem.keywords or not torch.cuda.is_available():
+        return None
+    args = {a: pyfuncitem.funcargs[a] for a in pyfuncitem._fixtureinfo.argnames}
+    for attempt in range(GPU_OOM_RETRIES + 1):
+        try:
+            pyfuncitem.obj(**args)
+            return True
+        except torch.OutOfMemoryError:
+            if attempt == GPU_OOM_RETRIES:
+                raise
+        gc.collect()  # outside the except block: the traceback no longer holds the test's tensors
+        torch.cuda.empty_cache()
+        time.sleep(5.0 * (attempt + 1))
+        wait_for_gpu_memory(torch.cuda.mem_get_info()[1] // 4, pyfuncitem.name)
+    return True
+
+
 def pytest_runtest_logreport(report):
     """With GPU_TEST_LOG=PATH, one line per test phase as it ends (worker, outcome, seconds, test): a run cut short
     by a time limit still shows where its time went."""

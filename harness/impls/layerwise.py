@@ -2,7 +2,7 @@
 one CUDA graph by the timer. Per layer: RMSNorm, QKV GEMV, RoPE + KV append, attention (partial +
 reduce), O GEMV, residual add, RMSNorm, gate GEMV, up GEMV, SiLU*up, down GEMV, residual add.
 
-int8 / int4 weights on a GPU with mma.sync (sm_80+) at batch <= 16: the GEMVs, the LM head's too, run on the
+int4 weights at batch <= 16 and int8 at batch <= 8 (kernels.qgemv.preferred), on a GPU with mma.sync (sm_80+): the GEMVs, the LM head's too, run on the
 tensor cores (kernels/qgemv.py), reading a copy of the weights in the MMA fragment layout (kernels/fragments.py,
 as many bytes as the packed weights), made when the impl is built and freed when its measurement ends. Where
 that copy does not fit in free GPU memory, the Triton FMA GEMV reads the packed weights; the row's `gemv_path`
@@ -37,18 +37,20 @@ class Layerwise(DecodeImpl):
 
     @staticmethod
     def _tensor_core_gemv(ctx: ImplContext) -> bool:
-        """A GPU with mma.sync; which weights and batches qgemv takes is kernels.qgemv.supported's to say."""
+        """A GPU with mma.sync; which weights and batches go to qgemv is kernels.qgemv.preferred's to say."""
         return ctx.device.type == "cuda" and torch.cuda.get_device_capability(ctx.device) >= (8, 0)
 
     def _linears(self):
-        return [q for lw in self.ctx.weights.layers for q in lw.linears().values()]
+        """Every linear the step runs: each layer's and the LM head."""
+        w = self.ctx.weights
+        return [q for lw in w.layers for q in lw.linears().values()] + [w.lm_head]
 
     def _fragments(self) -> str:
         """Makes the fragment copies of every layer's linears (kernels.gemv then routes them to qgemv); "fma" if
         they would not fit."""
-        from kernels.qgemv import fragments_of, supported
+        from kernels.qgemv import fragments_of, preferred
 
-        linears = [q for q in self._linears() if supported(q, self.ctx.batch) is None]
+        linears = [q for q in self._linears() if preferred(q, self.ctx.batch)]
         need = sum(q.weight.numel() * q.weight.element_size() for q in linears)
         if not linears or need + _FRAGMENT_HEADROOM > torch.cuda.mem_get_info(self.ctx.device)[0]:
             return "fma"

@@ -150,8 +150,9 @@ def test_qgemv_chunk_kernel_matches_reference(chunk, mode, group, n, k):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["int4", "int8"])
 def test_gemv_routes_weights_with_fragments_to_qgemv(mode, monkeypatch):
-    """kernels.gemv takes the tensor-core kernel for an int8 / int4 weight whose fragments exist (batch <= 16, no
-    fused norm), the FMA kernel otherwise (no fragments, or a fused norm); both agree with the reference."""
+    """kernels.gemv takes the tensor-core kernel for an int8 / int4 weight whose fragments exist where
+    kernels.qgemv.preferred says so (int4 batch 1 and 16, int8 batch 1), the FMA kernel otherwise (no fragments, a
+    fused norm, int8 at batch 16); both agree with the reference."""
     import kernels.qgemv as qg
     from kernels.gemv import gemv
     from kernel_checks import assert_close
@@ -173,4 +174,20 @@ def test_gemv_routes_weights_with_fragments_to_qgemv(mode, monkeypatch):
         norm = torch.ones(k, dtype=x.dtype, device="cuda")
         gemv(x, w, norm_weight=norm)  # a fused norm stays on the FMA kernel
         w.frag = None
-    assert calls == [1, 16], "the fragment route must take batch 1 and 16, and leave a fused norm to the FMA kernel"
+    assert calls == ([1, 16] if mode == "int4" else [1]), \
+        "the fragment route must take int4 at batch 1 and 16, int8 at batch 1, and leave a fused norm to the FMA kernel"
+
+
+def test_preferred_routes_int4_to_batch_16_and_int8_to_batch_8():
+    """kernels.gemv's route to the tensor cores: every batch qgemv takes for int4; int8 only to INT8_MAX_BATCH rows,
+    past which the FMA GEMV measured faster; never a weight or batch qgemv cannot take."""
+    from kernels.qgemv import INT8_MAX_BATCH, MAX_BATCH, preferred, supported
+
+    dense = torch.randn(64, 128) * 0.1
+    for mode in ("int4", "int8", "bf16"):
+        w = quantize_linear(dense, mode, 64) if mode != "bf16" else quantize_linear(dense, "bf16")
+        for batch in range(1, MAX_BATCH + 2):
+            want = supported(w, batch) is None and (mode == "int4" or batch <= INT8_MAX_BATCH)
+            assert preferred(w, batch) == want, (mode, batch)
+    assert preferred(quantize_linear(dense, "int8", 64), INT8_MAX_BATCH)
+    assert not preferred(quantize_linear(dense, "int8", 64), INT8_MAX_BATCH + 1)
