@@ -256,17 +256,8 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     if NT == 2:
         ya0_next, ya1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT, 8)
         yb0_next, yb1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64) + 64, wx, LX, XCVT, 8)
-    # int4: the group's scales and zeros are loaded one group ahead too (loaded in the iteration that uses them,
-    # each group waited a full memory round trip on them)
-    s_next = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)
-    z_next = s_next
-    if KIND == KIND_INT4:
-        sz_ok = row_ok & tile_ok & (g0 < n_groups)
-        s_next = gl.load(s_ptr + rows * stride_sn + g0, mask=sz_ok, other=0.0).to(gl.float32)
-        z_next = gl.load(z_ptr + rows * stride_sn + g0, mask=sz_ok, other=0.0).to(gl.float32)
     for i in range(0, per_warp):
         wa, wa1, wb = wa_next, wa1_next, wb_next
-        s, z = s_next, z_next
         xa0, xa1, xb0, xb1 = xa0_next, xa1_next, xb0_next, xb1_next
         ya0, ya1, yb0, yb1 = ya0_next, ya1_next, yb0_next, yb1_next
         ok_next = tile_ok & (g0 + i + 1 < n_groups) & (i + 1 < per_warp)
@@ -274,10 +265,6 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
         wa_next = _load_words(w_ptrs, nxt, 0, ok_next, WPL, 0)
         wa1_next = _load_words(w_ptrs, nxt, 0, ok_next & (KIND == KIND_INT8), WPL, 1)
         wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
-        if KIND == KIND_INT4:
-            sz_next = rows * stride_sn + g0 + i + 1
-            s_next = gl.load(s_ptr + sz_next, mask=row_ok & ok_next, other=0.0).to(gl.float32)
-            z_next = gl.load(z_ptr + sz_next, mask=row_ok & ok_next, other=0.0).to(gl.float32)
         k_next = (gx0 + i + 1) * (KPG * 64)
         xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next, wx, LX, XCVT)
         if KPG == 2:
@@ -294,6 +281,10 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
         if KIND == KIND_INT4:
             d, dx = _int4_group(wa, wb, xa0, xa1, xb0, xb1, L, RT, KPG, X_BF16)
             # y += s * sum x (q - 8) + z * sum x = s * sum x (q + OFFSET) + (z - OFFSET s) * sum x
+            sz = rows * stride_sn + g0 + i
+            g_ok = row_ok & ok_next | (row_ok & tile_ok & (g0 + i < n_groups))
+            s = gl.load(s_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
+            z = gl.load(z_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
             offset: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
             zo = z - offset * s
             acc += s * d + zo * dx
