@@ -106,7 +106,7 @@ QGEMV_WARPS = (4, 8)
 
 
 def qgemv_launch(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
-                 k: int = 4096, chunk: int = 0) -> tuple[tuple, dict]:
+                 k: int = 4096, chunk: int = 0, tma: bool = False) -> tuple[tuple, dict]:
     """(args, kwargs) kernels.qgemv.qgemv launches _qgemv_kernel with for an [n, k] weight and x [batch, k]: the
     launcher itself is called with placeholder CPU tensors (never read) and the launch is intercepted, so the
     arguments, dtypes, strides and constexprs are the launcher's own."""
@@ -134,60 +134,63 @@ def qgemv_launch(kind: str, act: str, group: int, num_warps: int, residual: bool
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append((args, kwargs))
 
-    kernels = q._qgemv_kernel, q._qgemv_chunk_kernel
-    q._qgemv_kernel = q._qgemv_chunk_kernel = _Capture()
+    kernels = q._qgemv_kernel, q._qgemv_chunk_kernel, q._qgemv_tma_kernel
+    q._qgemv_kernel = q._qgemv_chunk_kernel = q._qgemv_tma_kernel = _Capture()
     try:
-        q.qgemv(x, w, res, warps=num_warps, chunk=chunk)
+        q.qgemv(x, w, res, warps=num_warps, chunk=chunk, tma=tma)
     finally:
-        q._qgemv_kernel, q._qgemv_chunk_kernel = kernels
+        q._qgemv_kernel, q._qgemv_chunk_kernel, q._qgemv_tma_kernel = kernels
     (args, kwargs), = calls
     return args, kwargs
 
 
 def qgemv_source(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
-                 k: int = 4096, chunk: int = 0):
+                 k: int = 4096, chunk: int = 0, tma: bool = False):
     """(GluonASTSource, num_warps) of the launch above, specialised as Triton's JIT would on the GPU: pointers
     16-byte aligned (torch allocates at 256 bytes on the GPU; the CPU placeholders at 64), ints that are multiples
     of 16 declared divisible by 16, ints equal to 1 made constants (at batch 1: B; int8: the scale's stride), by
     Triton's own specialisation function. Bools and constexprs as passed."""
     from kernels.mega.resources import jit_source
-    from kernels.qgemv import _qgemv_chunk_kernel, _qgemv_kernel
+    from kernels.qgemv import _qgemv_chunk_kernel, _qgemv_kernel, _qgemv_tma_kernel
 
-    kernel = _qgemv_chunk_kernel if chunk else _qgemv_kernel
-    args, kwargs = qgemv_launch(kind, act, group, num_warps, residual, batch, n, k, chunk)
+    kernel = _qgemv_tma_kernel if tma else _qgemv_chunk_kernel if chunk else _qgemv_kernel
+    args, kwargs = qgemv_launch(kind, act, group, num_warps, residual, batch, n, k, chunk, tma)
     return jit_source(kernel, args, kwargs)
 
 
 def compile_qgemv(kind: str, act: str, group: int, num_warps: int, residual: bool, arch: int = 90, batch: int = 1,
-                  n: int = 4096, k: int = 4096, chunk: int = 0):
+                  n: int = 4096, k: int = 4096, chunk: int = 0, tma: bool = False):
     """The compiled kernels/qgemv._qgemv_kernel for x [batch, k] (bf16 / fp16) and an [n, k] int4 (group 64 or 128)
     or int8 weight, with the launcher's arguments (qgemv_launch) and the JIT's specialisation (qgemv_source)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
 
-    src, warps = qgemv_source(kind, act, group, num_warps, residual, batch, n, k, chunk)
+    src, warps = qgemv_source(kind, act, group, num_warps, residual, batch, n, k, chunk, tma)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
 
-def qgemv_weights_per_thread(kind: str, group: int, chunk: int = 0) -> int:
+def qgemv_weights_per_thread(kind: str, group: int, chunk: int = 0, tma_steps: int = 0) -> int:
     """Weights one thread turns into MMA operands per K loop iteration, from the kernel's constexprs: an iteration
     is one scale group of KPG k-steps of 64 columns (int4: GROUP / 64; int8: 1); in a k-step a lane holds WPL
     32-bit words of each of its RT row tiles (int4: 4 words of 8 nibbles; int8: 8 words of 4 bytes), so RT x KPG
     x WPL x (weights per word) = RT x KPG x 32: the 16 rows x 64 columns of a k-step tile over the 32 lanes of the
     warp that owns it (the warps of a program split K, so the count does not depend on them). The chunked kernel
-    (chunk >= 1) takes `chunk` groups per iteration."""
+    (chunk >= 1) takes `chunk` groups per iteration. The TMA-ring kernel's iteration is one ring stage of
+    `tma_steps` k-steps of one row tile per warp."""
     from kernels.qgemv import _RT
 
     kpg, wpl, per_word = (max(group, 64) // 64, 4, 8) if kind == "int4" else (1, 8, 4)
+    if tma_steps:
+        return tma_steps * wpl * per_word
     return _RT * kpg * wpl * per_word * max(chunk, 1)
 
 
 def qgemv_signature(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1,
-                    n: int = 4096, k: int = 4096, chunk: int = 0) -> dict:
+                    n: int = 4096, k: int = 4096, chunk: int = 0, tma: bool = False) -> dict:
     """What the kernel is compiled for, per non-constexpr parameter: its type, "/16" where declared divisible by 16,
     or "=value" where specialised as a constant."""
-    src, _ = qgemv_source(kind, act, group, num_warps, residual, batch, n, k, chunk)
+    src, _ = qgemv_source(kind, act, group, num_warps, residual, batch, n, k, chunk, tma)
     out = {}
     for i, (name, ty) in enumerate(src.signature.items()):
         if (i,) in src.constants and ty == "constexpr" and not _qgemv_param(name).is_constexpr:
@@ -198,27 +201,32 @@ def qgemv_signature(kind: str, act: str, group: int, num_warps: int, residual: b
 
 
 def _qgemv_param(name: str):
-    from kernels.qgemv import _qgemv_chunk_kernel, _qgemv_kernel
+    from kernels.qgemv import _qgemv_chunk_kernel, _qgemv_kernel, _qgemv_tma_kernel
 
-    return next(p for p in _qgemv_kernel.params + _qgemv_chunk_kernel.params if p.name == name)
+    return next(p for p in _qgemv_kernel.params + _qgemv_chunk_kernel.params + _qgemv_tma_kernel.params
+                if p.name == name)
 
 
 def qgemv_report(kind: str, act: str, group: int, num_warps: int, residual: bool, batch: int = 1, n: int = 4096,
-                 k: int = 4096, arch: int = 90, chunk: int = 0) -> dict:
-    """Registers, spills and the K loop's instruction counts of one configuration (and its signature)."""
+                 k: int = 4096, arch: int = 90, chunk: int = 0, tma: bool = False) -> dict:
+    """Registers, spills, shared memory and the K loop's instruction counts of one configuration (and its
+    signature)."""
     from kernels.mega.resources import ptxas_usage
+    from kernels.qgemv import tma_stage_steps
+    from kernels.quant import Kind
 
-    compiled = compile_qgemv(kind, act, group, num_warps, residual, arch, batch, n, k, chunk)
+    compiled = compile_qgemv(kind, act, group, num_warps, residual, arch, batch, n, k, chunk, tma)
     use = ptxas_usage(compiled, arch)
     ops = k_loop(compiled.asm["cubin"])
-    weights = qgemv_weights_per_thread(kind, group, chunk)
+    steps = tma_stage_steps(Kind.INT4 if kind == "int4" else Kind.INT8, group, num_warps, -(-k // 64)) if tma else 0
+    weights = qgemv_weights_per_thread(kind, group, chunk, steps)
     hist = collections.Counter(ops)
     return dict(kind=kind, act=act, group=group if kind == "int4" else 0, num_warps=num_warps, residual=residual,
-                batch=batch, n=n, k=k, chunk=chunk, regs=use["regs"],
+                batch=batch, n=n, k=k, chunk=chunk, tma=tma, shared=compiled.metadata.shared, regs=use["regs"],
                 spill_bytes=use["spill_stores"] + use["spill_loads"],
                 stack=use["stack"], loop=len(ops), weights=weights, per_weight=round(len(ops) / weights, 4),
                 hmma=hist["HMMA"], ldg=hist["LDG"], top=dict(hist.most_common(10)),
-                signature=qgemv_signature(kind, act, group, num_warps, residual, batch, n, k, chunk))
+                signature=qgemv_signature(kind, act, group, num_warps, residual, batch, n, k, chunk, tma))
 
 
 def qgemv_configs() -> list[tuple]:
@@ -231,6 +239,7 @@ def _qgemv_line(r: dict) -> str:
     name = f"qgemv {r['kind']}{' g' + str(r['group']) if r['kind'] == 'int4' else ''} {r['act']} {r['num_warps']} warps"
     name += " +residual" if r["residual"] else ""
     name += f" chunk {r['chunk']}" if r.get("chunk") else ""
+    name += f" TMA ring ({r['shared']} B shared)" if r.get("tma") else ""
     top = ", ".join(f"{k} {v}" for k, v in r["top"].items())
     return (f"{name} B={r['batch']} {r['n']}x{r['k']}: {r['regs']} registers, {r['spill_bytes']} spill bytes; K loop "
             f"{r['loop']} instructions for {r['weights']} weights/thread = {r['per_weight']:.2f} per weight, "
@@ -246,10 +255,10 @@ def qgemv_main(a) -> None:
 
     batch, n, k = a.batch, a.n, a.k
     if a.all:
-        cfgs = [(*c, batch, n, k, 90, a.chunk) for c in qgemv_configs()]
+        cfgs = [(*c, batch, n, k, 90, a.chunk, a.tma) for c in qgemv_configs()]
     else:
         group = a.group if a.kind == "int4" else 0
-        cfgs = [(a.kind, a.act, group, a.num_warps, a.residual, batch, n, k, 90, a.chunk)]
+        cfgs = [(a.kind, a.act, group, a.num_warps, a.residual, batch, n, k, 90, a.chunk, a.tma)]
     if a.jobs > 1 and len(cfgs) > 1:
         import concurrent.futures
         import multiprocessing
@@ -288,7 +297,10 @@ def main(argv=None) -> None:
     q.add_argument("--chunk", type=int, default=0, choices=(0, 1, 2, 4),
                    help="0: kernels/qgemv._qgemv_kernel; 1, 2, 4: _qgemv_chunk_kernel with that many groups per "
                         "iteration")
-    q.add_argument("--batch", type=int, default=1, help="rows of x (1..8; 1 is specialised as a constant)")
+    q.add_argument("--tma", action="store_true",
+                   help="kernels/qgemv._qgemv_tma_kernel (the weights through a TMA ring in shared memory; "
+                        "--num-warps: row tiles per program)")
+    q.add_argument("--batch", type=int, default=1, help="rows of x (1..16; 1 is specialised as a constant)")
     q.add_argument("--n", type=int, default=4096, help="output rows of the weight")
     q.add_argument("--k", type=int, default=4096, help="input columns of the weight")
     q.add_argument("--all", action="store_true", help="every configuration the launcher can choose")

@@ -10,7 +10,8 @@ replay time divided by the calls in it.
     python scripts/qgemv_bench.py --models llama8b llama1b --quant int4 int8 --batch 1 8 [--variants]
 
 --variants also times qgemv at each number of warps (K slices per program) in WARPS and each chunk (scale groups
-per loop iteration, 0 = the plain kernel) in CHUNKS. Writes qgemv_bench.csv to $OUT (or .).
+per loop iteration, 0 = the plain kernel) in CHUNKS, and the TMA-ring kernel at each number of warps (row tiles per
+program) and ring depth in TMA_STAGES. Writes qgemv_bench.csv to $OUT (or .).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from kernels.qgemv import MAX_BATCH, qgemv  # noqa: E402
 from kernels.quant import quantize_linear, unpack_int4  # noqa: E402
 
 WARPS = (4, 8)
-CHUNKS = (0, 1, 2, 4)  # 0: _qgemv_kernel; n: _qgemv_chunk_kernel with n groups per iteration
+CHUNKS = (0, 2, 4)  # 0: _qgemv_kernel; n: _qgemv_chunk_kernel with n groups per iteration (1 measured as 0)
+TMA_STAGES = (4, 8)  # ring depths of _qgemv_tma_kernel (warps: row tiles per program)
 L2_BYTES = 50 << 20  # H100 / H200
 
 
@@ -100,7 +102,8 @@ def main() -> None:
     ap.add_argument("--quant", nargs="+", default=["int4", "int8"], choices=("int4", "int8"))
     ap.add_argument("--batch", nargs="+", type=int, default=[1])
     ap.add_argument("--variants", action="store_true",
-                    help="also qgemv at each number of warps in WARPS and each chunk in CHUNKS")
+                    help="also qgemv at each number of warps in WARPS and each chunk in CHUNKS, and the TMA-ring "
+                         "kernel at each ring depth in TMA_STAGES")
     a = ap.parse_args()
     dev = torch.device("cuda")
     copy = measure_copy_bandwidth(dev)
@@ -141,6 +144,9 @@ def main() -> None:
                         for ch in CHUNKS:
                             impls[f"qgemv-w{wp}-c{ch}"] = [
                                 lambda x, wi=wi, wp=wp, ch=ch: qgemv(x, wi, warps=wp, chunk=ch) for wi in ws]
+                        for st in TMA_STAGES:
+                            impls[f"qgemv-tma-w{wp}-s{st}"] = [
+                                lambda x, wi=wi, wp=wp, st=st: qgemv(x, wi, warps=wp, tma=True, stages=st) for wi in ws]
                 q_bytes = w.nbytes
                 for batch in a.batch:
                     x = torch.randn(batch, k, generator=gen, device=dev).to(torch.bfloat16)

@@ -148,6 +148,32 @@ def test_qgemv_chunk_kernel_matches_reference(chunk, mode, group, n, k):
                 _close(y, ref.gemv_fp32(xs, w, res), k, f"{mode} g{group} {n}x{k} B{batch} chunk {chunk} w{warps}")
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode,group", [("int4", 128), ("int4", 64), ("int8", 0)])
+@pytest.mark.parametrize("n,k", [(16, 64), (75, 192), (200, 1344), (6144, 4096), (4096, 14336)], ids=lambda v: str(v))
+def test_qgemv_tma_kernel_matches_reference(mode, group, n, k):
+    """The TMA-ring variant (Hopper): row tiles past N and k-steps past K that its copies zero-fill (N not a multiple
+    of 16 x warps, K not a multiple of a stage), one and two n-tiles, both activation dtypes, every ring depth."""
+    from kernels.qgemv import qgemv
+
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA ring needs Hopper (sm_90)")
+    if mode == "int4" and k % group:
+        pytest.skip("the group does not divide K")
+    gen = torch.Generator(device="cuda").manual_seed(n + k + group + 1)
+    w = quantize_linear(torch.randn(n, k, generator=gen, device="cuda").bfloat16() * k ** -0.5, mode, group or 128)
+    for act in (torch.bfloat16, torch.float16):
+        for batch in (1, 9, 16):
+            xs = torch.randn(batch, k + 8, generator=gen, device="cuda").to(act)[:, 8:]
+            res = torch.randn(batch, n, generator=gen, device="cuda").to(act)
+            for warps, stages in ((4, 4), (8, 2), (2, 8)):
+                for residual in (None, res):
+                    y = qgemv(xs, w, residual, warps=warps, tma=True, stages=stages,
+                              out=torch.full((batch, n), float("nan"), dtype=act, device="cuda"))
+                    _close(y, ref.gemv_fp32(xs, w, residual), k,
+                           f"{mode} g{group} {n}x{k} B{batch} TMA w{warps} s{stages}")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["int4", "int8"])
 def test_gemv_routes_weights_with_fragments_to_qgemv(mode, monkeypatch):
     """kernels.gemv takes the tensor-core kernel for an int8 / int4 weight whose fragments exist where
