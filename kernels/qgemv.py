@@ -443,55 +443,88 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
 # ----------------------------------------------------------------------------------------------
 # Why: the kernels above keep a warp's next group in registers, so the bytes in flight per SM are what registers
 # allow, and the short and the wide shapes want different amounts (the chunk table in docs/perf-notes.md). Here
-# the tensor memory accelerator copies each program's weights into a ring of NBUF shared-memory stages, NBUF - 1
-# stages ahead of the arithmetic, whatever the registers: the probe of docs/megakernel-v2.md streamed bf16 this
-# way at 95-98% of copy. A program owns WARPS row tiles (one per warp) and walks all of K; a stage holds KSB k-steps
-# of them. The fragment words are read back from shared memory exactly as the register kernel loads them from
-# global memory (16 or 32 bytes per lane, 512 B or 1 KB per warp, no bank conflict), so the math is the same.
+# the tensor memory accelerator copies each program's weights into a ring of NBUF shared-memory stages ahead of the
+# arithmetic, whatever the registers. A program owns one row tile (16 rows) as in _qgemv_kernel; a stage is one
+# scale group per warp (WARPS x KPG k-steps, warp w the w-th group of the stage), so the warps split K as there and
+# their sums meet in _store_rows. The fragment words are read back from shared memory as the register kernel loads
+# them from global memory (16 or 32 bytes per lane, 512 B or 1 KB per warp: no bank conflict), and the math is the
+# same. The x fragments and the group scales of stage st + 1 are loaded while stage st is waited for and computed:
+# a first version that loaded them after the wait, with WARPS row tiles per program walking all of K, streamed at
+# 12-44% of copy where _qgemv_kernel reaches 45-76% (each stage waited a full round trip for x; one program per
+# WARPS row tiles left 64 programs for the 4096-row shapes).
 @gluon.jit
-def _issue_stage(w_desc, ring, bars, st, stages, t0, KSB: gl.constexpr, NBUF: gl.constexpr):
-    """Starts the TMA copy of stage st (k-steps st KSB .. st KSB + KSB - 1 of row tiles t0 ..) into its ring slot,
-    if the stage exists."""
+def _issue_stage(w_desc, ring, bars, st, stages, tile, KSB: gl.constexpr, NBUF: gl.constexpr):
+    """Starts the TMA copy of stage st (k-steps st KSB .. st KSB + KSB - 1 of the program's row tile) into its ring
+    slot, if the stage exists."""
     ok = st < stages
     slot = st % NBUF
     mbarrier.expect(bars.index(slot), w_desc.block_type.nbytes, pred=ok)
-    tma.async_copy_global_to_shared(w_desc, [st * KSB, t0, 0], bars.index(slot), ring.index(slot), pred=ok)
+    tma.async_copy_global_to_shared(w_desc, [st * KSB, tile, 0], bars.index(slot), ring.index(slot), pred=ok)
+
+
+@gluon.jit
+def _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, st, wx, wp, rows, row_ok,
+                    LX: gl.constexpr, L: gl.constexpr, KIND: gl.constexpr, KPG: gl.constexpr, NT: gl.constexpr,
+                    XCVT: gl.constexpr):
+    """What a warp needs besides the weights for its group of stage st (group st WARPS + w): the x fragments of its
+    KPG k-steps for batch rows 0-7 (xa: first k-step, xb: second) and 8-15 (ya, yb: NT == 2), and (int4) the group's
+    scales and zeros; zeros past K."""
+    WARPS: gl.constexpr = gl.num_warps()
+    gx = st * WARPS + wx  # [1, WARPS, 1, 1] in LX: each warp its group
+    k0 = gx * (KPG * 64)
+    xa0, xa1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, XCVT)
+    xb0, xb1, ya0, ya1, yb0, yb1 = xa0, xa1, xa0, xa1, xa0, xa1  # unused unless KPG == 2 / NT == 2
+    if KPG == 2:
+        xb0, xb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, XCVT)
+    if NT == 2:
+        ya0, ya1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, XCVT, 8)
+        if KPG == 2:
+            yb0, yb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, XCVT, 8)
+    s = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
+    z = s
+    if KIND == KIND_INT4:
+        g = st * WARPS + wp  # [1, WARPS, 1, 1] in L
+        g_ok = row_ok & (g < n_groups)
+        s = gl.load(s_ptr + rows * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
+        z = gl.load(z_ptr + rows * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
+    return xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1, s, z
 
 
 @gluon.jit
 def _qgemv_tma_kernel(w_desc, x_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb, stride_sn, stride_rb,
                       stride_yb, KIND: gl.constexpr, GROUP: gl.constexpr, NT: gl.constexpr,
-                      HAS_RESIDUAL: gl.constexpr, X_BF16: gl.constexpr, KSB: gl.constexpr, NBUF: gl.constexpr):
-    # grid: (cdiv(N / 16, WARPS),). w_desc: the fragments [T, KS, 32, WPL] as [KS, T, 32 WPL] in blocks
-    # [KSB, WARPS, 32 WPL]; the other arguments as _qgemv_kernel's.
+                      HAS_RESIDUAL: gl.constexpr, X_BF16: gl.constexpr, NBUF: gl.constexpr):
+    # grid: (cdiv(N, 16),). w_desc: the fragments [T, KS, 32, WPL] as [KS, T, 32 WPL] in blocks [KSB, 1, 32 WPL],
+    # KSB = WARPS KPG k-steps (one scale group per warp); the other arguments as _qgemv_kernel's.
     WARPS: gl.constexpr = gl.num_warps()
     WPL: gl.constexpr = 4 if KIND == KIND_INT4 else 8
     KPG: gl.constexpr = GROUP // 64 if KIND == KIND_INT4 else 1
+    KSB: gl.constexpr = WARPS * KPG
+    ROW: gl.constexpr = 32 * WPL  # words of one k-step of one row tile
     gl.static_assert(NT == 1 or NT == 2, "qgemv: 1 or 2 n-tiles of 8 batch rows")
-    gl.static_assert(KSB % KPG == 0, "qgemv: a stage holds whole scale groups")
+    gl.static_assert(KPG == 1 or KPG == 2, "qgemv: a scale group is 64 or 128 columns")
     L: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
     LX: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
-    LS: gl.constexpr = gl.BlockedLayout([1, WPL], [1, 32], [WARPS, 1], [1, 0])  # a stage's k-step: [WARPS, 32 WPL]
+    LS: gl.constexpr = gl.BlockedLayout([1, WPL], [1, 32], [WARPS, 1], [1, 0])  # a stage: [WARPS, KPG ROW]
     XCVT: gl.constexpr = KIND == KIND_INT8 and X_BF16
     OFFSET: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
-    t0 = gl.program_id(0) * WARPS
+    tile = gl.program_id(0)
     k_steps = gl.cdiv(K, 64)
     n_groups = k_steps // KPG
-    stages = gl.cdiv(k_steps, KSB)
-    ring = gl.allocate_shared_memory(gl.int32, [NBUF, KSB, WARPS, 32 * WPL], w_desc.layout)
-    # the same bytes as a plain row-major [NBUF KSB, WARPS, 32 WPL] array (the TMA layout is unswizzled): entry
-    # slot KSB + j is k-step j of the stage in that slot
-    steps_ring = ring._reinterpret(gl.int32, [NBUF * KSB, WARPS, 32 * WPL],
-                                   gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    stages = gl.cdiv(n_groups, WARPS)
+    ring = gl.allocate_shared_memory(gl.int32, [NBUF, KSB, 1, ROW], w_desc.layout)
+    # the same bytes as a plain row-major [NBUF, WARPS, KPG ROW] array (the TMA layout is unswizzled): entry
+    # [slot, w] holds the KPG k-steps of warp w's group in the stage in that slot
+    groups_ring = ring._reinterpret(gl.int32, [NBUF, WARPS, KPG * ROW], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
     bars = gl.allocate_shared_memory(gl.int64, [NBUF, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NBUF):
         mbarrier.init(bars.index(i), count=1)
     for i in gl.static_range(NBUF):
-        _issue_stage(w_desc, ring, bars, i, stages, t0, KSB, NBUF)
+        _issue_stage(w_desc, ring, bars, i, stages, tile, KSB, NBUF)
     wp = _index(WARPS, 1, L)
     lane = _index(32, 2, L)
     q4 = _index(4, 3, L)
-    rows = (t0 + wp) * 16 + lane // 4 + 8 * (q4 // 2)  # warp w: row tile t0 + w; d0..d3: rows r, r, r + 8, r + 8
+    rows = tile * 16 + lane // 4 + 8 * (q4 // 2)  # rows of the accumulator's d0..d3: r, r, r + 8, r + 8
     row_ok = rows < N
     wx = _index(WARPS, 1, LX)
     K2 = K // 2
@@ -499,88 +532,69 @@ def _qgemv_tma_kernel(w_desc, x_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stri
     acc_x = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # int8: sum x
     acc2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # the same for batch rows 8-15 (NT == 2)
     acc_x2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-    d = acc
-    dx = acc
-    d2 = acc
-    dx2 = acc
+    nxt = _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, 0, wx, wp, rows, row_ok,
+                          LX, L, KIND, KPG, NT, XCVT)
     for st in range(0, stages):
+        xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1, s, z = nxt
+        nxt = _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, st + 1, wx, wp, rows,
+                              row_ok, LX, L, KIND, KPG, NT, XCVT)
+        xa0 = gl.convert_layout(xa0, L, assert_trivial=True)
+        xa1 = gl.convert_layout(xa1, L, assert_trivial=True)
+        if NT == 2:
+            ya0 = gl.convert_layout(ya0, L, assert_trivial=True)
+            ya1 = gl.convert_layout(ya1, L, assert_trivial=True)
         slot = st % NBUF
         mbarrier.wait(bars.index(slot), (st // NBUF) & 1)
-        for j in gl.static_range(KSB):
-            ks = st * KSB + j
-            b0, b1 = _x_fragments(x_ptr, stride_xb, B, K2, ks * 64, wx, LX, XCVT)
-            b0 = gl.convert_layout(b0, L, assert_trivial=True)
-            b1 = gl.convert_layout(b1, L, assert_trivial=True)
-            c0, c1 = b0, b1
-            if NT == 2:
-                c0, c1 = _x_fragments(x_ptr, stride_xb, B, K2, ks * 64, wx, LX, XCVT, 8)
-                c0 = gl.convert_layout(c0, L, assert_trivial=True)
-                c1 = gl.convert_layout(c1, L, assert_trivial=True)
-            words = steps_ring.index(slot * KSB + j).load(LS)  # [WARPS, 32 WPL]: lane l of warp w its WPL words
-            if KIND == KIND_INT4:
-                w = gl.convert_layout(words.reshape([1, WARPS, 32, 4]), L, assert_trivial=True)
-                if j % KPG == 0:
-                    d = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-                    dx = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-                    d2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-                    dx2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-                d, dx = _int4_step(w, b0, b1, d, dx, X_BF16)
-                if NT == 2:
-                    d2, dx2 = _int4_step(w, c0, c1, d2, dx2, X_BF16)
-                if j % KPG == KPG - 1:  # the group is complete: y += s sum x (q + OFFSET) + (z - OFFSET s) sum x
-                    g = ks // KPG
-                    g_ok = row_ok & (g < n_groups)
-                    s = gl.load(s_ptr + rows * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
-                    z = gl.load(z_ptr + rows * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
-                    zo = z - OFFSET * s
-                    acc += s * d + zo * dx
-                    if NT == 2:
-                        acc2 += s * d2 + zo * dx2
-            else:  # a lane's 8 words: the first 4 are the a0 / a1 words of the k-step's 4 k-tiles, the last 4 a2 / a3
-                halves = gl.permute(words.reshape([1, WARPS, 32, 2, 4]), [0, 1, 2, 4, 3])
-                w0, w1 = gl.split(halves)
-                w0 = gl.convert_layout(w0, L, assert_trivial=True)
-                w1 = gl.convert_layout(w1, L, assert_trivial=True)
-                acc, acc_x = _int8_step(w0, w1, b0, b1, acc, acc_x)
-                if NT == 2:
-                    acc2, acc_x2 = _int8_step(w0, w1, c0, c1, acc2, acc_x2)
+        words = groups_ring.index(slot).load(LS)  # [WARPS, KPG ROW]: lane l of warp w its words of each k-step
         gl.thread_barrier()  # every warp has read the slot ...
         fence_async_shared()  # ... before the copy engine overwrites it
-        _issue_stage(w_desc, ring, bars, st + NBUF, stages, t0, KSB, NBUF)
+        _issue_stage(w_desc, ring, bars, st + NBUF, stages, tile, KSB, NBUF)
+        if KIND == KIND_INT4:
+            if KPG == 2:
+                wa, wb = gl.split(gl.permute(words.reshape([1, WARPS, 2, 32, 4]), [0, 1, 3, 4, 2]))
+            else:
+                wa = words.reshape([1, WARPS, 32, 4])
+                wb = wa
+            wa = gl.convert_layout(wa, L, assert_trivial=True)
+            wb = gl.convert_layout(wb, L, assert_trivial=True)
+            d, dx = _int4_group(wa, wb, xa0, xa1, xb0, xb1, L, 1, KPG, X_BF16)
+            zo = z - OFFSET * s  # y += s sum x (q + OFFSET) + (z - OFFSET s) sum x
+            acc += s * d + zo * dx
+            if NT == 2:
+                d2, dx2 = _int4_group(wa, wb, ya0, ya1, yb0, yb1, L, 1, KPG, X_BF16)
+                acc2 += s * d2 + zo * dx2
+        else:  # a lane's 8 words: the first 4 are the a0 / a1 words of the k-step's 4 k-tiles, the last 4 a2 / a3
+            w0, w1 = gl.split(gl.permute(words.reshape([1, WARPS, 32, 2, 4]), [0, 1, 2, 4, 3]))
+            w0 = gl.convert_layout(w0, L, assert_trivial=True)
+            w1 = gl.convert_layout(w1, L, assert_trivial=True)
+            acc, acc_x = _int8_step(w0, w1, xa0, xa1, acc, acc_x)
+            if NT == 2:
+                acc2, acc_x2 = _int8_step(w0, w1, ya0, ya1, acc2, acc_x2)
     for i in gl.static_range(NBUF):
         mbarrier.invalidate(bars.index(i))
     if KIND == KIND_INT8:
-        acc = acc - INT8_F16_OFFSET * acc_x
+        acc = acc - INT8_F16_OFFSET * acc_x  # sum x q
         acc2 = acc2 - INT8_F16_OFFSET * acc_x2
-    cols = 2 * (lane % 4) + q4 % 2
-    _store_out(acc, rows, cols, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, KIND, HAS_RESIDUAL)
+    _store_rows(acc, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, L, 1, KIND, HAS_RESIDUAL, 0)
     if NT == 2:
-        _store_out(acc2, rows, cols + 8, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, KIND, HAS_RESIDUAL)
+        _store_rows(acc2, s_ptr, res_ptr, y_ptr, B, N, stride_rb, stride_yb, L, 1, KIND, HAS_RESIDUAL, 8)
 
 
-TMA_STAGE_BYTES = 8 << 10  # one ring stage per program: the 8-16 KB chunks that streamed best in the probe
-TMA_STAGES = 4  # ring depth: 4 stages streamed as fast as 8 in the probe (docs/perf-notes.md)
+TMA_STAGES = 8  # ring depth, in stages of one scale group per warp (2-8 KB)
 
 
-def tma_descriptor(frag: torch.Tensor, warps: int, ksb: int) -> TensorDescriptor:
-    """The TMA descriptor of fragments [T, KS, 32, WPL] read as [KS, T, 32 WPL] in blocks [KSB, WARPS, 32 WPL]: a
-    block is KSB k-steps of WARPS row tiles, each row of it (one tile's k-step) 512 B (int4) or 1 KB (int8) of
-    contiguous memory."""
+def tma_descriptor(frag: torch.Tensor, ksb: int) -> TensorDescriptor:
+    """The TMA descriptor of fragments [T, KS, 32, WPL] read as [KS, T, 32 WPL] in blocks [KSB, 1, 32 WPL]: KSB
+    k-steps of one row tile, each 512 B (int4) or 1 KB (int8) of contiguous memory."""
     t, ks, lanes, wpl = frag.shape
     view = frag.view(t, ks, lanes * wpl).permute(1, 0, 2)
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
-    return TensorDescriptor.from_tensor(view, [ksb, warps, lanes * wpl], layout)
+    return TensorDescriptor.from_tensor(view, [ksb, 1, lanes * wpl], layout)
 
 
-def tma_stage_steps(kind: Kind, group: int, warps: int, k_steps: int) -> int:
-    """k-steps per ring stage: about TMA_STAGE_BYTES per program, whole scale groups, a power of 2 (the TMA box),
-    and no more than K has."""
-    per_step = warps * 32 * (4 if kind == Kind.INT4 else 8) * 4
-    kpg = max(group, 64) // 64 if kind == Kind.INT4 else 1
-    ksb = max(kpg, TMA_STAGE_BYTES // per_step)
-    while ksb > kpg and ksb // 2 >= k_steps:
-        ksb //= 2
-    return ksb
+def tma_stage_steps(kind: Kind, group: int, warps: int) -> int:
+    """k-steps per ring stage of _qgemv_tma_kernel: one scale group per warp."""
+    return warps * (max(group, 64) // 64 if kind == Kind.INT4 else 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -645,8 +659,8 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     """x: [B, K] (B <= 16) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
     the tensor cores; W int8 or int4 (group 64 or 128). GPU only (Gluon). warps (K slices per program) overrides
     the launcher's choice (tuning); chunk >= 1 runs _qgemv_chunk_kernel with that many groups per iteration (a
-    variant under measurement; 0: _qgemv_kernel); tma runs _qgemv_tma_kernel (Hopper; warps: row tiles per
-    program, 4 unless given; stages: its ring depth), a variant under measurement."""
+    variant under measurement; 0: _qgemv_kernel); tma runs _qgemv_tma_kernel (Hopper; stages: its ring depth), a
+    variant under measurement."""
     why = supported(w, x.shape[0])
     if why:
         raise ValueError(why)
@@ -661,7 +675,7 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     s = w.scale
     z = w.zero if w.zero is not None else s
     res = residual if residual is not None else y
-    rt, warps_asked, warps = _RT, warps, warps or pick_warps(n, sm_count(x.device))
+    rt, warps = _RT, warps or pick_warps(n, sm_count(x.device))
     grid = (triton.cdiv(n, FRAG_ROWS * rt),)
     if k % 2 or x.stride(0) % 2 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")
@@ -674,13 +688,9 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     if tma:
         if chunk:
             raise ValueError("qgemv: chunk and tma are different kernels; pass one of them")
-        warps = cx["num_warps"] = warps_asked or 4
-        k_steps = frag.shape[1]
-        ksb = tma_stage_steps(w.kind, w.group_size, warps, k_steps)
-        desc = tma_descriptor(frag, warps, ksb)
+        desc = tma_descriptor(frag, tma_stage_steps(w.kind, w.group_size, warps))
         del cx["RT"]
-        _qgemv_tma_kernel[(triton.cdiv(frag.shape[0], warps),)](desc, *args[:1], *args[2:], KSB=ksb, NBUF=stages,
-                                                                **cx)
+        _qgemv_tma_kernel[grid](desc, *args[:1], *args[2:], NBUF=stages, **cx)
     elif chunk:
         _qgemv_chunk_kernel[grid](*args, CH=chunk, **cx)
     else:

@@ -66,7 +66,7 @@ def compile_gemv(kind: str, b_pad: int, block_n: int, block_k: int, groups_per_s
 
 
 def k_loop(cubin: bytes) -> list[str]:
-    """Opcodes of the largest loop (a branch back to an earlier label) in the SASS of a cubin."""
+    """Opcodes of the largest loop (a conditional branch back to an earlier label) in the SASS of a cubin."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     nvdisasm = os.path.join(os.path.dirname(get_ptxas(90).path), "nvdisasm")
@@ -89,7 +89,9 @@ def k_loop(cubin: bytes) -> list[str]:
     best: list = []
     for addr, text in ins:
         m = re.search(r"BRA.*?\.(L_x_\d+)", text)
-        if m and labels.get(m.group(1), addr + 1) < addr:
+        # a loop's back edge is conditional; an unconditional branch back is the return from an out-of-line path
+        # (e.g. the retry of an mbarrier wait), whose "body" would span the code after the loop
+        if m and text.startswith("@") and labels.get(m.group(1), addr + 1) < addr:
             body = [t for a, t in ins if labels[m.group(1)] <= a <= addr]
             best = body if len(body) > len(best) else best
     return [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best]
@@ -170,19 +172,17 @@ def compile_qgemv(kind: str, act: str, group: int, num_warps: int, residual: boo
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
 
-def qgemv_weights_per_thread(kind: str, group: int, chunk: int = 0, tma_steps: int = 0) -> int:
+def qgemv_weights_per_thread(kind: str, group: int, chunk: int = 0) -> int:
     """Weights one thread turns into MMA operands per K loop iteration, from the kernel's constexprs: an iteration
     is one scale group of KPG k-steps of 64 columns (int4: GROUP / 64; int8: 1); in a k-step a lane holds WPL
     32-bit words of each of its RT row tiles (int4: 4 words of 8 nibbles; int8: 8 words of 4 bytes), so RT x KPG
     x WPL x (weights per word) = RT x KPG x 32: the 16 rows x 64 columns of a k-step tile over the 32 lanes of the
     warp that owns it (the warps of a program split K, so the count does not depend on them). The chunked kernel
-    (chunk >= 1) takes `chunk` groups per iteration. The TMA-ring kernel's iteration is one ring stage of
-    `tma_steps` k-steps of one row tile per warp."""
+    (chunk >= 1) takes `chunk` groups per iteration. The TMA-ring kernel's iteration (a ring stage) is one group
+    per warp too."""
     from kernels.qgemv import _RT
 
     kpg, wpl, per_word = (max(group, 64) // 64, 4, 8) if kind == "int4" else (1, 8, 4)
-    if tma_steps:
-        return tma_steps * wpl * per_word
     return _RT * kpg * wpl * per_word * max(chunk, 1)
 
 
@@ -212,14 +212,11 @@ def qgemv_report(kind: str, act: str, group: int, num_warps: int, residual: bool
     """Registers, spills, shared memory and the K loop's instruction counts of one configuration (and its
     signature)."""
     from kernels.mega.resources import ptxas_usage
-    from kernels.qgemv import tma_stage_steps
-    from kernels.quant import Kind
 
     compiled = compile_qgemv(kind, act, group, num_warps, residual, arch, batch, n, k, chunk, tma)
     use = ptxas_usage(compiled, arch)
     ops = k_loop(compiled.asm["cubin"])
-    steps = tma_stage_steps(Kind.INT4 if kind == "int4" else Kind.INT8, group, num_warps, -(-k // 64)) if tma else 0
-    weights = qgemv_weights_per_thread(kind, group, chunk, steps)
+    weights = qgemv_weights_per_thread(kind, group, chunk)
     hist = collections.Counter(ops)
     return dict(kind=kind, act=act, group=group if kind == "int4" else 0, num_warps=num_warps, residual=residual,
                 batch=batch, n=n, k=k, chunk=chunk, tma=tma, shared=compiled.metadata.shared, regs=use["regs"],
@@ -298,8 +295,7 @@ def main(argv=None) -> None:
                    help="0: kernels/qgemv._qgemv_kernel; 1, 2, 4: _qgemv_chunk_kernel with that many groups per "
                         "iteration")
     q.add_argument("--tma", action="store_true",
-                   help="kernels/qgemv._qgemv_tma_kernel (the weights through a TMA ring in shared memory; "
-                        "--num-warps: row tiles per program)")
+                   help="kernels/qgemv._qgemv_tma_kernel (the weights through a TMA ring in shared memory)")
     q.add_argument("--batch", type=int, default=1, help="rows of x (1..16; 1 is specialised as a constant)")
     q.add_argument("--n", type=int, default=4096, help="output rows of the weight")
     q.add_argument("--k", type=int, default=4096, help="input columns of the weight")

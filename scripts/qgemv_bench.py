@@ -34,7 +34,7 @@ from kernels.quant import quantize_linear, unpack_int4  # noqa: E402
 
 WARPS = (4, 8)
 CHUNKS = (0, 2, 4)  # 0: _qgemv_kernel; n: _qgemv_chunk_kernel with n groups per iteration (1 measured as 0)
-TMA_STAGES = (4, 8)  # ring depths of _qgemv_tma_kernel (warps: row tiles per program)
+TMA_STAGES = (4, 8)  # ring depths of _qgemv_tma_kernel
 L2_BYTES = 50 << 20  # H100 / H200
 
 
@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["llama8b"])
     ap.add_argument("--quant", nargs="+", default=["int4", "int8"], choices=("int4", "int8"))
     ap.add_argument("--batch", nargs="+", type=int, default=[1])
+    ap.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
+                    help="time only the implementations whose names start with one of these (e.g. qgemv cublas)")
     ap.add_argument("--variants", action="store_true",
                     help="also qgemv at each number of warps in WARPS and each chunk in CHUNKS, and the TMA-ring "
                          "kernel at each ring depth in TMA_STAGES")
@@ -147,6 +149,8 @@ def main() -> None:
                         for st in TMA_STAGES:
                             impls[f"qgemv-tma-w{wp}-s{st}"] = [
                                 lambda x, wi=wi, wp=wp, st=st: qgemv(x, wi, warps=wp, tma=True, stages=st) for wi in ws]
+                if a.only:
+                    impls = {k: v for k, v in impls.items() if k.startswith(tuple(a.only))}
                 q_bytes = w.nbytes
                 for batch in a.batch:
                     x = torch.randn(batch, k, generator=gen, device=dev).to(torch.bfloat16)
