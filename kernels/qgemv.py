@@ -600,18 +600,34 @@ def tma_stage_steps(kind: Kind, group: int, warps: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------
-# Warps of a program (each walks a slice of K) and row tiles of 16 rows per program. H200, llama8b shapes, batch 1
-# and 8, int4 and int8 (results/ops/qgemv-llama8b-h200.csv, same run): one row tile won at every shape (two share
-# each x fragment, fewer instructions per weight, but leave fewer programs to stream); 8 warps won the shapes of at
-# most 6144 rows (int4 batch 1: o 27.7 vs 24.7%, down 44.8 vs 31.7% of copy), 4 the larger ones (gate 50.9 vs 40.4%,
-# LM head 71.0 vs 52.3%).
+# Warps of a program (each walks a slice of K), scale groups per loop iteration (chunk: 0 = _qgemv_kernel) and
+# row tiles of 16 rows per program, by the shape's class. Measured on an H200 at the llama8b shapes, % of copy, same
+# run per table (results/tuning/qgemv-h200-2-chunks-warps.csv and -3-scale-prefetch.csv, batch 1 / 8 / 16):
+# - one row tile won at every shape (two share each x fragment, fewer instructions per weight, but leave fewer
+#   programs to stream);
+# - wide (at least 4 row tiles per SM: gate / up 14336, LM head 128256 rows): 4 warps, no chunk (int4 batch 1 gate
+#   50.8, LM head 68.9-71.0; chunks 2 / 4 lose 8-18 points there);
+# - long (K at least twice N, and not wide: down 4096 x 14336): int4 4 warps, chunk 4 (49.3 against 45.4 at 8 warps,
+#   no chunk; 43.4 against 41.8 at batch 8); int8 8 warps, chunk 2 (76.7 against 64.1);
+# - short (the rest: qkv 6144, o 4096 rows): 4 warps, chunk 2 (int4 qkv 39.4 against 34.4, o 30.1 against 28.2;
+#   int8 qkv 59.3 against 54.3, o 44.9 against 44.6; batch 8 int4 qkv 37.6 against 28.8);
+# - batch 9-16 (two n-tiles): no chunk (chunk 2 spills there), 8 warps for long shapes and 4 for the rest (int4
+#   qkv 25.7 at 4 warps against 15.0 at 8; down 31.9 at 8 against 24.1 at 4).
 _RT = 1
-_TILES_PER_SM_FOR_4_WARPS = 4
+_TILES_PER_SM_WIDE = 4
 
 
-def pick_warps(n: int, sms: int) -> int:
-    """Warps per program for N output rows (see above)."""
-    return 4 if -(-n // FRAG_ROWS) >= _TILES_PER_SM_FOR_4_WARPS * sms else 8
+def pick_launch(kind: Kind, n: int, k: int, batch: int, sms: int) -> tuple[int, int]:
+    """(warps, chunk) of the launch for an N x K weight and `batch` rows of x on a GPU of `sms` SMs (see above)."""
+    wide = -(-n // FRAG_ROWS) >= _TILES_PER_SM_WIDE * sms
+    long = not wide and k >= 2 * n
+    if batch > MAX_BATCH_MMA:
+        return (8 if long else 4), 0
+    if wide:
+        return 4, 0
+    if long:
+        return (4, 4) if kind == Kind.INT4 else (8, 2)
+    return 4, 2
 
 
 def fragments_of(w: QLinear) -> torch.Tensor:
@@ -654,13 +670,13 @@ def preferred(w: QLinear, batch: int) -> bool:
 
 
 def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, *,
-          out: Optional[torch.Tensor] = None, warps: Optional[int] = None, chunk: int = 0, tma: bool = False,
-          stages: int = TMA_STAGES) -> torch.Tensor:
+          out: Optional[torch.Tensor] = None, warps: Optional[int] = None, chunk: Optional[int] = None,
+          tma: bool = False, stages: int = TMA_STAGES) -> torch.Tensor:
     """x: [B, K] (B <= 16) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
-    the tensor cores; W int8 or int4 (group 64 or 128). GPU only (Gluon). warps (K slices per program) overrides
-    the launcher's choice (tuning); chunk >= 1 runs _qgemv_chunk_kernel with that many groups per iteration (a
-    variant under measurement; 0: _qgemv_kernel); tma runs _qgemv_tma_kernel (Hopper; stages: its ring depth), a
-    variant under measurement."""
+    the tensor cores; W int8 or int4 (group 64 or 128). GPU only (Gluon). The launcher picks the warps (K slices per
+    program) and the chunk (scale groups per loop iteration: 0 runs _qgemv_kernel, 2 or 4 _qgemv_chunk_kernel) by
+    pick_launch; warps / chunk override its choice (tuning). tma runs _qgemv_tma_kernel instead (Hopper; stages:
+    its ring depth), a variant kept for measurement (docs/perf-notes.md)."""
     why = supported(w, x.shape[0])
     if why:
         raise ValueError(why)
@@ -675,7 +691,9 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     s = w.scale
     z = w.zero if w.zero is not None else s
     res = residual if residual is not None else y
-    rt, warps = _RT, warps or pick_warps(n, sm_count(x.device))
+    auto_warps, auto_chunk = pick_launch(w.kind, n, k, b_sz, sm_count(x.device))
+    rt, warps = _RT, warps or auto_warps
+    chunk = auto_chunk if chunk is None and not tma else (chunk or 0)
     grid = (triton.cdiv(n, FRAG_ROWS * rt),)
     if k % 2 or x.stride(0) % 2 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")

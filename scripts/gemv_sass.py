@@ -101,7 +101,8 @@ def k_loop(cubin: bytes) -> list[str]:
 # kernels/qgemv.py: the tensor-core quantized GEMV
 # ----------------------------------------------------------------------------------------------
 # Every configuration the launcher (kernels.qgemv.qgemv) can choose: kernels.qgemv.supported takes int8 and int4
-# groups of 64 or 128, the launcher bf16 and fp16 x, pick_warps 4 or 8 warps, and a residual or none.
+# groups of 64 or 128, the launcher bf16 and fp16 x, pick_launch 4 or 8 warps and a chunk of 0, 2 or 4 groups, and
+# a residual or none.
 QGEMV_KINDS = (("int4", 64), ("int4", 128), ("int8", 0))
 QGEMV_ACTS = ("bf16", "fp16")
 QGEMV_WARPS = (4, 8)
@@ -227,9 +228,21 @@ def qgemv_report(kind: str, act: str, group: int, num_warps: int, residual: bool
 
 
 def qgemv_configs() -> list[tuple]:
-    """(kind, act, group, num_warps, residual) of every configuration the launcher can choose."""
-    return [(kind, act, group, warps, residual) for kind, group in QGEMV_KINDS for act in QGEMV_ACTS
-            for warps in QGEMV_WARPS for residual in (False, True)]
+    """(kind, act, group, num_warps, residual, chunk) of every configuration the launcher can choose: the plain
+    kernel at 4 and 8 warps, and the chunked kernel at the (warps, chunk) kernels.qgemv.pick_launch picks at batch
+    <= 8 for a short or a long weight."""
+    from kernels.qgemv import pick_launch
+    from kernels.quant import Kind
+
+    out = []
+    for kind, group in QGEMV_KINDS:
+        kd = Kind.INT4 if kind == "int4" else Kind.INT8
+        # a short (qkv-like) and a long (down-like) weight on a 132-SM GPU: the launcher's chunked choices
+        chunked = sorted({pick_launch(kd, n, k, 1, 132) for n, k in ((6144, 4096), (4096, 14336))} - {(4, 0), (8, 0)})
+        for act in QGEMV_ACTS:
+            for warps, chunk in [(w, 0) for w in QGEMV_WARPS] + chunked:
+                out += [(kind, act, group, warps, residual, chunk) for residual in (False, True)]
+    return out
 
 
 def _qgemv_line(r: dict) -> str:
@@ -252,7 +265,7 @@ def qgemv_main(a) -> None:
 
     batch, n, k = a.batch, a.n, a.k
     if a.all:
-        cfgs = [(*c, batch, n, k, 90, a.chunk, a.tma) for c in qgemv_configs()]
+        cfgs = [(*c[:5], batch, n, k, 90, c[5], a.tma) for c in qgemv_configs()]
     else:
         group = a.group if a.kind == "int4" else 0
         cfgs = [(a.kind, a.act, group, a.num_warps, a.residual, batch, n, k, 90, a.chunk, a.tma)]

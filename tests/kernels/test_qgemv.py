@@ -217,3 +217,23 @@ def test_preferred_routes_int4_to_batch_16_and_int8_to_batch_8():
             assert preferred(w, batch) == want, (mode, batch)
     assert preferred(quantize_linear(dense, "int8", 64), INT8_MAX_BATCH)
     assert not preferred(quantize_linear(dense, "int8", 64), INT8_MAX_BATCH + 1)
+
+
+def test_pick_launch_follows_the_measured_table():
+    """The launcher's (warps, chunk) by shape class on a 132-SM GPU, as measured at the llama8b shapes (the table
+    above kernels.qgemv.pick_launch): wide shapes the plain kernel at 4 warps, short ones chunk 2, long ones (down)
+    chunk 4 (int4) or 2 at 8 warps (int8); at batch 9-16 no chunk, 8 warps only for long shapes."""
+    from kernels.qgemv import pick_launch
+    from kernels.quant import Kind
+
+    shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate": (14336, 4096), "down": (4096, 14336),
+              "lm": (128256, 4096), "1b-down": (2048, 8192), "1b-qkv": (3072, 2048)}
+    want = {Kind.INT4: {"qkv": (4, 2), "o": (4, 2), "gate": (4, 0), "down": (4, 4), "lm": (4, 0), "1b-down": (4, 4),
+                        "1b-qkv": (4, 2)},
+            Kind.INT8: {"qkv": (4, 2), "o": (4, 2), "gate": (4, 0), "down": (8, 2), "lm": (4, 0), "1b-down": (8, 2),
+                        "1b-qkv": (4, 2)}}
+    for kind, table in want.items():
+        for name, (n, k) in shapes.items():
+            for batch in (1, 8):
+                assert pick_launch(kind, n, k, batch, 132) == table[name], (kind, name, batch)
+            assert pick_launch(kind, n, k, 16, 132) == ((8 if name.endswith("down") else 4), 0), (kind, name)
