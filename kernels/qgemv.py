@@ -139,6 +139,23 @@ def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.cons
 
 
 @gluon.jit
+def _group_x(x_ptr, stride_xb, B, K2, k0, wx, LX: gl.constexpr, CVT: gl.constexpr, KPG: gl.constexpr,
+             NT: gl.constexpr):
+    """The x fragments of one scale group of KPG k-steps from column k0: (xa0, xa1) of its first k-step and (xb0,
+    xb1) of its second for batch rows 0-7, (ya0, ya1, yb0, yb1) the same for rows 8-15; the ones a KPG or NT does
+    not use are aliases of xa0 / xa1."""
+    xa0, xa1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, CVT)
+    xb0, xb1, ya0, ya1, yb0, yb1 = xa0, xa1, xa0, xa1, xa0, xa1
+    if KPG == 2:
+        xb0, xb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, CVT)
+    if NT == 2:
+        ya0, ya1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, CVT, 8)
+        if KPG == 2:
+            yb0, yb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, CVT, 8)
+    return xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1
+
+
+@gluon.jit
 def _load_words(w_ptrs, offset, unused, ok, WPL: gl.constexpr, HALF: gl.constexpr):
     """A lane's 4 words at w_ptrs + offset (int8: HALF 0 the first words of each k-tile, 1 the second)."""
     return gl.load(w_ptrs + offset + 4 * HALF, mask=ok, other=0)
@@ -259,12 +276,8 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     wb_next = _load_words(w_ptrs, STEP, 0, ok & (KPG == 2), WPL, 0)
     gx0 = wx * per_warp
     K2 = K // 2
-    xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT)
-    xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64) + 64, wx, LX, XCVT)
-    ya0_next, ya1_next, yb0_next, yb1_next = xa0_next, xa1_next, xb0_next, xb1_next  # unused unless NT == 2
-    if NT == 2:
-        ya0_next, ya1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT, 8)
-        yb0_next, yb1_next = _x_fragments(x_ptr, stride_xb, B, K2, gx0 * (KPG * 64) + 64, wx, LX, XCVT, 8)
+    xa0_next, xa1_next, xb0_next, xb1_next, ya0_next, ya1_next, yb0_next, yb1_next = _group_x(
+        x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT, KPG, NT)
     for i in range(0, per_warp):
         wa, wa1, wb = wa_next, wa1_next, wb_next
         xa0, xa1, xb0, xb1 = xa0_next, xa1_next, xb0_next, xb1_next
@@ -274,14 +287,8 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
         wa_next = _load_words(w_ptrs, nxt, 0, ok_next, WPL, 0)
         wa1_next = _load_words(w_ptrs, nxt, 0, ok_next & (KIND == KIND_INT8), WPL, 1)
         wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
-        k_next = (gx0 + i + 1) * (KPG * 64)
-        xa0_next, xa1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next, wx, LX, XCVT)
-        if KPG == 2:
-            xb0_next, xb1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next + 64, wx, LX, XCVT)
-        if NT == 2:
-            ya0_next, ya1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next, wx, LX, XCVT, 8)
-            if KPG == 2:
-                yb0_next, yb1_next = _x_fragments(x_ptr, stride_xb, B, K2, k_next + 64, wx, LX, XCVT, 8)
+        xa0_next, xa1_next, xb0_next, xb1_next, ya0_next, ya1_next, yb0_next, yb1_next = _group_x(
+            x_ptr, stride_xb, B, K2, (gx0 + i + 1) * (KPG * 64), wx, LX, XCVT, KPG, NT)
         xa0 = gl.convert_layout(xa0, L, assert_trivial=True)
         xa1 = gl.convert_layout(xa1, L, assert_trivial=True)
         if NT == 2:
@@ -471,15 +478,8 @@ def _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, 
     scales and zeros; zeros past K."""
     WARPS: gl.constexpr = gl.num_warps()
     gx = st * WARPS + wx  # [1, WARPS, 1, 1] in LX: each warp its group
-    k0 = gx * (KPG * 64)
-    xa0, xa1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, XCVT)
-    xb0, xb1, ya0, ya1, yb0, yb1 = xa0, xa1, xa0, xa1, xa0, xa1  # unused unless KPG == 2 / NT == 2
-    if KPG == 2:
-        xb0, xb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, XCVT)
-    if NT == 2:
-        ya0, ya1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, XCVT, 8)
-        if KPG == 2:
-            yb0, yb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, XCVT, 8)
+    xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1 = _group_x(x_ptr, stride_xb, B, K2, gx * (KPG * 64), wx, LX, XCVT, KPG,
+                                                      NT)
     s = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
     z = s
     if KIND == KIND_INT4:
