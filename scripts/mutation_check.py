@@ -14,8 +14,8 @@ Prints a table (mutation, layer, expected, result, seconds). Exit code 1 if a mu
 not, or a negative control (a change that must not alter any result) was; 2 if a baseline fails or a mutation no
 longer applies (its snippet is gone from the file: update the list below).
 
-Bugs on GPU-only paths (the PTX dequantisation of kernels/gemv.py, e.g. the int4 unit-float mask 0x00078000) are
-left out: the CPU suite runs the interpreter, which never executes them; the GPU tests (`pytest -m gpu`) must.
+Bugs in GPU-only assembly (the inline PTX of kernels/gemv.py and kernels/qgemv.py) are caught on the CPU by a PTX
+interpreter (tests/ptx_emu.py) that runs the very strings the kernels compile; the `ptx-*` entries plant them.
 """
 from __future__ import annotations
 
@@ -87,6 +87,24 @@ MUTATIONS = [
              'return isinstance(sha, str) and sha.strip() != ""', True,
              ("tests/test_results.py", "-k", "clean"),
              "rows measured on a dirty tree pass as clean (the gate, the report and the figures trust them)"),
+    Mutation("ptx-int4-unit-float-mask", "kernels/gemv", "kernels/gemv.py",
+             '_unit_float_ptx("$8", ("0x00078000", "0x00780000"))', '_unit_float_ptx("$8", ("0x00070000", "0x00780000"))',
+             True, ("tests/kernels/test_ptx.py",),
+             "the int4 unit-float PTX keeps 3 of the low nibble's 4 bits (GPU-only assembly, run by the PTX emulator)"),
+    Mutation("ptx-nibble-bias", "kernels/gemv", "kernels/gemv.py",
+             'bias="0xC308C308"', 'bias="0xC307C307"', True, ("tests/kernels/test_ptx.py",),
+             "the packed bf16 nibble PTX subtracts 135 instead of 136 (q - 7 instead of q - 8)"),
+    Mutation("ptx-qgemv-int4-shift", "kernels/qgemv", "kernels/qgemv.py",
+             'body.append(f"shr.u32 t, {w}, {4 * i};', 'body.append(f"shr.u32 t, {w}, {4 * i - (i == 3)};',
+             True, ("tests/kernels/test_ptx.py",),
+             "the tensor-core int4 PTX takes the fourth nibble pair from the wrong bits"),
+    Mutation("ptx-qgemv-int8-selector", "kernels/qgemv", "kernels/qgemv.py",
+             'prmt.b32 {hi}, u, magic, 0x4342;', 'prmt.b32 {hi}, u, magic, 0x4243;', True,
+             ("tests/kernels/test_ptx.py",),
+             "the tensor-core int8 PTX swaps the bytes of its second register pair"),
+    Mutation("ptx-bf16-to-f16", "kernels/qgemv", "kernels/qgemv.py",
+             "shl.b32 lo, $1, 16;", "shl.b32 lo, $1, 15;", True, ("tests/kernels/test_ptx.py",),
+             "the bf16 -> fp16 pair conversion of x misplaces the low half"),
     Mutation("attention-seq-len-stride", "kernels/attention", "kernels/attention.py",
              "seq_len = tl.load(len_ptr + b * stride_len).to(tl.int32)", "seq_len = tl.load(len_ptr + b).to(tl.int32)",
              True, ("tests/kernels/test_strides.py", "-k", "attention"),
