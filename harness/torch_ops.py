@@ -51,9 +51,11 @@ class TorchLinear:
 
 
 def gemlite_layer(w: QLinear):
-    """A GemLite layer (callable x -> y) holding the same quantized numbers as `w`. GemLite computes
-    W = (q - zero) * scale, so the project's int4 zero z (W = (q - 8) s + z) becomes 8 - z / s; int8 is one group
-    per row with a zero of 0. Raises Unsupported without CUDA, GemLite, or an int8 / int4 weight."""
+    """A GemLite layer (callable x -> y) holding the same quantized numbers as `w`. int4: GemLite's asymmetric
+    group mode computes W = q * scale + zero' per group (its "fma mode"), so zero' = z - 8 s for the project's
+    W = (q - 8) s + z, computed here in fp32 and rounded once to the scale dtype (handing GemLite a rounded
+    8 - z / s instead cost ~4e-3 relative error at K = 14336). int8: one scale per row, no zero (GemLite's own
+    int8 weight-only setting). Raises Unsupported without CUDA, GemLite, or an int8 / int4 weight."""
     if w.kind not in (Kind.INT8, Kind.INT4):
         raise Unsupported("GemLite takes int8 / int4 weights here (dense weights are cuBLAS's)")
     if w.weight.device.type != "cuda":
@@ -73,12 +75,14 @@ def gemlite_layer(w: QLinear):
     if w.kind == Kind.INT4:
         layer = GemLiteLinear(4, group_size=w.group_size, in_features=k, out_features=n, input_dtype=DType.BF16,
                               output_dtype=DType.BF16)
-        zeros = 8.0 - w.zero.float() / w.scale.float()
-        layer.pack(unpack_int4(w.weight), w.scale, zeros.to(w.scale.dtype), None)
+        layer.pack(unpack_int4(w.weight), w.scale, torch.zeros_like(w.zero), None)  # picks the fma group mode
+        exact = (w.zero.float() - 8.0 * w.scale.float()).to(layer.zeros.dtype)  # zero' = z - 8 s
+        with torch.no_grad():  # into GemLite's registered parameter, in its layout [K / G, N]
+            layer.zeros.copy_(exact.view(n, -1).t())
     else:
         layer = GemLiteLinear(8, group_size=k, in_features=k, out_features=n, input_dtype=DType.BF16,
                               output_dtype=DType.BF16)
-        layer.pack(w.weight, w.scale[:, None], 0, None)
+        layer.pack(w.weight, w.scale[:, None], None, None)
     return layer
 
 

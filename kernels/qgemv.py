@@ -13,7 +13,7 @@ ALU only turns weights into MMA operands:
 - x is converted to fp16 once per fragment (exact for bf16 values in fp16's range) and shared by every row tile
   of a warp; the group scale and zero enter once per group: y += s * sum x (q - 8) + z * sum x, the second sum an
   MMA of x with an all-ones A (computed once per warp, not per row tile).
-Each warp owns RT row tiles of 16 rows and walks all of K; a CTA has WARPS warps.
+A program owns RT row tiles of 16 rows (RT = 1) and its WARPS warps split K, their sums meeting at the end.
 """
 from __future__ import annotations
 
@@ -608,9 +608,12 @@ def tma_stage_steps(kind: Kind, group: int, warps: int) -> int:
 # - wide (at least 4 row tiles per SM: gate / up 14336, LM head 128256 rows): 4 warps, no chunk (int4 batch 1 gate
 #   50.8, LM head 68.9-71.0; chunks 2 / 4 lose 8-18 points there);
 # - long (K at least twice N, and not wide: down 4096 x 14336): int4 4 warps, chunk 4 (49.3 against 45.4 at 8 warps,
-#   no chunk; 43.4 against 41.8 at batch 8); int8 8 warps, chunk 2 (76.7 against 64.1);
-# - short (the rest: qkv 6144, o 4096 rows): 4 warps, chunk 2 (int4 qkv 39.4 against 34.4, o 30.1 against 28.2;
-#   int8 qkv 59.3 against 54.3, o 44.9 against 44.6; batch 8 int4 qkv 37.6 against 28.8);
+#   no chunk; at batch 8 43.4 against 41.8, where 8 warps chunk 2 reach 46.0 but only 39.3 at batch 1); int8 8 warps,
+#   chunk 2 (76.7 against 64.1);
+# - short (the rest), 4 warps: more rows than columns (qkv 6144 x 4096) chunk 2 (int4 39.4 against 34.4 without
+#   a chunk, 31.3 at chunk 4; int8 59.3 against 54.3 / 48.1; batch 8 int4 37.6 against 28.8); square or wider in K
+#   (o 4096 x 4096) chunk 4 (int4 31.7 against 28.2 without, 30.1 at chunk 2; int8 49.5 / 44.6 / 44.9, batch 8
+#   49.7 against 43.7 at chunk 2);
 # - batch 9-16 (two n-tiles): no chunk (chunk 2 spills there), 8 warps for long shapes and 4 for the rest (int4
 #   qkv 25.7 at 4 warps against 15.0 at 8; down 31.9 at 8 against 24.1 at 4).
 _RT = 1
@@ -627,7 +630,7 @@ def pick_launch(kind: Kind, n: int, k: int, batch: int, sms: int) -> tuple[int, 
         return 4, 0
     if long:
         return (4, 4) if kind == Kind.INT4 else (8, 2)
-    return 4, 2
+    return (4, 2) if n > k else (4, 4)
 
 
 def fragments_of(w: QLinear) -> torch.Tensor:
@@ -654,9 +657,9 @@ def supported(w: QLinear, batch: int) -> Optional[str]:
 
 
 # int8 at more than this many batch rows streams faster on the FMA GEMV (kernels/gemv.py), H200, Llama-8B shapes
-# (results/ops/qgemv-llama8b-h200.csv): at batch 16 the FMA kernel reaches 73 / 55 / 94 % of copy at gate / down /
-# lm against qgemv's 58 / 51 / 73; at batch 8 the two are within a few points (gate 72 / 73, lm 95 / 88), at batch 1
-# qgemv is ahead (gate 76 against 47). The FMA kernel's int8 cost per weight (4.4 instructions) is shared by all
+# (results/ops/qgemv-llama8b-h200.csv, batch 1 and 16; results/tuning/qgemv-h200-3-scale-prefetch.csv, batch 8): at
+# batch 16 the FMA kernel reaches 73 / 55 / 94 % of copy at gate / down / lm against qgemv's 58 / 51 / 73; at batch
+# 8 the two are within a few points (gate 73 / 72, qkv 44 / 49), at batch 1 qgemv is ahead (gate 76 against 47). The FMA kernel's int8 cost per weight (4.4 instructions) is shared by all
 # batch rows, while qgemv's second n-tile doubles its MMAs and x loads.
 INT8_MAX_BATCH = 8
 
@@ -675,8 +678,9 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     """x: [B, K] (B <= 16) -> y = x @ W.T (+ residual): [B, N] in x.dtype (or out's dtype), fp32 accumulation on
     the tensor cores; W int8 or int4 (group 64 or 128). GPU only (Gluon). The launcher picks the warps (K slices per
     program) and the chunk (scale groups per loop iteration: 0 runs _qgemv_kernel, 2 or 4 _qgemv_chunk_kernel) by
-    pick_launch; warps / chunk override its choice (tuning). tma runs _qgemv_tma_kernel instead (Hopper; stages:
-    its ring depth), a variant kept for measurement (docs/perf-notes.md)."""
+    pick_launch; warps / chunk override its choice (tuning; warps without chunk runs the plain kernel). tma runs
+    _qgemv_tma_kernel instead (Hopper; stages: its ring depth), a variant kept for measurement
+    (docs/perf-notes.md)."""
     why = supported(w, x.shape[0])
     if why:
         raise ValueError(why)
@@ -692,8 +696,9 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     z = w.zero if w.zero is not None else s
     res = residual if residual is not None else y
     auto_warps, auto_chunk = pick_launch(w.kind, n, k, b_sz, sm_count(x.device))
+    if chunk is None:  # the launcher's chunk goes with its warps; warps alone asks for the plain kernel
+        chunk = auto_chunk if warps is None and not tma else 0
     rt, warps = _RT, warps or auto_warps
-    chunk = auto_chunk if chunk is None and not tma else (chunk or 0)
     grid = (triton.cdiv(n, FRAG_ROWS * rt),)
     if k % 2 or x.stride(0) % 2 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"qgemv: x must be bf16 or fp16 with an even K and row stride; got {x.dtype} {tuple(x.shape)}")
@@ -706,9 +711,11 @@ def qgemv(x: torch.Tensor, w: QLinear, residual: Optional[torch.Tensor] = None, 
     if tma:
         if chunk:
             raise ValueError("qgemv: chunk and tma are different kernels; pass one of them")
+        if x.is_cuda and torch.cuda.get_device_capability(x.device) < (9, 0):
+            raise ValueError("qgemv: the TMA ring (tma=True) needs a Hopper GPU (sm_90)")
         desc = tma_descriptor(frag, tma_stage_steps(w.kind, w.group_size, warps))
         del cx["RT"]
-        _qgemv_tma_kernel[grid](desc, *args[:1], *args[2:], NBUF=stages, **cx)
+        _qgemv_tma_kernel[(triton.cdiv(n, FRAG_ROWS),)](desc, *args[:1], *args[2:], NBUF=stages, **cx)
     elif chunk:
         _qgemv_chunk_kernel[grid](*args, CH=chunk, **cx)
     else:

@@ -228,17 +228,19 @@ def qgemv_report(kind: str, act: str, group: int, num_warps: int, residual: bool
 
 
 def qgemv_configs() -> list[tuple]:
-    """(kind, act, group, num_warps, residual, chunk) of every configuration the launcher can choose: the plain
-    kernel at 4 and 8 warps, and the chunked kernel at the (warps, chunk) kernels.qgemv.pick_launch picks at batch
-    <= 8 for a short or a long weight."""
+    """(kind, act, group, num_warps, residual, chunk) of every configuration the launcher can choose at batch 1: the
+    plain kernel at 4 and 8 warps, and the chunked kernel at the (warps, chunk) kernels.qgemv.pick_launch picks at
+    batch <= 8 (batch 9-16, two n-tiles, is not compiled here)."""
     from kernels.qgemv import pick_launch
     from kernels.quant import Kind
 
     out = []
     for kind, group in QGEMV_KINDS:
         kd = Kind.INT4 if kind == "int4" else Kind.INT8
-        # a short (qkv-like) and a long (down-like) weight on a 132-SM GPU: the launcher's chunked choices
-        chunked = sorted({pick_launch(kd, n, k, 1, 132) for n, k in ((6144, 4096), (4096, 14336))} - {(4, 0), (8, 0)})
+        # the launcher's chunked choices on a 132-SM GPU: a short weight taller than wide (qkv-like), a square one
+        # (o-like) and a long one (down-like)
+        shapes = ((6144, 4096), (4096, 4096), (4096, 14336))
+        chunked = sorted({pick_launch(kd, n, k, 1, 132) for n, k in shapes} - {(4, 0), (8, 0)})
         for act in QGEMV_ACTS:
             for warps, chunk in [(w, 0) for w in QGEMV_WARPS] + chunked:
                 out += [(kind, act, group, warps, residual, chunk) for residual in (False, True)]
@@ -265,7 +267,8 @@ def qgemv_main(a) -> None:
 
     batch, n, k = a.batch, a.n, a.k
     if a.all:
-        cfgs = [(*c[:5], batch, n, k, 90, c[5], a.tma) for c in qgemv_configs()]
+        # the ring kernel has no chunk: with --tma, the plain configurations only
+        cfgs = [(*c[:5], batch, n, k, 90, c[5], a.tma) for c in qgemv_configs() if not (a.tma and c[5])]
     else:
         group = a.group if a.kind == "int4" else 0
         cfgs = [(a.kind, a.act, group, a.num_warps, a.residual, batch, n, k, 90, a.chunk, a.tma)]

@@ -10,8 +10,8 @@ replay time divided by the calls in it.
     python scripts/qgemv_bench.py --models llama8b llama1b --quant int4 int8 --batch 1 8 [--variants]
 
 --variants also times qgemv at each number of warps (K slices per program) in WARPS and each chunk (scale groups
-per loop iteration, 0 = the plain kernel) in CHUNKS, and the TMA-ring kernel at each number of warps (row tiles per
-program) and ring depth in TMA_STAGES. Writes qgemv_bench.csv to $OUT (or .).
+per loop iteration, 0 = the plain kernel) in CHUNKS, and the TMA-ring kernel at each number of warps and ring depth
+in TMA_DEPTHS. Writes qgemv_bench.csv to $OUT (or .).
 """
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from harness.timing import measure_copy_bandwidth  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels.gemv import gemv, pick_config  # noqa: E402
 from kernels.qgemv import MAX_BATCH, qgemv  # noqa: E402
-from kernels.quant import quantize_linear, unpack_int4  # noqa: E402
+from kernels.quant import quantize_linear  # noqa: E402
 
 WARPS = (4, 8)
 CHUNKS = (0, 2, 4)  # 0: _qgemv_kernel; n: _qgemv_chunk_kernel with n groups per iteration (1 measured as 0)
-TMA_STAGES = (4, 8)  # ring depths of _qgemv_tma_kernel
+TMA_DEPTHS = (4, 8)  # ring depths of _qgemv_tma_kernel
 L2_BYTES = 50 << 20  # H100 / H200
 
 
@@ -105,7 +105,7 @@ def main() -> None:
                     help="time only the implementations whose names start with one of these (e.g. qgemv cublas)")
     ap.add_argument("--variants", action="store_true",
                     help="also qgemv at each number of warps in WARPS and each chunk in CHUNKS, and the TMA-ring "
-                         "kernel at each ring depth in TMA_STAGES")
+                         "kernel at each ring depth in TMA_DEPTHS")
     a = ap.parse_args()
     dev = torch.device("cuda")
     copy = measure_copy_bandwidth(dev)
@@ -146,7 +146,7 @@ def main() -> None:
                         for ch in CHUNKS:
                             impls[f"qgemv-w{wp}-c{ch}"] = [
                                 lambda x, wi=wi, wp=wp, ch=ch: qgemv(x, wi, warps=wp, chunk=ch) for wi in ws]
-                        for st in TMA_STAGES:
+                        for st in TMA_DEPTHS:
                             impls[f"qgemv-tma-w{wp}-s{st}"] = [
                                 lambda x, wi=wi, wp=wp, st=st: qgemv(x, wi, warps=wp, tma=True, stages=st) for wi in ws]
                 if a.only:

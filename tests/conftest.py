@@ -50,16 +50,17 @@ def _gpu_headroom(request):
         torch.cuda.empty_cache()
 
 
-GPU_OOM_RETRIES = 2  # a GPU test that ran out of memory is run again this many times, after the wait below
+GPU_OOM_RETRIES = 2  # under `pytest -n N`, a GPU test that ran out of memory is run again this many times
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
     """Under `pytest -n N` on one GPU, two workers can both see enough free memory and then both allocate it: the
-    later one's out-of-memory error says nothing about the code under test. Such a GPU test is run again (after its
-    process returns its blocks and waits up to GPU_MEMORY_WAIT_S for a quarter of the GPU to be free); a test that
-    runs out of memory on every try fails with the last error."""
-    if "gpu" not in pyfuncitem.keywords or not torch.cuda.is_available():
+    later one's out-of-memory error says nothing about the code under test. Such a GPU test is run again, after its
+    process returns its blocks and waits (up to GPU_MEMORY_WAIT_S, never skipping) for a quarter of the GPU to be
+    free; the last try's error, out of memory or not, is the test's. Without xdist an out-of-memory error is the
+    test's own and is not retried."""
+    if "gpu" not in pyfuncitem.keywords or not torch.cuda.is_available() or "PYTEST_XDIST_WORKER" not in os.environ:
         return None
     args = {a: pyfuncitem.funcargs[a] for a in pyfuncitem._fixtureinfo.argnames}
     for attempt in range(GPU_OOM_RETRIES + 1):
@@ -72,7 +73,9 @@ def pytest_pyfunc_call(pyfuncitem):
         gc.collect()  # outside the except block: the traceback no longer holds the test's tensors
         torch.cuda.empty_cache()
         time.sleep(5.0 * (attempt + 1))
-        wait_for_gpu_memory(torch.cuda.mem_get_info()[1] // 4, pyfuncitem.name)
+        deadline = time.time() + GPU_MEMORY_WAIT_S
+        while torch.cuda.mem_get_info()[0] < torch.cuda.mem_get_info()[1] // 4 and time.time() < deadline:
+            time.sleep(2.0)
     return True
 
 

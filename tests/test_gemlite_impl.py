@@ -37,7 +37,7 @@ def test_gemlite_refuses_dense_weights():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("quant,batch", [("int4", 1), ("int8", 16)])
-def test_gemlite_matches_the_reference_decoder(quant, batch):
+def test_gemlite_matches_the_reference_decoder(quant, batch, monkeypatch):
     pytest.importorskip("gemlite")
     dev = torch.device("cuda")
     ctx, gen = _ctx(quant, batch, dev)
@@ -47,7 +47,18 @@ def test_gemlite_matches_the_reference_decoder(quant, batch):
     positions = torch.full((batch,), n, dtype=torch.long, device=dev)
     expect = LlamaDecoder(ctx.weights, compute_dtype=torch.float32, max_len=n + 1).decode(tokens, positions,
                                                                                           ctx.cache.clone())
+    built = []
+    real = GemLite.linear_layer
+
+    def counting(w):  # every linear, the LM head's too, must be a GemLite layer (not torch-compile's own)
+        layer = real(w)
+        built.append(type(layer).__name__)
+        return layer
+
+    monkeypatch.setattr(GemLite, "linear_layer", staticmethod(counting))
     got = GemLite(ctx).decode(tokens, positions).float()
+    n_linears = sum(len(lw.linears()) for lw in ctx.weights.layers) + 1
+    assert len(built) == n_linears and all("GemLite" in name for name in built), built[:3]
     err = ((got - expect).norm() / expect.norm()).item()
     assert torch.isfinite(got).all() and err <= 3e-2, f"relative error {err:.3g}"
     assert (got.argmax(-1) == expect.argmax(-1)).float().mean() >= 0.9

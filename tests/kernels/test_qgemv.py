@@ -121,8 +121,10 @@ def test_qgemv_matches_reference(mode, group, n, k, act):
         xs = torch.randn(batch, k + 8, generator=gen, device="cuda").to(act)[:, 8:]  # strided rows
         res = torch.randn(batch, n, generator=gen, device="cuda").to(act)
         for residual in (None, res):
-            y = qgemv(xs, w, residual, out=torch.full((batch, n), float("nan"), dtype=act, device="cuda"))
-            _close(y, ref.gemv_fp32(xs, w, residual), k, f"{mode} g{group} {n}x{k} B{batch}")
+            for chunk in (None, 0):  # the launcher's choice (chunked at batch <= 8 for these shapes), the plain kernel
+                y = qgemv(xs, w, residual, chunk=chunk,
+                          out=torch.full((batch, n), float("nan"), dtype=act, device="cuda"))
+                _close(y, ref.gemv_fp32(xs, w, residual), k, f"{mode} g{group} {n}x{k} B{batch} chunk {chunk}")
 
 
 @pytest.mark.gpu
@@ -221,16 +223,17 @@ def test_preferred_routes_int4_to_batch_16_and_int8_to_batch_8():
 
 def test_pick_launch_follows_the_measured_table():
     """The launcher's (warps, chunk) by shape class on a 132-SM GPU, as measured at the llama8b shapes (the table
-    above kernels.qgemv.pick_launch): wide shapes the plain kernel at 4 warps, short ones chunk 2, long ones (down)
-    chunk 4 (int4) or 2 at 8 warps (int8); at batch 9-16 no chunk, 8 warps only for long shapes."""
+    above kernels.qgemv.pick_launch): wide shapes the plain kernel at 4 warps, short ones chunk 2 (taller than wide)
+    or 4 (square), long ones (down) chunk 4 (int4) or 2 at 8 warps (int8); at batch 9-16 no chunk, 8 warps only for
+    long shapes."""
     from kernels.qgemv import pick_launch
     from kernels.quant import Kind
 
     shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate": (14336, 4096), "down": (4096, 14336),
               "lm": (128256, 4096), "1b-down": (2048, 8192), "1b-qkv": (3072, 2048)}
-    want = {Kind.INT4: {"qkv": (4, 2), "o": (4, 2), "gate": (4, 0), "down": (4, 4), "lm": (4, 0), "1b-down": (4, 4),
+    want = {Kind.INT4: {"qkv": (4, 2), "o": (4, 4), "gate": (4, 0), "down": (4, 4), "lm": (4, 0), "1b-down": (4, 4),
                         "1b-qkv": (4, 2)},
-            Kind.INT8: {"qkv": (4, 2), "o": (4, 2), "gate": (4, 0), "down": (8, 2), "lm": (4, 0), "1b-down": (8, 2),
+            Kind.INT8: {"qkv": (4, 2), "o": (4, 4), "gate": (4, 0), "down": (8, 2), "lm": (4, 0), "1b-down": (8, 2),
                         "1b-qkv": (4, 2)}}
     for kind, table in want.items():
         for name, (n, k) in shapes.items():
