@@ -463,17 +463,19 @@ def op_panels(ops: pd.DataFrame) -> list[tuple]:
 HEADLINE_GPU = "nvidia-h200"
 HEADLINE_MODELS = ("llama1b", "llama8b")
 HEADLINE_POINT = {"batch": 1, "ctx": 1024}
-HEADLINE_REFS = ("layerwise", "flash-attn", REF)
+HEADLINE_REFS = ("layerwise", "gemlite", "flash-attn", REF)
 
 
 def headline_table(rows: pd.DataFrame, gpu: str = HEADLINE_GPU, tag: Optional[str] = None) -> pd.DataFrame:
     """One line per (model, quant) of HEADLINE_MODELS at batch 1, ctx 1024 on `gpu`: the newest megakernel row
     (fusion=model) and, from the same run, the other impls' speedups over torch-compile and torch-compile's own
-    latency. `clean` is the megakernel row's (the run's rows share one commit)."""
+    latency. `clean` is the megakernel row's (the run's rows share one commit); `fastest` is the impl (megakernel:
+    any fusion) with the lowest median latency among the run's measured rows at that point."""
     df = _newest_rows(rows, gpu, tag)
     cols = ["model", "quant", "group_size", "mega_us", "mega_p10", "mega_p90", "mega_pct", "mega_speedup",
-            "layerwise_speedup", "flash-attn_speedup", "compile_us", "compile_pct", "layerwise_pct", "flash-attn_pct",
-            "git_sha", "clean", "timestamp_utc", "run_id"]
+            "layerwise_speedup", "gemlite_speedup", "flash-attn_speedup", "compile_us", "compile_p10", "compile_p90",
+            "compile_pct", "layerwise_pct", "gemlite_pct", "flash-attn_pct", "fastest", "git_sha", "clean",
+            "timestamp_utc", "run_id"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     sel = df["model"].isin(HEADLINE_MODELS) & (df["impl"] == "megakernel") & (df["fusion"] == DEFAULT_FUSION)
@@ -494,8 +496,12 @@ def headline_table(rows: pd.DataFrame, gpu: str = HEADLINE_GPU, tag: Optional[st
             if impl != REF:
                 line[f"{key}_speedup"] = float(s[SPEEDUP].iloc[-1]) if len(s) else float("nan")
             else:
-                line["compile_us"] = float(s["latency_us_median"].iloc[-1]) if len(s) else float("nan")
+                for q, col in (("us", "latency_us_median"), ("p10", "latency_us_p10"), ("p90", "latency_us_p90")):
+                    line[f"compile_{q}"] = float(s[col].iloc[-1]) if len(s) else float("nan")
             line[f"{key}_pct"] = float(s["pct_of_copy_bw"].iloc[-1]) if len(s) else float("nan")
+        point = A.measured(run[(run["model"] == r["model"]) & (run["quant"] == r["quant"])])
+        lat = pd.to_numeric(point["latency_us_median"], errors="coerce")
+        line["fastest"] = str(point.loc[lat.idxmin(), "impl"]) if lat.notna().any() else ""
         out.append(line)
     if not out:
         return pd.DataFrame(columns=cols)
@@ -530,14 +536,15 @@ def headline_markdown(rows: pd.DataFrame, gpu: str = HEADLINE_GPU, tag: Optional
     lines = [head, f"**{where}**, the newest run of each point (measured {A.measurement_dates(t) or '?'}); "
              f"speedups are over the torch-compile row of the same run.\n",
              "| model | weights | megakernel µs (p10–p90) | megakernel % of copy | megakernel vs torch-compile | "
-             "layerwise vs torch-compile | flash-attn vs torch-compile | torch-compile µs | commit |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "layerwise vs torch-compile | gemlite vs torch-compile | flash-attn vs torch-compile | torch-compile µs | "
+             "fastest in the run | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         lines.append(f"| {r['model']} | {A.quant_label(r['quant'], r['group_size'])} | {r['mega_us']:.0f} "
                      f"({r['mega_p10']:.0f}–{r['mega_p90']:.0f}) | {r['mega_pct']:.1f} | {_x(r['mega_speedup'])} | "
-                     f"{_x(r['layerwise_speedup'])} | {_x(r['flash-attn_speedup'])} | "
+                     f"{_x(r['layerwise_speedup'])} | {_x(r['gemlite_speedup'])} | {_x(r['flash-attn_speedup'])} | "
                      f"{'—' if pd.isna(r['compile_us']) else format(r['compile_us'], '.0f')} | "
-                     f"{_commit(r['git_sha'], r['clean'])} |")
+                     f"{r['fastest'] or '—'} | {_commit(r['git_sha'], r['clean'])} |")
     n_dirty = int((~t["clean"]).sum())
     sp = pd.to_numeric(t["mega_speedup"], errors="coerce")
     best = t.loc[sp.idxmax()] if sp.notna().any() else None
@@ -552,6 +559,15 @@ def headline_markdown(rows: pd.DataFrame, gpu: str = HEADLINE_GPU, tag: Optional
     pct = pd.to_numeric(t["mega_pct"], errors="coerce")
     text += (f", and it moves its bytes at {pct.min():.0f} to {pct.max():.0f} % of the copy bandwidth measured in the "
              f"same process. ")
+    # a speedup within the two rows' own p10-p90 spread (each half its width over its median, combined) is a tie
+    spread = (((t["mega_p90"] - t["mega_p10"]) / (2 * t["mega_us"])) ** 2
+              + ((t["compile_p90"] - t["compile_p10"]) / (2 * t["compile_us"])) ** 2) ** 0.5
+    tie = (sp - 1).abs() <= spread
+    text += (f"Counting a speedup within the two rows' p10–p90 spread as a tie: faster in {int(((sp > 1) & ~tie).sum())}, "
+             f"a tie in {int((tie & sp.notna()).sum())}, slower in {int(((sp < 1) & ~tie).sum())}. ")
+    fastest = t["fastest"][t["fastest"] != ""].value_counts()
+    if len(fastest):
+        text += ("Fastest impl of each run: " + ", ".join(f"{impl} in {n}" for impl, n in fastest.items()) + ". ")
     text += (f"{n_dirty} of the {len(t)} runs were not measured at a clean commit (marked in the commit column)."
              if n_dirty else f"All {len(t)} runs were measured at a clean commit.")
     lines.append(text)

@@ -71,7 +71,8 @@ def test_each_line_comes_from_the_megakernel_rows_run(tmp_path):
     assert r["mega_us"] == pytest.approx(1000.0) and r["compile_us"] == pytest.approx(1200.0)
     assert r["mega_speedup"] == pytest.approx(1.2) and r["layerwise_speedup"] == pytest.approx(1.5)
     assert math.isnan(r["flash-attn_speedup"])
-    assert "| 1.20x | 1.50x | — | 1200 |" in F.headline_markdown(_loaded(tmp_path, old, new))
+    assert r["fastest"] == "layerwise"
+    assert "| 1.20x | 1.50x | — | — | 1200 | layerwise |" in F.headline_markdown(_loaded(tmp_path, old, new))
 
 
 def test_sync_readme_replaces_only_the_block(tmp_path):
