@@ -20,9 +20,9 @@ test-gpu: env  # spread over 8 processes (Triton compiles in parallel); the 30-7
 
 # Every figure from fresh rows, on a GPU machine: each experiment's sweep (experiments/*.yaml, their own impl lists;
 # bandwidth_by_impl first, with telemetry, then the others by name, all under results.tag=$(FIGURES_TAG) so that a
-# point an earlier sweep measured is resumed, not measured twice), then `python -m harness.figures`. Device time: about
-# 1.1 h for the five sweeps (an estimate from the wall time per impl row of the committed sessions, printed again from
-# the rows at hand by `python -m harness.figures --gpu-plan`). Without a GPU it stops at the first step with one
+# point an earlier sweep measured is resumed, not measured twice), then `python -m harness.figures`. Device time: an
+# estimate from the wall time per impl row of the committed sessions, printed from the rows at hand by
+# `python -m harness.figures --gpu-plan`. Without a GPU it stops at the first step with one
 # sentence; from a tree that is not a clean commit it stops too (ALLOW_DIRTY=1 measures anyway, rows say -dirty).
 FIGURES_TAG ?= figures
 FIGURE_EXPERIMENTS := bandwidth_by_impl $(filter-out bandwidth_by_impl,$(sort $(basename $(notdir $(wildcard experiments/*.yaml)))))
