@@ -107,14 +107,44 @@ def with_tag(rows: pd.DataFrame, tag: Optional[str]) -> pd.DataFrame:
     return rows[tags == tag]
 
 
+ABLATION_PANEL = ("gpu_slug", "model", "quant", "group_size", "batch", "ctx")  # one panel of the fusion ablation
+
+
 def figure_rows(experiment: str, rows: pd.DataFrame, gpu: Optional[str] = None,
                 tag: Optional[str] = None) -> pd.DataFrame:
-    """The rows a figure draws: same-run ratios, measured (ok/wrong), newest per point, in the grid. Raises
-    ValueError when `tag` matches no row (with_tag)."""
+    """The rows a figure draws: same-run ratios, measured (ok/wrong), newest per point, in the grid. The fusion
+    ablation draws each panel from ONE run (the newest that measured more than one megakernel fusion there): its bars
+    are compared with one another, so a newer run of some impls must not replace them one by one. Raises ValueError
+    when `tag` matches no row (with_tag)."""
+    if experiment == "fusion_ablation":
+        return with_markers(in_grid(_one_run_per_panel(rows, gpu, tag), experiment_grid(experiment)))
     df = _newest_rows(rows, gpu, tag)
     if df.empty:
         return df
     return with_markers(in_grid(df, experiment_grid(experiment)))
+
+
+def _one_run_per_panel(rows: pd.DataFrame, gpu: Optional[str], tag: Optional[str]) -> pd.DataFrame:
+    """Per ABLATION_PANEL, the measured rows of the newest run that measured more than one megakernel fusion there;
+    a panel no such run measured (each fusion its own run, e.g. a `fusion=op,block,...` multirun) keeps the newest
+    row per series, each with its own run's ratio."""
+    newest = _newest_rows(rows, gpu, tag)
+    if newest.empty:
+        return newest
+    df = A.measured(A.with_gpu_slug(A.add_same_run_ratios(rows)))
+    df = df[df["gpu_slug"].isin(set(newest["gpu_slug"]))]
+    if tag is not None:
+        df = df[df["tag"] == tag]
+    key = list(ABLATION_PANEL)
+    mega = df[df["impl"] == "megakernel"]
+    runs = (mega.groupby(key + ["run_id"], dropna=False)
+            .agg(fusions=("fusion", "nunique"), when=("timestamp_utc", "max")).reset_index())
+    runs = runs[runs["fusions"] > 1].sort_values("when").drop_duplicates(key, keep="last")
+    if runs.empty:
+        return newest
+    single = A.latest(df.merge(runs[key + ["run_id"]], on=key + ["run_id"], how="inner"), by=A.FIGURE_POINT_FIELDS)
+    covered = newest.merge(runs[key], on=key, how="left", indicator=True)["_merge"].eq("both").to_numpy()
+    return pd.concat([newest[~covered], single], ignore_index=True)
 
 
 def _newest_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[str] = None) -> pd.DataFrame:

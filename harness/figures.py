@@ -368,7 +368,8 @@ def fusion_ablation(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
         ax.set_ylabel(f"speedup over {REF} (x, same run)")
     b, c = grid.get("batch", ["?"])[0], grid.get("ctx", ["?"])[0]
     _title(fig, f"Fusion ablation: megakernel launch granularity (batch {b}, context {c})", df, gpu_name,
-           COMMON_NOTE + _hollow_note(df) + "Labels: median step latency. op/block/layer/model = one launch per "
+           COMMON_NOTE.replace("Newest row per point.", "Each panel from one run (the newest with several fusions).")
+           + _hollow_note(df) + "Labels: median step latency. op/block/layer/model = one launch per "
            "instruction type / attention-or-MLP block / layer / whole step.")
     if extra:
         fig.legend(extra, [h.get_label() for h in extra], loc="outside right center", fontsize=8, frameon=False)

@@ -486,3 +486,30 @@ def test_findings_of_the_file_figures_quote_their_tables(tmp_path):
         lambda g: g.loc[g["ours"], "latency_us"].min() < g.loc[~g["ours"], "latency_us"].min())
     assert (f"llama8b int4 batch 1 [qgemv-llama8b-h200.csv]: ours faster than the fastest library kernel for "
             f"{int(per_op.sum())} of {len(per_op)} ops") in text
+
+
+def test_fusion_ablation_panel_comes_from_one_run(tmp_path):
+    """An ablation run measured four fusions and the references; a later run re-measured only fusion=model and
+    torch-compile (8% faster). The panel keeps every bar of the ablation run, so its bars stay comparable, instead of
+    taking the later run's model bar and torch-compile next to the earlier run's op / block / layer bars."""
+    refs = ("layerwise", "torch-compile")
+    ablation = []
+    for f in ("op", "block", "layer", "model"):
+        ablation += run_rows(model="llama1b", impls=("megakernel",) + (refs if f == "model" else ()), fusion=f,
+                             baseline="torch-compile", when=stamp(0), latency={"torch-compile": 1170.0})
+    for r in ablation:  # one run: one configuration, one timestamp
+        r["config_json"] = ablation[-1]["config_json"]
+    for r in ablation:
+        if r["impl"] != "torch-compile":
+            r["speedup"] = 1170.0 / r["latency_us_median"]
+    later = run_rows(model="llama1b", impls=("megakernel", "torch-compile"), fusion="model", baseline="torch-compile",
+                     when=stamp(60), latency={"torch-compile": 1082.0, "megakernel": 1153.0})
+    rows = stored_and_loaded(tmp_path, ablation, later)
+    df = D.figure_rows("fusion_ablation", rows, GPU)
+    panel = df[(df["model"] == "llama1b") & (df["quant"] == "bf16")]
+    assert set(panel["timestamp_utc"]) == {stamp(0)}, panel[["impl", "fusion", "timestamp_utc"]]
+    assert sorted(panel.loc[panel["impl"] == "megakernel", "fusion"]) == ["block", "layer", "model", "op"]
+    assert panel.loc[panel["impl"] == "torch-compile", "latency_us_median"].tolist() == [1170.0]
+    # elsewhere the newest row per series still wins: the bandwidth figure takes the later run's megakernel
+    bw = D.figure_rows("bandwidth_by_impl", rows, GPU)
+    assert stamp(60) in set(bw.loc[bw["impl"] == "megakernel", "timestamp_utc"])
