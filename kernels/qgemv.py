@@ -8,12 +8,15 @@ ALU only turns weights into MMA operands:
 - the weights are stored in the A-operand register order of mma.sync.m16n8k16 (the weights are the M side:
   "swap-AB", x^T is the 16 x 8 B side, batch padded to 8), so one 16-byte load per lane brings the operands of
   four k-tiles and no value crosses a lane;
-- int4: per 32-bit word (8 weights) 3 shifts and 4 LOP3 give fp16x2 1024 + q, 4 HSUB2 give q - 8 exactly;
-  int8: a XOR and 2 PRMT give 1024 + q + 128 per 4 weights, 2 HSUB2 give q;
-- x is converted to fp16 once per fragment (exact for bf16 values in fp16's range) and shared by every row tile
-  of a warp; the group scale and zero enter once per group: y += s * sum x (q - 8) + z * sum x, the second sum an
-  MMA of x with an all-ones A (computed once per warp, not per row tile).
-A program owns RT row tiles of 16 rows (RT = 1) and its WARPS warps split K, their sums meeting at the end.
+- int4: per 32-bit word (8 weights) 3 shifts and 4 LOP3 give 16-bit MAGIC + q (bf16 128 + q with bf16 x; fp16
+  1024 + q, then 4 HSUB2 to q - 8, with fp16 x); int8: a XOR and 2 PRMT give fp16 1024 + 128 + q per 4 weights, and
+  bf16 x is converted to fp16 per fragment (exact in fp16's range);
+- the offsets left in the operands leave through sum x, an MMA of x with an all-ones A, once per group (int4:
+  y += s * sum x (q + OFFSET) + (z - OFFSET s) * sum x) or once at the end (int8: sum x (q + OFFSET) - OFFSET sum x).
+A program owns RT row tiles of 16 rows (RT = 1) and its WARPS warps split K, their sums meeting at the end. Three
+kernels share these device functions: _qgemv_kernel (a warp's next group in flight), _qgemv_chunk_kernel (CH groups
+per iteration) and _qgemv_tma_kernel (Hopper: a TMA ring in shared memory, kept as a measured variant); pick_launch
+chooses between the first two by shape (docs/perf-notes.md).
 """
 from __future__ import annotations
 
