@@ -306,8 +306,8 @@ def test_precheck_marks_only_what_config_decides():
     from harness.impls import REGISTRY
     from harness.runner import impl_runs, unsupported_before_build
 
-    for quant, refused in (("int4", {"torch-eager", "torch-graph", "torch-compile", "flash-attn"}),
-                           ("fp32", {"torch-compile", "flash-attn"})):
+    for quant, refused in (("int4", {"torch-eager", "torch-graph", "torch-compile", "flash-attn", "gemlite"}),
+                           ("fp32", {"torch-compile", "flash-attn", "gemlite"})):
         cfg = _compose("model=tiny", f"quant={quant}", "quant.group_size=32", "impl.names=[*]")
         spec = validate(cfg, list(REGISTRY))
         early = unsupported_before_build(cfg, spec, torch.device("cpu"), impl_runs(cfg))

@@ -14,6 +14,7 @@ from harness.torch_ops import gemlite_layer
 @register("gemlite")
 class GemLite(TorchCompile):
     linear_layer = staticmethod(gemlite_layer)
+    cuda_only = "GemLite's kernels need CUDA"
 
     @classmethod
     def unsupported(cls, ctx: ImplContext) -> Optional[str]:
