@@ -159,6 +159,18 @@ def _group_x(x_ptr, stride_xb, B, K2, k0, wx, LX: gl.constexpr, CVT: gl.constexp
 
 
 @gluon.jit
+def _first_step_in(xa0, xa1, ya0, ya1, L: gl.constexpr, NT: gl.constexpr):
+    """The first k-step's x fragments (rows 0-7, and 8-15 when NT == 2) in the accumulators' layout L (the same
+    registers: the conversion moves nothing, asserted)."""
+    xa0 = gl.convert_layout(xa0, L, assert_trivial=True)
+    xa1 = gl.convert_layout(xa1, L, assert_trivial=True)
+    if NT == 2:
+        ya0 = gl.convert_layout(ya0, L, assert_trivial=True)
+        ya1 = gl.convert_layout(ya1, L, assert_trivial=True)
+    return xa0, xa1, ya0, ya1
+
+
+@gluon.jit
 def _load_words(w_ptrs, offset, unused, ok, WPL: gl.constexpr, HALF: gl.constexpr):
     """A lane's 4 words at w_ptrs + offset (int8: HALF 0 the first words of each k-tile, 1 the second)."""
     return gl.load(w_ptrs + offset + 4 * HALF, mask=ok, other=0)
@@ -292,11 +304,7 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
         wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
         xa0_next, xa1_next, xb0_next, xb1_next, ya0_next, ya1_next, yb0_next, yb1_next = _group_x(
             x_ptr, stride_xb, B, K2, (gx0 + i + 1) * (KPG * 64), wx, LX, XCVT, KPG, NT)
-        xa0 = gl.convert_layout(xa0, L, assert_trivial=True)
-        xa1 = gl.convert_layout(xa1, L, assert_trivial=True)
-        if NT == 2:
-            ya0 = gl.convert_layout(ya0, L, assert_trivial=True)
-            ya1 = gl.convert_layout(ya1, L, assert_trivial=True)
+        xa0, xa1, ya0, ya1 = _first_step_in(xa0, xa1, ya0, ya1, L, NT)
         if KIND == KIND_INT4:
             d, dx = _int4_group(wa, wb, xa0, xa1, xb0, xb1, L, RT, KPG, X_BF16)
             # y += s * sum x (q - 8) + z * sum x = s * sum x (q + OFFSET) + (z - OFFSET s) * sum x
@@ -415,11 +423,7 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
         if NT == 2:
             ya0_next, ya1_next = _x_chunk(x_ptr, stride_xb, B, K2, (g0x + gn) * (KPG * 64), g0x + gn, g_endx, LX,
                                           CH, KPG, XCVT, 8)
-        xa0 = gl.convert_layout(xa0, L6, assert_trivial=True)
-        xa1 = gl.convert_layout(xa1, L6, assert_trivial=True)
-        if NT == 2:
-            ya0 = gl.convert_layout(ya0, L6, assert_trivial=True)
-            ya1 = gl.convert_layout(ya1, L6, assert_trivial=True)
+        xa0, xa1, ya0, ya1 = _first_step_in(xa0, xa1, ya0, ya1, L6, NT)
         if KIND == KIND_INT4:
             d = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
             dx = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
@@ -541,11 +545,7 @@ def _qgemv_tma_kernel(w_desc, x_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stri
         xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1, s, z = nxt
         nxt = _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, st + 1, wx, wp, rows,
                               row_ok, LX, L, KIND, KPG, NT, XCVT)
-        xa0 = gl.convert_layout(xa0, L, assert_trivial=True)
-        xa1 = gl.convert_layout(xa1, L, assert_trivial=True)
-        if NT == 2:
-            ya0 = gl.convert_layout(ya0, L, assert_trivial=True)
-            ya1 = gl.convert_layout(ya1, L, assert_trivial=True)
+        xa0, xa1, ya0, ya1 = _first_step_in(xa0, xa1, ya0, ya1, L, NT)
         slot = st % NBUF
         mbarrier.wait(bars.index(slot), (st // NBUF) & 1)
         words = groups_ring.index(slot).load(LS)  # [WARPS, KPG ROW]: lane l of warp w its words of each k-step
