@@ -461,11 +461,13 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
 # arithmetic, whatever the registers. A program owns one row tile (16 rows) as in _qgemv_kernel; a stage is one
 # scale group per warp (WARPS x KPG k-steps, warp w the w-th group of the stage), so the warps split K as there and
 # their sums meet in _store_rows. The fragment words are read back from shared memory as the register kernel loads
-# them from global memory (16 or 32 bytes per lane, 512 B or 1 KB per warp: no bank conflict), and the math is the
-# same. The x fragments and the group scales of stage st + 1 are loaded while stage st is waited for and computed:
-# a first version that loaded them after the wait, with WARPS row tiles per program walking all of K, streamed at
-# 12-44% of copy where _qgemv_kernel reaches 45-76% (each stage waited a full round trip for x; one program per
-# WARPS row tiles left 64 programs for the 4096-row shapes).
+# them from global memory (16 or 32 bytes per lane, 512 B or 1 KB per warp; int8's 32 bytes are two 16-byte shared
+# loads, at most a 2-way bank conflict), and the math is the same. The x fragments and the group scales of stage
+# st + 1 are loaded while stage st is waited for and computed: a first version that loaded them after the wait,
+# with WARPS row tiles per program walking all of K, streamed at 12-44% of copy where _qgemv_kernel reaches 45-76%
+# (each stage waited a full round trip for x; one program per WARPS row tiles left 64 programs for the 4096-row
+# shapes). Measured against the register kernel: int8 LM head 100.7 against 87.7%, int4 at every shape behind
+# (docs/perf-notes.md): kept for measurement, not chosen by pick_launch.
 @gluon.jit
 def _issue_stage(w_desc, ring, bars, st, stages, tile, KSB: gl.constexpr, NBUF: gl.constexpr):
     """Starts the TMA copy of stage st (k-steps st KSB .. st KSB + KSB - 1 of the program's row tile) into its ring

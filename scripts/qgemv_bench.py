@@ -134,8 +134,8 @@ def main() -> None:
                          # an explicit config keeps kernels.gemv on its FMA kernel once qgemv made fragments
                          "triton-fma": [lambda x, wi=wi: gemv(x, wi, config=pick_config(x, wi)) for wi in ws]}
                 for name, make in (("tinygemm", _tinygemm), ("gemlite", _gemlite)):
-                    if name == "tinygemm" and quant != "int4":
-                        continue
+                    if (name == "tinygemm" and quant != "int4") or (a.only and not name.startswith(tuple(a.only))):
+                        continue  # not built where it will not be timed (GemLite packs every weight copy)
                     try:
                         impls[name] = [make(wi) for wi in ws]
                     except Exception as e:  # noqa: BLE001 - an optional library: report and go on
