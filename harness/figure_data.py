@@ -128,13 +128,10 @@ def _one_run_per_panel(rows: pd.DataFrame, gpu: Optional[str], tag: Optional[str
     """Per ABLATION_PANEL, the measured rows of the newest run that measured more than one megakernel fusion there;
     a panel no such run measured (each fusion its own run, e.g. a `fusion=op,block,...` multirun) keeps the newest
     row per series, each with its own run's ratio."""
-    newest = _newest_rows(rows, gpu, tag)
-    if newest.empty:
-        return newest
-    df = A.measured(A.with_gpu_slug(A.add_same_run_ratios(rows)))
-    df = df[df["gpu_slug"].isin(set(newest["gpu_slug"]))]
-    if tag is not None:
-        df = df[df["tag"] == tag]
+    df = _measured_rows(rows, gpu, tag)
+    if df.empty:
+        return df
+    newest = A.latest(df, by=A.FIGURE_POINT_FIELDS)
     key = list(ABLATION_PANEL)
     mega = df[df["impl"] == "megakernel"]
     runs = (mega.groupby(key + ["run_id"], dropna=False)
@@ -147,8 +144,8 @@ def _one_run_per_panel(rows: pd.DataFrame, gpu: Optional[str], tag: Optional[str
     return pd.concat([newest[~covered], single], ignore_index=True)
 
 
-def _newest_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[str] = None) -> pd.DataFrame:
-    """Same-run ratios on every row, then the measured (ok/wrong) rows of `gpu` (and `tag`), newest per point."""
+def _measured_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[str] = None) -> pd.DataFrame:
+    """Same-run ratios on every row, then the measured (ok/wrong) rows of `gpu` (and `tag`)."""
     with_tag(rows, tag)  # fails before anything is derived, naming the tags there are
     if rows.empty:
         return rows.copy()
@@ -157,7 +154,13 @@ def _newest_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[st
         df = df[df["gpu_slug"] == gpu_slug(gpu)]
     if tag is not None:
         df = df[df["tag"] == tag]
-    return A.latest(A.measured(df), by=A.FIGURE_POINT_FIELDS)
+    return A.measured(df)
+
+
+def _newest_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[str] = None) -> pd.DataFrame:
+    """_measured_rows, newest per point."""
+    df = _measured_rows(rows, gpu, tag)
+    return df if df.empty else A.latest(df, by=A.FIGURE_POINT_FIELDS)
 
 
 NOT_CLEAN = "not from a clean commit"  # hollow_why of a row measured from a dirty tree or an unknown commit

@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from harness.models import named_spec  # noqa: E402
 from harness.timing import measure_copy_bandwidth  # noqa: E402
+from harness.torch_ops import TorchLinear, gemlite_layer  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels.gemv import gemv, pick_config  # noqa: E402
 from kernels.qgemv import MAX_BATCH, qgemv  # noqa: E402
@@ -82,20 +83,6 @@ def _shapes(spec) -> dict[str, tuple[int, int]]:
     return {"qkv": s["wqkv"], "o": s["wo"], "gate": s["w_gate"], "down": s["w_down"], "lm": (spec.vocab_size, spec.dim)}
 
 
-def _tinygemm(w):
-    from harness.torch_ops import TorchLinear
-
-    lin = TorchLinear(w)
-    return lambda x: lin(x)
-
-
-def _gemlite(w):
-    from harness.torch_ops import gemlite_layer
-
-    layer = gemlite_layer(w)
-    return lambda x: layer(x)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["llama8b"])
@@ -133,7 +120,7 @@ def main() -> None:
                 impls = {"cublas-bf16": [lambda x, wd=wd: F.linear(x, wd) for wd in dense_copies],
                          # an explicit config keeps kernels.gemv on its FMA kernel once qgemv made fragments
                          "triton-fma": [lambda x, wi=wi: gemv(x, wi, config=pick_config(x, wi)) for wi in ws]}
-                for name, make in (("tinygemm", _tinygemm), ("gemlite", _gemlite)):
+                for name, make in (("tinygemm", TorchLinear), ("gemlite", gemlite_layer)):  # callable layers
                     if (name == "tinygemm" and quant != "int4") or (a.only and not name.startswith(tuple(a.only))):
                         continue  # not built where it will not be timed (GemLite packs every weight copy)
                     try:

@@ -27,14 +27,17 @@ def big_memory(heavy: bool) -> list:
     return [pytest.mark.xdist_group("big-memory")] if heavy else []
 
 
-def wait_for_gpu_memory(nbytes: int, what: str, timeout_s: float = GPU_MEMORY_WAIT_S) -> None:
-    """Waits until the GPU has `nbytes` free (other test processes finishing), then returns; skips the test,
-    naming what it needed, if that never happens within timeout_s."""
+def wait_for_gpu_memory(nbytes: int, what: str, timeout_s: float = GPU_MEMORY_WAIT_S, skip: bool = True) -> bool:
+    """Waits until the GPU has `nbytes` free (other test processes finishing) and returns True; if that never
+    happens within timeout_s, skips the test naming what it needed (skip=False: returns False instead)."""
     deadline = time.time() + timeout_s
     while torch.cuda.mem_get_info()[0] < nbytes:
         if time.time() > deadline:
+            if not skip:
+                return False
             pytest.skip(f"{what} needs ~{nbytes / 1e9:.0f} GB of GPU memory; it was not free within {timeout_s:.0f} s")
         time.sleep(2.0)
+    return True
 
 
 @pytest.fixture(autouse=True)
@@ -73,9 +76,7 @@ def pytest_pyfunc_call(pyfuncitem):
         gc.collect()  # outside the except block: the traceback no longer holds the test's tensors
         torch.cuda.empty_cache()
         time.sleep(5.0 * (attempt + 1))
-        deadline = time.time() + GPU_MEMORY_WAIT_S
-        while torch.cuda.mem_get_info()[0] < torch.cuda.mem_get_info()[1] // 4 and time.time() < deadline:
-            time.sleep(2.0)
+        wait_for_gpu_memory(torch.cuda.mem_get_info()[1] // 4, pyfuncitem.name, skip=False)
     return True
 
 

@@ -12,6 +12,7 @@ from kernels import reference as ref
 from kernels.fragments import (b_operand_columns, int4_from_fragments, int4_to_fragments, int8_from_fragments,
                                int8_to_fragments, mma_m16n8k16)
 from kernels.quant import quantize_linear, unpack_int4
+from tests.ptx_emu import halves_to_float
 
 SHAPES = [(16, 64), (48, 128), (75, 96), (200, 320)]
 
@@ -31,13 +32,6 @@ def test_fragment_packers_round_trip(n, k):
         assert f4.numel() * 4 == n * k // 2 and f8.numel() * 4 == n * k
 
 
-def _halves(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """int32 words [...] -> their two 16-bit halves as floats [..., 2] (low half first)."""
-    w = words.to(torch.int64) & 0xFFFFFFFF
-    h = torch.stack([w & 0xFFFF, w >> 16], dim=-1)
-    return (h - ((h >> 15) << 16)).to(torch.int16).view(dtype).float()
-
-
 def _emulate(frag_tile: torch.Tensor, x: torch.Tensor, kind: str, act: torch.dtype) -> torch.Tensor:
     """One 16 x 64 block through the kernel's recipe: per k-tile the A registers from the words (the PTX of
     kernels/qgemv.py: lop3 with the magic for int4, xor + prmt for int8), B from x in the permuted order, D += A B.
@@ -50,14 +44,14 @@ def _emulate(frag_tile: torch.Tensor, x: torch.Tensor, kind: str, act: torch.dty
             w = frag_tile[:, j].to(torch.int64) & 0xFFFFFFFF
             magic = 0x43004300 if act == torch.bfloat16 else 0x64006400
             regs = [(((w >> (4 * i)) & 0x000F000F) | magic) for i in range(4)]
-            a = torch.stack([_halves(r, act) for r in regs], dim=1)  # [32, 4, 2]
+            a = torch.stack([halves_to_float(r, act) for r in regs], dim=1)  # [32, 4, 2]
         else:
             regs = []
             for word in (frag_tile[:, j], frag_tile[:, 4 + j]):
                 u = (word.to(torch.int64) & 0xFFFFFFFF) ^ 0x80808080
                 b = [(u >> (8 * i)) & 0xFF for i in range(4)]
                 regs += [(0x6400 | b[0]) | ((0x6400 | b[1]) << 16), (0x6400 | b[2]) | ((0x6400 | b[3]) << 16)]
-            a = torch.stack([_halves(r, torch.float16) for r in regs], dim=1)
+            a = torch.stack([halves_to_float(r, torch.float16) for r in regs], dim=1)
         xb = torch.zeros(8, 64)
         xb[:x.shape[0]] = x.float()
         b = xb[(lane // 4)[:, None, None], cols[:, j]]  # [32, 2, 2]
