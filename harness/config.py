@@ -72,6 +72,9 @@ class TelemetryConfig:
 @dataclass
 class ImplConfig:
     names: list[str] = field(default_factory=lambda: ["*"])  # "*": every registered impl
+    # torch.compile builds per point for torch-compile and gemlite, each autotuned afresh; the fastest is kept
+    # (Inductor's per-kernel autotuning picks differ from build to build: docs/perf-notes.md)
+    compile_builds: int = 3
 
 
 @dataclass
@@ -202,6 +205,8 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
     problem = tile_options(cfg).problem(interpret)
     if problem:
         raise ConfigError(problem)
+    if cfg.impl.compile_builds < 1:
+        raise ConfigError(f"impl.compile_builds={cfg.impl.compile_builds} must be >= 1 (torch.compile builds per point)")
     if impl_names is not None:
         for name in list(cfg.impl.names) + [cfg.baseline]:
             if name != "*" and name not in impl_names:

@@ -72,6 +72,7 @@ def test_every_experiment_composes(exp):
     (["megakernel.tiles.gemv_rows=12"], "megakernel.tiles.gemv_rows=12 must be a power of two"),
     (["megakernel.tiles.l2_prefetch=2", "bench.device=cpu"], "megakernel.tiles.l2_prefetch=2 is GPU-only"),
     (["megakernel.schedule=fifo"], "megakernel.schedule=fifo is not allowed"),
+    (["impl.compile_builds=0"], "impl.compile_builds=0 must be >= 1"),
 ], ids=lambda x: x[0] if isinstance(x, list) else None)
 def test_bad_values_name_the_field(overrides, expect):
     with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)")):
