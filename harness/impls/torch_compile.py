@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from harness.config import ImplConfig
 from harness.impls.base import ImplContext, register
 from harness.impls.torch_eager import TorchEager
 
@@ -64,6 +65,7 @@ class TorchCompile(TorchEager):
         self._eager_step = step
         self._step = None  # compiled on the first decode(), where the step's inputs are known
         self._builds_us: list[float] = []
+        self._n_builds = ctx.cfg.impl.compile_builds if ctx.cfg is not None else ImplConfig.compile_builds
         self._cache_root = tempfile.mkdtemp(prefix="torch-compile-builds-")
 
     def _compile(self, i: int):
@@ -89,7 +91,7 @@ class TorchCompile(TorchEager):
             warmup, repeats = BUILD_TIMING
             return time_step(lambda: fn(tokens, positions), self.ctx.device, warmup, repeats, True).median_us
 
-        step, self._builds_us = fastest_build(self.ctx.cfg.impl.compile_builds, build, time_us)
+        step, self._builds_us = fastest_build(self._n_builds, build, time_us)
         return step
 
     def decode(self, tokens, positions):
