@@ -16,7 +16,6 @@ from typing import Callable
 
 import torch
 
-from harness.config import ImplConfig
 from harness.impls.base import ImplContext, register
 from harness.impls.torch_eager import TorchEager
 
@@ -65,7 +64,7 @@ class TorchCompile(TorchEager):
         self._eager_step = step
         self._step = None  # compiled on the first decode(), where the step's inputs are known
         self._builds_us: list[float] = []
-        self._n_builds = ctx.cfg.impl.compile_builds if ctx.cfg is not None else ImplConfig.compile_builds
+        self._n_builds = ctx.cfg.impl.compile_builds if ctx.cfg is not None else 1  # no run config: one build
         self._cache_root = tempfile.mkdtemp(prefix="torch-compile-builds-")
 
     def _compile(self, i: int):
