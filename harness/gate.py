@@ -308,6 +308,23 @@ def _load_rows(results: Path) -> pd.DataFrame:
     return A.with_gpu_slug(rows)
 
 
+def resolve_gpu(df: pd.DataFrame, name: str, what: Optional[str] = None) -> str:
+    """The GPU slug `name` means: its slug if rows have it, else the one slug that contains it ("h100").
+    `what` names the option in an error (default "--gpu NAME")."""
+    what = what or f"--gpu {name}"
+    slugs = sorted(set(df["gpu_slug"]))
+    want = gpu_slug(name)
+    if want in slugs:
+        return want
+    hits = [s for s in slugs if want in s]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise ConfigError(f"{what} matches several GPUs ({', '.join(hits)}); give the full slug")
+    raise ConfigError(f"{what} matches no GPU with rows here; GPUs there: {', '.join(slugs)}")
+
+
+
 # ---------------------------------------------------------------------------------------------- commands
 
 def gate(results: str | os.PathLike, baselines: str | os.PathLike, gpu: Optional[str] = None,
@@ -319,7 +336,7 @@ def gate(results: str | os.PathLike, baselines: str | os.PathLike, gpu: Optional
         raise ConfigError(f"--baselines {baselines} is not a folder; give the folder of <gpu-slug>.parquet baselines")
     only = dict(only or {})
     rows = apply_only(_load_rows(results), only)
-    slug_filter = gpu_slug(gpu) if gpu else None
+    slug_filter = (resolve_gpu(rows, gpu) if not rows.empty else gpu_slug(gpu)) if gpu else None
     if slug_filter:
         rows = rows[rows["gpu_slug"] == slug_filter]
     if rows.empty:
@@ -368,7 +385,7 @@ def refresh(results: str | os.PathLike, baselines: str | os.PathLike, gpu: Optio
     """Writes <baselines>/<gpu-slug>.parquet from the rows the gate would compare (every GPU but cpu, or `gpu`)."""
     results, baselines = Path(results), Path(baselines)
     rows = _load_rows(results)
-    slugs = [gpu_slug(gpu)] if gpu else sorted(s for s in set(rows["gpu_slug"]) if s != "cpu")
+    slugs = [resolve_gpu(rows, gpu)] if gpu else sorted(s for s in set(rows["gpu_slug"]) if s != "cpu")
     written = []
     for slug in slugs:
         cur = rows[rows["gpu_slug"] == slug].drop(columns="gpu_slug")

@@ -156,22 +156,6 @@ def parse_where(specs: Sequence[str]) -> dict[str, set[str]]:
     return out
 
 
-def resolve_gpu(df: pd.DataFrame, name: str, what: Optional[str] = None) -> str:
-    """The GPU slug `name` means: its slug if rows have it, else the one slug that contains it ("h100").
-    `what` names the option in an error (default "--gpu NAME")."""
-    what = what or f"--gpu {name}"
-    slugs = sorted(set(df["gpu_slug"]))
-    want = gpu_slug(name)
-    if want in slugs:
-        return want
-    hits = [s for s in slugs if want in s]
-    if len(hits) == 1:
-        return hits[0]
-    if hits:
-        raise ConfigError(f"{what} matches several GPUs ({', '.join(hits)}); give the full slug")
-    raise ConfigError(f"{what} matches no GPU with rows here; GPUs there: {', '.join(slugs)}")
-
-
 def _present(df: pd.DataFrame, field: str) -> str:
     vals = sorted({_field(r, field) for r in df.to_dict("records")} - {""}, key=_natural)
     return ", ".join(vals) if vals else "none"
@@ -192,7 +176,7 @@ def select(df: pd.DataFrame, tag: Optional[str] = None, gpu: Optional[str] = Non
     """The rows of `df` (as load_rows returns them) with that tag, GPU and --where values; raises ConfigError when a
     filter leaves none, naming the values that filter could have matched."""
     if gpu is not None:
-        df = df[df["gpu_slug"] == resolve_gpu(df, gpu)]
+        df = df[df["gpu_slug"] == G.resolve_gpu(df, gpu)]
     filters = ([("tag", {tag}, f"--tag {tag}")] if tag is not None else []) + \
         [(f, v, f"--where {f}={','.join(sorted(v))}") for f, v in (where or {}).items()]
     for field, values, flag in filters:
@@ -236,7 +220,7 @@ def compare_side(df: pd.DataFrame, spec: str, side: str, source: str = "results"
     """The rows of one --compare side, one per point (the gate's choice)."""
     kind, value = parse_spec(spec)
     if kind == "gpu":
-        rows = df[df["gpu_slug"] == resolve_gpu(df, value, f"--compare side {side} {spec}")]
+        rows = df[df["gpu_slug"] == G.resolve_gpu(df, value, f"--compare side {side} {spec}")]
     elif kind == "tag":
         rows = _match(df, "tag", {value})
     else:

@@ -287,7 +287,7 @@ def test_usage_errors_exit_2_with_one_sentence(tmp_path, capsys):
     args = ["--baselines", str(tmp_path / "baselines")]
     cases = [(["--results", str(tmp_path / "nowhere")], "is not a folder"),
              (["--results", str(tmp_path / "baselines")], "holds no result rows"),  # a folder without rows
-             (["--results", str(tmp_path / "base-results"), "--gpu", "a100"], "no rows under"),
+             (["--results", str(tmp_path / "base-results"), "--gpu", "a100"], "--gpu a100 matches no GPU with rows here"),
              (["--results", str(tmp_path / "base-results"), "--only", "batch=16"], "no rows under"),
              (["--results", str(tmp_path / "base-results"), "--only", "colour=red"], "FIELD must be one of"),
              (["--results", str(tmp_path / "base-results"), "--baselines", str(tmp_path / "nope")], "not a folder"),
@@ -319,6 +319,9 @@ def test_cli(tmp_path):
     assert G.main(args) == 1
     assert G.main(args + ["--only", "impl=layerwise,torch-compile"]) == 0
     assert G.main(args + ["--refresh"]) == 0 and G.main(args) == 0  # the new numbers are now the reference
+    short = SLUG.split("-")[-1]  # a GPU is named as in harness.report: its slug, or a part only it contains
+    assert short != SLUG and G.main(args + ["--gpu", short, "--strict"]) == 0
+    assert G.main(args + ["--gpu", short, "--refresh"]) == 0
     r = subprocess.run([sys.executable, "-m", "harness.gate", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "--strict" in r.stdout and "--only" in r.stdout
