@@ -176,6 +176,31 @@ def _load_words(w_ptrs, offset, unused, ok, WPL: gl.constexpr, HALF: gl.constexp
     return gl.load(w_ptrs + offset + 4 * HALF, mask=ok, other=0)
 
 
+@gluon.constexpr_function
+def _acc_shape(shape):
+    """[..., 2, 2] -> [..., 4]"""
+    return list(shape[:-2]) + [4]
+
+
+@gluon.jit
+def _rows_to_acc(v, L: gl.constexpr):
+    """[..., 2] values of a lane's two rows (r, r + 8) -> [..., 4] in the accumulators' layout L, whose last dim is
+    d0..d3 = rows r, r, r + 8, r + 8: each value twice, in registers (no data moves, asserted)."""
+    v = gl.join(v, v)
+    return gl.convert_layout(v.reshape(_acc_shape(v.shape)), L, assert_trivial=True)
+
+
+@gluon.jit
+def _group_fold(s_ptr, z_ptr, rows2, g, ok2, stride_sn, L: gl.constexpr, OFFSET: gl.constexpr):
+    """The int4 group fold's factors for the accumulators in L: s and z - OFFSET s (y += s sum x (q + OFFSET) +
+    (z - OFFSET s) sum x), loaded once per row (rows2: [..., 2], a lane's rows r and r + 8; 0 where ok2 is false):
+    two 16-bit loads per row and group, where loading per accumulator element took four."""
+    off = rows2 * stride_sn + g
+    s = gl.load(s_ptr + off, mask=ok2, other=0.0).to(gl.float32)
+    z = gl.load(z_ptr + off, mask=ok2, other=0.0).to(gl.float32)
+    return _rows_to_acc(s, L), _rows_to_acc(z - OFFSET * s, L)
+
+
 @gluon.jit
 def _int4_step(w, b0, b1, d, dx, X_BF16: gl.constexpr):
     """One int4 k-step: d += (MAGIC + q) x (fp16: q - 8), dx += sum x, over 4 k-tiles."""
@@ -269,9 +294,13 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     n_groups = k_steps // KPG
     per_warp = gl.cdiv(n_groups, WARPS)  # groups of K each warp walks: warp w the groups w * per_warp + i
     words = (tile * k_steps * 32 + lane) * WPL + q4  # this lane's first words of k-step 0
-    rows = tile * 16 + lane // 4 + 8 * (q4 // 2)  # rows of the accumulator's d0..d3: r, r, r + 8, r + 8
-    row_ok = rows < N
     tile_ok = tile * 16 < N
+    # a lane's two rows, r and r + 8 (the accumulator's d0, d1 and d2, d3), for the group scales
+    L2: gl.constexpr = gl.BlockedLayout([RT, 1, 1, 2], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
+    rows2 = (gl.program_id(0) * RT + _index(RT, 0, L2)) * 16 + _index(32, 2, L2) // 4 + 8 * _index(2, 3, L2)
+    rows2_ok = rows2 < N
+    g0_2 = _index(WARPS, 1, L2) * per_warp  # the warp's first group, in L2
+    OFFSET: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
     wx = _index(WARPS, 1, LX)
     # Warp w walks the groups w * per_warp .. (w + 1) * per_warp - 1 and loads one group ahead of its arithmetic:
     # the words and x fragments of group i + 1 are in flight while group i's MMAs run. A group is KPG (1 or 2)
@@ -308,16 +337,11 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
         if KIND == KIND_INT4:
             d, dx = _int4_group(wa, wb, xa0, xa1, xb0, xb1, L, RT, KPG, X_BF16)
             # y += s * sum x (q - 8) + z * sum x = s * sum x (q + OFFSET) + (z - OFFSET s) * sum x
-            sz = rows * stride_sn + g0 + i
-            g_ok = row_ok & ok_next | (row_ok & tile_ok & (g0 + i < n_groups))
-            s = gl.load(s_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
-            z = gl.load(z_ptr + sz, mask=g_ok, other=0.0).to(gl.float32)
-            offset: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
-            zo = z - offset * s
-            acc += s * d + zo * dx
+            s, zo = _group_fold(s_ptr, z_ptr, rows2, g0_2 + i, rows2_ok & (g0_2 + i < n_groups), stride_sn, L, OFFSET)
+            acc = gl.fma(zo, dx, gl.fma(s, d, acc))
             if NT == 2:
                 d2, dx2 = _int4_group(wa, wb, ya0, ya1, yb0, yb1, L, RT, KPG, X_BF16)
-                acc2 += s * d2 + zo * dx2
+                acc2 = gl.fma(zo, dx2, gl.fma(s, d2, acc2))
         else:
             acc, acc_x = _int8_step(wa, wa1, xa0, xa1, acc, acc_x)
             if NT == 2:
@@ -390,11 +414,15 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
     tile_ok = tile * 16 < N
     w_ptrs = w_ptr + (((tile * k_steps + (g0 + c) * KPG + st) * 32 + lane) * WPL + q4)
     w_ok = tile_ok & (g0 + c < g_end)
-    # the group index, per row, of the scale / zero loads ([RT, WARPS, 32, CH, 4] in LG)
-    rows_g = (gl.program_id(0) * RT + _index(RT, 0, LG, 5)) * 16 + _index(32, 2, LG, 5) // 4 + \
-        8 * (_index(4, 4, LG, 5) // 2)
-    g0_g = _index(WARPS, 1, LG, 5) * per_warp + _index(CH, 3, LG, 5)
-    g_end_g = gl.minimum(_index(WARPS, 1, LG, 5) * per_warp + per_warp, n_groups)
+    # a lane's two rows (r, r + 8) and the group of each chunk slot, for the scale / zero loads: [RT, WARPS, 32, CH, 2]
+    LG2: gl.constexpr = gl.SliceLayout(4, gl.BlockedLayout([RT, 1, 1, CH, KPG, 2], [1, 1, 32, 1, 1, 1],
+                                                           [1, WARPS, 1, 1, 1, 1], [5, 4, 3, 2, 1, 0]))
+    rows2 = (gl.program_id(0) * RT + _index(RT, 0, LG2, 5)) * 16 + _index(32, 2, LG2, 5) // 4 + \
+        8 * _index(2, 4, LG2, 5)
+    rows2_ok = rows2 < N
+    g0_g = _index(WARPS, 1, LG2, 5) * per_warp + _index(CH, 3, LG2, 5)
+    g_end_g = gl.minimum(_index(WARPS, 1, LG2, 5) * per_warp + per_warp, n_groups)
+    OFFSET: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
     wx = _index(WARPS, 1, LX, 6)
     g0x = wx * per_warp
     g_endx = gl.minimum(g0x + per_warp, n_groups)
@@ -429,17 +457,13 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
             dx = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
             d, dx = _int4_step(wa, xa0, xa1, d, dx, X_BF16)  # every k-step of the chunk at once
             g = g0_g + i * CH
-            g_ok = (rows_g < N) & (g < g_end_g)
-            s = gl.load(s_ptr + rows_g * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
-            z = gl.load(z_ptr + rows_g * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
-            offset: gl.constexpr = INT4_BF16_OFFSET if X_BF16 else INT4_F16_OFFSET
-            zo = z - offset * s
-            acc += gl.sum(s * gl.sum(d, axis=4) + zo * gl.sum(dx, axis=4), axis=3)
+            s, zo = _group_fold(s_ptr, z_ptr, rows2, g, rows2_ok & (g < g_end_g), stride_sn, LG, OFFSET)
+            acc += gl.sum(gl.fma(zo, gl.sum(dx, axis=4), s * gl.sum(d, axis=4)), axis=3)
             if NT == 2:
                 d2 = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
                 dx2 = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
                 d2, dx2 = _int4_step(wa, ya0, ya1, d2, dx2, X_BF16)
-                acc2 += gl.sum(s * gl.sum(d2, axis=4) + zo * gl.sum(dx2, axis=4), axis=3)
+                acc2 += gl.sum(gl.fma(zo, gl.sum(dx2, axis=4), s * gl.sum(d2, axis=4)), axis=3)
         else:
             acc8, acc8x = _int8_step(wa, wa1, xa0, xa1, acc8, acc8x)
             if NT == 2:
@@ -479,24 +503,23 @@ def _issue_stage(w_desc, ring, bars, st, stages, tile, KSB: gl.constexpr, NBUF: 
 
 
 @gluon.jit
-def _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, st, wx, wp, rows, row_ok,
+def _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, st, wx, wp2, rows2, rows2_ok,
                     LX: gl.constexpr, L: gl.constexpr, KIND: gl.constexpr, KPG: gl.constexpr, NT: gl.constexpr,
-                    XCVT: gl.constexpr):
+                    XCVT: gl.constexpr, OFFSET: gl.constexpr):
     """What a warp needs besides the weights for its group of stage st (group st WARPS + w): the x fragments of its
-    KPG k-steps for batch rows 0-7 (xa: first k-step, xb: second) and 8-15 (ya, yb: NT == 2), and (int4) the group's
-    scales and zeros; zeros past K."""
+    KPG k-steps for batch rows 0-7 (xa: first k-step, xb: second) and 8-15 (ya, yb: NT == 2), and (int4) the group
+    fold's s and z - OFFSET s (_group_fold; rows2, wp2: a lane's rows and its warp in _group_fold's layout); zeros
+    past K."""
     WARPS: gl.constexpr = gl.num_warps()
     gx = st * WARPS + wx  # [1, WARPS, 1, 1] in LX: each warp its group
     xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1 = _group_x(x_ptr, stride_xb, B, K2, gx * (KPG * 64), wx, LX, XCVT, KPG,
                                                       NT)
     s = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-    z = s
+    zo = s
     if KIND == KIND_INT4:
-        g = st * WARPS + wp  # [1, WARPS, 1, 1] in L
-        g_ok = row_ok & (g < n_groups)
-        s = gl.load(s_ptr + rows * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
-        z = gl.load(z_ptr + rows * stride_sn + g, mask=g_ok, other=0.0).to(gl.float32)
-    return xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1, s, z
+        g = st * WARPS + wp2
+        s, zo = _group_fold(s_ptr, z_ptr, rows2, g, rows2_ok & (g < n_groups), stride_sn, L, OFFSET)
+    return xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1, s, zo
 
 
 @gluon.jit
@@ -530,23 +553,22 @@ def _qgemv_tma_kernel(w_desc, x_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stri
         mbarrier.init(bars.index(i), count=1)
     for i in gl.static_range(NBUF):
         _issue_stage(w_desc, ring, bars, i, stages, tile, KSB, NBUF)
-    wp = _index(WARPS, 1, L)
-    lane = _index(32, 2, L)
-    q4 = _index(4, 3, L)
-    rows = tile * 16 + lane // 4 + 8 * (q4 // 2)  # rows of the accumulator's d0..d3: r, r, r + 8, r + 8
-    row_ok = rows < N
+    L2: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2], [1, 1, 32, 1], [1, WARPS, 1, 1], [3, 2, 1, 0])
+    wp2 = _index(WARPS, 1, L2)
+    rows2 = tile * 16 + _index(32, 2, L2) // 4 + 8 * _index(2, 3, L2)  # a lane's rows r, r + 8
+    rows2_ok = rows2 < N
     wx = _index(WARPS, 1, LX)
     K2 = K // 2
     acc = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # int4: the scaled group sums; int8: sum x (q + OFFSET)
     acc_x = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # int8: sum x
     acc2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # the same for batch rows 8-15 (NT == 2)
     acc_x2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
-    nxt = _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, 0, wx, wp, rows, row_ok,
-                          LX, L, KIND, KPG, NT, XCVT)
+    nxt = _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, 0, wx, wp2, rows2, rows2_ok,
+                          LX, L, KIND, KPG, NT, XCVT, OFFSET)
     for st in range(0, stages):
-        xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1, s, z = nxt
-        nxt = _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, st + 1, wx, wp, rows,
-                              row_ok, LX, L, KIND, KPG, NT, XCVT)
+        xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1, s, zo = nxt
+        nxt = _stage_operands(x_ptr, s_ptr, z_ptr, stride_xb, stride_sn, B, K2, n_groups, st + 1, wx, wp2, rows2,
+                              rows2_ok, LX, L, KIND, KPG, NT, XCVT, OFFSET)
         xa0, xa1, ya0, ya1 = _first_step_in(xa0, xa1, ya0, ya1, L, NT)
         slot = st % NBUF
         mbarrier.wait(bars.index(slot), (st // NBUF) & 1)
@@ -563,11 +585,10 @@ def _qgemv_tma_kernel(w_desc, x_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stri
             wa = gl.convert_layout(wa, L, assert_trivial=True)
             wb = gl.convert_layout(wb, L, assert_trivial=True)
             d, dx = _int4_group(wa, wb, xa0, xa1, xb0, xb1, L, 1, KPG, X_BF16)
-            zo = z - OFFSET * s  # y += s sum x (q + OFFSET) + (z - OFFSET s) sum x
-            acc += s * d + zo * dx
+            acc = gl.fma(zo, dx, gl.fma(s, d, acc))  # y += s sum x (q + OFFSET) + (z - OFFSET s) sum x
             if NT == 2:
                 d2, dx2 = _int4_group(wa, wb, ya0, ya1, yb0, yb1, L, 1, KPG, X_BF16)
-                acc2 += s * d2 + zo * dx2
+                acc2 = gl.fma(zo, dx2, gl.fma(s, d2, acc2))
         else:  # a lane's 8 words: the first 4 are the a0 / a1 words of the k-step's 4 k-tiles, the last 4 a2 / a3
             w0, w1 = gl.split(gl.permute(words.reshape([1, WARPS, 32, 2, 4]), [0, 1, 2, 4, 3]))
             w0 = gl.convert_layout(w0, L, assert_trivial=True)
