@@ -146,7 +146,8 @@ def decode_one_token(model, tokens, pos):
     return torch.argmax(logits[:, -1], dim=-1, keepdim=True)
 
 
-def measure(spec, quant: str, batch: int, ctx: int, reps: int, steps: int, profile: bool = False) -> tuple[float, float]:
+def measure(spec, quant: str, batch: int, ctx: int, reps: int, steps: int,
+            profile: bool = False) -> tuple[float, float]:
     import torch._inductor.config as ic
 
     ic.coordinate_descent_tuning = True

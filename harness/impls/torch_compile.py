@@ -22,7 +22,8 @@ from harness.impls.torch_eager import TorchEager
 BUILD_TIMING = (3, 20)  # (warm-up, timed) CUDA-graph replays per build when choosing the fastest
 
 
-def fastest_build(n: int, build: Callable[[int], Callable], time_us: Callable[[Callable], float]) -> tuple[Callable, list[float]]:
+def fastest_build(n: int, build: Callable[[int], Callable],
+                  time_us: Callable[[Callable], float]) -> tuple[Callable, list[float]]:
     """Makes `n` builds (`build(i)`), times each (`time_us`) and returns the fastest with every build's time.
     A build that is not the fastest so far is dropped at once, so at most two are alive."""
     best, best_us, times = None, float("inf"), []
