@@ -1,6 +1,7 @@
 """layerwise: our Triton kernels, one launch per operation (the ablation's baseline), replayed from
 one CUDA graph by the timer. Per layer: RMSNorm, QKV GEMV, RoPE + KV append, attention (partial +
-reduce), O GEMV, residual add, RMSNorm, gate GEMV, up GEMV, SiLU*up, down GEMV, residual add.
+reduce), O GEMV with the residual added in its epilogue, RMSNorm, gate GEMV, up GEMV, SiLU*up, down GEMV with
+the residual added in its epilogue (each GEMV kernel takes a residual: no separate add launch).
 
 int4 weights at batch <= 16 and int8 at batch <= 8 (kernels.qgemv.preferred), on a GPU with mma.sync (sm_80+): the GEMVs, the LM head's too, run on the
 tensor cores (kernels/qgemv.py), reading a copy of the weights in the MMA fragment layout (kernels/fragments.py,
@@ -15,7 +16,7 @@ import torch
 
 from harness.impls.base import DecodeImpl, ImplContext, register
 from kernels.attention import decode_attention
-from kernels.elementwise import add, silu_mul
+from kernels.elementwise import silu_mul
 from kernels.embedding import embedding
 from kernels.gemv import gemv
 from kernels.lm_head import lm_head_argmax
@@ -74,9 +75,9 @@ class Layerwise(DecodeImpl):
             q = rope_kv_append(qkv, positions, self.cos, self.sin, cache.k[i], cache.v[i],
                                s.n_heads, s.n_kv_heads, s.head_dim)  # [B, H, hd]
             attn = decode_attention(q, cache.k[i], cache.v[i], seq_lens, self.scale)  # [B, H hd]
-            h = add(h, gemv(attn, lw.wo))
+            h = gemv(attn, lw.wo, h)
             x = rmsnorm(h, lw.mlp_norm, eps)
-            h = add(h, gemv(silu_mul(gemv(x, lw.w_gate), gemv(x, lw.w_up)), lw.w_down))
+            h = gemv(silu_mul(gemv(x, lw.w_gate), gemv(x, lw.w_up)), lw.w_down, h)
         if w.lm_head.frag is not None:  # the tensor-core GEMV writes fp32 logits; decode returns no tokens
             logits = torch.empty(h.shape[0], s.vocab_size, dtype=torch.float32, device=h.device)
             return gemv(rmsnorm(h, w.final_norm, eps), w.lm_head, out=logits)
