@@ -6,6 +6,9 @@ repacked where a library wants its own layout.
 """
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -65,11 +68,8 @@ def gemlite_layer(w: QLinear):
         from gemlite import DType, GemLiteLinear
     except ImportError as e:
         raise Unsupported(f"GemLite is not importable ({e}); pip install gemlite==0.6.0.post2") from None
-    import os
-
-    # GemLite ships tuned kernel configs for the H100 only; they are its published choice for Hopper.
-    cfg = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
-    if os.path.isfile(cfg):
+    cfg = gemlite_config_file(w.weight.device)
+    if cfg:
         GemLiteLinear.load_config(cfg)
     n, k = w.out_features, w.in_features
     if w.kind == Kind.INT4:
@@ -84,6 +84,27 @@ def gemlite_layer(w: QLinear):
                               output_dtype=DType.BF16)
         layer.pack(w.weight, w.scale[:, None], None, None)
     return layer
+
+
+def gemlite_config_file(device: torch.device) -> Optional[str]:
+    """GemLite's shipped kernel configs for the H100, its published choice for Hopper: the file on a Hopper GPU (sm_90)
+    where the install has it; None elsewhere (GemLite then autotunes on first use and caches the result itself)."""
+    import gemlite
+
+    path = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+    return path if hopper and os.path.isfile(path) else None
+
+
+def gemlite_run_info(bits: int, batch: int, device: torch.device) -> dict:
+    """The row's account of GemLite: its version, the kernel its dispatcher picks for this batch (GEMV_REVSPLITK,
+    GEMV_SPLITK, GEMM_SPLITK or GEMM) and where its kernel configs came from."""
+    import gemlite
+    from gemlite.core import get_matmul_type
+
+    cfg = gemlite_config_file(device)
+    return {"gemlite_version": gemlite.__version__, "gemlite_kernel": get_matmul_type(batch, bits),
+            "gemlite_configs": os.path.basename(cfg) if cfg else "autotuned"}
 
 
 def torch_linear_fn(weights, make=TorchLinear) -> "callable":

@@ -56,9 +56,40 @@ def test_gemlite_matches_the_reference_decoder(quant, batch, monkeypatch):
         return layer
 
     monkeypatch.setattr(GemLite, "linear_layer", staticmethod(counting))
-    got = GemLite(ctx).decode(tokens, positions).float()
+    impl = GemLite(ctx)
+    got = impl.decode(tokens, positions).float()
+    info = impl.info()  # the row says which GemLite kernel ran and where its configs came from
+    assert info["gemlite_kernel"] == ("GEMV_REVSPLITK" if quant == "int4" and batch == 1 else "GEMM_SPLITK"), info
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    assert info["gemlite_configs"] == ("h100.json" if hopper else "autotuned") and info["gemlite_version"], info
     n_linears = sum(len(lw.linears()) for lw in ctx.weights.layers) + 1
     assert len(built) == n_linears and all("GemLite" in name for name in built), built[:3]
     err = ((got - expect).norm() / expect.norm()).item()
     assert torch.isfinite(got).all() and err <= 3e-2, f"relative error {err:.3g}"
     assert (got.argmax(-1) == expect.argmax(-1)).float().mean() >= 0.9
+
+
+def test_gemlite_rows_name_the_kernel_and_the_config_source(monkeypatch, tmp_path):
+    """gemlite_run_info asks GemLite's own dispatcher which kernel a batch gets, and says the shipped H100 configs are
+    used only on Hopper (a stand-in gemlite module: the real one needs CUDA)."""
+    import sys
+    import types
+
+    from harness import torch_ops
+
+    asked = []
+    fake = types.ModuleType("gemlite")
+    fake.__version__, fake.__file__ = "9.9", str(tmp_path / "gemlite" / "__init__.py")
+    core = types.ModuleType("gemlite.core")
+    core.get_matmul_type = lambda batch, bits: asked.append((batch, bits)) or f"KERNEL_{batch}_{bits}"
+    monkeypatch.setitem(sys.modules, "gemlite", fake)
+    monkeypatch.setitem(sys.modules, "gemlite.core", core)
+    info = torch_ops.gemlite_run_info(4, 3, torch.device("cpu"))
+    assert info == {"gemlite_version": "9.9", "gemlite_kernel": "KERNEL_3_4", "gemlite_configs": "autotuned"}
+    assert asked == [(3, 4)]
+    (tmp_path / "gemlite" / "configs").mkdir(parents=True)
+    (tmp_path / "gemlite" / "configs" / "h100.json").write_text("{}")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert torch_ops.gemlite_config_file(torch.device("cuda")) == str(tmp_path / "gemlite" / "configs" / "h100.json")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert torch_ops.gemlite_config_file(torch.device("cuda")) is None  # not Hopper: GemLite autotunes

@@ -8,7 +8,7 @@ from typing import Optional
 
 from harness.impls.base import ImplContext, register
 from harness.impls.torch_compile import TorchCompile
-from harness.torch_ops import gemlite_layer
+from harness.torch_ops import gemlite_layer, gemlite_run_info
 
 
 @register("gemlite")
@@ -28,3 +28,7 @@ class GemLite(TorchCompile):
         except ImportError as e:
             return f"GemLite is not importable ({e}); pip install gemlite==0.6.0.post2"
         return None
+
+    def info(self) -> dict:
+        bits = 4 if self.ctx.weights.quant == "int4" else 8
+        return {**super().info(), **gemlite_run_info(bits, self.ctx.batch, self.ctx.device)}
