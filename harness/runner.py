@@ -418,7 +418,12 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
             log.warning(f"impl {r['impl']}: unsupported: {r['note']}")
         store.append(rows)
         return rows
-    check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
+    try:
+        check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
+    except ConfigError as e:  # the point's rows say so (a figure can show it); the run still stops with the sentence
+        store.append([{**base_row(r), "status": "unsupported", "note": str(e), "baseline": cfg.baseline,
+                       "speedup": math.nan} for r in todo])
+        raise
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
     nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)
     progress.info(f"{spec.name} {quant} batch={b.batch} ctx={b.ctx} on {device}: {_count(len(runs), 'run')}: "

@@ -287,6 +287,32 @@ def test_unsupported_everywhere_is_refused_before_building_weights(tmp_path, mon
     assert rows[0]["note"] == "int4 through torch needs tinygemm on CUDA"
 
 
+def test_a_model_too_large_stops_with_its_sentence_and_leaves_rows_saying_so(tmp_path, monkeypatch):
+    """check_fits refuses before any weight exists; the point's rows keep the sentence (status unsupported), so a
+    figure can show that the model does not fit, and a resumed sweep does not try it again."""
+    import harness.runner as runner
+    from harness.results import load_results
+
+    why = "model=tiny quant=bf16 batch=1 ctx=25 needs 999.0 GB (...) but cpu has 1.0 GB available; choose a smaller model"
+
+    def too_large(*a, **kw):
+        raise ConfigError(why)
+
+    def never(*a, **kw):
+        raise AssertionError("weights built for a point that does not fit")
+
+    monkeypatch.setattr(runner, "check_fits", too_large)
+    monkeypatch.setattr(runner, "prepare_point", never)
+    monkeypatch.setattr(runner, "measure_copy_bandwidth", never)
+    cfg = _compose("model=tiny", *QUICK, "impl.names=[torch-eager,layerwise]", f"results.dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"needs 999.0 GB"):
+        runner.run_point(cfg)
+    rows = load_results(tmp_path)
+    assert sorted(rows["impl"]) == ["layerwise", "torch-eager"]
+    assert set(rows["status"]) == {"unsupported"} and set(rows["note"]) == {why}
+    assert runner.run_point(cfg) == []  # resumed: the point is done, nothing is measured or refused again
+
+
 def test_unsupported_impl_cli(tmp_path):
     """Through run.py: exit 0, the reason printed, one row stored, in seconds (no 8B weights built)."""
     results = tmp_path / "results"
