@@ -5,3 +5,7 @@ from kernels.errors import ConfigError  # noqa: F401 - re-exported: the harness 
 
 class Unsupported(RuntimeError):
     """An impl cannot run this configuration (the sweep goes on; the message says why)."""
+
+
+class TooLargeForDevice(ConfigError):
+    """The configuration needs more memory than the device has in all (not merely more than is free now)."""

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import tile_options, validate
-from harness.errors import ConfigError, Unsupported
+from harness.errors import ConfigError, TooLargeForDevice, Unsupported
 from harness.impls import REGISTRY, ImplContext
 from harness.metrics import achieved_gbps, bytes_per_step, pct_of_copy_bw
 from harness.reference import LlamaDecoder
@@ -420,9 +420,10 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
         return rows
     try:
         check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
-    except ConfigError as e:  # the point's rows say so (a figure can show it); the run still stops with the sentence
-        store.append([{**base_row(r), "status": "unsupported", "note": str(e), "baseline": cfg.baseline,
-                       "speedup": math.nan} for r in todo])
+    except TooLargeForDevice as e:  # never fits this device: its rows say so (figures show it, a resumed sweep
+        # skips it), and the run still stops with the sentence; memory that is only busy now leaves no row
+        store.append([{**base_row(r), "status": "unsupported", "note": early.get(r, str(e)),
+                       "baseline": cfg.baseline, "speedup": math.nan} for r in todo])
         raise
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
     nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, TooLargeForDevice
 from kernels.model import LayerWeights, ModelSpec, ModelWeights
 from kernels.quant import QLinear, quant_mode, quantize_linear
 
@@ -34,13 +34,14 @@ def kv_cache_nbytes(spec: ModelSpec, batch: int, max_len: int) -> int:
     return 2 * spec.n_layers * batch * spec.n_kv_heads * max_len * spec.head_dim * 2
 
 
-def available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device, total: bool = False) -> int:
+    """Memory free on `device` now, or (total=True) its whole memory (a GPU's size; the CPU's MemTotal)."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        free, size = torch.cuda.mem_get_info(device)
+        return int(size if total else free)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith("MemTotal:" if total else "MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -49,7 +50,8 @@ def available_bytes(device: torch.device) -> int:
 
 def check_fits(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, device: torch.device,
                n_cache_copies: int = 2) -> None:
-    """Refuses, before allocating, a configuration whose weights + KV caches do not fit `device`."""
+    """Refuses, before allocating, a configuration whose weights + KV caches do not fit `device` (now): ConfigError,
+    or TooLargeForDevice where they exceed its whole memory."""
     w = weight_nbytes(spec, quant, group_size)
     kv = kv_cache_nbytes(spec, batch, max_len) * n_cache_copies
     # Largest temporary: one dense [V, D] (or [F, D]) matrix while quantizing, plus activations.
@@ -57,7 +59,9 @@ def check_fits(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
     need, have = w + kv + scratch, available_bytes(device)
     if need > have:
         gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
-        raise ConfigError(
+        # more than the whole device: no later run fits either (a sweep records it); else memory is only busy now
+        error = TooLargeForDevice if need > available_bytes(device, total=True) else ConfigError
+        raise error(
             f"model={spec.name} quant={quant} batch={batch} ctx={max_len} needs {gb(need)} (weights {gb(w)}, "
             f"KV caches {gb(kv)}, scratch {gb(scratch)}) but {device} has {gb(have)} available; "
             f"choose a smaller model, a smaller quant (int8/int4), or a smaller bench.batch / bench.ctx")

@@ -293,10 +293,12 @@ def test_a_model_too_large_stops_with_its_sentence_and_leaves_rows_saying_so(tmp
     import harness.runner as runner
     from harness.results import load_results
 
+    from harness.errors import TooLargeForDevice
+
     why = "model=tiny quant=bf16 batch=1 ctx=25 needs 999.0 GB (...) but cpu has 1.0 GB available; choose a smaller model"
 
     def too_large(*a, **kw):
-        raise ConfigError(why)
+        raise TooLargeForDevice(why)
 
     def never(*a, **kw):
         raise AssertionError("weights built for a point that does not fit")
@@ -311,6 +313,32 @@ def test_a_model_too_large_stops_with_its_sentence_and_leaves_rows_saying_so(tmp
     assert sorted(rows["impl"]) == ["layerwise", "torch-eager"]
     assert set(rows["status"]) == {"unsupported"} and set(rows["note"]) == {why}
     assert runner.run_point(cfg) == []  # resumed: the point is done, nothing is measured or refused again
+
+
+def test_memory_only_busy_now_stops_the_run_without_rows(tmp_path, monkeypatch):
+    """Free memory short of the need, the device's whole memory not: the sentence, and no row (the next run may fit)."""
+    import harness.runner as runner
+    import harness.weights as weights
+    from harness.errors import TooLargeForDevice
+    from harness.models import named_spec
+    from harness.results import load_results
+    import torch
+
+    spec, dev = named_spec("tiny"), torch.device("cpu")
+    need_free = lambda device, total=False: 1 << 40 if total else 1 << 10  # noqa: E731
+    monkeypatch.setattr(weights, "available_bytes", need_free)
+    with pytest.raises(ConfigError, match=r"needs .* GB .* has .* available") as e:
+        weights.check_fits(spec, "bf16", 32, 1, 9, dev)
+    assert not isinstance(e.value, TooLargeForDevice)
+    monkeypatch.setattr(weights, "available_bytes", lambda device, total=False: 1 << 10)
+    with pytest.raises(TooLargeForDevice):
+        weights.check_fits(spec, "bf16", 32, 1, 9, dev)
+    monkeypatch.setattr(weights, "available_bytes", need_free)
+    monkeypatch.setattr(runner, "check_fits", weights.check_fits)
+    cfg = _compose("model=tiny", *QUICK, f"results.dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"needs .* GB"):
+        runner.run_point(cfg)
+    assert not list(tmp_path.rglob("*.parquet")) or load_results(tmp_path).empty
 
 
 def test_unsupported_impl_cli(tmp_path):
