@@ -1,4 +1,5 @@
-"""layerwise: our Triton kernels, one launch per operation (the ablation's baseline), replayed from
+"""layerwise: our Triton kernels, one launch per operation (residual adds fused into the GEMV before them; the
+ablation's baseline), replayed from
 one CUDA graph by the timer. Per layer: RMSNorm, QKV GEMV, RoPE + KV append, attention (partial +
 reduce), O GEMV with the residual added in its epilogue, RMSNorm, gate GEMV, up GEMV, SiLU*up, down GEMV with
 the residual added in its epilogue (each GEMV kernel takes a residual: no separate add launch).

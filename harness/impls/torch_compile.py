@@ -3,10 +3,12 @@ weight-only as gpt-fast, int4 through tinygemm) compiled with torch.compile(full
 Inductor's coordinate-descent tuning, then replayed from a CUDA graph by the timer.
 
 Inductor autotunes each generated kernel by timing a few configurations, and two builds of the same
-step pick differently: on an H200 at llama8b int8 five builds took 3.84 to 5.10 ms per step, the fused
-gate/up GEMV alone 36 to 79 µs (docs/perf-notes.md). A single build is one draw from that spread, so
-the impl makes `impl.compile_builds` builds, each in a fresh Inductor and Triton cache, times each from a
-CUDA graph, and keeps the fastest; the row lists every build's time (`compile_builds_us`)."""
+step pick differently: on an H200 at llama8b int8 four builds took 3.84 to 5.10 ms of kernel time per step, the
+fused gate/up GEMV alone 36 to 79 µs (docs/perf-notes.md). A single build is one draw from that spread, so
+the impl makes `impl.compile_builds` builds, each in a fresh Inductor and Triton cache, times each (from a CUDA
+graph where bench.cuda_graphs allows and the step captures, else call by call) and keeps the fastest; the row
+lists every build's time (`compile_builds_us`). For the gemlite impl only the compiled graph around GemLite's
+kernels is drawn again: GemLite's own kernel configs come from its shipped file or its own autotune cache."""
 from __future__ import annotations
 
 import shutil
@@ -66,7 +68,8 @@ class TorchCompile(TorchEager):
         self._step = None  # compiled on the first decode(), where the step's inputs are known
         self._builds_us: list[float] = []
         self._n_builds = ctx.cfg.impl.compile_builds if ctx.cfg is not None else 1  # no run config: one build
-        self._cache_root = tempfile.mkdtemp(prefix="torch-compile-builds-")
+        self._graphs = ctx.cfg.bench.cuda_graphs if ctx.cfg is not None else True
+        self._cache_root = None  # the builds' caches (n_builds > 1), removed by close()
 
     def _compile(self, i: int):
         # CUDA graphs come from the timer's capture (as for every graph-safe impl), not from
@@ -74,7 +77,7 @@ class TorchCompile(TorchEager):
         return torch.compile(_own_code(self._eager_step, i), fullgraph=True, dynamic=False)
 
     def _build(self, tokens, positions):
-        from harness.timing import time_step
+        from harness.timing import GraphCaptureError, time_step
 
         try:
             from torch._inductor.utils import fresh_cache
@@ -86,6 +89,8 @@ class TorchCompile(TorchEager):
             if self._n_builds == 1:  # one draw: the shared caches may serve it (as a plain torch.compile)
                 fn(tokens, positions)
                 return fn
+            if self._cache_root is None:
+                self._cache_root = tempfile.mkdtemp(prefix="torch-compile-builds-")
             with fresh_cache(dir=self._cache_root, delete=False):  # autotune afresh: a new draw
                 fn(tokens, positions)
             return fn
@@ -93,8 +98,11 @@ class TorchCompile(TorchEager):
         def time_us(fn) -> float:
             if self._n_builds == 1:
                 return float("nan")  # nothing to choose between: the runner times it
-            warmup, repeats = BUILD_TIMING
-            return time_step(lambda: fn(tokens, positions), self.ctx.device, warmup, repeats, True).median_us
+            call = lambda: fn(tokens, positions)  # noqa: E731
+            try:
+                return time_step(call, self.ctx.device, *BUILD_TIMING, self._graphs).median_us
+            except GraphCaptureError:  # the runner times this step without a graph too (its row says so)
+                return time_step(call, self.ctx.device, *BUILD_TIMING, False).median_us
 
         step, self._builds_us = fastest_build(self._n_builds, build, time_us)
         return step
@@ -113,4 +121,5 @@ class TorchCompile(TorchEager):
     def close(self) -> None:
         super().close()
         self._step = None
-        shutil.rmtree(self._cache_root, ignore_errors=True)
+        if self._cache_root is not None:
+            shutil.rmtree(self._cache_root, ignore_errors=True)
