@@ -124,16 +124,22 @@ def _index(n: gl.constexpr, dim: gl.constexpr, layout: gl.constexpr, RANK: gl.co
 
 
 @gluon.jit
-def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.constexpr, N0: gl.constexpr = 0):
+def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.constexpr, N0: gl.constexpr = 0,
+                 CLAMP: gl.constexpr = False):
     """The B operands (b0, b1: [1, WARPS, 32, 4] int32, 16-bit float pairs) of 4 k-tiles from column k0 (a tensor
     per warp) for batch rows N0..N0 + 7: in the permuted K order of kernels/fragments.py lane l holds
-    x[N0 + l / 4, k0 + 16 (l % 4) + 0..15], two 16-byte loads; 0 past B and K. x_ptr: x as int32 pairs
-    [B, K2 = K / 2]. CVT: bf16 pairs to fp16 pairs."""
+    x[N0 + l / 4, k0 + 16 (l % 4) + 0..15], two 16-byte loads; 0 past B and K, or with CLAMP (int4, K a multiple of
+    64) x's last row and last k-step there. x_ptr: x as int32 pairs [B, K2 = K / 2]. CVT: bf16 pairs to fp16 pairs."""
     lane = _index(32, 2, LX)
     e = _index(8, 3, LX)  # [.., 8]: pairs b0 j, b1 j interleaved: word 2 j + reg
     n = N0 + lane // 4
-    kw = k0 // 2 + 8 * (lane % 4) + e + 0 * wp  # word (pair) index along K
-    words = gl.load(x_ptr + n * stride_xb + kw, mask=(n < B) & (kw < K2), other=0)
+    if CLAMP:  # past B and K: in-range values instead of zeros (finite, for operands whose result is discarded);
+        # clamped per lane and per k-step, not per element, so the loads stay 16-byte vectors. Needs K % 64 == 0.
+        kw = gl.minimum(k0, 2 * K2 - 64) // 2 + 8 * (lane % 4) + e + 0 * wp
+        words = gl.load(x_ptr + gl.minimum(n, B - 1) * stride_xb + kw)
+    else:
+        kw = k0 // 2 + 8 * (lane % 4) + e + 0 * wp  # word (pair) index along K
+        words = gl.load(x_ptr + n * stride_xb + kw, mask=(n < B) & (kw < K2), other=0)
     if CVT:
         words = gl.inline_asm_elementwise(BF16X2_TO_F16X2_PTX, "=r,r", [words], dtype=gl.int32, is_pure=True,
                                           pack=1)
@@ -143,18 +149,18 @@ def _x_fragments(x_ptr, stride_xb, B, K2, k0, wp, LX: gl.constexpr, CVT: gl.cons
 
 @gluon.jit
 def _group_x(x_ptr, stride_xb, B, K2, k0, wx, LX: gl.constexpr, CVT: gl.constexpr, KPG: gl.constexpr,
-             NT: gl.constexpr):
+             NT: gl.constexpr, CLAMP: gl.constexpr = False):
     """The x fragments of one scale group of KPG k-steps from column k0: (xa0, xa1) of its first k-step and (xb0,
     xb1) of its second for batch rows 0-7, (ya0, ya1, yb0, yb1) the same for rows 8-15; the ones a KPG or NT does
     not use are aliases of xa0 / xa1."""
-    xa0, xa1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, CVT)
+    xa0, xa1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, CVT, 0, CLAMP)
     xb0, xb1, ya0, ya1, yb0, yb1 = xa0, xa1, xa0, xa1, xa0, xa1
     if KPG == 2:
-        xb0, xb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, CVT)
+        xb0, xb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, CVT, 0, CLAMP)
     if NT == 2:
-        ya0, ya1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, CVT, 8)
+        ya0, ya1 = _x_fragments(x_ptr, stride_xb, B, K2, k0, wx, LX, CVT, 8, CLAMP)
         if KPG == 2:
-            yb0, yb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, CVT, 8)
+            yb0, yb1 = _x_fragments(x_ptr, stride_xb, B, K2, k0 + 64, wx, LX, CVT, 8, CLAMP)
     return xa0, xa1, xb0, xb1, ya0, ya1, yb0, yb1
 
 
@@ -314,25 +320,41 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     acc_x = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)  # int8: sum x
     acc2 = gl.zeros([RT, WARPS, 32, 4], gl.float32, layout=L)  # the same for batch rows 8-15 (NT == 2)
     acc_x2 = gl.zeros([1, WARPS, 32, 4], gl.float32, layout=L)
+    # int4: a group past the warp's share or past K folds with s = z = 0 (masked scale loads), so its operands need
+    # only be finite: its weight and x loads are clamped into range instead of masked (no predicates, no zero-fill)
+    CLAMP: gl.constexpr = KIND == KIND_INT4
+    g_last = gl.maximum(gl.minimum(g0 + per_warp, n_groups) - 1, 0)  # the warp's last group (in range)
     ok = tile_ok & (g0 < n_groups)
-    wa_next = _load_words(w_ptrs, 0, 0, ok, WPL, 0)
-    wa1_next = _load_words(w_ptrs, 0, 0, ok & (KIND == KIND_INT8), WPL, 1)
-    wb_next = _load_words(w_ptrs, STEP, 0, ok & (KPG == 2), WPL, 0)
+    if CLAMP:
+        w_base = w_ptr + words
+        wa_next = gl.load(w_base + gl.minimum(g0, g_last) * (KPG * STEP))
+        wa1_next = wa_next
+        wb_next = gl.load(w_base + gl.minimum(g0, g_last) * (KPG * STEP) + STEP) if KPG == 2 else wa_next
+    else:
+        wa_next = _load_words(w_ptrs, 0, 0, ok, WPL, 0)
+        wa1_next = _load_words(w_ptrs, 0, 0, ok & (KIND == KIND_INT8), WPL, 1)
+        wb_next = _load_words(w_ptrs, STEP, 0, ok & (KPG == 2), WPL, 0)
     gx0 = wx * per_warp
     K2 = K // 2
     xa0_next, xa1_next, xb0_next, xb1_next, ya0_next, ya1_next, yb0_next, yb1_next = _group_x(
-        x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT, KPG, NT)
+        x_ptr, stride_xb, B, K2, gx0 * (KPG * 64), wx, LX, XCVT, KPG, NT, CLAMP)
     for i in range(0, per_warp):
         wa, wa1, wb = wa_next, wa1_next, wb_next
         xa0, xa1, xb0, xb1 = xa0_next, xa1_next, xb0_next, xb1_next
         ya0, ya1, yb0, yb1 = ya0_next, ya1_next, yb0_next, yb1_next
-        ok_next = tile_ok & (g0 + i + 1 < n_groups) & (i + 1 < per_warp)
-        nxt = (i + 1) * (KPG * STEP)
-        wa_next = _load_words(w_ptrs, nxt, 0, ok_next, WPL, 0)
-        wa1_next = _load_words(w_ptrs, nxt, 0, ok_next & (KIND == KIND_INT8), WPL, 1)
-        wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
+        if CLAMP:
+            gn = gl.minimum(g0 + i + 1, g_last) * (KPG * STEP)
+            wa_next = gl.load(w_base + gn)
+            wa1_next = wa_next
+            wb_next = gl.load(w_base + gn + STEP) if KPG == 2 else wa_next
+        else:
+            ok_next = tile_ok & (g0 + i + 1 < n_groups) & (i + 1 < per_warp)
+            nxt = (i + 1) * (KPG * STEP)
+            wa_next = _load_words(w_ptrs, nxt, 0, ok_next, WPL, 0)
+            wa1_next = _load_words(w_ptrs, nxt, 0, ok_next & (KIND == KIND_INT8), WPL, 1)
+            wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
         xa0_next, xa1_next, xb0_next, xb1_next, ya0_next, ya1_next, yb0_next, yb1_next = _group_x(
-            x_ptr, stride_xb, B, K2, (gx0 + i + 1) * (KPG * 64), wx, LX, XCVT, KPG, NT)
+            x_ptr, stride_xb, B, K2, (gx0 + i + 1) * (KPG * 64), wx, LX, XCVT, KPG, NT, CLAMP)
         xa0, xa1, ya0, ya1 = _first_step_in(xa0, xa1, ya0, ya1, L, NT)
         if KIND == KIND_INT4:
             d, dx = _int4_group(wa, wb, xa0, xa1, xb0, xb1, L, RT, KPG, X_BF16)
@@ -364,17 +386,22 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
 # last dimension), so the math is the kernel's above, element for element.
 @gluon.jit
 def _x_chunk(x_ptr, stride_xb, B, K2, k0, g, g_end, LX: gl.constexpr, CH: gl.constexpr, KPG: gl.constexpr,
-             CVT: gl.constexpr, N0: gl.constexpr):
+             CVT: gl.constexpr, N0: gl.constexpr, CLAMP: gl.constexpr = False):
     """b0, b1 ([1, WARPS, 32, CH, KPG, 4] int32) of the CH x KPG k-steps of 64 columns from column k0 ([1, WARPS,
-    1, 1, 1, 1]: each warp its own) for batch rows N0..N0 + 7; 0 past B and K and for groups g >= g_end."""
+    1, 1, 1, 1]: each warp its own) for batch rows N0..N0 + 7; 0 past B and K and for groups g >= g_end, or with
+    CLAMP (int4) in-range values there (x's last row, the next groups or K's last k-step)."""
     lane = _index(32, 2, LX, 6)
     c = _index(CH, 3, LX, 6)
     st = _index(KPG, 4, LX, 6)
     e = _index(8, 5, LX, 6)
     n = N0 + lane // 4
-    kw = k0 // 2 + 32 * (c * KPG + st) + 8 * (lane % 4) + e
-    ok = (n < B) & (kw < K2) & (g + c < g_end)
-    words = gl.load(x_ptr + n * stride_xb + kw, mask=ok, other=0)
+    if CLAMP:  # as in _x_fragments: past B, K and g_end, in-range values (per lane and k-step: 16-byte loads)
+        kstep = gl.minimum(k0 // 64 + c * KPG + st, 2 * K2 // 64 - 1)
+        words = gl.load(x_ptr + gl.minimum(n, B - 1) * stride_xb + 32 * kstep + 8 * (lane % 4) + e)
+    else:
+        kw = k0 // 2 + 32 * (c * KPG + st) + 8 * (lane % 4) + e
+        ok = (n < B) & (kw < K2) & (g + c < g_end)
+        words = gl.load(x_ptr + n * stride_xb + kw, mask=ok, other=0)
     if CVT:
         words = gl.inline_asm_elementwise(BF16X2_TO_F16X2_PTX, "=r,r", [words], dtype=gl.int32, is_pure=True,
                                           pack=1)
@@ -433,24 +460,40 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
     acc8x = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)  # int8: sum x
     acc8_2 = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
     acc8x_2 = gl.zeros([1, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)
-    wa_next = gl.load(w_ptrs, mask=w_ok, other=0)
-    wa1_next = gl.load(w_ptrs + 4, mask=w_ok & (KIND == KIND_INT8), other=0)
-    xa0_next, xa1_next = _x_chunk(x_ptr, stride_xb, B, K2, g0x * (KPG * 64), g0x, g_endx, LX, CH, KPG, XCVT, 0)
+    # int4: a chunk slot past the warp's share or past K folds with s = z = 0 (masked scale loads), so its operands
+    # need only be finite: its weight and x loads are clamped into range instead of masked (no zero-fill)
+    CLAMP: gl.constexpr = KIND == KIND_INT4
+    GSTEP: gl.constexpr = KPG * 32 * WPL  # words of one group of one row tile
+    w_row = w_ptr + (((tile * k_steps + st) * 32 + lane) * WPL + q4)  # group 0's k-step st
+    g_last = gl.maximum(g_end - 1, 0)  # the warp's last group (in range)
+    if CLAMP:
+        wa_next = gl.load(w_row + gl.minimum(g0 + c, g_last) * GSTEP)
+        wa1_next = wa_next
+    else:
+        wa_next = gl.load(w_ptrs, mask=w_ok, other=0)
+        wa1_next = gl.load(w_ptrs + 4, mask=w_ok & (KIND == KIND_INT8), other=0)
+    xa0_next, xa1_next = _x_chunk(x_ptr, stride_xb, B, K2, g0x * (KPG * 64), g0x, g_endx, LX, CH, KPG, XCVT, 0,
+                                  CLAMP)
     ya0_next, ya1_next = xa0_next, xa1_next  # unused unless NT == 2
     if NT == 2:
-        ya0_next, ya1_next = _x_chunk(x_ptr, stride_xb, B, K2, g0x * (KPG * 64), g0x, g_endx, LX, CH, KPG, XCVT, 8)
+        ya0_next, ya1_next = _x_chunk(x_ptr, stride_xb, B, K2, g0x * (KPG * 64), g0x, g_endx, LX, CH, KPG, XCVT, 8,
+                                      CLAMP)
     STEP: gl.constexpr = CH * KPG * 32 * WPL  # words of one iteration of one row tile
     for i in range(0, gl.cdiv(per_warp, CH)):
         wa, wa1, xa0, xa1, ya0, ya1 = wa_next, wa1_next, xa0_next, xa1_next, ya0_next, ya1_next
         gn = (i + 1) * CH  # the next iteration's first group, relative to g0
-        wn_ok = tile_ok & (g0 + gn + c < g_end)
-        wa_next = gl.load(w_ptrs + gn * (KPG * 32 * WPL), mask=wn_ok, other=0)
-        wa1_next = gl.load(w_ptrs + gn * (KPG * 32 * WPL) + 4, mask=wn_ok & (KIND == KIND_INT8), other=0)
+        if CLAMP:
+            wa_next = gl.load(w_row + gl.minimum(g0 + gn + c, g_last) * GSTEP)
+            wa1_next = wa_next
+        else:
+            wn_ok = tile_ok & (g0 + gn + c < g_end)
+            wa_next = gl.load(w_ptrs + gn * GSTEP, mask=wn_ok, other=0)
+            wa1_next = gl.load(w_ptrs + gn * GSTEP + 4, mask=wn_ok & (KIND == KIND_INT8), other=0)
         xa0_next, xa1_next = _x_chunk(x_ptr, stride_xb, B, K2, (g0x + gn) * (KPG * 64), g0x + gn, g_endx, LX, CH,
-                                      KPG, XCVT, 0)
+                                      KPG, XCVT, 0, CLAMP)
         if NT == 2:
             ya0_next, ya1_next = _x_chunk(x_ptr, stride_xb, B, K2, (g0x + gn) * (KPG * 64), g0x + gn, g_endx, LX,
-                                          CH, KPG, XCVT, 8)
+                                          CH, KPG, XCVT, 8, CLAMP)
         xa0, xa1, ya0, ya1 = _first_step_in(xa0, xa1, ya0, ya1, L6, NT)
         if KIND == KIND_INT4:
             d = gl.zeros([RT, WARPS, 32, CH, KPG, 4], gl.float32, layout=L6)

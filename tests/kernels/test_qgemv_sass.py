@@ -32,26 +32,27 @@ CONFIGS = _script().qgemv_configs()  # (kind, act, group, num_warps, residual, c
 # SASS instructions per weight in the K loop at batch 1, measured with Triton 3.6 (sm_90), by (kind, group, act,
 # warps); the residual does not change the loop. A weight here is one a thread turns into MMA operands per
 # iteration: 32 (int4 group 64, int8) or 64 (int4 group 128), see gemv_sass.qgemv_weights_per_thread. int4 loads
-# its group scales and zeros once per row (kernels/qgemv._group_fold); the counts before that are in parentheses.
-#   int4 g64  bf16: 3.78 (121 / 32) at 4 warps, 3.75 at 8 (4.44)     int4 g64  fp16: 4.47 (143 / 32), 4.44 (4.84)
-#   int4 g128 bf16: 2.61 (167 / 64) (2.95)                           int4 g128 fp16: 3.14 (201 / 64), 3.12 (3.45)
+# its group scales and zeros once per row (kernels/qgemv._group_fold) and its weights and x unmasked, clamped into
+# range (CLAMP); the counts before both are in parentheses.
+#   int4 g64  bf16: 3.22 (103 / 32) at 4 warps, 3.19 at 8 (4.44)     int4 g64  fp16: 3.75 (120 / 32), 3.72 (4.84)
+#   int4 g128 bf16: 2.25 (144 / 64) (2.95)                           int4 g128 fp16: 2.75 (176 / 64) (3.45)
 #   int8 bf16: 3.12 (100 / 32) at 4 warps, 2.97 (95 / 32) at 8   int8 fp16: 2.38 (76 / 32) at 4, 2.44 (78 / 32) at 8
-# Registers: int4 48 (g64 bf16), 40 (g64 fp16), 58-60 (g128); int8 40 at 4 warps, 48-49 at 8; no spills.
+# Registers: int4 40 (g64), 54-58 (g128); int8 40 at 4 warps, 48-49 at 8; no spills.
 MEASURED = {
-    ("int4", 64, "bf16", 4, 0): 3.78, ("int4", 64, "bf16", 8, 0): 3.75,
-    ("int4", 64, "fp16", 4, 0): 4.47, ("int4", 64, "fp16", 8, 0): 4.44,
-    ("int4", 128, "bf16", 4, 0): 2.61, ("int4", 128, "bf16", 8, 0): 2.61,
-    ("int4", 128, "fp16", 4, 0): 3.14, ("int4", 128, "fp16", 8, 0): 3.12,
+    ("int4", 64, "bf16", 4, 0): 3.22, ("int4", 64, "bf16", 8, 0): 3.19,
+    ("int4", 64, "fp16", 4, 0): 3.75, ("int4", 64, "fp16", 8, 0): 3.72,
+    ("int4", 128, "bf16", 4, 0): 2.25, ("int4", 128, "bf16", 8, 0): 2.25,
+    ("int4", 128, "fp16", 4, 0): 2.75, ("int4", 128, "fp16", 8, 0): 2.75,
     ("int8", 0, "bf16", 4, 0): 3.12, ("int8", 0, "bf16", 8, 0): 2.97,
     ("int8", 0, "fp16", 4, 0): 2.38, ("int8", 0, "fp16", 8, 0): 2.44,
     # the chunked kernel (_qgemv_chunk_kernel) at the launcher's choices; an iteration is `chunk` groups. Registers:
-    # int4 g128 chunk 2 104, chunk 4 188-192 (138 and 253-255 before); g64 56-66 / 130; int8 chunk 2 80-82, chunk
-    # 4 184; no spills. Before the per-row scales: g128 2.79 / 3.30 (c2), 2.89 / 3.39 (c4); g64 3.83 / 4.23 (c2),
-    # 3.66 / 4.28 (c4) (bf16 / fp16).
-    ("int4", 128, "bf16", 4, 2): 2.67, ("int4", 128, "fp16", 4, 2): 3.17,
-    ("int4", 128, "bf16", 4, 4): 2.42, ("int4", 128, "fp16", 4, 4): 2.94,
-    ("int4", 64, "bf16", 4, 2): 3.28, ("int4", 64, "fp16", 4, 2): 3.89,
-    ("int4", 64, "bf16", 4, 4): 3.05, ("int4", 64, "fp16", 4, 4): 3.59,
+    # int4 g128 chunk 2 80-104, chunk 4 180-182 (138 and 253-255 before); g64 58-60 / 80; int8 chunk 2 80-82,
+    # chunk 4 184; no spills. Before: g128 2.79 / 3.30 (c2), 2.89 / 3.39 (c4); g64 3.83 / 4.23 (c2), 3.66 / 4.28
+    # (c4) (bf16 / fp16).
+    ("int4", 128, "bf16", 4, 2): 2.33, ("int4", 128, "fp16", 4, 2): 2.77,
+    ("int4", 128, "bf16", 4, 4): 2.22, ("int4", 128, "fp16", 4, 4): 2.72,
+    ("int4", 64, "bf16", 4, 2): 2.97, ("int4", 64, "fp16", 4, 2): 3.44,
+    ("int4", 64, "bf16", 4, 4): 2.87, ("int4", 64, "fp16", 4, 4): 3.37,
     ("int8", 0, "bf16", 4, 2): 2.80, ("int8", 0, "fp16", 4, 2): 1.92,
     ("int8", 0, "bf16", 8, 2): 2.80, ("int8", 0, "fp16", 8, 2): 1.97,
     ("int8", 0, "bf16", 4, 4): 2.96, ("int8", 0, "fp16", 4, 4): 2.13,
