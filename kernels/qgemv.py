@@ -323,6 +323,7 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     # int4: a group past the warp's share or past K folds with s = z = 0 (masked scale loads), so its operands need
     # only be finite: its weight and x loads are clamped into range instead of masked (no predicates, no zero-fill)
     CLAMP: gl.constexpr = KIND == KIND_INT4
+    gl.static_assert(RT == 1 or not CLAMP, "qgemv: the unmasked int4 weight loads assume one row tile per program")
     g_last = gl.maximum(gl.minimum(g0 + per_warp, n_groups) - 1, 0)  # the warp's last group (in range)
     ok = tile_ok & (g0 < n_groups)
     if CLAMP:
@@ -463,6 +464,7 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
     # int4: a chunk slot past the warp's share or past K folds with s = z = 0 (masked scale loads), so its operands
     # need only be finite: its weight and x loads are clamped into range instead of masked (no zero-fill)
     CLAMP: gl.constexpr = KIND == KIND_INT4
+    gl.static_assert(RT == 1 or not CLAMP, "qgemv: the unmasked int4 weight loads assume one row tile per program")
     GSTEP: gl.constexpr = KPG * 32 * WPL  # words of one group of one row tile
     w_row = w_ptr + (((tile * k_steps + st) * 32 + lane) * WPL + q4)  # group 0's k-step st
     g_last = gl.maximum(g_end - 1, 0)  # the warp's last group (in range)
@@ -720,6 +722,9 @@ def supported(w: QLinear, batch: int) -> Optional[str]:
         return "qgemv takes int8 and int4 weights"
     if w.kind == Kind.INT4 and w.group_size not in (64, 128):
         return f"qgemv takes int4 groups of 64 or 128 columns (got {w.group_size})"
+    if w.kind == Kind.INT4 and (w.in_features <= 0 or w.in_features % w.group_size):
+        # the int4 loads are clamped into range, not masked: they need whole groups
+        return f"qgemv takes int4 weights of whole groups (K={w.in_features}, group {w.group_size})"
     if not 1 <= batch <= MAX_BATCH:
         return f"qgemv takes 1..{MAX_BATCH} rows of x (got {batch})"
     return None

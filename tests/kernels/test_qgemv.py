@@ -234,3 +234,19 @@ def test_pick_launch_follows_the_measured_table():
             for batch in (1, 8):
                 assert pick_launch(kind, n, k, batch, 132) == table[name], (kind, name, batch)
             assert pick_launch(kind, n, k, 16, 132) == ((8 if name.endswith("down") else 4), 0), (kind, name)
+
+
+def test_supported_refuses_int4_weights_of_partial_groups():
+    """The int4 loads are clamped into range rather than masked, which needs whole groups: a hand-built weight with
+    K not a multiple of its group (or K = 0) is refused before any launch, and kernels.gemv keeps it."""
+    from kernels.qgemv import supported
+    from kernels.quant import Kind, QLinear
+
+    def int4(k, group):
+        return QLinear(Kind.INT4, torch.zeros(16, k // 2, dtype=torch.uint8), 16, k,
+                       scale=torch.ones(16, max(k // group, 1)), zero=torch.zeros(16, max(k // group, 1)),
+                       group_size=group)
+
+    assert supported(int4(128, 64), 1) is None and supported(int4(256, 128), 1) is None
+    assert "whole groups" in supported(int4(96, 64), 1)
+    assert "whole groups" in supported(int4(0, 64), 1)
