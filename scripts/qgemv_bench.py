@@ -1,6 +1,6 @@
 """Per-op quantized GEMV benchmark at a model's projection shapes, on the GPU: the project's tensor-core GEMV
-(kernels/qgemv.py) and its FMA-path Triton GEMV (kernels/gemv.py) next to cuBLAS bf16, torch's tinygemm int4 and
-GemLite int4 / int8 (when importable), timed in one process. Each cell: microseconds per call (CUDA graph replay,
+(kernels/qgemv.py) and its FMA-path Triton GEMV (kernels/gemv.py) next to cuBLAS bf16, torch's tinygemm int4,
+gpt-fast's compiled int8 linear and GemLite int4 / int8 (when importable), timed in one process. Each cell: microseconds per call (CUDA graph replay,
 L2 flushed before each call, median) and % of the copy bandwidth measured in the same process, bytes = weights +
 scales / zeros + x + y; every implementation's output is checked against the fp32 reference first.
 Timing: one CUDA graph calls the implementation on COPIES distinct copies of the weights in turn (together at
@@ -78,6 +78,25 @@ def _copies(w, n: int) -> list:
                           w.group_size) for _ in range(n - 1)]
 
 
+_GPTFAST_INT8 = []
+
+
+def _gptfast_int8():
+    """gpt-fast's weight-only int8 linear, F.linear(x, W.to(x.dtype)) * scale, under torch.compile with Inductor's
+    coordinate-descent tuning (its recipe): Inductor fuses the cast into a GEMV reduction. One compiled function for
+    every shape (weights are arguments), each shape and batch its own autotuned kernel: a single autotuning draw
+    (docs/perf-notes.md: picks differ from build to build)."""
+    if not _GPTFAST_INT8:
+        import torch._dynamo.config as dynamo_config
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        dynamo_config.cache_size_limit = dynamo_config.accumulated_cache_size_limit = 512  # a variant per shape
+        _GPTFAST_INT8.append(torch.compile(lambda x, q, s: F.linear(x, q.to(x.dtype)) * s, fullgraph=True,
+                                           dynamic=False))
+    return _GPTFAST_INT8[0]
+
+
 def _shapes(spec) -> dict[str, tuple[int, int]]:
     s = spec.linear_shapes()
     return {"qkv": s["wqkv"], "o": s["wo"], "gate": s["w_gate"], "down": s["w_down"], "lm": (spec.vocab_size, spec.dim)}
@@ -127,6 +146,9 @@ def main() -> None:
                         impls[name] = [make(wi) for wi in ws]
                     except Exception as e:  # noqa: BLE001 - an optional library: report and go on
                         print(f"{model} {quant} {layer}: {name} unavailable: {type(e).__name__}: {str(e)[:200]}")
+                if quant == "int8" and not (a.only and not "gptfast".startswith(tuple(a.only))):
+                    step = _gptfast_int8()  # Inductor's fused GEMV of the gpt-fast recipe (one autotuning draw)
+                    impls["gptfast-int8"] = [lambda x, wi=wi: step(x, wi.weight, wi.scale) for wi in ws]
                 impls["qgemv"] = [lambda x, wi=wi: qgemv(x, wi) for wi in ws]
                 if a.variants:
                     for wp in WARPS:
