@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from harness import analysis as A
-from harness.results import REPO_ROOT, is_clean_sha
+from harness.results import REPO_ROOT, is_clean_sha, short_sha
 from kernels import gpu_slug
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
@@ -239,6 +239,14 @@ REQUIRES = {
 # Series of a figure and their order
 # ----------------------------------------------------------------------------------------------
 
+def provenance(df: pd.DataFrame) -> pd.Series:
+    """Per row, where it comes from: "commit 1a2b3c4d-dirty, 2026-11-22" (short sha, measurement date in UTC). The
+    runs of one commit on one day share it; a line figure gives each its own marker shape and legend entry."""
+    sha = df["git_sha"] if "git_sha" in df.columns else pd.Series("", index=df.index)
+    day = A.timestamps(df).dt.strftime("%Y-%m-%d").fillna("date unknown")
+    return pd.Series([f"commit {short_sha(s)}, {d}" for s, d in zip(sha, day)], index=df.index, dtype=object)
+
+
 def series_name(impl: str, fusion) -> str:
     return f"{impl}/{fusion}" if isinstance(fusion, str) and fusion not in ("", "none") else impl
 
@@ -346,13 +354,33 @@ OTHER = "between instructions (dispatch)"
 BETWEEN = "between launches"
 
 
-def step_breakdown(frame: pd.DataFrame, copy_tbps: Optional[float] = None) -> pd.DataFrame:
+def stage_bytes(spec, quant: str, group_size: int, batch: int, ctx: int) -> dict[str, int]:
+    """The bytes a decode step must move (harness.metrics.bytes_per_step, the rows' `bytes_per_step`), split by the
+    megakernel stage that moves them: each linear layer's weights to the stage that multiplies by them, a block's norm
+    weight to the stage it is fused into, the KV cache read to AttnPartial, the K/V append to RmsQkvRope (which writes
+    them), the final norm, LM head and logits to LmHead. The stages sum to bytes_per_step's total."""
+    from harness.metrics import bytes_per_step
+    from kernels.quant import quant_mode
+
+    mode = quant_mode(quant)
+    parts = bytes_per_step(spec, quant, group_size, batch, ctx)
+    lin = {name: spec.n_layers * mode.linear_nbytes(n, k, group_size) for name, (n, k) in spec.linear_shapes().items()}
+    norm = spec.n_layers * spec.dim * mode.act_bytes  # the attention (or the MLP) norm weight of every block
+    return {"Embed": parts["embedding_rows"], "RmsQkvRope": lin["wqkv"] + norm + parts["kv_append"],
+            "AttnPartial": parts["kv_read"], "OProjResidual": lin["wo"],
+            "RmsGateUpSilu": lin["w_gate"] + lin["w_up"] + norm, "DownResidual": lin["w_down"],
+            "LmHead": parts["lm_head"] + parts["norms"] - 2 * norm + parts["logits"]}
+
+
+def step_breakdown(frame: pd.DataFrame, copy_tbps: Optional[float] = None,
+                   stage_bytes: Optional[dict] = None) -> pd.DataFrame:
     """One timeline table (harness.timeline.timeline_frame: one row per instruction) -> where a program's time goes,
     averaged over the programs: one line per stage (the instructions of one op type, over all layers) with its run
     time, then one line each for the time spent waiting for a dependency, idle after the program's last instruction,
-    between instructions, and between launches. `us` sums to the step's span exactly. `bytes` and `copy_us`
-    (bytes / copy bandwidth, when `copy_tbps` is given) are the stage's bytes and the time they take at the copy
-    bandwidth."""
+    between instructions, and between launches. `us` sums to the step's span exactly. `bytes` (from `stage_bytes`:
+    stage -> the bytes of the step it moves; NaN without) and `copy_us` (bytes / copy bandwidth, when `copy_tbps` is
+    given) are the stage's bytes and the time they take at the copy bandwidth. The timeline's own `bytes` column (the
+    schedule's cost model) is not used."""
     parts: dict[str, float] = {}
     wait = idle = other = 0.0
     spans = 0.0
@@ -368,9 +396,9 @@ def step_breakdown(frame: pd.DataFrame, copy_tbps: Optional[float] = None) -> pd
         idle += tail
         other += (t1 - t0) - float(g["run_us"].sum()) / n - w - tail
     span = float(frame["t_end"].max() - frame["t_start"].min())
-    byts = frame.groupby("op")["bytes"].sum()
     ops = [o for o in STAGE_ORDER if o in parts] + sorted(o for o in parts if o not in STAGE_ORDER)
-    rows = [{"segment": o, "stage": True, "us": parts[o], "bytes": float(byts.get(o, 0.0))} for o in ops]
+    rows = [{"segment": o, "stage": True, "us": parts[o],
+             "bytes": float(stage_bytes.get(o, 0)) if stage_bytes is not None else float("nan")} for o in ops]
     rows += [{"segment": WAIT, "stage": False, "us": wait, "bytes": 0.0},
              {"segment": IDLE, "stage": False, "us": idle, "bytes": 0.0},
              {"segment": OTHER, "stage": False, "us": other, "bytes": 0.0},
@@ -392,10 +420,49 @@ def copy_tbps_by_gpu(rows: pd.DataFrame) -> dict[str, float]:
     return {g: float(v) for g, v in c.groupby(d["gpu_slug"]).median().dropna().items()}
 
 
+TIMELINE_POINT = r"^(?P<model>.+)-(?P<quant>[^-]+)-b(?P<batch>\d+)-ctx(?P<ctx>\d+)-(?P<fusion>[^-]+)$"  # its name
+
+
+def step_bytes(point: str, rows: Optional[pd.DataFrame]) -> tuple[Optional[dict], float, str]:
+    """(stage -> bytes, the step's bytes, where they come from) of a timeline point ("llama8b-int8-b1-ctx1024-model"):
+    the step's bytes are the `bytes_per_step` the result rows record at that model, quant, batch and ctx (on any GPU:
+    they depend on the shapes only), split by stage_bytes; at a point no row measured, bytes_per_step of
+    harness.metrics (what a row would record). Raises ValueError when the stages do not sum to the rows' bytes."""
+    import re
+
+    from harness.models import named_spec
+
+    m = re.match(TIMELINE_POINT, point)
+    try:
+        spec = named_spec(m["model"]) if m else None
+    except Exception:  # noqa: BLE001 - a model=hf checkpoint: no shapes here
+        spec = None
+    if spec is None:
+        return None, float("nan"), "no model shapes for this point"
+    q, batch, ctx = m["quant"], int(m["batch"]), int(m["ctx"])
+    d = rows if rows is not None and not rows.empty else pd.DataFrame(columns=["model", "quant", "batch", "ctx"])
+    d = d[(d["model"] == m["model"]) & (d["quant"] == q) & (pd.to_numeric(d["batch"]) == batch)
+          & (pd.to_numeric(d["ctx"]) == ctx)]
+    from harness.config import QuantConfig
+    gs = int(d["group_size"].iloc[-1]) if len(d) else (QuantConfig().group_size if q == "int4" else 0)
+    stages = stage_bytes(spec, q, gs, batch, ctx)
+    if d.empty:
+        return stages, float(sum(stages.values())), "harness.metrics.bytes_per_step (no result row at this point)"
+    recorded = float(pd.to_numeric(d["bytes_per_step"]).iloc[-1])
+    if sum(stages.values()) != recorded:
+        raise ValueError(f"{point}: the stages' bytes from the model shapes sum to {sum(stages.values())}, the result "
+                         f"rows' bytes_per_step is {recorded:.0f}")
+    return stages, recorded, "the result rows' bytes_per_step"
+
+
 def step_breakdowns(timelines_dir: Path, rows: Optional[pd.DataFrame] = None,
                     gpu: Optional[str] = None) -> pd.DataFrame:
     """step_breakdown of every timeline table under `timelines_dir` (<gpu-slug>/<point>.parquet), one block per point
-    with columns gpu_slug, gpu_name, point, tiles, copy_tbps (from `rows`: copy_tbps_by_gpu; NaN without rows)."""
+    with columns gpu_slug, gpu_name, point, tiles, copy_tbps (from `rows`: copy_tbps_by_gpu; NaN without rows),
+    step_bytes and bytes_from (step_bytes: the rows' bytes_per_step, split by stage), source (commit and date of the
+    table: harness.timeline.source_line)."""
+    from harness.timeline import source_line
+
     copies = copy_tbps_by_gpu(rows) if rows is not None else {}
     parts = []
     for f in sorted(Path(timelines_dir).glob("*/*.parquet")):
@@ -405,16 +472,19 @@ def step_breakdowns(timelines_dir: Path, rows: Optional[pd.DataFrame] = None,
         frame = pd.read_parquet(f)
         if frame.empty:
             continue
-        b = step_breakdown(frame, copies.get(slug))
-        b.insert(0, "point", str(frame["point"].iloc[0]) if "point" in frame.columns else f.stem)
+        point = str(frame["point"].iloc[0]) if "point" in frame.columns else f.stem
+        stages, total, bytes_from = step_bytes(point, rows)
+        b = step_breakdown(frame, copies.get(slug), stages)
+        b.insert(0, "point", point)
         b.insert(0, "gpu_name", str(frame["gpu"].iloc[0]) if "gpu" in frame.columns else slug)
         b.insert(0, "gpu_slug", slug)
         b["tiles"] = str(frame["tiles"].iloc[0]) if "tiles" in frame.columns else ""
         b["copy_tbps"] = copies.get(slug, float("nan"))
         b["programs"] = int(frame.groupby(["launch", "program"]).ngroups)
+        b["step_bytes"], b["bytes_from"], b["source"] = total, bytes_from, source_line(frame, f)
         parts.append(b)
     cols = ["gpu_slug", "gpu_name", "point", "segment", "stage", "us", "bytes", "share_pct", "copy_us", "span_us",
-            "tiles", "copy_tbps", "programs"]
+            "tiles", "copy_tbps", "programs", "step_bytes", "bytes_from", "source"]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
@@ -432,6 +502,40 @@ OP_IMPL_ORDER = ("torch", "cublas-bf16", "tinygemm", "gemlite", "triton-fma", "t
 QGEMV_VARIANT = r"^qgemv-r\d+w\d+$"  # row/warp geometries of qgemv measured for the tuning notes: not drawn
 QGEMV_LAYERS = {"qkv": "qkv", "o": "o_proj", "gate": "gate", "down": "down", "lm": "lm_head"}
 OP_PANEL = ("source", "model", "quant", "batch", "ctx")
+# bench_ops op -> the linear layers (harness.models shapes; "lm_head": vocab x dim) whose weights it reads
+OP_WEIGHTS = {"qkv(+rmsnorm)": ("wqkv",), "o_proj(+residual)": ("wo",), "gate_up(+rmsnorm,silu)": ("w_gate", "w_up"),
+              "down(+residual)": ("w_down",), "lm_head(+rmsnorm,argmax)": ("lm_head",)}
+
+
+def op_weight_bytes(r) -> float:
+    """The bytes of an op's weights in the quant format of its table (kernels.quant linear_nbytes: weights + scales +
+    zeros, int4 in groups of 128 as both benchmarks quantise) at the model's shapes; NaN for an op without weights."""
+    from harness.config import QuantConfig
+    from harness.models import named_spec
+    from kernels.quant import quant_mode
+
+    mode, gs = quant_mode(r["quant"]), QuantConfig().group_size
+    if r["kind"] == "qgemv":
+        return float(mode.linear_nbytes(int(r["n"]), int(r["k"]), gs))
+    if r["op"] not in OP_WEIGHTS:
+        return float("nan")
+    spec = named_spec(r["model"])
+    shapes = {**spec.linear_shapes(), "lm_head": (spec.vocab_size, spec.dim)}
+    return float(sum(mode.linear_nbytes(*shapes[w], gs) for w in OP_WEIGHTS[r["op"]]))
+
+
+def _with_op_bytes(ops: pd.DataFrame) -> pd.DataFrame:
+    """One denominator per panel and op, the same for every kernel of it (`op_bytes`): the op's weights in the table's
+    quant format (op_weight_bytes), or for an op without weights the bytes the table records for it (the same for every
+    impl: the smallest where they differ). `op_gbps` = op_bytes / latency and `op_pct_of_copy` (of the copy bandwidth
+    measured in the same process; NaN for bench_ops tables) are what the op figure draws: a kernel that reads more or
+    fewer bytes than the op's weights does not look slower or faster by its own count."""
+    w = pd.Series([op_weight_bytes(r) for r in ops.to_dict("records")], index=ops.index, dtype=float)
+    recorded = pd.to_numeric(ops["bytes"]).groupby([ops[c] for c in (*OP_PANEL, "op")], dropna=False).transform("min")
+    out = ops.assign(op_bytes=w.fillna(recorded), op_bytes_are=w.notna().map({True: "weights", False: "recorded"}))
+    out["op_gbps"] = out["op_bytes"] / (pd.to_numeric(out["latency_us"]) * 1e3)
+    out["op_pct_of_copy"] = 100 * out["op_gbps"] / (pd.to_numeric(out["copy_tbps"]) * 1e3)
+    return out
 
 
 def op_tables(ops_dir: Path) -> pd.DataFrame:
@@ -439,8 +543,10 @@ def op_tables(ops_dir: Path) -> pd.DataFrame:
     (file name), kind (bench_ops: `python -m harness.bench_ops`, every kernel next to its PyTorch equivalent, no copy
     measured; qgemv: scripts/qgemv_bench.py, the GEMVs next to cuBLAS / tinygemm / GemLite with the copy bandwidth of
     the same process), model, quant, batch, ctx (NaN where the table has none), op, shape, impl, ours (bool),
-    latency_us, bytes (what that impl reads and writes), gbps (bytes / latency), pct_of_copy_bw and copy_tbps (NaN for bench_ops).
-    qgemv's row/warp variants (qgemv-rXwY) are left out; files of another layout are left out (op_files_unread)."""
+    latency_us, bytes (what that impl reads and writes, as its table records), gbps (bytes / latency), pct_of_copy_bw
+    and copy_tbps (NaN for bench_ops), and the one denominator per op the figure uses: op_bytes, op_bytes_are,
+    op_gbps, op_pct_of_copy (_with_op_bytes). qgemv's row/warp variants (qgemv-rXwY) are left out; files of another
+    layout are left out (op_files_unread)."""
     parts = []
     for f in sorted(Path(ops_dir).glob("*.csv")):
         d = pd.read_csv(f)
@@ -460,9 +566,11 @@ def op_tables(ops_dir: Path) -> pd.DataFrame:
         parts.append(d)
     cols = ["gpu_name", "gpu_slug", "source", "kind", "model", "quant", "batch", "ctx", "op", "shape", "impl", "ours",
             "latency_us", "bytes", "gbps", "pct_of_copy_bw", "copy_tbps"]
+    extra = ["op_bytes", "op_bytes_are", "op_gbps", "op_pct_of_copy"]
     if not parts:
-        return pd.DataFrame(columns=cols)
-    return pd.concat([p[cols] for p in parts], ignore_index=True)
+        return pd.DataFrame(columns=cols + extra)
+    return _with_op_bytes(pd.concat([p.reindex(columns=cols + ["n", "k"]) for p in parts], ignore_index=True)) \
+        [cols + extra]
 
 
 def _op_kind(d: pd.DataFrame) -> Optional[str]:
@@ -550,8 +658,7 @@ def _x(v) -> str:
 
 
 def _commit(sha, clean: bool) -> str:
-    s = str(sha) if isinstance(sha, str) and sha else "unknown"
-    short = s[:8] + ("-dirty" if s.endswith("-dirty") else "")
+    short = short_sha(sha)
     return f"`{short}`" if clean else f"`{short}` **not a clean commit**"
 
 

@@ -11,7 +11,8 @@ Markers and bars are hollow (white face) for rows that were not measured at a cl
 harness.figure_data.with_markers); the note under each figure says how many points are hollow and why, and the
 legend has an entry for hollow points whenever a figure draws any.
 
-A line joins two measured points only when no value of the grid between them is missing (a gap, never a bridge);
+A line joins only points measured in the same run (run_id: one process at one commit), and of those only neighbouring
+values of the grid (a gap, never a bridge); marker shape and legend say which commit and date each run comes from;
 throttling is marked only on rows measured with telemetry, and each note says for how many rows it ran; the batch
 figure's latency axis is logarithmic so that torch-eager does not squash the other impls.
 
@@ -46,7 +47,7 @@ from harness.figure_data import (  # noqa: F401 - re-exported: notebooks and tes
     experiment_grid, figure_rows, figure_table, findings_experiment, findings_gpu_compare, findings_headline,
     findings_op_bandwidth, findings_roofline, findings_step_breakdown, gpu_compare_pairs, gpu_pairs, gpu_plan,
     gpu_plan_text, gpus_in, headline_markdown, headline_table, in_grid, op_files_unread, op_panels, op_tables,
-    roofline_rows, series_name, step_breakdown, step_breakdowns, telemetry_ran, with_tag,
+    provenance, roofline_rows, series_name, step_breakdown, step_breakdowns, telemetry_ran, with_tag,
 )
 from harness.results import REPO_ROOT
 from kernels import gpu_slug
@@ -106,9 +107,10 @@ def _finish(fig: Figure, axes: np.ndarray, extra: Sequence = ()) -> Figure:
     """One legend for all panels, outside them on the right; `extra`: handles of artists drawn in no panel."""
     handles, labels = {}, []
     pairs = [pair for ax in axes.flat for pair in zip(*ax.get_legend_handles_labels())]
+    given = {h.get_label(): h for h in extra}  # an extra handle stands for a label the panels also have
     for h, l in pairs + [(h, h.get_label()) for h in extra]:
         if l not in handles:
-            handles[l] = h
+            handles[l] = given.get(l, h)
             labels.append(l)
     if labels:
         fig.legend([handles[l] for l in labels], labels, loc="outside right upper", fontsize=8, frameon=False)
@@ -224,15 +226,62 @@ def _log_y(ax, values: pd.Series) -> None:
         ax.set_ylim(float(v.min()) / 1.2, float(v.max()) * 1.2)
 
 
-GAP_NOTE = "Lines join neighbouring measured values only: a gap in a line is a value that was not measured. "
+RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+
+
+def _run_markers(df: pd.DataFrame) -> dict[str, str]:
+    """Provenance (figure_data.provenance: commit and date) -> marker shape, oldest first."""
+    order = df.assign(_p=provenance(df), _t=A.timestamps(df)).sort_values("_t", kind="stable")["_p"]
+    return {p: RUN_MARKERS[i % len(RUN_MARKERS)] for i, p in enumerate(dict.fromkeys(order))}
+
+
+def _draw_runs(ax, s: pd.DataFrame, x: str, y: str, yerr, xs: Sequence, name: str, markers: dict) -> None:
+    """One series of a line panel, one line per run (`run_id`): a line joins only points measured in the same run
+    (one process, one commit), and within it only neighbouring values of `xs` (_with_gaps); points of other runs
+    stand apart. Marker shape = the run's commit and date; hollow = not from a clean commit or output wrong."""
+    c = _color(name)
+    err = np.atleast_2d(np.asarray(yerr, dtype=float))
+    runs = [r if isinstance(r, str) and r else f"row {i}" for i, r in zip(s.index, s["run_id"])]  # none: its own
+    for run in dict.fromkeys(runs):
+        m = np.array([r == run for r in runs])
+        r = s[m]
+        mk = markers[provenance(r).iloc[0]]
+        gx, gy, gerr = _with_gaps(r[x], r[y], err[:, m], xs)
+        ax.errorbar(gx, gy, yerr=gerr, color=c, lw=1.6, capsize=3, label=name, marker=mk, ms=6, zorder=3,
+                    gid=f"run|{run}")
+        for _, h in r[r["hollow"]].iterrows():
+            ax.plot([h[x]], [h[y]], mk, ms=6, mfc="white", mec=c, zorder=4)
+
+
+def _run_legend(drawn: pd.DataFrame, markers: dict) -> list:
+    """Legend entries of a line figure: each series as a plain line of its colour, then each commit and date with
+    its marker shape and how many runs it holds."""
+    from matplotlib.lines import Line2D
+    hs = [Line2D([], [], color=_color(n), lw=1.6, label=n) for n in _series_order(drawn["series"])]
+    prov = provenance(drawn)
+    for p, mk in markers.items():
+        n = drawn.loc[prov == p, "run_id"].nunique()
+        if n:
+            hs.append(Line2D([], [], ls="none", marker=mk, ms=6, color="#555555",
+                             label=f"{p} ({n} run{'s' if n > 1 else ''})"))
+    return hs
+
+
+def _run_note(drawn: pd.DataFrame, x: str) -> str:
+    """The caption's sentence on what a line joins, with the counts of this figure's rows."""
+    runs = drawn.groupby("run_id")[x].nunique()
+    return (f"A line joins only points of one run (run_id: one process at one commit) and only neighbouring values "
+            f"it measured; {int((runs > 1).sum())} of the {len(runs)} runs drawn measured more than one {x} value (the "
+            f"points of any other run stand alone). Marker shape: the commit and date of the run (legend). ")
 
 
 def _line_panels(df: pd.DataFrame, grid: dict, x: str, y: str, xlabel: str, ylabel: str, log2x: bool,
                  ref_line: bool, spread: str, logy: bool = False) -> tuple[Figure, np.ndarray]:
     models = _model_order(grid.get("model") or df["model"].unique())
     quants = list(grid.get("quant") or df["quant"].unique())
-    fig, axes = _panels(len(models), len(quants))
+    fig, axes = _panels(len(models), len(quants), legend_w=3.0)
     xs_all = sorted(grid.get(x) or pd.to_numeric(df[x]).unique())
+    markers = _run_markers(df)
     for i, m in enumerate(models):
         for j, q in enumerate(quants):
             ax = axes[i, j]
@@ -247,16 +296,12 @@ def _line_panels(df: pd.DataFrame, grid: dict, x: str, y: str, xlabel: str, ylab
                 if ref_line and name == REF:
                     continue
                 s = d[d["series"] == name].sort_values(x)
-                c = _color(name)
                 if y == "latency_us_median":  # the measured p10..p90, asymmetric
                     yerr = np.vstack([(s[y] - s["latency_us_p10"]).clip(lower=0).fillna(0),
                                       (s["latency_us_p90"] - s[y]).clip(lower=0).fillna(0)])
                 else:
                     yerr = (s[y] * s[spread]).fillna(0).to_numpy() if spread in s.columns else np.zeros(len(s))
-                gx, gy, gerr = _with_gaps(s[x], s[y], yerr, xs)
-                ax.errorbar(gx, gy, yerr=gerr, color=c, lw=1.6, capsize=3, label=name, marker="o", ms=6, zorder=3)
-                for _, r in s[s["hollow"]].iterrows():
-                    ax.plot([r[x]], [r[y]], "o", ms=6, mfc="white", mec=c, zorder=4)
+                _draw_runs(ax, s, x, y, yerr, xs, name, markers)
             if ref_line:
                 ax.axhline(1.0, color=COLORS[REF], ls="--", lw=1.2, label=f"{REF} (reference = 1)", zorder=2)
             if log2x:
@@ -276,12 +321,19 @@ def _line_panels(df: pd.DataFrame, grid: dict, x: str, y: str, xlabel: str, ylab
     return fig, axes
 
 
+def _drawn(df: pd.DataFrame, y: str, ref_line: bool) -> pd.DataFrame:
+    """The rows a line figure draws as points (the reference is the dashed line at 1 where `ref_line`)."""
+    d = df[df[y].notna()]
+    return d[d["series"] != REF] if ref_line else d
+
+
 def speedup_vs_context(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     fig, axes = _line_panels(df, grid, "ctx", SPEEDUP, "context length (tokens in the KV cache)",
                              f"speedup over {REF} (x, same run)", True, True, A.spread_column(SPEEDUP))
+    drawn = _drawn(df, SPEEDUP, True)
     _title(fig, f"Decode-step speedup over {REF} vs context length (batch {grid.get('batch', ['?'])[0]})", df,
-           gpu_name, COMMON_NOTE + GAP_NOTE + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes, _hollow_handles(df))
+           gpu_name, COMMON_NOTE + _run_note(drawn, "ctx") + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
+    return _finish(fig, axes, _run_legend(drawn, _run_markers(df)) + _hollow_handles(df))
 
 
 def batch_sweep(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
@@ -290,16 +342,19 @@ def batch_sweep(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
                              logy=True)
     _title(fig, f"Decode-step latency vs batch (context {grid.get('ctx', ['?'])[0]})", df, gpu_name,
            "Median step latency on a log scale (torch-eager is several times slower than the rest); error bars: "
-           "p10..p90 of the step latency. Newest row per point. " + GAP_NOTE + _hollow_note(df)
+           "p10..p90 of the step latency. Newest row per point. " + _run_note(_drawn(df, "latency_us_median", False),
+                                                                             "batch") + _hollow_note(df)
            + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes, _hollow_handles(df))
+    return _finish(fig, axes, _run_legend(_drawn(df, "latency_us_median", False), _run_markers(df))
+                   + _hollow_handles(df))
 
 
 def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     models = _model_order(grid.get("model") or df["model"].unique())
     quants = list(grid.get("quant") or df["quant"].unique())
-    fig, axes = _panels(1, len(quants))
+    fig, axes = _panels(1, len(quants), legend_w=3.0)
     xpos = {m: i for i, m in enumerate(models)}
+    markers = _run_markers(df)
     for j, q in enumerate(quants):
         ax = axes[0, j]
         d = df[(df["quant"] == q) & df[SPEEDUP].notna()]
@@ -312,12 +367,8 @@ def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
                 continue
             s = d[d["series"] == name]
             s = s.assign(_x=s["model"].map(xpos)).sort_values("_x")
-            c = _color(name)
-            gx, gy, gerr = _with_gaps(s["_x"], s[SPEEDUP], (s[SPEEDUP] * s[A.spread_column(SPEEDUP)]).fillna(0),
-                                      range(len(models)))
-            ax.errorbar(gx, gy, yerr=gerr, color=c, marker="o", ms=6, lw=1.6, capsize=3, label=name, zorder=3)
-            for _, r in s[s["hollow"]].iterrows():
-                ax.plot([r["_x"]], [r[SPEEDUP]], "o", ms=6, mfc="white", mec=c, zorder=4)
+            _draw_runs(ax, s, "_x", SPEEDUP, (s[SPEEDUP] * s[A.spread_column(SPEEDUP)]).fillna(0).to_numpy(),
+                       range(len(models)), name, markers)
         ax.axhline(1.0, color=COLORS[REF], ls="--", lw=1.2, label=f"{REF} (reference = 1)", zorder=2)
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels([_model_tick(m) for m in models], fontsize=8)
@@ -327,9 +378,10 @@ def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
         ax.set_xlabel("model (parameters)")
         ax.set_ylabel(f"speedup over {REF} (x, same run)")
     b, c = grid.get("batch", ["?"])[0], grid.get("ctx", ["?"])[0]
+    drawn = _drawn(df, SPEEDUP, True)
     _title(fig, f"Decode-step speedup over {REF} vs model size (batch {b}, context {c})", df, gpu_name,
-           COMMON_NOTE + GAP_NOTE + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes, _hollow_handles(df))
+           COMMON_NOTE + _run_note(drawn, "model") + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
+    return _finish(fig, axes, _run_legend(drawn, markers) + _hollow_handles(df))
 
 
 def fusion_ablation(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
@@ -664,7 +716,7 @@ def step_breakdown_figure(b: pd.DataFrame, gpu_name: str) -> Figure:
             left += r["us"]
         ax.text(left, y, f"  {span:.0f} µs (span)", va="center", fontsize=8)
         yticks.append(y)
-        ylabels.append(f"{p}\nmeasured ({int(d['programs'].iloc[0])} programs)")
+        ylabels.append(f"{p}\nmeasured ({int(d['programs'].iloc[0])} programs)\n{d['source'].iloc[0]}")
         st = d[d["stage"] & d["copy_us"].notna()]
         if len(st):
             left = 0.0
@@ -675,19 +727,24 @@ def step_breakdown_figure(b: pd.DataFrame, gpu_name: str) -> Figure:
             ax.text(left, y - 0.45, f"  {left:.0f} µs = {100 * left / span:.0f} % of the span", va="center",
                     fontsize=8)
             yticks.append(y - 0.45)
-            ylabels.append(f"its bytes at copy speed ({float(d['copy_tbps'].iloc[0]):.2f} TB/s)")
+            ylabels.append(f"bytes_per_step ({float(d['step_bytes'].iloc[0]) / 1e9:.2f} GB) at copy speed "
+                           f"({float(d['copy_tbps'].iloc[0]):.2f} TB/s)")
     ax.set_yticks(yticks)
     ax.set_yticklabels(ylabels, fontsize=8)
     ax.set_xlabel("µs of one decode step, averaged over the programs (each program's time adds up to the span)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlim(0, float(b["span_us"].max()) * 1.25)
-    fig.suptitle(f"Where a megakernel decode step's time goes, per stage (from results/timelines/)\n{gpu_name}",
-                 fontsize=12)
+    fig.suptitle(f"Where a megakernel decode step's time goes, per stage (from results/timelines/)\n{gpu_name}; "
+                 "each timeline's commit and date beside its bar", fontsize=12)
+    where = "; ".join(sorted({f"{p}: {w}" for p, w in zip(b["point"], b["bytes_from"])
+                              if w != "the result rows' bytes_per_step"}))
     fig.text(0.01, 0.005, "Timeline variant of the kernel (harness.timeline: clocks before a program's counter wait, "
              "after it and after its release). A stage = the instructions of one op type over all layers. "
-             "Lighter bars: the stage's bytes at the GPU's copy bandwidth (median over that GPU's result rows, each measured in its "
-             "own process), where a step moving its bytes at copy speed would end.", fontsize=8, color="#555555",
-             ha="left", va="bottom", wrap=True)
+             "Lighter bars: the bytes the step must move (the result rows' bytes_per_step, the bytes % of copy uses, "
+             "split by the stage that moves them: its weights, KV cache, logits) at the GPU's copy bandwidth (median "
+             "over that GPU's result rows, each measured in its own process), where a step moving its bytes at copy "
+             "speed would end." + (f" Bytes from the model shapes, not a row: {where}." if where else ""), fontsize=8,
+             color="#555555", ha="left", va="bottom", wrap=True)
     fig.legend(loc="outside right center", fontsize=8, frameon=False)
     return fig
 
@@ -721,7 +778,7 @@ def op_bandwidth(ops: pd.DataFrame, gpu_name: str) -> Figure:
     for ax, k in zip(axes, panels):
         d = keyed[keyed["_k"] == k]
         pct = d["kind"].iloc[0] == "qgemv"
-        metric = "pct_of_copy_bw" if pct else "gbps"
+        metric = "op_pct_of_copy" if pct else "op_gbps"  # one denominator per op: its weights in the table's format
         opnames = list(dict.fromkeys(d["op"]))
         impls = [i for i in OP_IMPL_ORDER if i in set(d["impl"])] + sorted(set(d["impl"]) - set(OP_IMPL_ORDER))
         hgt = 0.8 / len(impls)
@@ -746,22 +803,25 @@ def op_bandwidth(ops: pd.DataFrame, gpu_name: str) -> Figure:
         if pct:
             ax.axvline(100.0, color="#000000", ls="--", lw=1.2, zorder=2)
             ax.set_xlim(0, max(115.0, float(d[metric].max()) * 1.2))
-            ax.set_xlabel("% of copy bandwidth (same process; the impl's own bytes)")
+            ax.set_xlabel(f"% of copy at the op's weight bytes in {quant} (copy measured in the same process)")
         else:
             _log_axis(ax.xaxis, ax.set_xscale, subs=(1.0,))
             ax.set_xlim(float(d[metric].min()) / 2, float(d[metric].max()) * 6)
-            ax.set_xlabel("achieved bandwidth (GB/s, log scale; the impl's own bytes)")
+            ax.set_xlabel(f"GB/s at the op's weight bytes in {quant} (ops without weights: the bytes they move; "
+                          "log scale)", fontsize=8)
     from matplotlib.patches import Patch
     handles = [Patch(color=OP_COLORS_IMPL.get(i, "#756bb1"), label=(OURS.get(i) or LIBRARY.get(i) or i)
                      .replace(" (cuBLAS", "\n(cuBLAS").replace(", SDPA", ",\nSDPA")) for i in impls_seen]
     fig.legend(handles, [h.get_label() for h in handles], loc="outside right center", fontsize=8, frameon=False)
     fig.suptitle(f"Per-op kernels: ours next to the library kernels (results/ops/)\n{gpu_name}", fontsize=12)
     unread = ", ".join(sorted(set(ops.attrs.get("unread", []))))
-    fig.text(0.01, 0.005, "Each bar: one kernel at the configuration's real shapes, bandwidth = the bytes that impl "
-             "reads and writes / its latency (a library GEMV on a dequantised bf16 weight moves more bytes: compare "
-             "the µs labels for speed). bench_ops tables: harness.bench_ops (L2 flushed, CUDA graph); qgemv tables: "
-             "scripts/qgemv_bench.py, % of the copy bandwidth measured in the same process, qgemv's row/warp variants "
-             "left out." + (f" Files in another layout, not drawn: {unread}." if unread else ""), fontsize=8,
+    fig.text(0.01, 0.005, "Each bar: one kernel at the configuration's real shapes. Every kernel of an op is divided "
+             "by the same bytes: the op's weights in the panel's format (weights + scales + zeros, int4 in groups of "
+             "128), or for an op without weights the bytes it moves, so the bars of an op rank as their latencies do "
+             "(a library GEMV on a dequantised bf16 weight moves more bytes than that, and gets no credit for them). "
+             "bench_ops tables: harness.bench_ops (L2 flushed, CUDA graph); qgemv tables: scripts/qgemv_bench.py, % of "
+             "the copy bandwidth measured in the same process, qgemv's row/warp variants left out."
+             + (f" Files in another layout, not drawn: {unread}." if unread else ""), fontsize=8,
              color="#555555", ha="left", va="bottom", wrap=True)
     return fig
 

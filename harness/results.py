@@ -167,6 +167,12 @@ def is_clean_sha(sha) -> bool:
     return isinstance(sha, str) and sha.strip() != "" and not sha.endswith("-dirty")
 
 
+def short_sha(sha) -> str:
+    """A git sha as figures and tables name it: 8 hex digits, "-dirty" kept; "unknown" when there is none."""
+    s = str(sha).strip() if isinstance(sha, str) else ""
+    return s.removesuffix("-dirty")[:8] + ("-dirty" if s.endswith("-dirty") else "") if s else "unknown"
+
+
 def git_sha(repo: Path = REPO_ROOT) -> str:
     """The commit of the code that runs: from .commit-manifest when there is one (a copy of the tree on another
     machine, whose .git may be stale), else HEAD's sha; "-dirty" if tracked files differ from it; "" if neither

@@ -10,10 +10,15 @@ time on the x-axis, a bar per instruction coloured by op, its wait drawn thin an
         megakernel.programs_per_sm=1 megakernel.tiles.gemv_rows=8 ...]
 
 writes results/timelines/<gpu>/<point>.parquet and .png and prints the summaries. On the CPU (Triton
-interpreter) the clock is logical (one tick per event), so only the order of events is meaningful.
+interpreter) the clock is logical (one tick per event), so only the order of events is meaningful. The table records
+the GPU, the commit (git sha, "-dirty" for a tree that differs from it) and the time it was measured, and the plot's
+title says them; a table written before it recorded them says so and names the commit that added it to the repository.
+
+    python -m harness.timeline --replot [results/timelines ...]     # redraws the plot of every table (any machine)
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -110,6 +115,57 @@ def plot_timeline(df: pd.DataFrame, path: str, title: str, unit: str = "us") -> 
     plt.close(fig)
 
 
+def source_line(frame: pd.DataFrame, path: Optional[Path] = None) -> str:
+    """Where a timeline table comes from, in a few words: "commit 1a2b3c4d-dirty (not a clean commit), measured
+    2026-11-30". A table without the `git_sha` / `timestamp_utc` columns (written before they were recorded) says so,
+    and names the commit that added `path` to the repository (git log), as an upper bound of its date."""
+    from harness.results import is_clean_sha, short_sha
+
+    if "git_sha" in frame.columns and "timestamp_utc" in frame.columns:
+        sha = frame["git_sha"].iloc[0]
+        day = pd.to_datetime(frame["timestamp_utc"].iloc[0], utc=True).strftime("%Y-%m-%d")
+        return f"commit {short_sha(sha)}" + ("" if is_clean_sha(sha) else " (not a clean commit)") + f", measured {day}"
+    added = _added_in(path) if path is not None else None
+    return "commit and date not recorded" + (f" (table added in {added})" if added else "")
+
+
+def _added_in(path: Path) -> Optional[str]:
+    """"e2971010 on 2026-11-22": the commit that added `path` (None outside a git checkout or for an untracked file)."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["git", "-C", str(Path(path).parent), "log", "--diff-filter=A", "--format=%h %ad",
+                            "--date=short", "--abbrev=8", "--", Path(path).name], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = p.stdout.split("\n") if p.returncode == 0 else []
+    sha, _, day = (lines[-2] if len(lines) > 1 else "").partition(" ")  # the oldest: the commit that added it
+    return f"{sha} on {day}" if sha else None
+
+
+def timeline_title(df: pd.DataFrame, path: Optional[Path] = None) -> str:
+    """The plot's title, from the table alone: point, GPU, commit and date, the step's summary, the tiles."""
+    s = step_summary(df)
+    unit = "ticks" if str(df["gpu"].iloc[0]) == "cpu" else "us"
+    per_sm = (f" ({int(df['programs_per_sm'].iloc[0])}/SM, {df['regs'].iloc[0] or '-'} regs)"
+              if {"programs_per_sm", "regs"} <= set(df.columns) else "")
+    return (f"megakernel timeline, {df['point'].iloc[0]} - {df['gpu'].iloc[0]}, {source_line(df, path)}\n"
+            f"step {s['span']:.1f} {unit}, {s['programs']} programs{per_sm}: running {s['run_pct']:.0f}%, waiting "
+            f"{s['wait_pct']:.0f}%, done early {s['tail_pct']:.0f}%\n{df['tiles'].iloc[0]}")
+
+
+def replot(paths: list[str]) -> list[Path]:
+    """Redraws <table>.png next to every timeline table under `paths` (files or folders), title from the table."""
+    tables = [t for p in map(Path, paths) for t in (sorted(p.glob("**/*.parquet")) if p.is_dir() else [p])]
+    for t in tables:
+        df = pd.read_parquet(t)
+        plot_timeline(df, str(t.with_suffix(".png")), timeline_title(df, t),
+                      "ticks" if str(df["gpu"].iloc[0]) == "cpu" else "us")
+        print(f"wrote {t.with_suffix('.png')}")
+    return [t.with_suffix(".png") for t in tables]
+
+
 def record(cfg, steps: int = 5):
     """Builds the point of `cfg` and a timeline megakernel for it; runs `steps` steps; returns (frame, mk, point)."""
     import torch
@@ -134,8 +190,14 @@ def record(cfg, steps: int = 5):
 def main(overrides: Optional[list[str]] = None) -> None:
     from harness.cli import compose
     from harness.errors import ConfigError
+    from harness.results import git_sha
     from kernels import gpu_slug
 
+    args = sys.argv[1:] if overrides is None else list(overrides)
+    if args[:1] == ["--replot"]:
+        from harness.results import REPO_ROOT
+        replot(args[1:] or [str(REPO_ROOT / "results" / "timelines")])
+        return
     cfg = compose(overrides, __doc__)
     try:
         df, mk, pt = record(cfg)
@@ -148,13 +210,12 @@ def main(overrides: Optional[list[str]] = None) -> None:
     name = f"{cfg.model.name}-{cfg.quant.name}-b{b.batch}-ctx{b.ctx}-{cfg.fusion}"
     out_dir = Path(cfg.results.dir) / "timelines" / gpu_slug(gpu)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df.assign(gpu=gpu, point=name, tiles=mk.tiles_summary()).to_parquet(out_dir / f"{name}.parquet", index=False)
-    s = step_summary(df)
+    df = df.assign(gpu=gpu, point=name, tiles=mk.tiles_summary(), git_sha=git_sha(),
+                   timestamp_utc=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+                   programs_per_sm=mk.programs_per_sm, regs=mk.n_regs or 0)
+    df.to_parquet(out_dir / f"{name}.parquet", index=False)
     unit = "us" if mk.device.type == "cuda" else "ticks"
-    title = (f"megakernel timeline, {cfg.model.name} {cfg.quant.name} batch {b.batch} ctx {b.ctx} fusion={cfg.fusion}"
-             f" - {gpu}, {pd.Timestamp.now():%Y-%m-%d}\nstep {s['span']:.1f} {unit}, {s['programs']} programs "
-             f"({mk.programs_per_sm}/SM, {mk.n_regs or '-'} regs): running {s['run_pct']:.0f}%, waiting "
-             f"{s['wait_pct']:.0f}%, done early {s['tail_pct']:.0f}%\n{mk.tiles_summary()}")
+    title = timeline_title(df)
     plot_timeline(df, str(out_dir / f"{name}.png"), title, unit)
     pd.set_option("display.width", 200)
     print(title)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -41,16 +42,22 @@ def _legend(fig) -> list[str]:
     return [t.get_text() for lg in fig.legends for t in lg.get_texts()]
 
 
-def _lines(fig) -> dict[str, dict[str, tuple[list, list]]]:
-    """Panel title -> series -> (x, y) of its error-bar line as drawn, NaN included."""
+def _lines(fig) -> dict[str, dict[str, list[tuple[list, list, str]]]]:
+    """Panel title -> series -> every error-bar line drawn for it: (x, y, gid), NaN included (one line per run)."""
     out: dict = {}
     for ax in fig.axes:
         for c in ax.containers:
             if isinstance(c, ErrorbarContainer) and not c.get_label().startswith("_"):
                 ln = c.lines[0]
-                out.setdefault(ax.get_title().split(" (")[0], {})[c.get_label()] = \
-                    ([float(v) for v in ln.get_xdata()], [float(v) for v in ln.get_ydata()])
+                out.setdefault(ax.get_title().split(" (")[0], {}).setdefault(c.get_label(), []).append(
+                    ([float(v) for v in ln.get_xdata()], [float(v) for v in ln.get_ydata()], ln.get_gid() or ""))
     return out
+
+
+def _joined(x: list, y: list) -> list[tuple]:
+    """Segments of a drawn line: two consecutive vertices, neither NaN."""
+    pts = list(zip(map(float, x), map(float, y)))
+    return [(p, q) for p, q in zip(pts, pts[1:]) if not (math.isnan(p[1]) or math.isnan(q[1]))]
 
 
 def _bridged(x: list, y: list, grid: list) -> list[tuple]:
@@ -63,47 +70,84 @@ def _bridged(x: list, y: list, grid: list) -> list[tuple]:
 
 # ---------------------------------------------------------------- gaps, not bridges
 
+def _one_run(rows: list) -> list:
+    """The rows of several run_rows calls as ONE run (one run_id, as if one process had measured every point)."""
+    for r in rows:
+        r["run_id"] = "one-run"
+    return rows
+
+
 def test_a_model_not_measured_is_a_gap_in_the_line(tmp_path):
-    """speedup_vs_model with llama1b and llama8b measured and llama3b not: no line joins 1B to 8B."""
-    rows = _loaded(tmp_path, run_rows(model="llama1b", baseline="torch-compile", when=stamp(0)),
-                   run_rows(model="llama8b", baseline="torch-compile", when=stamp(5)))
+    """speedup_vs_model with llama1b and llama8b measured in one run and llama3b not: no line joins 1B to 8B."""
+    rows = _loaded(tmp_path, _one_run(run_rows(model="llama1b", baseline="torch-compile", when=stamp(0))
+                                      + run_rows(model="llama8b", baseline="torch-compile", when=stamp(0))))
     lines = _lines(F.make_figure("speedup_vs_model", rows, GPU))
     assert set(lines["bf16"]) == {"torch-eager", "torch-graph", "flash-attn", "layerwise", "megakernel/model"}
-    for series, (x, y) in lines["bf16"].items():
+    for series, [(x, y, _)] in lines["bf16"].items():
         assert x == [0.0, 1.0, 2.0] and math.isnan(y[1]) and not math.isnan(y[0]) and not math.isnan(y[2]), series
         assert _bridged(x, y, [0, 1, 2]) == [], series
-    # all three measured: one unbroken line
-    rows3 = _loaded(tmp_path / "all", *(run_rows(model=m, baseline="torch-compile", when=stamp(i))
-                                        for i, m in enumerate(("llama1b", "llama3b", "llama8b"))))
-    for x, y in _lines(F.make_figure("speedup_vs_model", rows3, GPU))["bf16"].values():
+    # all three measured in one run: one unbroken line
+    rows3 = _loaded(tmp_path / "all", _one_run([r for m in ("llama1b", "llama3b", "llama8b")
+                                                for r in run_rows(model=m, baseline="torch-compile", when=stamp(0))]))
+    for [(x, y, _)] in _lines(F.make_figure("speedup_vs_model", rows3, GPU))["bf16"].values():
         assert not any(math.isnan(v) for v in y)
 
 
 def test_a_context_not_measured_is_a_gap_in_the_line(tmp_path):
-    """ctx 128, 1024 and 8192 measured, 4096 and 32768 not: 1024 and 8192 are not joined."""
-    rows = _loaded(tmp_path, *(run_rows(ctx=c, baseline="torch-compile", when=stamp(i))
-                               for i, c in enumerate((128, 1024, 8192))))
+    """ctx 128, 1024 and 8192 measured in one run, 4096 and 32768 not: 1024 and 8192 are not joined."""
+    rows = _loaded(tmp_path, _one_run([r for c in (128, 1024, 8192)
+                                       for r in run_rows(ctx=c, baseline="torch-compile", when=stamp(0))]))
     grid = F.experiment_grid("speedup_vs_context")["ctx"]
     lines = _lines(F.make_figure("speedup_vs_context", rows, GPU))["llama1b bf16"]
     assert lines
-    for series, (x, y) in lines.items():
+    for series, [(x, y, _)] in lines.items():
         drawn = [a for a, b in zip(x, y) if not math.isnan(b)]
         assert drawn == [128.0, 1024.0, 8192.0], series
         assert _bridged(x, y, grid) == [], series
         assert _bridged([128.0, 1024.0, 8192.0], [1, 1, 1], grid) != []  # the check sees a bridge when there is one
 
 
-def test_committed_line_figures_bridge_no_gap():
+def test_a_line_joins_only_points_of_one_run(tmp_path):
+    """Three runs (three processes; the llama8b one at another commit, a day later) of three models: no line joins
+    any two of them, each run has its own line, and the legend and caption name each commit and date."""
+    rows = _loaded(tmp_path, run_rows(model="llama1b", baseline="torch-compile", when=stamp(0)),
+                   run_rows(model="llama3b", baseline="torch-compile", when=stamp(5)),
+                   run_rows(model="llama8b", baseline="torch-compile", when=stamp(24 * 60), git_sha="def4567-dirty"))
+    fig = F.make_figure("speedup_vs_model", rows, GPU)
+    lines = _lines(fig)["bf16"]
+    df = F._with_series(F.figure_rows("speedup_vs_model", rows, GPU))
+    for series, drawn in lines.items():
+        assert len(drawn) == 3, series  # one line per run
+        for x, y, gid in drawn:
+            assert _joined(x, y) == [], (series, x, y)
+            run = gid.removeprefix("run|")
+            want = df[(df["series"] == series) & (df["run_id"] == run)]
+            assert [v for v in y if not math.isnan(v)] == pytest.approx(list(want[F.SPEEDUP])), series
+    legend = _legend(fig)
+    assert "commit abc123, 2026-11-22 (2 runs)" in legend and "commit def4567-dirty, 2026-11-23 (1 run)" in legend
+    assert "0 of the 3 runs drawn measured more than one model value" in _texts(fig)
+
+
+def test_committed_line_figures_join_only_points_of_one_run():
+    """On the committed rows: no line bridges an unmeasured value, and every line holds the points of one run."""
     rows = load_results(ROOT / "results")
     for experiment in ("speedup_vs_context", "speedup_vs_model", "batch_sweep"):
         grid = F.experiment_grid(experiment)
+        x_col = {"speedup_vs_model": "model", "speedup_vs_context": "ctx", "batch_sweep": "batch"}[experiment]
         for g in F.gpus_in(rows):
+            df = F._with_series(F.figure_rows(experiment, rows, g))
             fig = F.make_figure(experiment, rows, g)
             for panel in _lines(fig).values():
-                for series, (x, y) in panel.items():
-                    xs = list(range(len(grid["model"]))) if experiment == "speedup_vs_model" else \
-                        grid["ctx" if experiment == "speedup_vs_context" else "batch"]
-                    assert _bridged(x, y, xs) == [], (experiment, g, series)
+                for series, drawn in panel.items():
+                    xs = list(range(len(grid["model"]))) if experiment == "speedup_vs_model" else grid[x_col]
+                    for x, y, gid in drawn:
+                        assert _bridged(x, y, xs) == [], (experiment, g, series)
+                        run = df[(df["series"] == series) & (df["run_id"] == gid.removeprefix("run|"))]
+                        assert len(run) >= len([v for v in y if not math.isnan(v)]) >= 1, (experiment, g, series)
+            text = _texts(fig)
+            for p in set(F.provenance(df)):
+                assert any(t.startswith(p) for t in _legend(fig)), (experiment, g, p)
+            assert "A line joins only points of one run" in text
 
 
 # ---------------------------------------------------------------- throttling only where telemetry ran
@@ -283,7 +327,9 @@ def _timeline() -> pd.DataFrame:
 
 
 def test_step_breakdown_adds_up_to_the_span():
-    b = F.step_breakdown(_timeline(), copy_tbps=1e-3)  # 1 GB/s: 1000 bytes take 1 µs
+    # 1 GB/s: 1000 bytes take 1 µs; the stages' bytes are given, the timeline's own (cost model) `bytes` are not used
+    b = F.step_breakdown(_timeline(), copy_tbps=1e-3,
+                         stage_bytes={"RmsQkvRope": 2000, "DownResidual": 2000, "LmHead": 4000})
     us = dict(zip(b["segment"], b["us"]))
     assert us == pytest.approx({"RmsQkvRope": (10 + 6) / 2, "DownResidual": 5 / 2, "LmHead": 7 / 2,
                                 F.WAIT: (5 + 1) / 2, F.IDLE: (0 + 4) / 2, F.OTHER: (0 + 2) / 2,
@@ -321,6 +367,40 @@ def test_committed_step_breakdowns_draw_each_step_whole(tmp_path):
     assert sorted(p.name for p in paths) == sorted({f"step_breakdown-{f.parent.name}.png" for f in files})
 
 
+@pytest.mark.parametrize("model", ["llama1b", "llama3b", "llama8b"])
+@pytest.mark.parametrize("quant", ["bf16", "int8", "int4"])
+def test_stage_bytes_sum_to_bytes_per_step(model, quant):
+    from harness.metrics import bytes_per_step
+    from harness.models import named_spec
+
+    for batch, ctx in ((1, 1024), (16, 4096)):
+        stages = D.stage_bytes(named_spec(model), quant, 128, batch, ctx)
+        assert set(stages) <= set(D.STAGE_ORDER)
+        assert sum(stages.values()) == bytes_per_step(named_spec(model), quant, 128, batch, ctx)["total"]
+
+
+def test_committed_step_breakdowns_put_the_rows_bytes_per_step_at_copy_speed():
+    """The lighter bars: the bytes_per_step the result rows record at the timeline's point (the bytes % of copy uses),
+    at the copy bandwidth; not the schedule's cost-model bytes in the timeline table."""
+    rows = load_results(ROOT / "results")
+    b = F.step_breakdowns(ROOT / "results" / "timelines", rows)
+    checked = 0
+    for (slug, point), d in b.groupby(["gpu_slug", "point"]):
+        model, quant, batch, ctx, _ = re.match(D.TIMELINE_POINT, point).groups()
+        r = rows[(rows["model"] == model) & (rows["quant"] == quant) & (rows["batch"] == int(batch))
+                 & (rows["ctx"] == int(ctx))]
+        st = d[d["stage"]]
+        assert st["bytes"].sum() == pytest.approx(d["step_bytes"].iloc[0])
+        assert st["copy_us"].sum() == pytest.approx(d["step_bytes"].iloc[0] / (d["copy_tbps"].iloc[0] * 1e6))
+        if len(r):
+            assert set(r["bytes_per_step"]) == {d["step_bytes"].iloc[0]}, point
+            checked += 1
+        fig = F.step_breakdown_figure(b[b["gpu_slug"] == slug], slug)
+        copy = sum(p.get_width() for ax in fig.axes for p in ax.patches if (p.get_gid() or "").startswith(f"copy|{point}|"))
+        assert copy == pytest.approx(st["copy_us"].sum())
+    assert checked >= 4
+
+
 # ---------------------------------------------------------------- the per-op kernel tables
 
 def test_op_tables_read_both_layouts_and_put_ours_next_to_the_libraries():
@@ -343,7 +423,7 @@ def test_op_figure_draws_one_bar_per_row(tmp_path):
         d = d.reset_index(drop=True)
         fig = F.op_bandwidth(d, slug)
         bars = {p.get_gid(): p.get_width() for ax in fig.axes for p in ax.patches if p.get_gid()}
-        metric = np.where(d["kind"] == "qgemv", d["pct_of_copy_bw"], d["gbps"])
+        metric = np.where(d["kind"] == "qgemv", d["op_pct_of_copy"], d["op_gbps"])
         want = {F.op_bar_id(r): m for r, m in zip(d.to_dict("records"), metric)}
         assert len(bars) == len(d) and bars == pytest.approx(want)
     # a CSV in another layout is not drawn, and the note names it
@@ -354,6 +434,60 @@ def test_op_figure_draws_one_bar_per_row(tmp_path):
     assert F.op_files_unread(tmp_path / "ops") == ["other.csv"]
     [path] = F.render_op_bandwidth(tmp_path / "ops", tmp_path / "fig")
     assert path.name == "op_bandwidth-nvidia-h100-80gb-hbm3.png"
+
+
+def test_op_figure_divides_every_kernel_of_an_op_by_the_same_weight_bytes(tmp_path):
+    """One denominator per op: its weights in the table's format. cuBLAS on a dequantised bf16 weight (4x the bytes
+    of int4) is not drawn at 4x the bandwidth; within an op the bars rank as the latencies do."""
+    from kernels.quant import quant_mode
+
+    ops = F.op_tables(ROOT / "results" / "ops")
+    for _, g in ops.groupby(list(F.OP_PANEL) + ["op"], dropna=False):
+        assert g["op_bytes"].nunique() == 1
+        lat, bw = g["latency_us"].to_numpy(), g["op_gbps"].to_numpy()
+        assert (np.argsort(lat, kind="stable") == np.argsort(-bw, kind="stable")).all() or len(set(lat)) < len(lat)
+    q = ops[(ops["kind"] == "qgemv") & (ops["op"] == "qkv") & (ops["quant"] == "int4") & (ops["batch"] == 1)]
+    assert set(q["op_bytes"]) == {quant_mode("int4").linear_nbytes(6144, 4096, 128)}
+    cublas, ours = (q[q["impl"] == i].iloc[0] for i in ("cublas-bf16", "qgemv"))
+    assert cublas["bytes"] > 3 * ours["bytes"] and cublas["pct_of_copy_bw"] > ours["pct_of_copy_bw"]  # its own count
+    assert cublas["op_pct_of_copy"] == pytest.approx(ours["op_pct_of_copy"] * ours["latency_us"] / cublas["latency_us"])
+    b = ops[(ops["source"] == "bench_ops-h100-9.csv") & (ops["model"] == "llama1b") & (ops["op"] == "down(+residual)")
+            & (ops["quant"] == "int4") & (ops["batch"] == 1)]
+    assert set(b["op_bytes"]) == {quant_mode("int4").linear_nbytes(2048, 8192, 128)} and set(b["op_bytes_are"]) == \
+        {"weights"}
+    fig = F.op_bandwidth(ops[ops["gpu_slug"] == "nvidia-h200"].reset_index(drop=True), "NVIDIA H200")
+    assert all("at the op's weight bytes in" in ax.get_xlabel() for ax in fig.axes if ax.get_visible())
+
+
+# ---------------------------------------------------------------- commit and date of the timeline figures
+
+def test_timeline_title_says_gpu_commit_and_date(tmp_path):
+    from harness import timeline as T
+
+    df = _timeline().assign(gpu="NVIDIA H200", point="llama8b-int8-b1-ctx1024-model", tiles="warps=4",
+                            git_sha="0123456789abcdef-dirty", timestamp_utc="2026-11-30T05:12:00+00:00")
+    title = T.timeline_title(df)
+    assert "NVIDIA H200" in title and "commit 01234567-dirty (not a clean commit), measured 2026-11-30" in title
+    assert "commit 01234567, measured 2026-11-30" in T.timeline_title(df.assign(git_sha="0123456789abcdef"))
+    # a table written before the commit was recorded says so, and names the commit that added it
+    old = ROOT / "results" / "timelines" / "nvidia-h200" / "llama8b-int8-b1-ctx1024-model.parquet"
+    frame = pd.read_parquet(old)
+    line = T.source_line(frame, old)
+    assert "git_sha" in frame.columns or re.fullmatch(
+        r"commit and date not recorded \(table added in [0-9a-f]{8} on \d{4}-\d{2}-\d{2}\)", line), line
+    # the re-plot writes the PNG next to the table, with that title
+    (tmp_path / "t").mkdir()
+    df.to_parquet(tmp_path / "t" / "x.parquet")
+    assert [p.name for p in T.replot([str(tmp_path / "t")])] == ["x.png"] and (tmp_path / "t" / "x.png").is_file()
+
+
+def test_step_breakdown_names_each_timelines_commit_and_date():
+    rows = load_results(ROOT / "results")
+    b = F.step_breakdowns(ROOT / "results" / "timelines", rows)
+    for slug, d in b.groupby("gpu_slug"):
+        text = " ".join(t.get_text() for ax in F.step_breakdown_figure(d, slug).axes for t in ax.get_yticklabels())
+        for src in set(d["source"]):
+            assert src.startswith("commit") and src in text
 
 
 # ---------------------------------------------------------------- make figures-gpu

@@ -55,13 +55,14 @@ def _panel(ax) -> str:
 
 
 def drawn_lines(fig) -> dict[str, dict[str, list[float]]]:
-    """Panel -> series -> the y values of its labelled error-bar line (a line figure's data, as drawn; the NaN that
-    break a line where a value was not measured are left out)."""
+    """Panel -> series -> the y values of its labelled error-bar lines, one per run (a line figure's data, as drawn;
+    the NaN that break a line where a value was not measured are left out)."""
     out: dict = defaultdict(dict)
     for ax in fig.axes:
         for c in ax.containers:
             if isinstance(c, ErrorbarContainer) and not c.get_label().startswith("_"):
-                out[_panel(ax)][c.get_label()] = [float(v) for v in c.lines[0].get_ydata() if not math.isnan(v)]
+                out[_panel(ax)].setdefault(c.get_label(), []).extend(
+                    float(v) for v in c.lines[0].get_ydata() if not math.isnan(v))
     return dict(out)
 
 
@@ -134,8 +135,11 @@ def test_line_figures_draw_every_series_with_every_point(experiment, synthetic_r
     drawn = {panel: {s: len(ys) for s, ys in series.items()} for panel, series in drawn_lines(fig).items()}
     assert drawn == EXPECTED_LINES[experiment]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    t = table_of(experiment, synthetic_rows, GPU)
+    runs = t.groupby(F.provenance(t))["run_id"].nunique()  # the runs of each commit and date
     assert sorted(legend) == sorted({s for series in EXPECTED_LINES[experiment].values() for s in series} |
-                                    ({f"{F.REF} (reference = 1)"} if experiment in REF_AS_LINE else set()))
+                                    ({f"{F.REF} (reference = 1)"} if experiment in REF_AS_LINE else set()) |
+                                    {f"{p} ({n} runs)" for p, n in runs.items()})
     assert_draws_its_table(experiment, synthetic_rows, GPU)
 
 
