@@ -247,6 +247,27 @@ def provenance(df: pd.DataFrame) -> pd.Series:
     return pd.Series([f"commit {short_sha(s)}, {d}" for s, d in zip(sha, day)], index=df.index, dtype=object)
 
 
+def sweeps(df: pd.DataFrame) -> pd.Series:
+    """Per row, its sweep: the rows of one GPU and one commit measured in one session (each within SESSION_GAP_S of
+    the previous row of that GPU), e.g. the jobs of one `run.py -m`. A line figure joins points of one sweep only:
+    the same code on the same machine, never a later session or another commit. Id: "<short sha>@<first time>"."""
+    if df.empty:
+        return pd.Series([], index=df.index, dtype=object)
+    ts = A.timestamps(df)
+    gpu = df["gpu_name"].astype(str) if "gpu_name" in df.columns else pd.Series("", index=df.index)
+    sha = df["git_sha"].fillna("").astype(str) if "git_sha" in df.columns else pd.Series("", index=df.index)
+    out, prev, current = {}, None, None
+    for i in sorted(df.index, key=lambda i: (gpu[i], sha[i], ts[i] if pd.notna(ts[i]) else pd.Timestamp.min)):
+        t = ts[i]
+        same = (prev is not None and gpu[i] == gpu[prev] and sha[i] == sha[prev] and pd.notna(t)
+                and pd.notna(ts[prev]) and (t - ts[prev]).total_seconds() <= SESSION_GAP_S)
+        if not same:
+            when = t.strftime("%Y-%m-%dT%H:%M") if pd.notna(t) else f"row {i}"
+            current = f"{short_sha(sha[i])}@{when}"
+        out[i], prev = current, i
+    return pd.Series([out[i] for i in df.index], index=df.index, dtype=object)
+
+
 def series_name(impl: str, fusion) -> str:
     return f"{impl}/{fusion}" if isinstance(fusion, str) and fusion not in ("", "none") else impl
 

@@ -11,8 +11,9 @@ Markers and bars are hollow (white face) for rows that were not measured at a cl
 harness.figure_data.with_markers); the note under each figure says how many points are hollow and why, and the
 legend has an entry for hollow points whenever a figure draws any.
 
-A line joins only points measured in the same run (run_id: one process at one commit), and of those only neighbouring
-values of the grid (a gap, never a bridge); marker shape and legend say which commit and date each run comes from;
+A line joins only points of one sweep (figure_data.sweeps: one GPU, one commit, one session), and of those only
+neighbouring values of the grid (a gap, never a bridge); marker shape and legend say which commit and date each
+sweep comes from;
 throttling is marked only on rows measured with telemetry, and each note says for how many rows it ran; the batch
 figure's latency axis is logarithmic so that torch-eager does not squash the other impls.
 
@@ -47,8 +48,9 @@ from harness.figure_data import (  # noqa: F401 - re-exported: notebooks and tes
     experiment_grid, figure_rows, figure_table, findings_experiment, findings_gpu_compare, findings_headline,
     findings_op_bandwidth, findings_roofline, findings_step_breakdown, gpu_compare_pairs, gpu_pairs, gpu_plan,
     gpu_plan_text, gpus_in, headline_markdown, headline_table, in_grid, op_files_unread, op_panels, op_tables,
-    provenance, roofline_rows, series_name, step_breakdown, step_breakdowns, telemetry_ran, with_tag,
+    provenance, roofline_rows, series_name, step_breakdown, step_breakdowns, sweeps, telemetry_ran, with_tag,
 )
+from harness.figure_data import SESSION_GAP_S
 from harness.results import REPO_ROOT
 from kernels import gpu_slug
 
@@ -236,43 +238,44 @@ def _run_markers(df: pd.DataFrame) -> dict[str, str]:
 
 
 def _draw_runs(ax, s: pd.DataFrame, x: str, y: str, yerr, xs: Sequence, name: str, markers: dict) -> None:
-    """One series of a line panel, one line per run (`run_id`): a line joins only points measured in the same run
-    (one process, one commit), and within it only neighbouring values of `xs` (_with_gaps); points of other runs
-    stand apart. Marker shape = the run's commit and date; hollow = not from a clean commit or output wrong."""
+    """One series of a line panel, one line per sweep (`sweep`, figure_data.sweeps: one GPU, one commit, one
+    session): a line joins only points measured by the same code in the same session, and within it only
+    neighbouring values of `xs` (_with_gaps); points of other sweeps stand apart. Marker shape = the sweep's commit
+    and date; hollow = not from a clean commit or output wrong."""
     c = _color(name)
     err = np.atleast_2d(np.asarray(yerr, dtype=float))
-    runs = [r if isinstance(r, str) and r else f"row {i}" for i, r in zip(s.index, s["run_id"])]  # none: its own
-    for run in dict.fromkeys(runs):
-        m = np.array([r == run for r in runs])
+    for sweep in dict.fromkeys(s["sweep"]):
+        m = (s["sweep"] == sweep).to_numpy()
         r = s[m]
         mk = markers[provenance(r).iloc[0]]
         gx, gy, gerr = _with_gaps(r[x], r[y], err[:, m], xs)
         ax.errorbar(gx, gy, yerr=gerr, color=c, lw=1.6, capsize=3, label=name, marker=mk, ms=6, zorder=3,
-                    gid=f"run|{run}")
+                    gid=f"sweep|{sweep}")
         for _, h in r[r["hollow"]].iterrows():
             ax.plot([h[x]], [h[y]], mk, ms=6, mfc="white", mec=c, zorder=4)
 
 
 def _run_legend(drawn: pd.DataFrame, markers: dict) -> list:
     """Legend entries of a line figure: each series as a plain line of its colour, then each commit and date with
-    its marker shape and how many runs it holds."""
+    its marker shape and how many sweeps it holds."""
     from matplotlib.lines import Line2D
     hs = [Line2D([], [], color=_color(n), lw=1.6, label=n) for n in _series_order(drawn["series"])]
     prov = provenance(drawn)
     for p, mk in markers.items():
-        n = drawn.loc[prov == p, "run_id"].nunique()
+        n = drawn.loc[prov == p, "sweep"].nunique()
         if n:
             hs.append(Line2D([], [], ls="none", marker=mk, ms=6, color="#555555",
-                             label=f"{p} ({n} run{'s' if n > 1 else ''})"))
+                             label=f"{p} ({n} sweep{'s' if n > 1 else ''})"))
     return hs
 
 
 def _run_note(drawn: pd.DataFrame, x: str) -> str:
     """The caption's sentence on what a line joins, with the counts of this figure's rows."""
-    runs = drawn.groupby("run_id")[x].nunique()
-    return (f"A line joins only points of one run (run_id: one process at one commit) and only neighbouring values "
-            f"it measured; {int((runs > 1).sum())} of the {len(runs)} runs drawn measured more than one {x} value (the "
-            f"points of any other run stand alone). Marker shape: the commit and date of the run (legend). ")
+    per = drawn.groupby("sweep")[x].nunique()
+    return (f"A line joins only points of one sweep (one commit, one session: rows of this GPU less than "
+            f"{SESSION_GAP_S // 60} min apart) and only neighbouring values it measured; {int((per > 1).sum())} of "
+            f"the {len(per)} sweeps drawn measured more than one {x} value (the points of any other sweep stand "
+            f"alone). Marker shape: the commit and date of the sweep (legend). ")
 
 
 def _line_panels(df: pd.DataFrame, grid: dict, x: str, y: str, xlabel: str, ylabel: str, log2x: bool,
@@ -328,6 +331,7 @@ def _drawn(df: pd.DataFrame, y: str, ref_line: bool) -> pd.DataFrame:
 
 
 def speedup_vs_context(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
+    df = df.assign(sweep=sweeps(df))
     fig, axes = _line_panels(df, grid, "ctx", SPEEDUP, "context length (tokens in the KV cache)",
                              f"speedup over {REF} (x, same run)", True, True, A.spread_column(SPEEDUP))
     drawn = _drawn(df, SPEEDUP, True)
@@ -337,6 +341,7 @@ def speedup_vs_context(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
 
 
 def batch_sweep(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
+    df = df.assign(sweep=sweeps(df))
     fig, axes = _line_panels(df, grid, "batch", "latency_us_median", "batch (sequences decoded together)",
                              "decode-step latency (µs, median, log scale)", True, False, "latency_rel_spread",
                              logy=True)
@@ -350,6 +355,7 @@ def batch_sweep(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
 
 
 def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
+    df = df.assign(sweep=sweeps(df))
     models = _model_order(grid.get("model") or df["model"].unique())
     quants = list(grid.get("quant") or df["quant"].unique())
     fig, axes = _panels(1, len(quants), legend_w=3.0)

@@ -107,47 +107,61 @@ def test_a_context_not_measured_is_a_gap_in_the_line(tmp_path):
         assert _bridged([128.0, 1024.0, 8192.0], [1, 1, 1], grid) != []  # the check sees a bridge when there is one
 
 
-def test_a_line_joins_only_points_of_one_run(tmp_path):
-    """Three runs (three processes; the llama8b one at another commit, a day later) of three models: no line joins
-    any two of them, each run has its own line, and the legend and caption name each commit and date."""
+def test_a_line_joins_only_points_of_one_sweep(tmp_path):
+    """llama1b and llama3b at one commit 5 minutes apart (one sweep: joined), llama8b a day later at another commit
+    (alone). The legend and caption count sweeps per commit and date."""
     rows = _loaded(tmp_path, run_rows(model="llama1b", baseline="torch-compile", when=stamp(0)),
                    run_rows(model="llama3b", baseline="torch-compile", when=stamp(5)),
                    run_rows(model="llama8b", baseline="torch-compile", when=stamp(24 * 60), git_sha="def4567-dirty"))
     fig = F.make_figure("speedup_vs_model", rows, GPU)
-    lines = _lines(fig)["bf16"]
     df = F._with_series(F.figure_rows("speedup_vs_model", rows, GPU))
-    for series, drawn in lines.items():
-        assert len(drawn) == 3, series  # one line per run
+    df = df.assign(sweep=F.sweeps(df))
+    assert sorted(df.groupby("sweep")["model"].nunique()) == [1, 2]
+    for series, drawn in _lines(fig)["bf16"].items():
+        assert len(drawn) == 2, series  # one line per sweep
         for x, y, gid in drawn:
-            assert _joined(x, y) == [], (series, x, y)
-            run = gid.removeprefix("run|")
-            want = df[(df["series"] == series) & (df["run_id"] == run)]
-            assert [v for v in y if not math.isnan(v)] == pytest.approx(list(want[F.SPEEDUP])), series
+            sweep = df[(df["series"] == series) & (df["sweep"] == gid.removeprefix("sweep|"))]
+            assert [v for v in y if not math.isnan(v)] == pytest.approx(list(sweep.sort_values("model")[F.SPEEDUP]))
+            assert len(_joined(x, y)) == len(sweep) - 1, (series, x, y)  # 1B-3B joined; 8B alone
     legend = _legend(fig)
-    assert "commit abc123, 2026-11-22 (2 runs)" in legend and "commit def4567-dirty, 2026-11-23 (1 run)" in legend
-    assert "0 of the 3 runs drawn measured more than one model value" in _texts(fig)
+    assert "commit abc123, 2026-11-22 (1 sweep)" in legend and "commit def4567-dirty, 2026-11-23 (1 sweep)" in legend
+    assert "1 of the 2 sweeps drawn measured more than one model value" in _texts(fig)
 
 
-def test_committed_line_figures_join_only_points_of_one_run():
-    """On the committed rows: no line bridges an unmeasured value, and every line holds the points of one run."""
+def test_a_sweep_is_one_gpu_one_commit_one_session(tmp_path):
+    """Rows of one commit 5 minutes apart are one sweep; 65 minutes later, or at another commit, another."""
+    rows = _loaded(tmp_path, run_rows(model="llama1b", when=stamp(0)), run_rows(model="llama3b", when=stamp(5)),
+                   run_rows(model="llama8b", when=stamp(70)),
+                   run_rows(model="llama8b", quant="int8", when=stamp(72), git_sha="def4567"))
+    sw = F.sweeps(rows)
+    by = {(m, q): set(sw[(rows["model"] == m) & (rows["quant"] == q)]) for m, q in
+          [("llama1b", "bf16"), ("llama3b", "bf16"), ("llama8b", "bf16"), ("llama8b", "int8")]}
+    assert all(len(v) == 1 for v in by.values()), by
+    assert by[("llama1b", "bf16")] == by[("llama3b", "bf16")]
+    assert len({next(iter(v)) for v in by.values()}) == 3
+
+
+def test_committed_line_figures_join_only_points_of_one_sweep():
+    """On the committed rows: no line bridges an unmeasured value, and every line holds the points of one sweep."""
     rows = load_results(ROOT / "results")
     for experiment in ("speedup_vs_context", "speedup_vs_model", "batch_sweep"):
         grid = F.experiment_grid(experiment)
         x_col = {"speedup_vs_model": "model", "speedup_vs_context": "ctx", "batch_sweep": "batch"}[experiment]
         for g in F.gpus_in(rows):
             df = F._with_series(F.figure_rows(experiment, rows, g))
+            df = df.assign(sweep=F.sweeps(df))
             fig = F.make_figure(experiment, rows, g)
             for panel in _lines(fig).values():
                 for series, drawn in panel.items():
                     xs = list(range(len(grid["model"]))) if experiment == "speedup_vs_model" else grid[x_col]
                     for x, y, gid in drawn:
                         assert _bridged(x, y, xs) == [], (experiment, g, series)
-                        run = df[(df["series"] == series) & (df["run_id"] == gid.removeprefix("run|"))]
-                        assert len(run) >= len([v for v in y if not math.isnan(v)]) >= 1, (experiment, g, series)
+                        sweep = df[(df["series"] == series) & (df["sweep"] == gid.removeprefix("sweep|"))]
+                        assert len(sweep) >= len([v for v in y if not math.isnan(v)]) >= 1, (experiment, g, series)
             text = _texts(fig)
             for p in set(F.provenance(df)):
                 assert any(t.startswith(p) for t in _legend(fig)), (experiment, g, p)
-            assert "A line joins only points of one run" in text
+            assert "A line joins only points of one sweep" in text
 
 
 # ---------------------------------------------------------------- throttling only where telemetry ran

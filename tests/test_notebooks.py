@@ -136,10 +136,10 @@ def test_line_figures_draw_every_series_with_every_point(experiment, synthetic_r
     assert drawn == EXPECTED_LINES[experiment]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     t = table_of(experiment, synthetic_rows, GPU)
-    runs = t.groupby(F.provenance(t))["run_id"].nunique()  # the runs of each commit and date
+    sweeps = t.assign(sweep=F.sweeps(t)).groupby(F.provenance(t))["sweep"].nunique()  # per commit and date
     assert sorted(legend) == sorted({s for series in EXPECTED_LINES[experiment].values() for s in series} |
                                     ({f"{F.REF} (reference = 1)"} if experiment in REF_AS_LINE else set()) |
-                                    {f"{p} ({n} runs)" for p, n in runs.items()})
+                                    {f"{p} ({n} sweep{'s' if n > 1 else ''})" for p, n in sweeps.items()})
     assert_draws_its_table(experiment, synthetic_rows, GPU)
 
 
