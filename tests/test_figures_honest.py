@@ -84,13 +84,14 @@ def test_a_model_not_measured_is_a_gap_in_the_line(tmp_path):
     lines = _lines(F.make_figure("speedup_vs_model", rows, GPU))
     assert set(lines["bf16"]) == {"torch-eager", "torch-graph", "flash-attn", "layerwise", "megakernel/model"}
     for series, [(x, y, _)] in lines["bf16"].items():
-        assert x == [0.0, 1.0, 2.0] and math.isnan(y[1]) and not math.isnan(y[0]) and not math.isnan(y[2]), series
-        assert _bridged(x, y, [0, 1, 2]) == [], series
-    # all three measured in one run: one unbroken line
+        assert x == [0.0, 1.0, 2.0, 3.0] and math.isnan(y[1]) and math.isnan(y[3]), series  # 70B not measured
+        assert not math.isnan(y[0]) and not math.isnan(y[2]), series
+        assert _bridged(x, y, [0, 1, 2, 3]) == [], series
+    # 1B, 3B and 8B measured in one run: one unbroken line up to 8B (70B unmeasured: the line ends there)
     rows3 = _loaded(tmp_path / "all", _one_run([r for m in ("llama1b", "llama3b", "llama8b")
                                                 for r in run_rows(model=m, baseline="torch-compile", when=stamp(0))]))
     for [(x, y, _)] in _lines(F.make_figure("speedup_vs_model", rows3, GPU))["bf16"].values():
-        assert not any(math.isnan(v) for v in y)
+        assert not any(math.isnan(v) for v in y[:3]) and math.isnan(y[3])
 
 
 def test_a_context_not_measured_is_a_gap_in_the_line(tmp_path):
