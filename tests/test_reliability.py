@@ -560,7 +560,10 @@ def _killed_point(results: str, q) -> None:
     def hang(name, *a, **kw):
         q.put("measuring")
         import time
-        time.sleep(120)
+        # a measurement runs Python code between short waits: a signal the kernel hands to another thread (the
+        # queue's feeder, torch's pool) is seen by the main thread at its next bytecode, not after one long sleep
+        for _ in range(1200):
+            time.sleep(0.1)
 
     runner._measure = hang
     runner.measure_copy_bandwidth = lambda device: 1.0
