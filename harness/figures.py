@@ -228,16 +228,16 @@ def _log_y(ax, values: pd.Series) -> None:
         ax.set_ylim(float(v.min()) / 1.2, float(v.max()) * 1.2)
 
 
-RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+SWEEP_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
 
 
-def _run_markers(df: pd.DataFrame) -> dict[str, str]:
+def _sweep_markers(df: pd.DataFrame) -> dict[str, str]:
     """Provenance (figure_data.provenance: commit and date) -> marker shape, oldest first."""
     order = df.assign(_p=provenance(df), _t=A.timestamps(df)).sort_values("_t", kind="stable")["_p"]
-    return {p: RUN_MARKERS[i % len(RUN_MARKERS)] for i, p in enumerate(dict.fromkeys(order))}
+    return {p: SWEEP_MARKERS[i % len(SWEEP_MARKERS)] for i, p in enumerate(dict.fromkeys(order))}
 
 
-def _draw_runs(ax, s: pd.DataFrame, x: str, y: str, yerr, xs: Sequence, name: str, markers: dict) -> None:
+def _draw_sweeps(ax, s: pd.DataFrame, x: str, y: str, yerr, xs: Sequence, name: str, markers: dict) -> None:
     """One series of a line panel, one line per sweep (`sweep`, figure_data.sweeps: one GPU, one commit, one
     session): a line joins only points measured by the same code in the same session, and within it only
     neighbouring values of `xs` (_with_gaps); points of other sweeps stand apart. Marker shape = the sweep's commit
@@ -255,7 +255,7 @@ def _draw_runs(ax, s: pd.DataFrame, x: str, y: str, yerr, xs: Sequence, name: st
             ax.plot([h[x]], [h[y]], mk, ms=6, mfc="white", mec=c, zorder=4)
 
 
-def _run_legend(drawn: pd.DataFrame, markers: dict) -> list:
+def _sweep_legend(drawn: pd.DataFrame, markers: dict) -> list:
     """Legend entries of a line figure: each series as a plain line of its colour, then each commit and date with
     its marker shape and how many sweeps it holds."""
     from matplotlib.lines import Line2D
@@ -269,7 +269,7 @@ def _run_legend(drawn: pd.DataFrame, markers: dict) -> list:
     return hs
 
 
-def _run_note(drawn: pd.DataFrame, x: str) -> str:
+def _sweep_note(drawn: pd.DataFrame, x: str) -> str:
     """The caption's sentence on what a line joins, with the counts of this figure's rows."""
     per = drawn.groupby("sweep")[x].nunique()
     return (f"A line joins only points of one sweep (one commit, one session: rows of this GPU less than "
@@ -279,12 +279,11 @@ def _run_note(drawn: pd.DataFrame, x: str) -> str:
 
 
 def _line_panels(df: pd.DataFrame, grid: dict, x: str, y: str, xlabel: str, ylabel: str, log2x: bool,
-                 ref_line: bool, spread: str, logy: bool = False) -> tuple[Figure, np.ndarray]:
+                 ref_line: bool, spread: str, markers: dict, logy: bool = False) -> tuple[Figure, np.ndarray]:
     models = _model_order(grid.get("model") or df["model"].unique())
     quants = list(grid.get("quant") or df["quant"].unique())
     fig, axes = _panels(len(models), len(quants), legend_w=3.0)
     xs_all = sorted(grid.get(x) or pd.to_numeric(df[x]).unique())
-    markers = _run_markers(df)
     for i, m in enumerate(models):
         for j, q in enumerate(quants):
             ax = axes[i, j]
@@ -304,7 +303,7 @@ def _line_panels(df: pd.DataFrame, grid: dict, x: str, y: str, xlabel: str, ylab
                                       (s["latency_us_p90"] - s[y]).clip(lower=0).fillna(0)])
                 else:
                     yerr = (s[y] * s[spread]).fillna(0).to_numpy() if spread in s.columns else np.zeros(len(s))
-                _draw_runs(ax, s, x, y, yerr, xs, name, markers)
+                _draw_sweeps(ax, s, x, y, yerr, xs, name, markers)
             if ref_line:
                 ax.axhline(1.0, color=COLORS[REF], ls="--", lw=1.2, label=f"{REF} (reference = 1)", zorder=2)
             if log2x:
@@ -332,26 +331,27 @@ def _drawn(df: pd.DataFrame, y: str, ref_line: bool) -> pd.DataFrame:
 
 def speedup_vs_context(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     df = df.assign(sweep=sweeps(df))
+    markers = _sweep_markers(df)
     fig, axes = _line_panels(df, grid, "ctx", SPEEDUP, "context length (tokens in the KV cache)",
-                             f"speedup over {REF} (x, same run)", True, True, A.spread_column(SPEEDUP))
+                             f"speedup over {REF} (x, same run)", True, True, A.spread_column(SPEEDUP), markers)
     drawn = _drawn(df, SPEEDUP, True)
     _title(fig, f"Decode-step speedup over {REF} vs context length (batch {grid.get('batch', ['?'])[0]})", df,
-           gpu_name, COMMON_NOTE + _run_note(drawn, "ctx") + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes, _run_legend(drawn, _run_markers(df)) + _hollow_handles(df))
+           gpu_name, COMMON_NOTE + _sweep_note(drawn, "ctx") + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
+    return _finish(fig, axes, _sweep_legend(drawn, markers) + _hollow_handles(df))
 
 
 def batch_sweep(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     df = df.assign(sweep=sweeps(df))
+    markers = _sweep_markers(df)
     fig, axes = _line_panels(df, grid, "batch", "latency_us_median", "batch (sequences decoded together)",
-                             "decode-step latency (µs, median, log scale)", True, False, "latency_rel_spread",
+                             "decode-step latency (µs, median, log scale)", True, False, "latency_rel_spread", markers,
                              logy=True)
+    drawn = _drawn(df, "latency_us_median", False)
     _title(fig, f"Decode-step latency vs batch (context {grid.get('ctx', ['?'])[0]})", df, gpu_name,
            "Median step latency on a log scale (torch-eager is several times slower than the rest); error bars: "
-           "p10..p90 of the step latency. Newest row per point. " + _run_note(_drawn(df, "latency_us_median", False),
-                                                                             "batch") + _hollow_note(df)
+           "p10..p90 of the step latency. Newest row per point. " + _sweep_note(drawn, "batch") + _hollow_note(df)
            + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes, _run_legend(_drawn(df, "latency_us_median", False), _run_markers(df))
-                   + _hollow_handles(df))
+    return _finish(fig, axes, _sweep_legend(drawn, markers) + _hollow_handles(df))
 
 
 def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
@@ -360,7 +360,7 @@ def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     quants = list(grid.get("quant") or df["quant"].unique())
     fig, axes = _panels(1, len(quants), legend_w=3.0)
     xpos = {m: i for i, m in enumerate(models)}
-    markers = _run_markers(df)
+    markers = _sweep_markers(df)
     for j, q in enumerate(quants):
         ax = axes[0, j]
         d = df[(df["quant"] == q) & df[SPEEDUP].notna()]
@@ -373,7 +373,7 @@ def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
                 continue
             s = d[d["series"] == name]
             s = s.assign(_x=s["model"].map(xpos)).sort_values("_x")
-            _draw_runs(ax, s, "_x", SPEEDUP, (s[SPEEDUP] * s[A.spread_column(SPEEDUP)]).fillna(0).to_numpy(),
+            _draw_sweeps(ax, s, "_x", SPEEDUP, (s[SPEEDUP] * s[A.spread_column(SPEEDUP)]).fillna(0).to_numpy(),
                        range(len(models)), name, markers)
         ax.axhline(1.0, color=COLORS[REF], ls="--", lw=1.2, label=f"{REF} (reference = 1)", zorder=2)
         ax.set_xticks(range(len(models)))
@@ -386,8 +386,8 @@ def speedup_vs_model(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:
     b, c = grid.get("batch", ["?"])[0], grid.get("ctx", ["?"])[0]
     drawn = _drawn(df, SPEEDUP, True)
     _title(fig, f"Decode-step speedup over {REF} vs model size (batch {b}, context {c})", df, gpu_name,
-           COMMON_NOTE + _run_note(drawn, "model") + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
-    return _finish(fig, axes, _run_legend(drawn, markers) + _hollow_handles(df))
+           COMMON_NOTE + _sweep_note(drawn, "model") + _hollow_note(df) + f"Megakernel at fusion={DEFAULT_FUSION}.")
+    return _finish(fig, axes, _sweep_legend(drawn, markers) + _hollow_handles(df))
 
 
 def fusion_ablation(df: pd.DataFrame, gpu_name: str, grid: dict) -> Figure:

@@ -324,7 +324,6 @@ def resolve_gpu(df: pd.DataFrame, name: str, what: Optional[str] = None) -> str:
     raise ConfigError(f"{what} matches no GPU with rows here; GPUs there: {', '.join(slugs)}")
 
 
-
 # ---------------------------------------------------------------------------------------------- commands
 
 def gate(results: str | os.PathLike, baselines: str | os.PathLike, gpu: Optional[str] = None,

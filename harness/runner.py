@@ -407,11 +407,14 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
     def base_row(run: tuple[str, str]) -> dict:
         return {**env, **point, **run_identity(cfg, *run), "point_key": keys[run]}
 
+    def unsupported_rows(why: str) -> list[dict]:  # one per run still to do; an impl's own reason comes first
+        return [{**base_row(r), "status": "unsupported", "note": early.get(r, why), "baseline": cfg.baseline,
+                 "speedup": math.nan} for r in todo]
+
     early = unsupported_before_build(cfg, spec, device, runs)
     runs = [r for r in runs if r in todo or r not in early]  # a done baseline it refuses has nothing to add
     if all(r in early for r in todo):  # nothing to measure: say why per impl, build nothing, and let a sweep go on
-        rows = [{**base_row(r), "status": "unsupported", "note": early[r], "baseline": cfg.baseline,
-                 "speedup": math.nan} for r in todo]
+        rows = unsupported_rows("")
         log.warning(f"every selected impl is unsupported at model={spec.name} quant={quant} batch={b.batch} "
                     f"on {device}; no weights built:")
         for r in rows:
@@ -422,8 +425,7 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
         check_fits(spec, quant, gs, b.batch, b.ctx + 1, device)
     except TooLargeForDevice as e:  # never fits this device: its rows say so (figures show it, a resumed sweep
         # skips it), and the run still stops with the sentence; memory that is only busy now leaves no row
-        store.append([{**base_row(r), "status": "unsupported", "note": early.get(r, str(e)),
-                       "baseline": cfg.baseline, "speedup": math.nan} for r in todo])
+        store.append(unsupported_rows(str(e)))
         raise
     resolved = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
     nbytes = bytes_per_step(spec, quant, gs, b.batch, b.ctx)

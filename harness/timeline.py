@@ -144,10 +144,15 @@ def _added_in(path: Path) -> Optional[str]:
     return f"{sha} on {day}" if sha else None
 
 
+def clock_unit(df: pd.DataFrame) -> str:
+    """The unit of a timeline table's clock: logical ticks under the CPU interpreter, µs on a GPU."""
+    return "ticks" if str(df["gpu"].iloc[0]) == "cpu" else "us"
+
+
 def timeline_title(df: pd.DataFrame, path: Optional[Path] = None) -> str:
     """The plot's title, from the table alone: point, GPU, commit and date, the step's summary, the tiles."""
     s = step_summary(df)
-    unit = "ticks" if str(df["gpu"].iloc[0]) == "cpu" else "us"
+    unit = clock_unit(df)
     per_sm = (f" ({int(df['programs_per_sm'].iloc[0])}/SM, {df['regs'].iloc[0] or '-'} regs)"
               if {"programs_per_sm", "regs"} <= set(df.columns) else "")
     return (f"megakernel timeline, {df['point'].iloc[0]} - {df['gpu'].iloc[0]}, {source_line(df, path)}\n"
@@ -160,8 +165,7 @@ def replot(paths: list[str]) -> list[Path]:
     tables = [t for p in map(Path, paths) for t in (sorted(p.glob("**/*.parquet")) if p.is_dir() else [p])]
     for t in tables:
         df = pd.read_parquet(t)
-        plot_timeline(df, str(t.with_suffix(".png")), timeline_title(df, t),
-                      "ticks" if str(df["gpu"].iloc[0]) == "cpu" else "us")
+        plot_timeline(df, str(t.with_suffix(".png")), timeline_title(df, t), clock_unit(df))
         print(f"wrote {t.with_suffix('.png')}")
     return [t.with_suffix(".png") for t in tables]
 
@@ -214,9 +218,8 @@ def main(overrides: Optional[list[str]] = None) -> None:
                    timestamp_utc=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
                    programs_per_sm=mk.programs_per_sm, regs=mk.n_regs or 0)
     df.to_parquet(out_dir / f"{name}.parquet", index=False)
-    unit = "us" if mk.device.type == "cuda" else "ticks"
     title = timeline_title(df)
-    plot_timeline(df, str(out_dir / f"{name}.png"), title, unit)
+    plot_timeline(df, str(out_dir / f"{name}.png"), title, clock_unit(df))
     pd.set_option("display.width", 200)
     print(title)
     print(op_summary(df).round(2).to_string())

@@ -177,9 +177,24 @@ def _first_step_in(xa0, xa1, ya0, ya1, L: gl.constexpr, NT: gl.constexpr):
 
 
 @gluon.jit
-def _load_words(w_ptrs, offset, unused, ok, WPL: gl.constexpr, HALF: gl.constexpr):
-    """A lane's 4 words at w_ptrs + offset (int8: HALF 0 the first words of each k-tile, 1 the second)."""
-    return gl.load(w_ptrs + offset + 4 * HALF, mask=ok, other=0)
+def _group_words(p, ok, KIND: gl.constexpr, KPG: gl.constexpr, STEP: gl.constexpr, CLAMP: gl.constexpr):
+    """A lane's words of one group at p (wa: its first k-step, wb: its second; int8: wa1 the second words of each
+    k-tile). CLAMP (int4, p clamped into range by the caller): unmasked; else masked by ok (0 where it is false)."""
+    if CLAMP:
+        wa = gl.load(p)
+        wb = gl.load(p + STEP) if KPG == 2 else wa
+        return wa, wa, wb
+    return (gl.load(p, mask=ok, other=0), gl.load(p + 4, mask=ok & (KIND == KIND_INT8), other=0),
+            gl.load(p + STEP, mask=ok & (KPG == 2), other=0))
+
+
+@gluon.jit
+def _chunk_words(p, ok, KIND: gl.constexpr, CLAMP: gl.constexpr):
+    """A lane's words of the chunk slots at p (wa; int8: wa1, the second words of each k-tile), as _group_words."""
+    if CLAMP:
+        wa = gl.load(p)
+        return wa, wa
+    return gl.load(p, mask=ok, other=0), gl.load(p + 4, mask=ok & (KIND == KIND_INT8), other=0)
 
 
 @gluon.constexpr_function
@@ -325,16 +340,9 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
     CLAMP: gl.constexpr = KIND == KIND_INT4
     gl.static_assert(RT == 1 or not CLAMP, "qgemv: the unmasked int4 weight loads assume one row tile per program")
     g_last = gl.maximum(gl.minimum(g0 + per_warp, n_groups) - 1, 0)  # the warp's last group (in range)
-    ok = tile_ok & (g0 < n_groups)
-    if CLAMP:
-        w_base = w_ptr + words
-        wa_next = gl.load(w_base + gl.minimum(g0, g_last) * (KPG * STEP))
-        wa1_next = wa_next
-        wb_next = gl.load(w_base + gl.minimum(g0, g_last) * (KPG * STEP) + STEP) if KPG == 2 else wa_next
-    else:
-        wa_next = _load_words(w_ptrs, 0, 0, ok, WPL, 0)
-        wa1_next = _load_words(w_ptrs, 0, 0, ok & (KIND == KIND_INT8), WPL, 1)
-        wb_next = _load_words(w_ptrs, STEP, 0, ok & (KPG == 2), WPL, 0)
+    w_base = w_ptr + words
+    p = w_base + gl.minimum(g0, g_last) * (KPG * STEP) if CLAMP else w_ptrs
+    wa_next, wa1_next, wb_next = _group_words(p, tile_ok & (g0 < n_groups), KIND, KPG, STEP, CLAMP)
     gx0 = wx * per_warp
     K2 = K // 2
     xa0_next, xa1_next, xb0_next, xb1_next, ya0_next, ya1_next, yb0_next, yb1_next = _group_x(
@@ -343,17 +351,9 @@ def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, stride_xb
         wa, wa1, wb = wa_next, wa1_next, wb_next
         xa0, xa1, xb0, xb1 = xa0_next, xa1_next, xb0_next, xb1_next
         ya0, ya1, yb0, yb1 = ya0_next, ya1_next, yb0_next, yb1_next
-        if CLAMP:
-            gn = gl.minimum(g0 + i + 1, g_last) * (KPG * STEP)
-            wa_next = gl.load(w_base + gn)
-            wa1_next = wa_next
-            wb_next = gl.load(w_base + gn + STEP) if KPG == 2 else wa_next
-        else:
-            ok_next = tile_ok & (g0 + i + 1 < n_groups) & (i + 1 < per_warp)
-            nxt = (i + 1) * (KPG * STEP)
-            wa_next = _load_words(w_ptrs, nxt, 0, ok_next, WPL, 0)
-            wa1_next = _load_words(w_ptrs, nxt, 0, ok_next & (KIND == KIND_INT8), WPL, 1)
-            wb_next = _load_words(w_ptrs, nxt + STEP, 0, ok_next & (KPG == 2), WPL, 0)
+        ok_next = tile_ok & (g0 + i + 1 < n_groups) & (i + 1 < per_warp)
+        p = w_base + gl.minimum(g0 + i + 1, g_last) * (KPG * STEP) if CLAMP else w_ptrs + (i + 1) * (KPG * STEP)
+        wa_next, wa1_next, wb_next = _group_words(p, ok_next, KIND, KPG, STEP, CLAMP)
         xa0_next, xa1_next, xb0_next, xb1_next, ya0_next, ya1_next, yb0_next, yb1_next = _group_x(
             x_ptr, stride_xb, B, K2, (gx0 + i + 1) * (KPG * 64), wx, LX, XCVT, KPG, NT, CLAMP)
         xa0, xa1, ya0, ya1 = _first_step_in(xa0, xa1, ya0, ya1, L, NT)
@@ -441,7 +441,6 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
     g_end = gl.minimum(g0 + per_warp, n_groups)
     tile_ok = tile * 16 < N
     w_ptrs = w_ptr + (((tile * k_steps + (g0 + c) * KPG + st) * 32 + lane) * WPL + q4)
-    w_ok = tile_ok & (g0 + c < g_end)
     # a lane's two rows (r, r + 8) and the group of each chunk slot, for the scale / zero loads: [RT, WARPS, 32, CH, 2]
     LG2: gl.constexpr = gl.SliceLayout(4, gl.BlockedLayout([RT, 1, 1, CH, KPG, 2], [1, 1, 32, 1, 1, 1],
                                                            [1, WARPS, 1, 1, 1, 1], [5, 4, 3, 2, 1, 0]))
@@ -468,12 +467,8 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
     GSTEP: gl.constexpr = KPG * 32 * WPL  # words of one group of one row tile
     w_row = w_ptr + (((tile * k_steps + st) * 32 + lane) * WPL + q4)  # group 0's k-step st
     g_last = gl.maximum(g_end - 1, 0)  # the warp's last group (in range)
-    if CLAMP:
-        wa_next = gl.load(w_row + gl.minimum(g0 + c, g_last) * GSTEP)
-        wa1_next = wa_next
-    else:
-        wa_next = gl.load(w_ptrs, mask=w_ok, other=0)
-        wa1_next = gl.load(w_ptrs + 4, mask=w_ok & (KIND == KIND_INT8), other=0)
+    p = w_row + gl.minimum(g0 + c, g_last) * GSTEP if CLAMP else w_ptrs
+    wa_next, wa1_next = _chunk_words(p, tile_ok & (g0 + c < g_end), KIND, CLAMP)
     xa0_next, xa1_next = _x_chunk(x_ptr, stride_xb, B, K2, g0x * (KPG * 64), g0x, g_endx, LX, CH, KPG, XCVT, 0,
                                   CLAMP)
     ya0_next, ya1_next = xa0_next, xa1_next  # unused unless NT == 2
@@ -484,13 +479,8 @@ def _qgemv_chunk_kernel(x_ptr, w_ptr, s_ptr, z_ptr, res_ptr, y_ptr, B, N, K, str
     for i in range(0, gl.cdiv(per_warp, CH)):
         wa, wa1, xa0, xa1, ya0, ya1 = wa_next, wa1_next, xa0_next, xa1_next, ya0_next, ya1_next
         gn = (i + 1) * CH  # the next iteration's first group, relative to g0
-        if CLAMP:
-            wa_next = gl.load(w_row + gl.minimum(g0 + gn + c, g_last) * GSTEP)
-            wa1_next = wa_next
-        else:
-            wn_ok = tile_ok & (g0 + gn + c < g_end)
-            wa_next = gl.load(w_ptrs + gn * GSTEP, mask=wn_ok, other=0)
-            wa1_next = gl.load(w_ptrs + gn * GSTEP + 4, mask=wn_ok & (KIND == KIND_INT8), other=0)
+        p = w_row + gl.minimum(g0 + gn + c, g_last) * GSTEP if CLAMP else w_ptrs + gn * GSTEP
+        wa_next, wa1_next = _chunk_words(p, tile_ok & (g0 + gn + c < g_end), KIND, CLAMP)
         xa0_next, xa1_next = _x_chunk(x_ptr, stride_xb, B, K2, (g0x + gn) * (KPG * 64), g0x + gn, g_endx, LX, CH,
                                       KPG, XCVT, 0, CLAMP)
         if NT == 2:

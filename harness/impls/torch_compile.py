@@ -69,7 +69,7 @@ class TorchCompile(TorchEager):
         self._builds_us: list[float] = []
         self._n_builds = ctx.cfg.impl.compile_builds if ctx.cfg is not None else 1  # no run config: one build
         self._graphs = ctx.cfg.bench.cuda_graphs if ctx.cfg is not None else True
-        self._cache_root = None  # the builds' caches (n_builds > 1), removed by close()
+        self._cache_root = None  # the builds' caches (more than one build), removed by close()
 
     def _compile(self, i: int):
         # CUDA graphs come from the timer's capture (as for every graph-safe impl), not from
@@ -77,6 +77,10 @@ class TorchCompile(TorchEager):
         return torch.compile(_own_code(self._eager_step, i), fullgraph=True, dynamic=False)
 
     def _build(self, tokens, positions):
+        if self._n_builds == 1:  # one draw, nothing to choose between: a plain torch.compile (shared caches)
+            step = self._compile(0)
+            step(tokens, positions)
+            return step
         from harness.timing import GraphCaptureError, time_step
 
         try:
@@ -84,20 +88,15 @@ class TorchCompile(TorchEager):
         except ImportError:  # torch < 2.8 names it fresh_inductor_cache
             from torch._inductor.utils import fresh_inductor_cache as fresh_cache
 
+        self._cache_root = tempfile.mkdtemp(prefix="torch-compile-builds-")
+
         def build(i: int):
             fn = self._compile(i)
-            if self._n_builds == 1:  # one draw: the shared caches may serve it (as a plain torch.compile)
-                fn(tokens, positions)
-                return fn
-            if self._cache_root is None:
-                self._cache_root = tempfile.mkdtemp(prefix="torch-compile-builds-")
             with fresh_cache(dir=self._cache_root, delete=False):  # autotune afresh: a new draw
                 fn(tokens, positions)
             return fn
 
         def time_us(fn) -> float:
-            if self._n_builds == 1:
-                return float("nan")  # nothing to choose between: the runner times it
             call = lambda: fn(tokens, positions)  # noqa: E731
             try:
                 return time_step(call, self.ctx.device, *BUILD_TIMING, self._graphs).median_us
@@ -114,7 +113,7 @@ class TorchCompile(TorchEager):
 
     def info(self) -> dict:
         out = super().info()
-        if len(self._builds_us) > 1:
+        if self._builds_us:  # more than one build (a single build is not timed here)
             out["compile_builds_us"] = "/".join(f"{us:.0f}" for us in self._builds_us)
         return out
 
