@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import sys
 
@@ -78,23 +79,18 @@ def _copies(w, n: int) -> list:
                           w.group_size) for _ in range(n - 1)]
 
 
-_GPTFAST_INT8 = []
-
-
+@functools.lru_cache(maxsize=None)
 def _gptfast_int8():
     """gpt-fast's weight-only int8 linear, F.linear(x, W.to(x.dtype)) * scale, under torch.compile with Inductor's
     coordinate-descent tuning (its recipe): Inductor fuses the cast into a GEMV reduction. One compiled function for
     every shape (weights are arguments), each shape and batch its own autotuned kernel: a single autotuning draw
     (docs/perf-notes.md: picks differ from build to build)."""
-    if not _GPTFAST_INT8:
-        import torch._dynamo.config as dynamo_config
-        import torch._inductor.config as inductor_config
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
 
-        inductor_config.coordinate_descent_tuning = True
-        dynamo_config.cache_size_limit = dynamo_config.accumulated_cache_size_limit = 512  # a variant per shape
-        _GPTFAST_INT8.append(torch.compile(lambda x, q, s: F.linear(x, q.to(x.dtype)) * s, fullgraph=True,
-                                           dynamic=False))
-    return _GPTFAST_INT8[0]
+    inductor_config.coordinate_descent_tuning = True
+    dynamo_config.cache_size_limit = dynamo_config.accumulated_cache_size_limit = 512  # a variant per shape
+    return torch.compile(lambda x, q, s: F.linear(x, q.to(x.dtype)) * s, fullgraph=True, dynamic=False)
 
 
 def _shapes(spec) -> dict[str, tuple[int, int]]:
@@ -113,6 +109,9 @@ def main() -> None:
                     help="also qgemv at each number of warps in WARPS and each chunk in CHUNKS, and the TMA-ring "
                          "kernel at each ring depth in TMA_DEPTHS")
     a = ap.parse_args()
+
+    def wanted(name: str) -> bool:  # --only's filter, applied before anything costly is built
+        return not a.only or name.startswith(tuple(a.only))
     dev = torch.device("cuda")
     copy = measure_copy_bandwidth(dev)
     gpu = torch.cuda.get_device_name(dev)
@@ -140,13 +139,13 @@ def main() -> None:
                          # an explicit config keeps kernels.gemv on its FMA kernel once qgemv made fragments
                          "triton-fma": [lambda x, wi=wi: gemv(x, wi, config=pick_config(x, wi)) for wi in ws]}
                 for name, make in (("tinygemm", TorchLinear), ("gemlite", gemlite_layer)):  # callable layers
-                    if (name == "tinygemm" and quant != "int4") or (a.only and not name.startswith(tuple(a.only))):
+                    if (name == "tinygemm" and quant != "int4") or not wanted(name):
                         continue  # not built where it will not be timed (GemLite packs every weight copy)
                     try:
                         impls[name] = [make(wi) for wi in ws]
                     except Exception as e:  # noqa: BLE001 - an optional library: report and go on
                         print(f"{model} {quant} {layer}: {name} unavailable: {type(e).__name__}: {str(e)[:200]}")
-                if quant == "int8" and not (a.only and not "gptfast".startswith(tuple(a.only))):
+                if quant == "int8" and wanted("gptfast-int8"):
                     step = _gptfast_int8()  # Inductor's fused GEMV of the gpt-fast recipe (one autotuning draw)
                     impls["gptfast-int8"] = [lambda x, wi=wi: step(x, wi.weight, wi.scale) for wi in ws]
                 impls["qgemv"] = [lambda x, wi=wi: qgemv(x, wi) for wi in ws]
@@ -158,8 +157,7 @@ def main() -> None:
                         for st in TMA_DEPTHS:
                             impls[f"qgemv-tma-w{wp}-s{st}"] = [
                                 lambda x, wi=wi, wp=wp, st=st: qgemv(x, wi, warps=wp, tma=True, stages=st) for wi in ws]
-                if a.only:
-                    impls = {k: v for k, v in impls.items() if k.startswith(tuple(a.only))}
+                impls = {k: v for k, v in impls.items() if wanted(k)}
                 q_bytes = w.nbytes
                 for batch in a.batch:
                     x = torch.randn(batch, k, generator=gen, device=dev).to(torch.bfloat16)
