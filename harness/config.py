@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from harness.errors import ConfigError
 from harness.models import hf_spec
 from kernels import MAX_BATCH
+from kernels.mega import BACKENDS as MEGA_BACKENDS
 from kernels.mega.lower import TileOptions
 from kernels.mega.schedule import FUSIONS, POLICIES
 from kernels.model import ModelSpec, RopeScaling
@@ -79,6 +80,7 @@ class ImplConfig:
 
 @dataclass
 class MegakernelConfig:
+    backend: str = "triton"  # a kernels.mega.BACKENDS name
     programs_per_sm: int = 2
     schedule: str = "round-robin"  # a kernels.mega.schedule.POLICIES name
     fusions: list[str] = field(default_factory=list)  # non-empty: measure each fusion in the same run
@@ -186,6 +188,7 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
                           f"(keys added with + must exist in the schema, harness/config.py)")
     _one_of("quant", cfg.quant.name, QUANT_MODES)
     _one_of("megakernel.schedule", cfg.megakernel.schedule, POLICIES)
+    _one_of("megakernel.backend", cfg.megakernel.backend, MEGA_BACKENDS)
     _one_of("fusion", cfg.fusion, FUSIONS)
     for f in cfg.megakernel.fusions:
         _one_of("megakernel.fusions entry", f, FUSIONS)

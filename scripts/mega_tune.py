@@ -8,7 +8,8 @@ co-resident programs. Exploration only: committed benchmark rows come from run.p
     python scripts/mega_tune.py --cache-from results/tuning/TABLE.csv   # any machine
 Variants run with the built-in tiles (tuned=False); --update-cache / --cache-from write the winners that beat
 `base:` by kernels/mega/tuned.MIN_GAIN into kernels/mega/tuned.json, which the megakernel then applies.
-A variant is NAME:key=value,...; keys: programs_per_sm, fusion, policy, or kernels/mega/lower.TileOptions fields
+A variant is NAME:key=value,...; keys: programs_per_sm, fusion, policy, backend (triton | gluon), or
+kernels/mega/lower.TileOptions fields
 (num_warps, gemv_rows, k_fold, l2_prefetch).
 """
 from __future__ import annotations

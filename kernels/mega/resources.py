@@ -72,12 +72,22 @@ def jit_source(kernel, args, kwargs: dict):
         ty, spec = native_specialize_impl(CUDABackend, v, p.is_const, not p.do_not_specialize,
                                           not p.do_not_specialize_on_alignment)
         sig[p.name] = ty
-        if ty == "constexpr":
-            constants[(i,)] = v
-        elif spec:
-            attrs[(i,)] = CUDABackend.parse_attr(spec)
+        _leaf_specs((i,), v, ty, spec, constants, attrs)
     source = GluonASTSource if isinstance(kernel, GluonJITFunction) else ASTSource
     return source(kernel, sig, constants, attrs), warps
+
+
+def _leaf_specs(path: tuple, value, ty, spec, constants: dict, attrs: dict) -> None:
+    """Constants and attributes of one argument, by path (a tuple argument's leaves are keyed (i, j, ...))."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    if isinstance(ty, tuple):
+        for j, (v, t, s) in enumerate(zip(value, ty, spec)):
+            _leaf_specs(path + (j,), v, t, s, constants, attrs)
+    elif ty == "constexpr":
+        constants[path] = value
+    elif spec:
+        attrs[path] = CUDABackend.parse_attr(spec)
 
 
 def ptxas_usage(compiled, arch: int = 90) -> dict:

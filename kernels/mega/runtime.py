@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from kernels import interpreting, sm_count
+from kernels.mega import BACKENDS, hopper
 from kernels.mega.args import buffers_arg, cache_arg, constexprs, queue_arg, weights_arg
 from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
 from kernels.mega.lower import TileOptions, check_config, lower, pick_tiles
@@ -52,7 +53,8 @@ class Megakernel:
 
     def __init__(self, weights: ModelWeights, cache: KVCache, *, fusion: str = "model", policy: str = "round-robin",
                  programs_per_sm: int = 2, n_programs: Optional[int] = None, tiles: Optional[TileOptions] = None,
-                 spin_limit: Optional[int] = None, timeline: bool = False, tuned: bool = True):
+                 spin_limit: Optional[int] = None, timeline: bool = False, tuned: bool = True,
+                 backend: str = "triton"):
         if not isinstance(cache.k, torch.Tensor):
             raise ValueError("megakernel needs the stacked KV cache [n_layers, B, KVH, S_max, hd], not per-layer buffers")
         self.w, self.cache = weights, cache
@@ -63,6 +65,15 @@ class Megakernel:
         if why:
             raise ValueError(f"megakernel: {why}")
         self.interpret = device.type != "cuda"
+        if backend not in BACKENDS:
+            raise ValueError(f"megakernel.backend={backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        if backend == "gluon":
+            why = hopper.problem(spec, weights.quant, self.batch, device) or (
+                "megakernel.backend=gluon chooses its own tiles; drop the megakernel.tiles options or use "
+                "megakernel.backend=triton" if tiles is not None and tiles.given() else None)
+            if why:
+                raise ValueError(why)
         if self.interpret and not interpreting():
             raise RuntimeError("megakernel on the CPU needs TRITON_INTERPRET=1, set before kernels are imported")
         self.fusion, self.policy = fusion, policy
@@ -71,7 +82,7 @@ class Megakernel:
         self.spin_limit = spin_limit or (SPIN_LIMIT_CPU if self.interpret else SPIN_LIMIT_GPU)
         # Tiles: the built-in choice (lower.pick_tiles), then this GPU's cached tuning winner for the point
         # (kernels/mega/tuned.json, unless tuned=False), then the caller's explicit options.
-        self.tuned_tiles = {} if (self.interpret or not tuned) else \
+        self.tuned_tiles = {} if (self.interpret or not tuned or backend != "triton") else \
             tuned_lookup(torch.cuda.get_device_name(device), spec.name, weights.quant, self.batch)
         self.options = replace(TileOptions(**self.tuned_tiles), **(tiles or TileOptions()).given())
         cos, sin = spec.rope_tables(cache.max_len, device)
@@ -79,6 +90,7 @@ class Megakernel:
         if n_programs is None:
             n_programs = 1 if self.interpret else sm_count(device) * programs_per_sm
         self.programs_per_sm = programs_per_sm
+        self._descs = None  # gluon: the weights' TMA descriptors, made at the first launch
         self._build(n_programs)
         self.n_regs: Optional[int] = None  # registers per thread of the compiled kernel (GPU)
         if not self.interpret:  # size the grid from what is co-resident: a grid larger than that hangs on its waits
@@ -100,8 +112,11 @@ class Megakernel:
     def _build(self, n_programs: int) -> None:
         spec, w = self.w.spec, self.w
         self.n_programs = n_programs
-        self.tiles = pick_tiles(spec, w.quant, w.group_size, self.batch, self.cache.max_len, n_programs,
-                                interpret=self.interpret, options=self.options)
+        if self.backend == "gluon":
+            self.tiles = hopper.pick_tiles(spec, self.batch, self.cache.max_len, n_programs)
+        else:
+            self.tiles = pick_tiles(spec, w.quant, w.group_size, self.batch, self.cache.max_len, n_programs,
+                                    interpret=self.interpret, options=self.options)
         self.prog = lower(spec, w.quant, w.group_size, self.batch, self.cache.max_len, self.tiles)
         self.schedule = build_schedule(self.prog, n_programs, self.policy, self.fusion, self.device)
         self.state = State.alloc(self.prog, self.device, n_programs)
@@ -110,6 +125,7 @@ class Megakernel:
         n_rec = len(self.schedule.launches) * n_programs * q_max * 4 if self.timeline else 1
         self.timeline_buf = torch.zeros(n_rec, dtype=torch.int64, device=self.device)
         self.clock = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._streams: dict = {}  # gluon: (schedule, launch) -> its weight stream (hopper.weight_stream)
 
     def reschedule(self, schedule: Schedule) -> None:
         """Runs `schedule` (of this lowering) from now on (tests, the diff tool)."""
@@ -143,14 +159,28 @@ class Megakernel:
         la = self.schedule.launches[li]
         args = [queue_arg(la.queues, la.lengths, li, self.spin_limit, advance),
                 buffers_arg(self.state, self._timeline_slice(li), self.clock), self._weights_arg, self._cache_arg]
+        if self.backend == "gluon":
+            key = (id(self.schedule), li)
+            if key not in self._streams:
+                self._streams[key] = hopper.weight_stream(self.prog, la.programs, self.device)
+            table, counts = self._streams[key]
+            if self._descs is None:
+                self._descs = hopper.descriptors(self.w)
+            args += [*self._descs, table, counts, table.shape[1] * hopper.ENTRY]
+            return args, dict(dims=self._dims, tiles=self._tiles, TIMELINE=self.timeline, DT=hopper.gl_dtype(self.w.dtype),
+                              NB=hopper.NBUF, num_warps=self.tiles.num_warps)
         kwargs = dict(dims=self._dims, tiles=self._tiles, TIMELINE=self.timeline, CLOCK=0 if self.interpret else 1,
                       L2_PREFETCH=self.tiles.l2_prefetch, num_warps=self.tiles.num_warps)
         return args, kwargs
 
+    @property
+    def _kernel(self):
+        return hopper._megakernel_gluon if self.backend == "gluon" else _megakernel
+
     def _compile(self):
         """The compiled kernel of launch 0's signature (for its register / shared-memory footprint)."""
         args, kwargs = self._args(0, False)
-        return _megakernel.warmup(*args, grid=(1,), **kwargs)
+        return self._kernel.warmup(*args, grid=(1,), **kwargs)
 
     # ---- running -------------------------------------------------------------------------
     def set_inputs(self, tokens: torch.Tensor, positions: torch.Tensor) -> None:
@@ -162,7 +192,7 @@ class Megakernel:
         self._poll_error()
         for li, la in enumerate(self.schedule.launches):
             args, kwargs = self._args(li, advance)
-            _megakernel[(la.grid,)](*args, **kwargs)
+            self._kernel[(la.grid,)](*args, **kwargs)
         self._record_error()
         return self.state.logits
 
@@ -231,7 +261,7 @@ class Megakernel:
                 f"were not all co-resident (lower megakernel.programs_per_sm)")
 
     def info(self) -> dict:
-        return {"mega_programs": self.n_programs, "mega_programs_per_sm": self.programs_per_sm,
+        return {"mega_backend": self.backend, "mega_programs": self.n_programs, "mega_programs_per_sm": self.programs_per_sm,
                 "mega_launches": len(self.schedule.launches), "mega_instructions": len(self.prog.instrs),
                 "mega_schedule": self.policy, "mega_regs": self.n_regs, "mega_tiles": self.tiles_summary()}
 

@@ -22,7 +22,7 @@ from kernels.mega.lower import TileOptions
 
 CACHE = Path(__file__).with_name("tuned.json")
 MIN_GAIN = 0.03  # a variant must be 3% faster than the built-in choice, same run, to be cached
-RUNTIME_KEYS = ("programs_per_sm", "fusion", "policy")  # Megakernel arguments, not tiles
+RUNTIME_KEYS = ("programs_per_sm", "fusion", "policy", "backend")  # Megakernel arguments, not tiles
 TILE_KEYS = tuple(f.name for f in fields(TileOptions))
 
 
@@ -35,7 +35,7 @@ def parse_variant(text: str) -> tuple[str, dict, dict]:
         k, _, v = item.partition("=")
         if k not in RUNTIME_KEYS + TILE_KEYS:
             raise ValueError(f"variant {text!r}: {k!r} is not one of {', '.join(RUNTIME_KEYS + TILE_KEYS)}")
-        val = v if k in ("fusion", "policy") else int(v)
+        val = v if k in ("fusion", "policy", "backend") else int(v)
         (run_kw if k in RUNTIME_KEYS else tiles)[k] = val
     return name, run_kw, tiles
 

@@ -14,7 +14,7 @@ from kernels.model import ModelWeights
 from kernels.mega.runtime import Megakernel
 
 
-def greedy_compare(w: ModelWeights, prompt_len: int, steps: int, seed: int = 0) -> dict:
+def greedy_compare(w: ModelWeights, prompt_len: int, steps: int, seed: int = 0, backend: str = "triton") -> dict:
     spec, device = w.spec, w.device
     max_len = prompt_len + steps + 1
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -31,7 +31,7 @@ def greedy_compare(w: ModelWeights, prompt_len: int, steps: int, seed: int = 0) 
         ref_tokens.append(int(tok))
         ref_logits.append(logits[0].float())
 
-    mk = Megakernel(w, mk_cache)
+    mk = Megakernel(w, mk_cache, backend=backend)
     mk.set_inputs(first, torch.tensor([prompt_len], device=device))
     mk_tokens = []
     for _ in range(steps):

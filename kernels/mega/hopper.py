@@ -1,0 +1,654 @@
+"""The Gluon backend of the megakernel (Hopper, sm_90): the same instruction stream, lowering, schedule and Python VM
+as the Triton backend (kernels/mega/interpreter.py), with the weights streamed by TMA into a shared-memory ring
+that runs ahead of every dependency.
+
+Why: in the Triton backend the bytes in flight live in registers, and nothing can load the next instruction's
+weights while a program waits on a counter. Weights never depend on activations, so here each program walks a
+second, host-built list beside its queue: its weight stream, one entry per [BN, BK] chunk of every GEMV tile of
+its queue, in the order its instructions consume them. The ring holds NBUF chunks; whenever one is consumed, the
+chunk NBUF ahead is issued, whatever instruction it belongs to and whether or not that instruction's counter is
+ready. Only the activation reads wait on counters.
+
+Per chunk the compute is one tensor-core product per 16 x 8 tile (mma.sync through `mma_v2`): the weights
+[BN, BK] (rows of W) are operand A, read from the ring, and x^T [BK, B_PAD] (batch padded to 8 or 16) operand B,
+loaded from global memory (the activations are small and L2-resident) with the RMSNorm weight applied. Every
+GEMV instruction ends with the same epilogues as the Triton backend (RoPE and the KV-cache append, residual add,
+SiLU gate, the LM head's per-block argmax). The other instructions (Embed, AttnPartial, AttnReduce, Argmax) are
+written with explicit layouts; attention uses the same flash-decoding split and combine.
+
+Scope, refused with one sentence by `problem()` otherwise: bf16 / fp16 weights (int8 / int4 run on the Triton
+backend), head_dim a multiple of BN, every GEMV K a multiple of BK, batch <= 16, a Hopper GPU.
+
+Synchronisation, errors and the timeline record are the Triton backend's (kernels/mega/tiles.py), rewritten in
+Gluon: bounded acquire spins, the error record of the first stalled instruction, [start, ready, end, SM] per
+queue position when TIMELINE.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+
+from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead, OProjResidual, Op, RmsGateUpSilu,
+                                       RmsQkvRope)
+from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv
+from kernels.quant import Kind, quant_mode
+from kernels.tiles import next_pow2, split_count
+
+BN = 64  # weight rows per chunk: 4 warps x 16 rows of mma.sync
+BK = 256  # input columns per chunk (32 KB of bf16 per chunk)
+WARPS = 4
+NBUF = 4  # chunks in the ring (128 KB)
+KV_BLOCK = 64  # keys per attention step
+EMBED_BLOCK = 1024
+# Weight stream entries: [which weight, row, column, 0]; `which` indexes the descriptors below.
+W_QKV, W_O, W_GATE, W_UP, W_DOWN, W_LM = range(6)
+ENTRY = 4
+
+ERR_TIMEOUT = gl.constexpr(1)
+OP_EMBED = gl.constexpr(int(Op.EMBED))
+OP_RMS_QKV_ROPE = gl.constexpr(int(Op.RMS_QKV_ROPE))
+OP_ATTN_PARTIAL = gl.constexpr(int(Op.ATTN_PARTIAL))
+OP_ATTN_REDUCE = gl.constexpr(int(Op.ATTN_REDUCE))
+OP_OPROJ_RESIDUAL = gl.constexpr(int(Op.OPROJ_RESIDUAL))
+OP_RMS_GATE_UP_SILU = gl.constexpr(int(Op.RMS_GATE_UP_SILU))
+OP_DOWN_RESIDUAL = gl.constexpr(int(Op.DOWN_RESIDUAL))
+OP_LM_HEAD = gl.constexpr(int(Op.LM_HEAD))
+WORDS_C = gl.constexpr(WORDS)
+ENTRY_C = gl.constexpr(ENTRY)
+BN_C, BK_C, WARPS_C = gl.constexpr(BN), gl.constexpr(BK), gl.constexpr(WARPS)
+W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: what this backend supports, its tiles, its weight stream
+# ----------------------------------------------------------------------------------------------
+def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None) -> Optional[str]:
+    """Why megakernel.backend=gluon cannot run this configuration (one sentence), or None."""
+    if quant_mode(quant).kind != Kind.DENSE or quant == "fp32":
+        return (f"megakernel.backend=gluon streams bf16 or fp16 weights; quant={quant} runs on "
+                f"megakernel.backend=triton")
+    if spec.head_dim % BN:
+        return f"megakernel.backend=gluon needs head_dim a multiple of {BN}; {spec.name} has {spec.head_dim}"
+    for name, k in (("dim", spec.dim), ("q_dim", spec.q_dim), ("ffn_dim", spec.ffn_dim)):
+        if k % BK:
+            return f"megakernel.backend=gluon needs {name} a multiple of {BK}; {spec.name} has {k}"
+    if batch > 16:
+        return f"megakernel.backend=gluon runs batch 1..16, not {batch}"
+    if device is not None:
+        if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+            return "megakernel.backend=gluon needs a Hopper GPU (sm_90: TMA and mbarrier); use megakernel.backend=triton"
+    return None
+
+
+def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
+    """This backend's tiles: every GEMV tile BN x BK, a RmsQkvRope instruction is one whole head slot (its rows i and
+    i + hd/2 in one program for RoPE), tiles per instruction balanced over the grid as in the Triton backend."""
+    def gemv(n: int) -> GemvTile:
+        return GemvTile(BN, BK, 1, _tiles_per_instr(cdiv(n, BN), n_programs))
+    n_splits = split_count(max_len, spec.n_kv_heads, n_programs, seqs_per_unit=batch, kv_block=KV_BLOCK)
+    return TileConfig(b_pad=8 if batch <= 8 else 16, use_dot=True, num_warps=WARPS,
+                      qkv=GemvTile(spec.head_dim // 2, BK, 1, 1), o=gemv(spec.dim), gate_up=gemv(spec.ffn_dim),
+                      down=gemv(spec.dim), lm_head=gemv(spec.vocab_size),
+                      embed_block=min(EMBED_BLOCK, next_pow2(spec.dim)), kv_block=KV_BLOCK, n_splits=n_splits)
+
+
+def instr_chunks(prog: Lowered, ins: Instruction) -> list[tuple[int, int, int]]:
+    """The weight chunks (which, row, column) an instruction consumes, in the order its device function does.
+    Rows index the 2-D view of the stacked weights ([L * N, K], or [V, D] for the LM head)."""
+    s = prog.spec
+    t = prog.tiles
+
+    def tile(which: int, row: int, k: int) -> list[tuple[int, int, int]]:
+        return [(which, row, c) for c in range(0, k, BK)]
+
+    def tiles_of(stage: GemvTile, n: int, blk: int) -> list[int]:  # first rows of the tiles of row block blk
+        first = blk * stage.tiles_per_instr * BN
+        return [first + i * BN for i in range(stage.tiles_per_instr) if first + i * BN < n]
+
+    if isinstance(ins, RmsQkvRope):
+        qkv_n = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim
+        base = ins.layer * qkv_n + ins.row_block * s.head_dim
+        return [c for r in range(0, s.head_dim, BN) for c in tile(W_QKV, base + r, s.dim)]
+    if isinstance(ins, OProjResidual):
+        return [c for r in tiles_of(t.o, s.dim, ins.row_block) for c in tile(W_O, ins.layer * s.dim + r, s.q_dim)]
+    if isinstance(ins, RmsGateUpSilu):
+        out = []
+        for r in tiles_of(t.gate_up, s.ffn_dim, ins.row_block):
+            out += tile(W_GATE, ins.layer * s.ffn_dim + r, s.dim) + tile(W_UP, ins.layer * s.ffn_dim + r, s.dim)
+        return out
+    if isinstance(ins, DownResidual):
+        return [c for r in tiles_of(t.down, s.dim, ins.row_block)
+                for c in tile(W_DOWN, ins.layer * s.dim + r, s.ffn_dim)]
+    if isinstance(ins, LmHead):
+        return [c for r in tiles_of(t.lm_head, s.vocab_size, ins.row_block) for c in tile(W_LM, r, s.dim)]
+    return []
+
+
+def weight_stream(prog: Lowered, programs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch's weight streams: ([P, max chunks + 1, ENTRY] int32 entries, [P] int32 chunk counts) for the
+    programs' queues (lists of instruction indices). The extra row keeps the loader's read-ahead in bounds."""
+    per_prog = [[c for i in queue for c in instr_chunks(prog, prog.instrs[i])] for queue in programs]
+    width = max((len(c) for c in per_prog), default=0) + 1
+    table = torch.zeros(len(programs), width, ENTRY, dtype=torch.int32)
+    for p, chunks in enumerate(per_prog):
+        if chunks:
+            table[p, :len(chunks), :3] = torch.tensor(chunks, dtype=torch.int32)
+    counts = torch.tensor([len(c) for c in per_prog], dtype=torch.int32)
+    return table.to(device), counts.to(device)
+
+
+def gl_dtype(dtype: torch.dtype):
+    """The Gluon dtype of the weights and activations (bf16 or fp16)."""
+    return gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
+
+
+def descriptors(weights) -> list:
+    """The TMA descriptors of the six weights ([BN, BK] blocks, in the order W_QKV .. W_LM) over the 2-D views of the stacked weights (kernels.model.ModelWeights)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    st = weights.stacked
+    layout = gl.NVMMASharedLayout.get_default_for([BN, BK], gl_dtype(weights.dtype))
+
+    def d(w: torch.Tensor):
+        return TensorDescriptor.from_tensor(w.reshape(-1, w.shape[-1]), [BN, BK], layout)
+    return [d(st["wqkv"].weight), d(st["wo"].weight), d(st["w_gate"].weight), d(st["w_up"].weight),
+            d(st["w_down"].weight), d(weights.lm_head.weight)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Synchronisation (kernels/mega/tiles.py, in Gluon)
+# ----------------------------------------------------------------------------------------------
+@gluon.jit
+def _globaltimer():
+    return gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _smid():
+    return gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _wait_until(counter_ptr, target, error_ptr, spin_limit):
+    """Acquire-spins until *counter_ptr >= target, an error was raised, or spin_limit polls passed."""
+    gl.thread_barrier()
+    seen = gl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    spins = 0
+    failed = 0
+    while (seen < target) & (spins < spin_limit) & (failed == 0):
+        seen = gl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        failed = gl.load(error_ptr, volatile=True)
+        spins += 1
+    gl.thread_barrier()
+    return seen
+
+
+@gluon.jit
+def _release(counter_ptr):
+    gl.thread_barrier()
+    gl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def _report_error(error_ptr, program, position, instr_id, counter, seen, target, launch):
+    """The Triton backend's error record (kernels/mega/tiles.report_error)."""
+    gl.atomic_xchg(error_ptr, ERR_TIMEOUT, sem="release", scope="gpu")
+    rec = error_ptr + WORDS_C * (1 + program)
+    old = gl.atomic_cas(rec, 0, ERR_TIMEOUT, sem="acq_rel", scope="gpu")
+    if old == 0:
+        gl.store(rec + 1, program)
+        gl.store(rec + 2, position)
+        gl.store(rec + 3, instr_id)
+        gl.store(rec + 4, counter)
+        gl.store(rec + 5, seen)
+        gl.store(rec + 6, target)
+        gl.store(rec + 7, launch)
+
+
+# ----------------------------------------------------------------------------------------------
+# The weight ring
+# ----------------------------------------------------------------------------------------------
+@gluon.jit
+def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, n_chunks, which, row, col, NB: gl.constexpr):
+    """Starts the TMA load of stream chunk j (if it exists) into ring slot j % NB."""
+    ok = j < n_chunks
+    slot = j % NB
+    bar = bars.index(slot)
+    dst = ring.index(slot)
+    mbarrier.expect(bar, d_qkv.block_type.nbytes, pred=ok)
+    if which == W_QKV_C:
+        tma.async_copy_global_to_shared(d_qkv, [row, col], bar, dst, pred=ok)
+    elif which == W_O_C:
+        tma.async_copy_global_to_shared(d_o, [row, col], bar, dst, pred=ok)
+    elif which == W_GATE_C:
+        tma.async_copy_global_to_shared(d_gate, [row, col], bar, dst, pred=ok)
+    elif which == W_UP_C:
+        tma.async_copy_global_to_shared(d_up, [row, col], bar, dst, pred=ok)
+    elif which == W_DOWN_C:
+        tma.async_copy_global_to_shared(d_down, [row, col], bar, dst, pred=ok)
+    else:
+        tma.async_copy_global_to_shared(d_lm, [row, col], bar, dst, pred=ok)
+
+
+@gluon.jit
+def _entry(stream_ptr, j):
+    """The weight stream's entry j: (which, row, column)."""
+    e = stream_ptr + j * ENTRY_C
+    return gl.load(e), gl.load(e + 1), gl.load(e + 2)
+
+
+@gluon.jit
+def _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col, stream_ptr, n_chunks,
+               x_ptr, K, nw_ptr, B, eps, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr,
+               NB: gl.constexpr):
+    """acc [BN_C, B_PAD] fp32 = W[chunk rows] @ x^T over K, the chunks taken from the ring in stream order; with NORM
+    x = h * norm weight and acc scaled by each sequence's 1 / rms(h) (so the norm costs no extra pass over h).
+    Returns (acc, ring state after the tile)."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
+    k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
+    n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
+    n_ok = (n < B)[None, :] & (k >= 0)[:, None]
+    acc = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
+    for k0 in range(0, K, BK_C):
+        x = gl.load(x_ptr + n[None, :] * K + (k0 + k)[:, None], mask=n_ok, other=0.0)
+        if NORM:
+            ssq += x * x
+            x = x * gl.load(nw_ptr + k0 + k).to(gl.float32)[:, None]
+        xb = gl.convert_layout(x.to(DT), B_OP)
+        slot = j % NB
+        mbarrier.wait(bars.index(slot), (j // NB) & 1)
+        a = ring.index(slot).load(A_OP)
+        gl.thread_barrier()  # every warp has read the slot ...
+        fence_async_shared()  # ... before the async proxy overwrites it
+        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, which, row, col, NB)
+        which, row, col = _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
+        acc = mma_v2(a, xb, acc)
+        j += 1
+    if NORM:
+        rstd = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
+        acc = acc * gl.convert_layout(rstd, gl.SliceLayout(0, MMA))[None, :]
+    return acc, j, which, row, col
+
+
+# ----------------------------------------------------------------------------------------------
+# The instructions
+# ----------------------------------------------------------------------------------------------
+# Every GEMV instruction takes the ring's state (the six descriptors, the ring and its barriers, the next chunk j and
+# the stream entry read ahead) and returns the new (j, which, row, col).
+@gluon.jit
+def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
+    """Embed(col_block): h[:, cols] = embed[tokens, cols]."""
+    EL: gl.constexpr = gl.BlockedLayout([8], [32], [WARPS_C], [0])
+    cols = col_block * tiles.EMBED_BLOCK + gl.arange(0, tiles.EMBED_BLOCK, layout=EL)
+    ok = cols < dims.D
+    for bb in range(dims.B):
+        tok = gl.load(bufs.tokens + bb).to(gl.int64)
+        e = gl.load(wts.embed + tok * dims.D + cols, mask=ok, other=0.0).to(gl.float32)
+        gl.store(bufs.h + bb * dims.D + cols, e, mask=ok)
+
+
+@gluon.jit
+def _rms_qkv_rope(lw, slot, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col, stream_ptr,
+                  n_chunks, scratch, bufs, wts, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
+                  NB: gl.constexpr):
+    """RmsQkvRope(layer, slot): the hd rows of one head slot of the fused wqkv (tiles of BN_C rows, parked in shared
+    memory so that rows i and i + hd/2 meet), RoPE, then the q store or the K / V cache append."""
+    HALF: gl.constexpr = dims.HD // 2
+    B_PAD: gl.constexpr = tiles.B_PAD
+    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [WARPS_C, 1], [0, 1])
+    nw = wts.attn_norm + lw * dims.D
+    for t in gl.static_range(dims.HD // BN_C):
+        acc, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
+                                             stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, cache.eps, True, B_PAD,
+                                             DT, NB)
+        scratch.slice(t * BN_C, BN_C, dim=0).store(acc)
+    gl.thread_barrier()
+    lo = scratch.slice(0, HALF, dim=0).load(EL)
+    hi = scratch.slice(HALF, HALF, dim=0).load(EL)
+    gl.thread_barrier()  # the next instruction may overwrite the scratch
+    i = gl.arange(0, HALF, layout=gl.SliceLayout(1, EL))
+    b = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, EL))
+    b_ok = b < dims.B
+    pos = gl.load(bufs.positions + b, mask=b_ok, other=0)
+    m = (b_ok & (pos >= 0) & (pos < cache.s_max))[None, :] & (i >= 0)[:, None]
+    if slot < dims.H + dims.KVH:  # q or k head: rotate-half RoPE at each sequence's position
+        cs = pos.to(gl.int64)[None, :] * HALF + i[:, None]
+        cos = gl.load(cache.cos + cs, mask=m, other=0.0)
+        sin = gl.load(cache.sin + cs, mask=m, other=0.0)
+        lo, hi = lo * cos - hi * sin, hi * cos + lo * sin
+    if slot < dims.H:
+        dst = bufs.q + (b * (dims.H * dims.HD) + slot * dims.HD)[None, :] + i[:, None]
+        gl.store(dst, lo, mask=m)
+        gl.store(dst + HALF, hi, mask=m)
+    else:
+        g = (slot - dims.H) % dims.KVH
+        off = (((lw * dims.B + b) * dims.KVH + g) * cache.s_max + pos)[None, :] * dims.HD + i[:, None]
+        if slot < dims.H + dims.KVH:
+            gl.store(cache.k + off, lo.to(DT), mask=m)
+            gl.store(cache.k + off + HALF, hi.to(DT), mask=m)
+        else:
+            gl.store(cache.v + off, lo.to(DT), mask=m)
+            gl.store(cache.v + off + HALF, hi.to(DT), mask=m)
+    return j, which, row, col
+
+
+@gluon.jit
+def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr):
+    """AttnPartial(layer, kv_head, split): flash-decoding partial of the kv group's query heads (padded to 16 rows
+    of mma.sync) over one context slice, every sequence: S = Q K^T and O = P V on the tensor cores."""
+    GQ: gl.constexpr = dims.H // dims.KVH
+    G_PAD: gl.constexpr = tiles.G_PAD
+    HD: gl.constexpr = dims.HD
+    KVB: gl.constexpr = tiles.KV_BLOCK
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS_C], instr_shape=[16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    LQ: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS_C, 1], [1, 0])  # [G_PAD, HD] and V [KVB, HD]
+    LKT: gl.constexpr = gl.BlockedLayout([8, 1], [16, 2], [1, WARPS_C], [0, 1])  # K^T [HD, KVB]
+    gq = gl.arange(0, G_PAD, layout=gl.SliceLayout(1, LQ))
+    dq = gl.arange(0, HD, layout=gl.SliceLayout(0, LQ))
+    dk = gl.arange(0, HD, layout=gl.SliceLayout(1, LKT))
+    nk = gl.arange(0, KVB, layout=gl.SliceLayout(0, LKT))
+    nv = gl.arange(0, KVB, layout=gl.SliceLayout(1, LQ))
+    ns = gl.arange(0, KVB, layout=gl.SliceLayout(0, MMA))
+    go = gl.arange(0, G_PAD, layout=gl.SliceLayout(1, MMA))
+    do = gl.arange(0, HD, layout=gl.SliceLayout(0, MMA))
+    for bb in range(dims.B):
+        seq_len = gl.minimum(gl.load(bufs.positions + bb) + 1, cache.s_max)
+        per = gl.cdiv(gl.cdiv(seq_len, tiles.N_SPLITS), KVB) * KVB
+        start = split * per
+        end = gl.minimum(start + per, seq_len)
+        base = ((lw * dims.B + bb) * dims.KVH + kv_head) * cache.s_max * HD
+        q = gl.load(bufs.q + (bb * dims.H + kv_head * GQ + gq)[:, None] * HD + dq[None, :],
+                    mask=(gq < GQ)[:, None] & (dq >= 0)[None, :], other=0.0)
+        q = gl.convert_layout(q.to(DT), A_OP)
+        m_i = gl.full([G_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(1, MMA))
+        l_i = gl.zeros([G_PAD], gl.float32, layout=gl.SliceLayout(1, MMA))
+        acc = gl.zeros([G_PAD, HD], gl.float32, layout=MMA)
+        for n0 in range(start, end, KVB):
+            kt = gl.load(cache.k + base + (n0 + nk)[None, :] * HD + dk[:, None],
+                         mask=((n0 + nk) < end)[None, :] & (dk >= 0)[:, None], other=0.0)
+            s = mma_v2(q, gl.convert_layout(kt.to(DT), B_OP), gl.zeros([G_PAD, KVB], gl.float32, layout=MMA))
+            s = gl.where(((n0 + ns) < end)[None, :], s * cache.scale_log2, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1))
+            alpha = gl.exp2(m_i - m_new)
+            p = gl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            v = gl.load(cache.v + base + (n0 + nv)[:, None] * HD + dq[None, :],
+                        mask=((n0 + nv) < end)[:, None] & (dq >= 0)[None, :], other=0.0)
+            acc = mma_v2(gl.convert_layout(p.to(DT), A_OP), gl.convert_layout(v.to(DT), B_OP), acc * alpha[:, None])
+            m_i = m_new
+        has = l_i > 0.0
+        out = acc / gl.where(has, l_i, 1.0)[:, None]
+        lse2 = gl.where(has, m_i + gl.log2(gl.where(has, l_i, 1.0)), float("-inf"))
+        head = bb * dims.H + kv_head * GQ + go
+        gl.store(bufs.o_part + ((head * tiles.N_SPLITS + split) * tiles.HD_PAD)[:, None] + do[None, :], out,
+                 mask=(go < GQ)[:, None] & (do >= 0)[None, :])
+        gl.store(bufs.lse + head * tiles.N_SPLITS + split, lse2, mask=go < GQ)
+
+
+@gluon.jit
+def _attn_reduce(kv_head, bufs, dims: gl.constexpr, tiles: gl.constexpr):
+    """AttnReduce(layer, kv_head): the log-sum-exp combine of the splits, every query head of the group at once."""
+    GQ: gl.constexpr = dims.H // dims.KVH
+    NS = tiles.N_SPLITS
+    LR: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [WARPS_C, 1], [1, 0])
+    g = gl.arange(0, tiles.GR_PAD, layout=gl.SliceLayout(1, LR))
+    sp = gl.arange(0, tiles.SPLITS_PAD, layout=gl.SliceLayout(0, LR))
+    d = gl.arange(0, tiles.HD_PAD, layout=gl.SliceLayout(0, LR))
+    g_ok = g < GQ
+    GR_PAD: gl.constexpr = tiles.GR_PAD
+    HD_PAD: gl.constexpr = tiles.HD_PAD
+    for bb in range(dims.B):
+        head0 = bb * dims.H + kv_head * GQ
+        lse = gl.load(bufs.lse + (head0 + g)[:, None] * NS + sp[None, :], mask=g_ok[:, None] & (sp < NS)[None, :],
+                      other=float("-inf"))
+        m = gl.max(lse, axis=1)
+        m = gl.where(m == float("-inf"), 0.0, m)  # no keys at all: every weight is 0, output 0
+        den = gl.sum(gl.exp2(lse - m[:, None]), axis=1)
+        acc = gl.zeros([GR_PAD, HD_PAD], gl.float32, layout=LR)
+        for s in range(0, NS):
+            w = gl.exp2(gl.load(bufs.lse + (head0 + g) * NS + s, mask=g_ok, other=float("-inf")) - m)
+            o = gl.load(bufs.o_part + ((head0 + g) * NS + s)[:, None] * tiles.HD_PAD + d[None, :],
+                        mask=g_ok[:, None] & (d >= 0)[None, :], other=0.0)
+            acc += o * w[:, None]
+        o = acc / gl.where(den > 0.0, den, 1.0)[:, None]
+        gl.store(bufs.attn + bb * (dims.H * dims.HD) + (kv_head * GQ + g)[:, None] * dims.HD + d[None, :], o,
+                 mask=g_ok[:, None] & (d < dims.HD)[None, :])
+
+
+@gluon.jit
+def _tiles_here(row_block, TPI: gl.constexpr, N):
+    """Tiles of BN_C rows of row block row_block that start below N (instr_chunks counts the same)."""
+    return gl.minimum(TPI, gl.cdiv(N - row_block * (TPI * BN_C), BN_C))
+
+
+@gluon.jit
+def _gemv_residual(lw, row_block, which_w, K, x_ptr, TPI: gl.constexpr, d_qkv, d_o, d_gate, d_up, d_down, d_lm,
+                   ring, bars, j, which, row, col, stream_ptr, n_chunks, bufs, eps, dims: gl.constexpr,
+                   tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+    """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the tiles of one row block."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
+    for t in range(_tiles_here(row_block, TPI, dims.D)):
+        offs = (row_block * TPI + t) * BN_C + r
+        acc, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
+                                             stream_ptr, n_chunks, x_ptr, K, x_ptr, dims.B, eps, False, tiles.B_PAD,
+                                             DT, NB)
+        hp = bufs.h + b[None, :] * dims.D + offs[:, None]
+        hm = (b < dims.B)[None, :] & (offs < dims.D)[:, None]
+        gl.store(hp, gl.load(hp, mask=hm, other=0.0) + acc, mask=hm)
+    return j, which, row, col
+
+
+@gluon.jit
+def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
+                      stream_ptr, n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr,
+                      DT: gl.constexpr, NB: gl.constexpr):
+    """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
+    nw = wts.mlp_norm + lw * dims.D
+    for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F)):
+        offs = (row_block * tiles.GU.TPI + t) * BN_C + r
+        gate, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
+                                              stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, eps, True,
+                                              tiles.B_PAD, DT, NB)
+        up, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
+                                            stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, eps, True, tiles.B_PAD,
+                                            DT, NB)
+        gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
+                 mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])
+    return j, which, row, col
+
+
+@gluon.jit
+def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col, stream_ptr,
+             n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+    """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
+    B_PAD: gl.constexpr = tiles.B_PAD
+    best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, MMA))
+    best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, MMA))
+    for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V)):
+        offs = (row_block * tiles.LM.TPI + t) * BN_C + r
+        logit, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row,
+                                               col, stream_ptr, n_chunks, bufs.h, dims.D, wts.final_norm, dims.B, eps,
+                                               True, tiles.B_PAD, DT, NB)
+        gl.store(bufs.logits + b[None, :] * dims.V + offs[:, None], logit,
+                 mask=(b < dims.B)[None, :] & (offs < dims.V)[:, None])
+        vals = gl.where((offs < dims.V)[:, None], logit, float("-inf"))
+        tb = gl.max(vals, axis=0)
+        ti = gl.min(gl.where(vals == tb[None, :], offs[:, None], dims.V), axis=0)
+        take = tb > best  # strict: earlier tiles hold the lower indices
+        best_i = gl.where(take, ti, best_i)
+        best = gl.maximum(best, tb)
+    gl.store(bufs.pmax + b * tiles.N_LM + row_block, best, mask=b < dims.B)
+    gl.store(bufs.pidx + b * tiles.N_LM + row_block, best_i, mask=b < dims.B)
+    return j, which, row, col
+
+
+@gluon.jit
+def _argmax(bufs, advance, dims: gl.constexpr, tiles: gl.constexpr):
+    """Argmax: every sequence's next token (lowest index on ties; advance: written back with position + 1), then the
+    counters zeroed. The step's only sink."""
+    AL: gl.constexpr = gl.BlockedLayout([4], [32], [WARPS_C], [0])
+    BLOCK: gl.constexpr = tiles.ARGMAX_BLOCK
+    t = gl.arange(0, BLOCK, layout=AL)
+    for bb in range(dims.B):
+        best = gl.max(gl.full([BLOCK], float("-inf"), gl.float32, layout=AL), axis=0)
+        best_idx = gl.max(gl.zeros([BLOCK], gl.int32, layout=AL), axis=0)
+        for t0 in range(0, tiles.N_LM, tiles.ARGMAX_BLOCK):
+            ok = t0 + t < tiles.N_LM
+            m = gl.load(bufs.pmax + bb * tiles.N_LM + t0 + t, mask=ok, other=float("-inf"))
+            i = gl.load(bufs.pidx + bb * tiles.N_LM + t0 + t, mask=ok, other=0)
+            m_blk = gl.max(m, axis=0)
+            i_blk = gl.min(gl.where(ok & (m == m_blk), i, 2147483647), axis=0)
+            take = m_blk > best
+            best_idx = gl.where(take, i_blk, best_idx)
+            best = gl.maximum(best, m_blk)
+        gl.store(bufs.next_tokens + bb, best_idx)
+        if advance != 0:
+            gl.store(bufs.tokens + bb, best_idx)
+            gl.store(bufs.positions + bb, gl.load(bufs.positions + bb) + 1)
+    c = gl.arange(0, 1024, layout=AL)
+    for c0 in range(0, dims.N_COUNTERS, 1024):
+        gl.store(bufs.counters + c0 + c, 0, mask=c0 + c < dims.N_COUNTERS)
+
+
+# ----------------------------------------------------------------------------------------------
+# The kernel
+# ----------------------------------------------------------------------------------------------
+@gluon.jit
+def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down, d_lm, stream, stream_counts,
+                      stream_stride, dims: gl.constexpr, tiles: gl.constexpr, TIMELINE: gl.constexpr,
+                      DT: gl.constexpr, NB: gl.constexpr):
+    # queue, bufs, wts, cache: kernels/mega/args.py; d_*: TMA descriptors of the weights (descriptors());
+    # stream: [P, stream_stride / ENTRY, ENTRY] int32 weight streams, stream_counts: [P] chunks per program.
+    pid = gl.program_id(0)
+    n_instr = gl.load(queue.lengths + pid)
+    qbase = queue.queue + pid * queue.stride
+    stream_ptr = stream + pid * stream_stride
+    n_chunks = gl.load(stream_counts + pid)
+    ring = gl.allocate_shared_memory(DT, [NB, BN_C, BK_C], d_qkv.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
+    HD: gl.constexpr = dims.HD
+    B_PAD: gl.constexpr = tiles.B_PAD
+    scratch = gl.allocate_shared_memory(gl.float32, [HD, B_PAD],
+                                        gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    for s in gl.static_range(NB):
+        mbarrier.init(bars.index(s), count=1)
+    for s in gl.static_range(NB):  # the ring starts full, whatever instructions its chunks belong to
+        which, row, col = _entry(stream_ptr, gl.minimum(s, n_chunks))
+        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, s, n_chunks, which, row, col, NB)
+    which, row, col = _entry(stream_ptr, gl.minimum(NB, n_chunks))
+    j = 0
+    pc = 0
+    alive = 1
+    last_c = -1
+    last_seen = 0
+    while (pc < n_instr) & (alive != 0):
+        word = qbase + pc * WORDS_C
+        op = gl.load(word)
+        layer = gl.load(word + 1)
+        a = gl.load(word + 2)
+        b = gl.load(word + 3)
+        wc = gl.load(word + 4)
+        wn = gl.load(word + 5)
+        bc = gl.load(word + 6)
+        if TIMELINE:
+            t_start = _globaltimer()
+        if (wc >= 0) & ((wc != last_c) | (wn > last_seen)):
+            seen = _wait_until(bufs.counters + wc, wn, bufs.error, queue.spin_limit)
+            if seen < wn:
+                _report_error(bufs.error, pid, pc, gl.load(word + 7), wc, seen, wn, queue.launch_id)
+                alive = 0
+            else:
+                last_c = wc
+                last_seen = seen
+        if TIMELINE:
+            t_ready = _globaltimer()
+        if alive != 0:
+            lw = layer.to(gl.int64)
+            if op == OP_EMBED:
+                _embed(a, bufs, wts, dims, tiles)
+            elif op == OP_RMS_QKV_ROPE:
+                j, which, row, col = _rms_qkv_rope(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which,
+                                                   row, col, stream_ptr, n_chunks, scratch, bufs, wts, cache, dims,
+                                                   tiles, DT, NB)
+            elif op == OP_ATTN_PARTIAL:
+                _attn_partial(lw, a, b, bufs, cache, dims, tiles, DT)
+            elif op == OP_ATTN_REDUCE:
+                _attn_reduce(a, bufs, dims, tiles)
+            elif op == OP_OPROJ_RESIDUAL:
+                j, which, row, col = _gemv_residual(lw, a, W_O_C, dims.H * dims.HD, bufs.attn, tiles.O.TPI, d_qkv,
+                                                    d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
+                                                    stream_ptr, n_chunks, bufs, cache.eps, dims, tiles, DT, NB)
+            elif op == OP_RMS_GATE_UP_SILU:
+                j, which, row, col = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j,
+                                                       which, row, col, stream_ptr, n_chunks, bufs, wts, cache.eps,
+                                                       dims, tiles, DT, NB)
+            elif op == OP_DOWN_RESIDUAL:
+                j, which, row, col = _gemv_residual(lw, a, W_DOWN_C, dims.F, bufs.act, tiles.DN.TPI, d_qkv, d_o,
+                                                    d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
+                                                    stream_ptr, n_chunks, bufs, cache.eps, dims, tiles, DT, NB)
+            elif op == OP_LM_HEAD:
+                j, which, row, col = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row,
+                                              col, stream_ptr, n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
+            else:
+                _argmax(bufs, queue.advance, dims, tiles)
+            if bc >= 0:
+                _release(bufs.counters + bc)
+        if TIMELINE:
+            rec = bufs.timeline + ((pid * (queue.stride // WORDS_C) + pc) * 4).to(gl.int64)
+            gl.store(rec, t_start)
+            gl.store(rec + 1, t_ready)
+            gl.store(rec + 2, _globaltimer())
+            gl.store(rec + 3, _smid().to(gl.int64))
+        pc += 1
+    # Chunks still in flight (a program that stopped on an error): land them before the program's shared memory goes.
+    for s in gl.static_range(NB):
+        jj = j + s
+        if jj < n_chunks:
+            mbarrier.wait(bars.index(jj % NB), (jj // NB) & 1)
+    for s in gl.static_range(NB):
+        mbarrier.invalidate(bars.index(s))
+
+
+def compile_sm90(spec, quant: str, batch: int, max_len: int, n_programs: int, timeline: bool = False):
+    """The kernel of one configuration compiled for sm_90 on any machine (nothing is read or run). Returns the
+    compiled kernel (its PTX, cubin and shared memory; kernels/mega/resources.ptxas_usage for registers)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from kernels.mega.args import constexprs, placeholder_args
+    from kernels.mega.lower import lower
+    from kernels.mega.resources import jit_source
+
+    why = problem(spec, quant, batch)
+    if why:
+        raise ValueError(why)
+    act = quant_mode(quant).act_dtype
+    prog = lower(spec, quant, 0, batch, max_len, pick_tiles(spec, batch, max_len, n_programs))
+    dims, tiles = constexprs(prog, act)
+    w = torch.empty(BN * BK, dtype=act)  # stands in for every weight: only its type and alignment matter
+    desc = TensorDescriptor(w, [BN, BK], [BK, 1], [BN, BK], gl.NVMMASharedLayout.get_default_for([BN, BK], gl_dtype(act)))
+    i32 = torch.empty(ENTRY, dtype=torch.int32)
+    args = placeholder_args(prog, quant, n_programs) + [desc] * 6 + [i32, i32, 2 * ENTRY]
+    src, warps = jit_source(_megakernel_gluon, args, dict(dims=dims, tiles=tiles, TIMELINE=timeline,
+                                                          DT=gl_dtype(act), NB=NBUF, num_warps=WARPS))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
