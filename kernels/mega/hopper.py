@@ -243,6 +243,18 @@ def _entry(stream_ptr, j):
 
 
 @gluon.jit
+def _x_chunk(x_ptr, K, nw_ptr, k0, k, n, n_ok, NORM: gl.constexpr):
+    """x^T [BK, B_PAD] fp32 at columns k0 .. k0 + BK (rows of x: sequences, row stride K) and, with NORM, the norm
+    weight there (else a placeholder, unused)."""
+    x = gl.load(x_ptr + n[None, :] * K + (k0 + k)[:, None], mask=n_ok, other=0.0)
+    if NORM:
+        nw = gl.load(nw_ptr + k0 + k).to(gl.float32)
+    else:
+        nw = k.to(gl.float32)
+    return x, nw
+
+
+@gluon.jit
 def _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col, stream_ptr, n_chunks,
                x_ptr, K, nw_ptr, B, eps, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr,
                NB: gl.constexpr):
@@ -258,11 +270,16 @@ def _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row
     n_ok = (n < B)[None, :] & (k >= 0)[:, None]
     acc = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
+    # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
+    # chunk's ring wait and products instead of preceding them.
+    x_next, nw_next = _x_chunk(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM)
     for k0 in range(0, K, BK_C):
-        x = gl.load(x_ptr + n[None, :] * K + (k0 + k)[:, None], mask=n_ok, other=0.0)
+        x = x_next
+        nw = nw_next
+        x_next, nw_next = _x_chunk(x_ptr, K, nw_ptr, gl.minimum(k0 + BK_C, K - BK_C), k, n, n_ok, NORM)
         if NORM:
             ssq += x * x
-            x = x * gl.load(nw_ptr + k0 + k).to(gl.float32)[:, None]
+            x = x * nw[:, None]
         xb = gl.convert_layout(x.to(DT), B_OP)
         slot = j % NB
         mbarrier.wait(bars.index(slot), (j // NB) & 1)
