@@ -128,11 +128,18 @@ def test_gpu_fusion_and_policy_are_bitwise_identical(quant, batch):
         assert torch.equal(v, base), f"{k} differs from model/round-robin"
 
 
-def test_gpu_graph_replay_generates_like_eager_steps():
+# Both megakernel backends; the Gluon one needs a Hopper GPU.
+BACKENDS = ["triton", pytest.param("gluon", marks=pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+    reason="megakernel.backend=gluon needs a Hopper GPU"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_graph_replay_generates_like_eager_steps(backend):
     """advance=True in one captured CUDA graph, replayed: the same tokens and logits as eager launches."""
     w, cache, tokens, positions = _setup("llama1b", "bf16", 4, 512)
     start_k, start_v = cache.k.clone(), cache.v.clone()
-    mk = Megakernel(w, cache)
+    mk = Megakernel(w, cache, backend=backend)
     mk.set_inputs(tokens, positions)
     eager = []
     for _ in range(4):
@@ -160,9 +167,12 @@ def test_gpu_graph_replay_generates_like_eager_steps():
     mk.check()
 
 
-def test_gpu_timeout_raises_instead_of_hanging():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_timeout_raises_instead_of_hanging(backend):
+    """A producer that never releases: the waiting program reports it, every other program stops (the Gluon
+    backend's programs also land the ring chunks still in flight)."""
     w, cache, tokens, positions = _setup("llama1b", "bf16", 1, 128)
-    mk = Megakernel(w, cache, spin_limit=2000)
+    mk = Megakernel(w, cache, spin_limit=2000, backend=backend)
     victim = next(i for i, ins in enumerate(mk.prog.instrs) if isinstance(ins, AttnPartial) and ins.layer == 3)
     producer = mk.prog.dependencies()[victim][0]
     la = mk.schedule.launches[0]
