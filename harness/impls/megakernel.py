@@ -18,7 +18,7 @@ def runtime_from_config(cfg, weights, cache, **kwargs):
 
     mk = cfg.megakernel
     return Megakernel(weights, cache, fusion=cfg.fusion, policy=mk.schedule, programs_per_sm=mk.programs_per_sm,
-                      tiles=tile_options(cfg), backend=mk.backend, **kwargs)
+                      tiles=tile_options(cfg), backend=getattr(mk, "backend", "triton"), **kwargs)
 
 
 @register("megakernel")
@@ -38,7 +38,7 @@ class MegakernelImpl(DecodeImpl):
             return "megakernel on the CPU needs TRITON_INTERPRET=1 set before kernels are imported"
         if ctx.device.type == "cuda" and interpret:
             return "TRITON_INTERPRET=1 runs Triton on the CPU; unset it to run the megakernel on CUDA"
-        if ctx.cfg.megakernel.backend == "gluon":
+        if getattr(ctx.cfg.megakernel, "backend", "triton") == "gluon":
             from kernels.mega.hopper import problem
 
             return problem(ctx.spec, ctx.weights.quant, ctx.batch, ctx.device)
