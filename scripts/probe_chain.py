@@ -36,12 +36,9 @@ from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma  # noqa: E402
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
 
+from kernels.mega.hopper import _globaltimer, _wait_until  # noqa: E402  (the megakernel's timer and bounded wait)
+
 ERR_TIMEOUT = gl.constexpr(1)
-
-
-@gluon.jit
-def _globaltimer():
-    return gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -64,21 +61,6 @@ def _issue(desc, ring, bars, j, n_chunks, p, P, n_p, R, D, stream_ptr, max_chunk
     slot = j % NBUF
     mbarrier.expect(bars.index(slot), desc.block_type.nbytes, pred=ok)
     tma.async_copy_global_to_shared(desc, [row, col], bars.index(slot), ring.index(slot), pred=ok)
-
-
-@gluon.jit
-def _wait_layer(cnt_ptr, target, err_ptr, spin_limit):
-    """Acquire-spins until *cnt_ptr >= target, an error was raised, or spin_limit polls passed; returns what it saw."""
-    gl.thread_barrier()
-    seen = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
-    spins = 0
-    failed = 0
-    while (seen < target) & (spins < spin_limit) & (failed == 0):
-        seen = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
-        failed = gl.load(err_ptr, volatile=True)
-        spins += 1
-    gl.thread_barrier()
-    return seen
 
 
 @gluon.jit
@@ -112,7 +94,7 @@ def _chain_kernel(desc, y_ptr, cnt_ptr, err_ptr, tl_ptr, stream_ptr, max_chunks,
             t0 = _globaltimer()
         if WAIT:
             if l > 0:
-                seen = _wait_layer(cnt_ptr + l - 1, epoch * R, err_ptr, spin_limit)
+                seen = _wait_until(cnt_ptr + l - 1, epoch * R, err_ptr, spin_limit)
                 if seen < epoch * R:  # later waits see the flag and return at once: the kernel ends, wrong
                     gl.atomic_xchg(err_ptr, ERR_TIMEOUT, sem="release", scope="gpu")
         if TIMELINE:

@@ -450,10 +450,11 @@ def _tiles_here(row_block, TPI: gl.constexpr, N):
 
 
 @gluon.jit
-def _gemv_residual(lw, row_block, which_w, K, x_ptr, TPI: gl.constexpr, d_qkv, d_o, d_gate, d_up, d_down, d_lm,
+def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, d_qkv, d_o, d_gate, d_up, d_down, d_lm,
                    ring, bars, j, which, row, col, stream_ptr, n_chunks, bufs, eps, dims: gl.constexpr,
                    tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
-    """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the tiles of one row block."""
+    """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the tiles of one row block (the weight stream
+    says which W and which layer)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
@@ -611,7 +612,7 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             elif op == OP_ATTN_REDUCE:
                 _attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
-                j, which, row, col = _gemv_residual(lw, a, W_O_C, dims.H * dims.HD, bufs.attn, tiles.O.TPI, d_qkv,
+                j, which, row, col = _gemv_residual(a, dims.H * dims.HD, bufs.attn, tiles.O.TPI, d_qkv,
                                                     d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
                                                     stream_ptr, n_chunks, bufs, cache.eps, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
@@ -619,7 +620,7 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
                                                        which, row, col, stream_ptr, n_chunks, bufs, wts, cache.eps,
                                                        dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
-                j, which, row, col = _gemv_residual(lw, a, W_DOWN_C, dims.F, bufs.act, tiles.DN.TPI, d_qkv, d_o,
+                j, which, row, col = _gemv_residual(a, dims.F, bufs.act, tiles.DN.TPI, d_qkv, d_o,
                                                     d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
                                                     stream_ptr, n_chunks, bufs, cache.eps, dims, tiles, DT, NB)
             elif op == OP_LM_HEAD:

@@ -125,13 +125,14 @@ class Megakernel:
         n_rec = len(self.schedule.launches) * n_programs * q_max * 4 if self.timeline else 1
         self.timeline_buf = torch.zeros(n_rec, dtype=torch.int64, device=self.device)
         self.clock = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self._streams: dict = {}  # gluon: (schedule, launch) -> its weight stream (hopper.weight_stream)
+        self._streams: dict = {}  # gluon: launch index -> its weight stream (hopper.weight_stream) under self.schedule
 
     def reschedule(self, schedule: Schedule) -> None:
         """Runs `schedule` (of this lowering) from now on (tests, the diff tool)."""
         if schedule.lowered is not self.prog:
             raise ValueError("the schedule belongs to another lowering")
         self.schedule = schedule
+        self._streams = {}
 
     def _timeline_slice(self, li: int) -> torch.Tensor:
         """Launch li's records [n_programs, its queue length, 4] in the timeline buffer."""
@@ -160,10 +161,9 @@ class Megakernel:
         args = [queue_arg(la.queues, la.lengths, li, self.spin_limit, advance),
                 buffers_arg(self.state, self._timeline_slice(li), self.clock), self._weights_arg, self._cache_arg]
         if self.backend == "gluon":
-            key = (id(self.schedule), li)
-            if key not in self._streams:
-                self._streams[key] = hopper.weight_stream(self.prog, la.programs, self.device)
-            table, counts = self._streams[key]
+            if li not in self._streams:
+                self._streams[li] = hopper.weight_stream(self.prog, la.programs, self.device)
+            table, counts = self._streams[li]
             if self._descs is None:
                 self._descs = hopper.descriptors(self.w)
             args += [*self._descs, table, counts, table.shape[1] * hopper.ENTRY]
