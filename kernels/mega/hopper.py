@@ -39,15 +39,28 @@ from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, 
 from kernels.quant import Kind, quant_mode
 from kernels.tiles import next_pow2, split_count
 
-BN = 64  # weight rows per chunk: 4 warps x 16 rows of mma.sync
-BK = 256  # input columns per chunk (32 KB of bf16 per chunk)
+BN = 64  # rows of a ring slot: 4 warps x 16 rows of mma.sync
+BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
+BOX = 32  # rows of one TMA box: a slot is filled by two boxes (see "Chunks" below)
 WARPS = 4
 NBUF = 4  # chunks in the ring (128 KB)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
-# Weight stream entries: [which weight, row, column, 0]; `which` indexes the descriptors below.
+QKV_PAIRS = BOX  # rotate-half pairs per RmsQkvRope instruction: rows i and i + hd/2 of one box each
+# Chunks. One ring slot [BN, BK] is one chunk, filled by two [BOX, BK] TMA boxes: its entry in the weight stream is
+# [which weight, row0, col0, row1, col1] (`which` indexes the descriptors below), box 0 landing in slot rows
+# 0 .. BOX, box 1 in rows BOX .. BN. Three stages use the two boxes differently:
+#   gate, up, LM head   rows r .. r + 64 at columns c (two halves of one 64-row tile);
+#   QKV                 rows i .. i + 32 and i + hd/2 .. i + hd/2 + 32 of one head (the rotate-half partners meet
+#                       in one chunk, so one head is hd / 64 instructions, not one);
+#   O, down ("K pair")  rows r .. r + 32 at columns c and at c + BK: a 32-row tile takes K in 2 BK steps per
+#                       chunk, so these stages have twice as many tiles (llama8b: 128, not 64, for 132 SMs) with the
+#                       same 32 KB per ring slot. Each chunk is two products (the slot times x^T at c and at
+#                       c + BK); rows 0 .. 32 of the first and 32 .. 64 of the second are summed once per tile.
+# A box past K (K an odd multiple of BK) is zero-filled by the TMA unit, and its x columns are clamped reads of x
+# (finite), so it adds exactly 0.
 W_QKV, W_O, W_GATE, W_UP, W_DOWN, W_LM = range(6)
-ENTRY = 4
+ENTRY = 5
 
 ERR_TIMEOUT = gl.constexpr(1)
 OP_EMBED = gl.constexpr(int(Op.EMBED))
@@ -60,7 +73,7 @@ OP_DOWN_RESIDUAL = gl.constexpr(int(Op.DOWN_RESIDUAL))
 OP_LM_HEAD = gl.constexpr(int(Op.LM_HEAD))
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
-BN_C, BK_C, WARPS_C = gl.constexpr(BN), gl.constexpr(BK), gl.constexpr(WARPS)
+BN_C, BK_C, BOX_C, WARPS_C = gl.constexpr(BN), gl.constexpr(BK), gl.constexpr(BOX), gl.constexpr(WARPS)
 W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
 
 
@@ -72,8 +85,9 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
     if quant_mode(quant).kind != Kind.DENSE or quant == "fp32":
         return (f"megakernel.backend=gluon streams bf16 or fp16 weights; quant={quant} runs on "
                 f"megakernel.backend=triton")
-    if spec.head_dim % BN:
-        return f"megakernel.backend=gluon needs head_dim a multiple of {BN}; {spec.name} has {spec.head_dim}"
+    if spec.head_dim % (2 * QKV_PAIRS):
+        return (f"megakernel.backend=gluon needs head_dim a multiple of {2 * QKV_PAIRS}; {spec.name} has "
+                f"{spec.head_dim}")
     for name, k in (("dim", spec.dim), ("q_dim", spec.q_dim), ("ffn_dim", spec.ffn_dim)):
         if k % BK:
             return f"megakernel.backend=gluon needs {name} a multiple of {BK}; {spec.name} has {k}"
@@ -86,36 +100,46 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
 
 
 def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
-    """This backend's tiles: every GEMV tile BN x BK, a RmsQkvRope instruction is one whole head slot (its rows i and
-    i + hd/2 in one program for RoPE), tiles per instruction balanced over the grid as in the Triton backend."""
-    def gemv(n: int) -> GemvTile:
-        return GemvTile(BN, BK, 1, _tiles_per_instr(cdiv(n, BN), n_programs))
+    """This backend's tiles (see "Chunks" above): gate / up / LM-head tiles BN x BK per chunk, O and down tiles
+    BOX rows x 2 BK per chunk, a RmsQkvRope instruction QKV_PAIRS rotate-half pairs of one head; tiles per
+    instruction balanced over the grid as in the Triton backend."""
+    def gemv(n: int, rows: int, k_step: int) -> GemvTile:
+        return GemvTile(rows, k_step, 1, _tiles_per_instr(cdiv(n, rows), n_programs))
     n_splits = split_count(max_len, spec.n_kv_heads, n_programs, seqs_per_unit=batch, kv_block=KV_BLOCK)
     return TileConfig(b_pad=8 if batch <= 8 else 16, use_dot=True, num_warps=WARPS,
-                      qkv=GemvTile(spec.head_dim // 2, BK, 1, 1), o=gemv(spec.dim), gate_up=gemv(spec.ffn_dim),
-                      down=gemv(spec.dim), lm_head=gemv(spec.vocab_size),
+                      qkv=GemvTile(QKV_PAIRS, BK, 1, 1), o=gemv(spec.dim, BOX, 2 * BK),
+                      gate_up=gemv(spec.ffn_dim, BN, BK), down=gemv(spec.dim, BOX, 2 * BK),
+                      lm_head=gemv(spec.vocab_size, BN, BK),
                       embed_block=min(EMBED_BLOCK, next_pow2(spec.dim)), kv_block=KV_BLOCK, n_splits=n_splits)
 
 
-def instr_chunks(prog: Lowered, ins: Instruction) -> list[tuple[int, int, int]]:
-    """The weight chunks (which, row, column) an instruction consumes, in the order its device function does.
+Chunk = tuple[int, int, int, int, int]  # (which, row0, col0, row1, col1): a stream entry
+
+
+def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
+    """The weight chunks an instruction consumes, in the order its device function does (see "Chunks" above).
     Rows index the 2-D view of the stacked weights ([L * N, K], or [V, D] for the LM head)."""
     s = prog.spec
     t = prog.tiles
 
-    def tile(which: int, row: int, k: int) -> list[tuple[int, int, int]]:
-        return [(which, row, c) for c in range(0, k, BK)]
+    def tile(which: int, row: int, k: int) -> list[Chunk]:  # one BN-row tile: rows r and r + BOX at each column
+        return [(which, row, c, row + BOX, c) for c in range(0, k, BK)]
+
+    def k_pair_tile(which: int, row: int, k: int) -> list[Chunk]:  # one BOX-row tile: columns c and c + BK
+        return [(which, row, c, row, c + BK) for c in range(0, k, 2 * BK)]
 
     def tiles_of(stage: GemvTile, n: int, blk: int) -> list[int]:  # first rows of the tiles of row block blk
-        first = blk * stage.tiles_per_instr * BN
-        return [first + i * BN for i in range(stage.tiles_per_instr) if first + i * BN < n]
+        rows = stage.block_n
+        first = blk * stage.tiles_per_instr * rows
+        return [first + i * rows for i in range(stage.tiles_per_instr) if first + i * rows < n]
 
     if isinstance(ins, RmsQkvRope):
-        qkv_n = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim
-        base = ins.layer * qkv_n + ins.row_block * s.head_dim
-        return [c for r in range(0, s.head_dim, BN) for c in tile(W_QKV, base + r, s.dim)]
+        slot, pairs = prog.qkv_pairs(ins.row_block)
+        lo = ins.layer * prog.n_slots * s.head_dim + slot * s.head_dim + pairs.start
+        return [(W_QKV, lo, c, lo + prog.half, c) for c in range(0, s.dim, BK)]
     if isinstance(ins, OProjResidual):
-        return [c for r in tiles_of(t.o, s.dim, ins.row_block) for c in tile(W_O, ins.layer * s.dim + r, s.q_dim)]
+        return [c for r in tiles_of(t.o, s.dim, ins.row_block)
+                for c in k_pair_tile(W_O, ins.layer * s.dim + r, s.q_dim)]
     if isinstance(ins, RmsGateUpSilu):
         out = []
         for r in tiles_of(t.gate_up, s.ffn_dim, ins.row_block):
@@ -123,7 +147,7 @@ def instr_chunks(prog: Lowered, ins: Instruction) -> list[tuple[int, int, int]]:
         return out
     if isinstance(ins, DownResidual):
         return [c for r in tiles_of(t.down, s.dim, ins.row_block)
-                for c in tile(W_DOWN, ins.layer * s.dim + r, s.ffn_dim)]
+                for c in k_pair_tile(W_DOWN, ins.layer * s.dim + r, s.ffn_dim)]
     if isinstance(ins, LmHead):
         return [c for r in tiles_of(t.lm_head, s.vocab_size, ins.row_block) for c in tile(W_LM, r, s.dim)]
     return []
@@ -137,7 +161,7 @@ def weight_stream(prog: Lowered, programs: list[list[int]], device) -> tuple[tor
     table = torch.zeros(len(programs), width, ENTRY, dtype=torch.int32)
     for p, chunks in enumerate(per_prog):
         if chunks:
-            table[p, :len(chunks), :3] = torch.tensor(chunks, dtype=torch.int32)
+            table[p, :len(chunks)] = torch.tensor(chunks, dtype=torch.int32)
     counts = torch.tensor([len(c) for c in per_prog], dtype=torch.int32)
     return table.to(device), counts.to(device)
 
@@ -147,15 +171,21 @@ def gl_dtype(dtype: torch.dtype):
     return gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
 
 
+def smem_layout(dtype: torch.dtype):
+    """The ring's shared-memory layout (128-byte swizzle), the same for a [BOX, BK] box and a [BN, BK] slot."""
+    return gl.NVMMASharedLayout.get_default_for([BOX, BK], gl_dtype(dtype))
+
+
 def descriptors(weights) -> list:
-    """The TMA descriptors of the six weights ([BN, BK] blocks, in the order W_QKV .. W_LM) over the 2-D views of the stacked weights (kernels.model.ModelWeights)."""
+    """The TMA descriptors of the six weights ([BOX, BK] boxes, in the order W_QKV .. W_LM) over the 2-D views of the
+    stacked weights (kernels.model.ModelWeights)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     st = weights.stacked
-    layout = gl.NVMMASharedLayout.get_default_for([BN, BK], gl_dtype(weights.dtype))
+    layout = smem_layout(weights.dtype)
 
     def d(w: torch.Tensor):
-        return TensorDescriptor.from_tensor(w.reshape(-1, w.shape[-1]), [BN, BK], layout)
+        return TensorDescriptor.from_tensor(w.reshape(-1, w.shape[-1]), [BOX, BK], layout)
     return [d(st["wqkv"].weight), d(st["wo"].weight), d(st["w_gate"].weight), d(st["w_up"].weight),
             d(st["w_down"].weight), d(weights.lm_head.weight)]
 
@@ -214,32 +244,40 @@ def _report_error(error_ptr, program, position, instr_id, counter, seen, target,
 # The weight ring
 # ----------------------------------------------------------------------------------------------
 @gluon.jit
-def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, n_chunks, which, row, col, NB: gl.constexpr):
-    """Starts the TMA load of stream chunk j (if it exists) into ring slot j % NB."""
+def _copy(desc, r0, c0, r1, c1, bar, dst, ok):
+    """The two TMA boxes of one chunk into the two halves of its ring slot."""
+    tma.async_copy_global_to_shared(desc, [r0, c0], bar, dst.slice(0, BOX_C, dim=0), pred=ok)
+    tma.async_copy_global_to_shared(desc, [r1, c1], bar, dst.slice(BOX_C, BOX_C, dim=0), pred=ok)
+
+
+@gluon.jit
+def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, n_chunks, e, NB: gl.constexpr):
+    """Starts the TMA loads of stream chunk j (entry e, if j exists) into ring slot j % NB."""
     ok = j < n_chunks
     slot = j % NB
     bar = bars.index(slot)
     dst = ring.index(slot)
-    mbarrier.expect(bar, d_qkv.block_type.nbytes, pred=ok)
+    mbarrier.expect(bar, 2 * d_qkv.block_type.nbytes, pred=ok)
+    which, r0, c0, r1, c1 = e
     if which == W_QKV_C:
-        tma.async_copy_global_to_shared(d_qkv, [row, col], bar, dst, pred=ok)
+        _copy(d_qkv, r0, c0, r1, c1, bar, dst, ok)
     elif which == W_O_C:
-        tma.async_copy_global_to_shared(d_o, [row, col], bar, dst, pred=ok)
+        _copy(d_o, r0, c0, r1, c1, bar, dst, ok)
     elif which == W_GATE_C:
-        tma.async_copy_global_to_shared(d_gate, [row, col], bar, dst, pred=ok)
+        _copy(d_gate, r0, c0, r1, c1, bar, dst, ok)
     elif which == W_UP_C:
-        tma.async_copy_global_to_shared(d_up, [row, col], bar, dst, pred=ok)
+        _copy(d_up, r0, c0, r1, c1, bar, dst, ok)
     elif which == W_DOWN_C:
-        tma.async_copy_global_to_shared(d_down, [row, col], bar, dst, pred=ok)
+        _copy(d_down, r0, c0, r1, c1, bar, dst, ok)
     else:
-        tma.async_copy_global_to_shared(d_lm, [row, col], bar, dst, pred=ok)
+        _copy(d_lm, r0, c0, r1, c1, bar, dst, ok)
 
 
 @gluon.jit
 def _entry(stream_ptr, j):
-    """The weight stream's entry j: (which, row, column)."""
-    e = stream_ptr + j * ENTRY_C
-    return gl.load(e), gl.load(e + 1), gl.load(e + 2)
+    """The weight stream's entry j: (which, row0, col0, row1, col1)."""
+    p = stream_ptr + j * ENTRY_C
+    return gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4)
 
 
 @gluon.jit
@@ -255,12 +293,12 @@ def _x_chunk(x_ptr, K, nw_ptr, k0, k, n, n_ok, NORM: gl.constexpr):
 
 
 @gluon.jit
-def _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col, stream_ptr, n_chunks,
+def _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
                x_ptr, K, nw_ptr, B, eps, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr,
                NB: gl.constexpr):
     """acc [BN_C, B_PAD] fp32 = W[chunk rows] @ x^T over K, the chunks taken from the ring in stream order; with NORM
     x = h * norm weight and acc scaled by each sequence's 1 / rms(h) (so the norm costs no extra pass over h).
-    Returns (acc, ring state after the tile)."""
+    Returns (acc, ring state after the tile: next chunk j, its entry e read ahead)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -281,26 +319,69 @@ def _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row
             ssq += x * x
             x = x * nw[:, None]
         xb = gl.convert_layout(x.to(DT), B_OP)
-        slot = j % NB
-        mbarrier.wait(bars.index(slot), (j // NB) & 1)
-        a = ring.index(slot).load(A_OP)
-        gl.thread_barrier()  # every warp has read the slot ...
-        fence_async_shared()  # ... before the async proxy overwrites it
-        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, which, row, col, NB)
-        which, row, col = _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
+        a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB)
         acc = mma_v2(a, xb, acc)
-        j += 1
     if NORM:
         rstd = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
         acc = acc * gl.convert_layout(rstd, gl.SliceLayout(0, MMA))[None, :]
-    return acc, j, which, row, col
+    return acc, j, e
+
+
+@gluon.jit
+def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP: gl.constexpr,
+          NB: gl.constexpr):
+    """Chunk j out of the ring as an mma operand; its slot refilled with chunk j + NB (entry e) and the entry of
+    chunk j + NB + 1 read ahead. Returns (operand, j + 1, that entry)."""
+    slot = j % NB
+    mbarrier.wait(bars.index(slot), (j // NB) & 1)
+    a = ring.index(slot).load(A_OP)
+    gl.thread_barrier()  # every warp has read the slot ...
+    fence_async_shared()  # ... before the async proxy overwrites it
+    _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, e, NB)
+    return a, j + 1, _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
+
+
+@gluon.jit
+def _k_pair_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K, B,
+                 scratch, OUT: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+    """acc [BOX_C, B_PAD] fp32 (layout OUT) = W[BOX_C rows] @ x^T over K for a K-pair tile (see "Chunks"): per chunk
+    the slot times x^T at c (rows 0 .. BOX of the product count) and at c + BK (rows BOX .. BN count); the two
+    halves summed once at the end through `scratch`. Returns (acc, ring state after the tile)."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
+    k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
+    n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
+    n_ok = (n < B)[None, :] & (k >= 0)[:, None]
+    acc0 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    # x one chunk ahead, as in _gemv_tile, held in DT (two [BK, B_PAD] tiles: half the registers of fp32)
+    x0_next = gl.load(x_ptr + n[None, :] * K + k[:, None], mask=n_ok, other=0.0).to(DT)
+    x1_next = gl.load(x_ptr + n[None, :] * K + (gl.minimum(BK_C, K - BK_C) + k)[:, None], mask=n_ok, other=0.0).to(DT)
+    for k0 in range(0, K, 2 * BK_C):
+        xb0 = gl.convert_layout(x0_next, B_OP)
+        xb1 = gl.convert_layout(x1_next, B_OP)
+        c0 = gl.minimum(k0 + 2 * BK_C, K - BK_C)
+        c1 = gl.minimum(k0 + 3 * BK_C, K - BK_C)
+        x0_next = gl.load(x_ptr + n[None, :] * K + (c0 + k)[:, None], mask=n_ok, other=0.0).to(DT)
+        x1_next = gl.load(x_ptr + n[None, :] * K + (c1 + k)[:, None], mask=n_ok, other=0.0).to(DT)
+        a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB)
+        acc0 = mma_v2(a, xb0, acc0)
+        acc1 = mma_v2(a, xb1, acc1)
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    scratch.slice(0, BN_C, dim=0).store(gl.where((r < BOX_C)[:, None], acc0, acc1))
+    gl.thread_barrier()
+    acc = scratch.slice(0, BOX_C, dim=0).load(OUT) + scratch.slice(BOX_C, BOX_C, dim=0).load(OUT)
+    gl.thread_barrier()  # the next tile may overwrite the scratch
+    return acc, j, e
 
 
 # ----------------------------------------------------------------------------------------------
 # The instructions
 # ----------------------------------------------------------------------------------------------
 # Every GEMV instruction takes the ring's state (the six descriptors, the ring and its barriers, the next chunk j and
-# the stream entry read ahead) and returns the new (j, which, row, col).
+# the stream entry e read ahead) and returns the new (j, e).
 @gluon.jit
 def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
     """Embed(col_block): h[:, cols] = embed[tokens, cols]."""
@@ -314,25 +395,25 @@ def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
 
 
 @gluon.jit
-def _rms_qkv_rope(lw, slot, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col, stream_ptr,
+def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
                   n_chunks, scratch, bufs, wts, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
                   NB: gl.constexpr):
-    """RmsQkvRope(layer, slot): the hd rows of one head slot of the fused wqkv (tiles of BN_C rows, parked in shared
-    memory so that rows i and i + hd/2 meet), RoPE, then the q store or the K / V cache append."""
+    """RmsQkvRope(layer, row_block): BOX_C rotate-half pairs (rows i and i + hd/2) of one head slot of the fused
+    wqkv, one product per chunk (rows i in the slot's first half, their partners in its second), parked in shared
+    memory so that the partners meet; RoPE, then the q store or the K / V cache append."""
     HALF: gl.constexpr = dims.HD // 2
     B_PAD: gl.constexpr = tiles.B_PAD
-    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [WARPS_C, 1], [0, 1])
+    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
+    slot = row_block // tiles.NPB
     nw = wts.attn_norm + lw * dims.D
-    for t in gl.static_range(dims.HD // BN_C):
-        acc, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
-                                             stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, cache.eps, True, B_PAD,
-                                             DT, NB)
-        scratch.slice(t * BN_C, BN_C, dim=0).store(acc)
+    acc, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
+                           dims.D, nw, dims.B, cache.eps, True, B_PAD, DT, NB)
+    scratch.slice(0, BN_C, dim=0).store(acc)
     gl.thread_barrier()
-    lo = scratch.slice(0, HALF, dim=0).load(EL)
-    hi = scratch.slice(HALF, HALF, dim=0).load(EL)
+    lo = scratch.slice(0, BOX_C, dim=0).load(EL)
+    hi = scratch.slice(BOX_C, BOX_C, dim=0).load(EL)
     gl.thread_barrier()  # the next instruction may overwrite the scratch
-    i = gl.arange(0, HALF, layout=gl.SliceLayout(1, EL))
+    i = (row_block % tiles.NPB) * BOX_C + gl.arange(0, BOX_C, layout=gl.SliceLayout(1, EL))
     b = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, EL))
     b_ok = b < dims.B
     pos = gl.load(bufs.positions + b, mask=b_ok, other=0)
@@ -355,7 +436,7 @@ def _rms_qkv_rope(lw, slot, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, 
         else:
             gl.store(cache.v + off, lo.to(DT), mask=m)
             gl.store(cache.v + off + HALF, hi.to(DT), mask=m)
-    return j, which, row, col
+    return j, e
 
 
 @gluon.jit
@@ -444,56 +525,51 @@ def _attn_reduce(kv_head, bufs, dims: gl.constexpr, tiles: gl.constexpr):
 
 
 @gluon.jit
-def _tiles_here(row_block, TPI: gl.constexpr, N):
-    """Tiles of BN_C rows of row block row_block that start below N (instr_chunks counts the same)."""
-    return gl.minimum(TPI, gl.cdiv(N - row_block * (TPI * BN_C), BN_C))
+def _tiles_here(row_block, TPI: gl.constexpr, N, ROWS: gl.constexpr):
+    """Tiles of ROWS rows of row block row_block that start below N (instr_chunks counts the same)."""
+    return gl.minimum(TPI, gl.cdiv(N - row_block * (TPI * ROWS), ROWS))
 
 
 @gluon.jit
 def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, d_qkv, d_o, d_gate, d_up, d_down, d_lm,
-                   ring, bars, j, which, row, col, stream_ptr, n_chunks, bufs, eps, dims: gl.constexpr,
-                   tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
-    """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the tiles of one row block (the weight stream
-    says which W and which layer)."""
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
-    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
-    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
-    for t in range(_tiles_here(row_block, TPI, dims.D)):
-        offs = (row_block * TPI + t) * BN_C + r
-        acc, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
-                                             stream_ptr, n_chunks, x_ptr, K, x_ptr, dims.B, eps, False, tiles.B_PAD,
-                                             DT, NB)
+                   ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims: gl.constexpr, tiles: gl.constexpr,
+                   DT: gl.constexpr, NB: gl.constexpr):
+    """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the K-pair tiles (BOX_C rows) of one row
+    block (the weight stream says which W and which layer)."""
+    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
+    r = gl.arange(0, BOX_C, layout=gl.SliceLayout(1, EL))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
+    for t in range(_tiles_here(row_block, TPI, dims.D, BOX_C)):
+        offs = (row_block * TPI + t) * BOX_C + r
+        acc, j, e = _k_pair_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                 x_ptr, K, dims.B, scratch, EL, tiles.B_PAD, DT, NB)
         hp = bufs.h + b[None, :] * dims.D + offs[:, None]
         hm = (b < dims.B)[None, :] & (offs < dims.D)[:, None]
         gl.store(hp, gl.load(hp, mask=hm, other=0.0) + acc, mask=hm)
-    return j, which, row, col
+    return j, e
 
 
 @gluon.jit
-def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
-                      stream_ptr, n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr,
+def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr,
                       DT: gl.constexpr, NB: gl.constexpr):
     """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     nw = wts.mlp_norm + lw * dims.D
-    for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F)):
+    for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
-        gate, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
-                                              stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, eps, True,
-                                              tiles.B_PAD, DT, NB)
-        up, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
-                                            stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, eps, True, tiles.B_PAD,
-                                            DT, NB)
+        gate, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                bufs.h, dims.D, nw, dims.B, eps, True, tiles.B_PAD, DT, NB)
+        up, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                              bufs.h, dims.D, nw, dims.B, eps, True, tiles.B_PAD, DT, NB)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
                  mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])
-    return j, which, row, col
+    return j, e
 
 
 @gluon.jit
-def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col, stream_ptr,
-             n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
@@ -501,11 +577,10 @@ def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, w
     B_PAD: gl.constexpr = tiles.B_PAD
     best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, MMA))
     best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, MMA))
-    for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V)):
+    for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V, BN_C)):
         offs = (row_block * tiles.LM.TPI + t) * BN_C + r
-        logit, j, which, row, col = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row,
-                                               col, stream_ptr, n_chunks, bufs.h, dims.D, wts.final_norm, dims.B, eps,
-                                               True, tiles.B_PAD, DT, NB)
+        logit, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                 bufs.h, dims.D, wts.final_norm, dims.B, eps, True, tiles.B_PAD, DT, NB)
         gl.store(bufs.logits + b[None, :] * dims.V + offs[:, None], logit,
                  mask=(b < dims.B)[None, :] & (offs < dims.V)[:, None])
         vals = gl.where((offs < dims.V)[:, None], logit, float("-inf"))
@@ -516,7 +591,7 @@ def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, w
         best = gl.maximum(best, tb)
     gl.store(bufs.pmax + b * tiles.N_LM + row_block, best, mask=b < dims.B)
     gl.store(bufs.pidx + b * tiles.N_LM + row_block, best_i, mask=b < dims.B)
-    return j, which, row, col
+    return j, e
 
 
 @gluon.jit
@@ -563,16 +638,15 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
     n_chunks = gl.load(stream_counts + pid)
     ring = gl.allocate_shared_memory(DT, [NB, BN_C, BK_C], d_qkv.layout)
     bars = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
-    HD: gl.constexpr = dims.HD
     B_PAD: gl.constexpr = tiles.B_PAD
-    scratch = gl.allocate_shared_memory(gl.float32, [HD, B_PAD],
+    scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
                                         gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
     for s in gl.static_range(NB):
         mbarrier.init(bars.index(s), count=1)
     for s in gl.static_range(NB):  # the ring starts full, whatever instructions its chunks belong to
-        which, row, col = _entry(stream_ptr, gl.minimum(s, n_chunks))
-        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, s, n_chunks, which, row, col, NB)
-    which, row, col = _entry(stream_ptr, gl.minimum(NB, n_chunks))
+        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, s, n_chunks,
+               _entry(stream_ptr, gl.minimum(s, n_chunks)), NB)
+    e = _entry(stream_ptr, gl.minimum(NB, n_chunks))
     j = 0
     pc = 0
     alive = 1
@@ -604,28 +678,24 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             if op == OP_EMBED:
                 _embed(a, bufs, wts, dims, tiles)
             elif op == OP_RMS_QKV_ROPE:
-                j, which, row, col = _rms_qkv_rope(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which,
-                                                   row, col, stream_ptr, n_chunks, scratch, bufs, wts, cache, dims,
-                                                   tiles, DT, NB)
+                j, e = _rms_qkv_rope(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                                     n_chunks, scratch, bufs, wts, cache, dims, tiles, DT, NB)
             elif op == OP_ATTN_PARTIAL:
                 _attn_partial(lw, a, b, bufs, cache, dims, tiles, DT)
             elif op == OP_ATTN_REDUCE:
                 _attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
-                j, which, row, col = _gemv_residual(a, dims.H * dims.HD, bufs.attn, tiles.O.TPI, d_qkv,
-                                                    d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
-                                                    stream_ptr, n_chunks, bufs, cache.eps, dims, tiles, DT, NB)
+                j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, tiles.O.TPI, d_qkv, d_o, d_gate, d_up, d_down,
+                                      d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
-                j, which, row, col = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j,
-                                                       which, row, col, stream_ptr, n_chunks, bufs, wts, cache.eps,
-                                                       dims, tiles, DT, NB)
+                j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                                         n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
-                j, which, row, col = _gemv_residual(a, dims.F, bufs.act, tiles.DN.TPI, d_qkv, d_o,
-                                                    d_gate, d_up, d_down, d_lm, ring, bars, j, which, row, col,
-                                                    stream_ptr, n_chunks, bufs, cache.eps, dims, tiles, DT, NB)
+                j, e = _gemv_residual(a, dims.F, bufs.act, tiles.DN.TPI, d_qkv, d_o, d_gate, d_up, d_down, d_lm,
+                                      ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_LM_HEAD:
-                j, which, row, col = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, which, row,
-                                              col, stream_ptr, n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                bufs, wts, cache.eps, dims, tiles, DT, NB)
             else:
                 _argmax(bufs, queue.advance, dims, tiles)
             if bc >= 0:
@@ -664,7 +734,7 @@ def compile_sm90(spec, quant: str, batch: int, max_len: int, n_programs: int, ti
     prog = lower(spec, quant, 0, batch, max_len, pick_tiles(spec, batch, max_len, n_programs))
     dims, tiles = constexprs(prog, act)
     w = torch.empty(BN * BK, dtype=act)  # stands in for every weight: only its type and alignment matter
-    desc = TensorDescriptor(w, [BN, BK], [BK, 1], [BN, BK], gl.NVMMASharedLayout.get_default_for([BN, BK], gl_dtype(act)))
+    desc = TensorDescriptor(w, [BN, BK], [BK, 1], [BOX, BK], smem_layout(act))
     i32 = torch.empty(ENTRY, dtype=torch.int32)
     args = placeholder_args(prog, quant, n_programs) + [desc] * 6 + [i32, i32, 2 * ENTRY]
     src, warps = jit_source(_megakernel_gluon, args, dict(dims=dims, tiles=tiles, TIMELINE=timeline,

@@ -11,8 +11,8 @@ from kernels.mega.schedule import build_schedule
 from mega_checks import FUSIONS, spec_of
 
 
-def _lowered(model: str, batch: int = 1, programs: int = 132):
-    spec = spec_of(model)
+def _lowered(model, batch: int = 1, programs: int = 132):
+    spec = spec_of(model) if isinstance(model, str) else model
     return lower(spec, "bf16", 0, batch, 1024, H.pick_tiles(spec, batch, 1024, programs))
 
 
@@ -25,10 +25,14 @@ def _weights_grid(prog):
             H.W_UP: (L * s.ffn_dim, s.dim), H.W_DOWN: (L * s.dim, s.ffn_dim), H.W_LM: (s.vocab_size, s.dim)}
 
 
-@pytest.mark.parametrize("model", ["llama1b", "llama8b"])
+@pytest.mark.parametrize("model", ["llama1b", "llama8b", "gluon-odd"])
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_streams_cover_every_weight_chunk_once(model, fusion):
+def test_streams_cover_every_weight_box_once(model, fusion):
+    """Every [BOX, BK] box of every weight is loaded exactly once per step; the only other boxes are zero-filled by the
+    TMA unit: past K in a K-pair stage's last chunk, past the vocabulary in the LM head's last tile (a stacked
+    weight's box past its own rows would read the next layer's: problem() keeps its rows a multiple of BN)."""
     prog = _lowered(model)
+    grid = _weights_grid(prog)
     sched = build_schedule(prog, 132, "round-robin", fusion, "cpu")
     seen = {}
     for la in sched.launches:
@@ -37,27 +41,101 @@ def test_streams_cover_every_weight_chunk_once(model, fusion):
         for p, queue in enumerate(la.programs):
             n = int(counts[p])
             assert n == sum(len(H.instr_chunks(prog, prog.instrs[i])) for i in queue)
-            for which, row, col, pad in table[p, :n].tolist():
-                assert pad == 0
-                key = (which, row, col)
-                assert key not in seen, f"chunk {key} streamed twice"
-                seen[key] = p
+            for which, r0, c0, r1, c1 in table[p, :n].tolist():
+                for box in ((which, r0, c0), (which, r1, c1)):
+                    if box[2] >= grid[which][1]:  # past K: a K-pair stage's last chunk
+                        assert which in (H.W_O, H.W_DOWN) and box == (which, r0, c0 + H.BK), box
+                        continue
+                    if box[1] >= grid[which][0]:  # past the last row: only the LM head's (the others are stacked)
+                        assert which == H.W_LM and box == (which, r1, c1), box
+                        continue
+                    assert box not in seen, f"box {box} streamed twice"
+                    seen[box] = p
             assert not table[p, n:].any()
-    for which, (rows, k) in _weights_grid(prog).items():
-        want = {(which, r, c) for r in range(0, rows, H.BN) for c in range(0, k, H.BK)}
+    for which, (rows, k) in grid.items():
+        want = {(which, r, c) for r in range(0, rows, H.BOX) for c in range(0, k, H.BK)}
         got = {key for key in seen if key[0] == which}
-        assert got == want, f"weight {which}: {len(want - got)} chunks never streamed, {len(got - want)} extra"
+        assert got == want, f"weight {which}: {len(want - got)} boxes never streamed, {len(got - want)} extra"
+
+
+def _emulate(prog, ins, w: dict, x: torch.Tensor) -> list[torch.Tensor]:
+    """What the device computes for one GEMV instruction, from its weight stream alone: each chunk's slot is its two
+    boxes stacked (zero past K, as TMA fills), multiplied by x^T at the columns the device loop walks (_gemv_tile:
+    BK per chunk; _k_pair_tile: 2 BK per chunk, the second product's rows BOX .. BN counted, x columns clamped to
+    K - BK). Returns one [rows, B] product per tile, in stream order."""
+    chunks = H.instr_chunks(prog, ins)
+    k = x.shape[1]
+
+    def box(which, r, c):
+        out = torch.zeros(H.BOX, H.BK, dtype=torch.float64)
+        blk = w[which][r:r + H.BOX, c:c + H.BK]
+        out[:blk.shape[0], :blk.shape[1]] = blk
+        return out
+    k_pair = chunks[0][0] in (H.W_O, H.W_DOWN)
+    step = 2 * H.BK if k_pair else H.BK
+    per_tile = cdiv(k, step)
+    tiles = []
+    for t in range(0, len(chunks), per_tile):
+        acc0 = torch.zeros(H.BN, x.shape[0], dtype=torch.float64)
+        acc1 = torch.zeros_like(acc0)
+        for i, (which, r0, c0, r1, c1) in enumerate(chunks[t:t + per_tile]):
+            slot = torch.cat([box(which, r0, c0), box(which, r1, c1)])
+            k0 = i * step
+            acc0 += slot @ x[:, k0:k0 + H.BK].T
+            if k_pair:
+                kb = min(k0 + H.BK, k - H.BK)
+                acc1 += slot @ x[:, kb:kb + H.BK].T
+        tiles.append(acc0[:H.BOX] + acc1[H.BOX:] if k_pair else acc0)
+    return tiles
+
+
+@pytest.mark.parametrize("model", ["llama1b", "gluon-odd"])
+def test_device_loops_read_what_the_stream_loads(model):
+    """The host's weight stream and the device loops agree: replaying each instruction's chunks the way the device
+    consumes them gives W[rows] @ x for the rows the instruction owns (QKV rows i and their rotate-half partners
+    i + hd/2, gate and up tiles interleaved, K-pair O and down tiles with the zero-filled box past K). Every
+    instruction of the first layer and of the LM head is checked."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    spec = spec_of(model)
+    prog = _lowered(replace(spec, n_layers=1, vocab_size=4000), batch=3)  # 4000: a partial last LM-head tile
+    s = prog.spec
+    w = {which: torch.randn(rows, k, dtype=torch.float64) for which, (rows, k) in _weights_grid(prog).items()}
+    xs = {k: torch.randn(prog.batch, k, dtype=torch.float64) for k in {s.dim, s.q_dim, s.ffn_dim}}
+    kinds = set()
+    for ins in prog.instrs:
+        if not H.instr_chunks(prog, ins) or getattr(ins, "layer", 0) > 0:
+            continue
+        kinds.add(type(ins))
+        if isinstance(ins, RmsQkvRope):
+            slot, pairs = prog.qkv_pairs(ins.row_block)
+            lo = slot * s.head_dim + pairs.start
+            want = {H.W_QKV: [*range(lo, lo + len(pairs)), *range(lo + prog.half, lo + prog.half + len(pairs))]}
+            x = xs[s.dim]
+        else:
+            mats = {OProjResidual: (H.W_O,), DownResidual: (H.W_DOWN,), RmsGateUpSilu: (H.W_GATE, H.W_UP),
+                    LmHead: (H.W_LM,)}[type(ins)]
+            want = {m: list(prog.gemv_rows(ins)) for m in mats}
+            x = xs[w[mats[0]].shape[1]]
+        tiles = _emulate(prog, ins, w, x)
+        for i, (which, rows) in enumerate(want.items()):  # gate / up: every other tile
+            got = torch.cat(tiles[i::len(want)])[:len(rows)]
+            torch.testing.assert_close(got, w[which][rows] @ x.T, rtol=1e-12, atol=1e-9, msg=lambda m: f"{ins}: {m}")
+    assert kinds == {RmsQkvRope, OProjResidual, RmsGateUpSilu, DownResidual, LmHead}
 
 
 def test_chunk_counts_are_what_the_device_functions_consume():
-    """The device loops: RmsQkvRope hd / BN tiles; the others min(TPI, tiles left below N) tiles (gate and up two
-    each); every tile K / BK chunks."""
+    """The device loops: RmsQkvRope one tile; the others min(TPI, tiles left below N) tiles of block_n rows (gate and
+    up two each); every tile K / BK chunks, K / 2 BK in the K-pair stages (O, down)."""
     prog = _lowered("llama8b", programs=100)  # 100 programs: tiles per instruction that leave partial row blocks
     s, t = prog.spec, prog.tiles
+    assert (t.o.block_n, t.down.block_n, t.gate_up.block_n, t.lm_head.block_n) == (H.BOX, H.BOX, H.BN, H.BN)
+    assert prog.pair_blocks == s.head_dim // 2 // H.BOX
     for ins in prog.instrs:
         n = len(H.instr_chunks(prog, ins))
         if isinstance(ins, RmsQkvRope):
-            assert n == s.head_dim // H.BN * s.dim // H.BK
+            assert n == s.dim // H.BK
             continue
         stage, rows, k, mats = {OProjResidual: (t.o, s.dim, s.q_dim, 1), RmsGateUpSilu: (t.gate_up, s.ffn_dim, s.dim, 2),
                                 DownResidual: (t.down, s.dim, s.ffn_dim, 1), LmHead: (t.lm_head, s.vocab_size, s.dim, 1)
@@ -65,9 +143,10 @@ def test_chunk_counts_are_what_the_device_functions_consume():
         if stage is None:
             assert n == 0
             continue
-        tiles_here = min(stage.tiles_per_instr, cdiv(rows - ins.row_block * stage.tiles_per_instr * H.BN, H.BN))
-        assert n == tiles_here * mats * k // H.BK
-        assert len(prog.gemv_rows(ins)) == min(tiles_here * H.BN, rows - ins.row_block * stage.tiles_per_instr * H.BN)
+        bn = stage.block_n
+        tiles_here = min(stage.tiles_per_instr, cdiv(rows - ins.row_block * stage.tiles_per_instr * bn, bn))
+        assert n == tiles_here * mats * cdiv(k, stage.block_k)
+        assert len(prog.gemv_rows(ins)) == min(tiles_here * bn, rows - ins.row_block * stage.tiles_per_instr * bn)
 
 
 @pytest.mark.parametrize("quant,batch,spec_change,match", [
@@ -75,6 +154,7 @@ def test_chunk_counts_are_what_the_device_functions_consume():
     ("int8", 1, {}, "quant=int8 runs on megakernel.backend=triton"),
     ("bf16", 17, {}, "batch 1..16"),
     ("bf16", 1, {"head_dim": 96}, "head_dim a multiple of 64"),
+    ("bf16", 1, {"head_dim": 32}, "head_dim a multiple of 64"),
     ("bf16", 1, {"ffn_dim": 8000}, "ffn_dim a multiple of 256"),
 ])
 def test_problem_names_what_to_change(quant, batch, spec_change, match):

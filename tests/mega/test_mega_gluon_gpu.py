@@ -26,6 +26,7 @@ def _poison(mk: Megakernel) -> None:
 @pytest.mark.parametrize("model,quant,batch,ctx", [
     pytest.param("llama1b", "bf16", 1, 128), pytest.param("llama1b", "bf16", 5, 1024),
     pytest.param("llama1b", "fp16", 16, 8192), pytest.param("llama1b", "bf16", 16, 128),
+    pytest.param("gluon-odd", "bf16", 3, 300), pytest.param("gluon-odd", "fp16", 16, 1000),
     pytest.param("llama8b", "bf16", 1, 1024, marks=big_memory(True)),
     pytest.param("llama8b", "bf16", 16, 8192, marks=big_memory(True))])
 def test_gluon_matches_reference(model, quant, batch, ctx):
