@@ -37,7 +37,7 @@ from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead,
                                        RmsQkvRope)
 from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv
 from kernels.quant import Kind, quant_mode
-from kernels.tiles import next_pow2, split_count
+from kernels.tiles import MAX_SPLITS, next_pow2
 
 BN = 64  # rows of a ring slot: 4 warps x 16 rows of mma.sync
 BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
@@ -105,7 +105,9 @@ def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
     instruction balanced over the grid as in the Triton backend."""
     def gemv(n: int, rows: int, k_step: int) -> GemvTile:
         return GemvTile(rows, k_step, 1, _tiles_per_instr(cdiv(n, rows), n_programs))
-    n_splits = split_count(max_len, spec.n_kv_heads, n_programs, seqs_per_unit=batch, kv_block=KV_BLOCK)
+    # Attention: one (kv head, split) instruction per program where the context allows, down to one key block per
+    # split (an AttnPartial is bound by its dependent K / V round trips, not by its bytes: perf notes, "K-pair tiles").
+    n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads), cdiv(max_len, KV_BLOCK), MAX_SPLITS))
     return TileConfig(b_pad=8 if batch <= 8 else 16, use_dot=True, num_warps=WARPS,
                       qkv=GemvTile(QKV_PAIRS, BK, 1, 1), o=gemv(spec.dim, BOX, 2 * BK),
                       gate_up=gemv(spec.ffn_dim, BN, BK), down=gemv(spec.dim, BOX, 2 * BK),
@@ -440,6 +442,16 @@ def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, b
 
 
 @gluon.jit
+def _kv_block(cache, base, n0, end, nk, dk, nv, dq, HD: gl.constexpr):
+    """K^T [HD, KVB] and V [KVB, HD] of the key block at n0 (keys >= end read as 0)."""
+    kt = gl.load(cache.k + base + (n0 + nk)[None, :] * HD + dk[:, None],
+                 mask=((n0 + nk) < end)[None, :] & (dk >= 0)[:, None], other=0.0)
+    v = gl.load(cache.v + base + (n0 + nv)[:, None] * HD + dq[None, :],
+                mask=((n0 + nv) < end)[:, None] & (dq >= 0)[None, :], other=0.0)
+    return kt, v
+
+
+@gluon.jit
 def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr):
     """AttnPartial(layer, kv_head, split): flash-decoding partial of the kv group's query heads (padded to 16 rows
     of mma.sync) over one context slice, every sequence: S = Q K^T and O = P V on the tensor cores."""
@@ -472,17 +484,19 @@ def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl
         m_i = gl.full([G_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(1, MMA))
         l_i = gl.zeros([G_PAD], gl.float32, layout=gl.SliceLayout(1, MMA))
         acc = gl.zeros([G_PAD, HD], gl.float32, layout=MMA)
+        # K and V of a key block are loaded together, one block ahead of the products (masked loads past `end`
+        # move no bytes): a split costs about one round trip per block, not two in series.
+        kt_next, v_next = _kv_block(cache, base, start, end, nk, dk, nv, dq, HD)
         for n0 in range(start, end, KVB):
-            kt = gl.load(cache.k + base + (n0 + nk)[None, :] * HD + dk[:, None],
-                         mask=((n0 + nk) < end)[None, :] & (dk >= 0)[:, None], other=0.0)
+            kt = kt_next
+            v = v_next
+            kt_next, v_next = _kv_block(cache, base, n0 + KVB, end, nk, dk, nv, dq, HD)
             s = mma_v2(q, gl.convert_layout(kt.to(DT), B_OP), gl.zeros([G_PAD, KVB], gl.float32, layout=MMA))
             s = gl.where(((n0 + ns) < end)[None, :], s * cache.scale_log2, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s, axis=1))
             alpha = gl.exp2(m_i - m_new)
             p = gl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + gl.sum(p, axis=1)
-            v = gl.load(cache.v + base + (n0 + nv)[:, None] * HD + dq[None, :],
-                        mask=((n0 + nv) < end)[:, None] & (dq >= 0)[None, :], other=0.0)
             acc = mma_v2(gl.convert_layout(p.to(DT), A_OP), gl.convert_layout(v.to(DT), B_OP), acc * alpha[:, None])
             m_i = m_new
         has = l_i > 0.0
@@ -496,32 +510,44 @@ def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl
 
 @gluon.jit
 def _attn_reduce(kv_head, bufs, dims: gl.constexpr, tiles: gl.constexpr):
-    """AttnReduce(layer, kv_head): the log-sum-exp combine of the splits, every query head of the group at once."""
+    """AttnReduce(layer, kv_head): the log-sum-exp combine of the splits, every query head of the group at once; the
+    partials of up to SB splits in one load (one round trip, not one per split)."""
     GQ: gl.constexpr = dims.H // dims.KVH
-    NS = tiles.N_SPLITS
-    LR: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [WARPS_C, 1], [1, 0])
-    g = gl.arange(0, tiles.GR_PAD, layout=gl.SliceLayout(1, LR))
-    sp = gl.arange(0, tiles.SPLITS_PAD, layout=gl.SliceLayout(0, LR))
-    d = gl.arange(0, tiles.HD_PAD, layout=gl.SliceLayout(0, LR))
-    g_ok = g < GQ
+    NS: gl.constexpr = tiles.N_SPLITS
     GR_PAD: gl.constexpr = tiles.GR_PAD
     HD_PAD: gl.constexpr = tiles.HD_PAD
+    SB: gl.constexpr = min(tiles.SPLITS_PAD, max(1, 8192 // (GR_PAD * HD_PAD)))  # <= 64 fp32 registers a thread
+    L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 1, 32], [1, WARPS_C, 1], [2, 1, 0])  # [head, split, d]
+    LS: gl.constexpr = gl.SliceLayout(2, L3)
+    LO: gl.constexpr = gl.SliceLayout(1, L3)
+    g = gl.arange(0, GR_PAD, layout=gl.SliceLayout(1, LS))
+    sp = gl.arange(0, SB, layout=gl.SliceLayout(0, LS))
+    g3 = gl.arange(0, GR_PAD, layout=gl.SliceLayout(1, LO))
+    d = gl.arange(0, HD_PAD, layout=gl.SliceLayout(0, LO))
+    g_ok = g < GQ
     for bb in range(dims.B):
         head0 = bb * dims.H + kv_head * GQ
-        lse = gl.load(bufs.lse + (head0 + g)[:, None] * NS + sp[None, :], mask=g_ok[:, None] & (sp < NS)[None, :],
-                      other=float("-inf"))
-        m = gl.max(lse, axis=1)
+        m = gl.full([GR_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(1, LS))
+        for s0 in gl.static_range(0, NS, SB):
+            lse = gl.load(bufs.lse + (head0 + g)[:, None] * NS + (s0 + sp)[None, :],
+                          mask=g_ok[:, None] & ((s0 + sp) < NS)[None, :], other=float("-inf"))
+            m = gl.maximum(m, gl.max(lse, axis=1))
         m = gl.where(m == float("-inf"), 0.0, m)  # no keys at all: every weight is 0, output 0
-        den = gl.sum(gl.exp2(lse - m[:, None]), axis=1)
-        acc = gl.zeros([GR_PAD, HD_PAD], gl.float32, layout=LR)
-        for s in range(0, NS):
-            w = gl.exp2(gl.load(bufs.lse + (head0 + g) * NS + s, mask=g_ok, other=float("-inf")) - m)
-            o = gl.load(bufs.o_part + ((head0 + g) * NS + s)[:, None] * tiles.HD_PAD + d[None, :],
-                        mask=g_ok[:, None] & (d >= 0)[None, :], other=0.0)
-            acc += o * w[:, None]
+        den = gl.zeros([GR_PAD], gl.float32, layout=gl.SliceLayout(1, LS))
+        acc = gl.zeros([GR_PAD, HD_PAD], gl.float32, layout=LO)
+        for s0 in gl.static_range(0, NS, SB):
+            ok = g_ok[:, None] & ((s0 + sp) < NS)[None, :]
+            w = gl.exp2(gl.load(bufs.lse + (head0 + g)[:, None] * NS + (s0 + sp)[None, :], mask=ok,
+                                other=float("-inf")) - m[:, None])
+            den += gl.sum(w, axis=1)
+            row = ((head0 + g)[:, None] * NS + (s0 + sp)[None, :]) * HD_PAD
+            o = gl.load(bufs.o_part + row[:, :, None] + d[None, None, :],
+                        mask=ok[:, :, None] & (d >= 0)[None, None, :], other=0.0)
+            acc += gl.sum(o * w[:, :, None], axis=1)
+        den = gl.convert_layout(den, gl.SliceLayout(1, LO))
         o = acc / gl.where(den > 0.0, den, 1.0)[:, None]
-        gl.store(bufs.attn + bb * (dims.H * dims.HD) + (kv_head * GQ + g)[:, None] * dims.HD + d[None, :], o,
-                 mask=g_ok[:, None] & (d < dims.HD)[None, :])
+        gl.store(bufs.attn + bb * (dims.H * dims.HD) + (kv_head * GQ + g3)[:, None] * dims.HD + d[None, :], o,
+                 mask=(g3 < GQ)[:, None] & (d < dims.HD)[None, :])
 
 
 @gluon.jit
