@@ -41,26 +41,28 @@ from kernels.tiles import MAX_SPLITS, next_pow2
 
 BN = 64  # rows of a ring slot: 4 warps x 16 rows of mma.sync
 BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
-BOX = 32  # rows of one TMA box: a slot is filled by two boxes (see "Chunks" below)
+BOX = 16  # rows of one TMA box
+BOXES = BN // BOX  # boxes per ring slot
 WARPS = 4
 NBUF = 4  # chunks in the ring (128 KB)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
-QKV_PAIRS = BOX  # rotate-half pairs per RmsQkvRope instruction: rows i and i + hd/2 of one box each
-# Chunks. One ring slot [BN, BK] is one chunk, filled by two [BOX, BK] TMA boxes: its entry in the weight stream is
-# [which weight, row0, col0, row1, col1] (`which` indexes the descriptors below), box 0 landing in slot rows
-# 0 .. BOX, box 1 in rows BOX .. BN. Three stages use the two boxes differently:
-#   gate, up, LM head   rows r .. r + 64 at columns c (two halves of one 64-row tile);
-#   QKV                 rows i .. i + 32 and i + hd/2 .. i + hd/2 + 32 of one head (the rotate-half partners meet
-#                       in one chunk, so one head is hd / 64 instructions, not one);
-#   O, down ("K pair")  rows r .. r + 32 at columns c and at c + BK: a 32-row tile takes K in 2 BK steps per
-#                       chunk, so these stages have twice as many tiles (llama8b: 128, not 64, for 132 SMs) with the
-#                       same 32 KB per ring slot. Each chunk is two products (the slot times x^T at c and at
-#                       c + BK); rows 0 .. 32 of the first and 32 .. 64 of the second are summed once per tile.
-# A box past K (K an odd multiple of BK) is zero-filled by the TMA unit, and its x columns are clamped reads of x
-# (finite), so it adds exactly 0.
+KPS = (1, 2, 4)  # column groups per chunk a stage may use
+# Chunks. One ring slot [BN, BK] is one chunk, filled by BOXES TMA boxes of [BOX, BK]; its weight-stream entry is
+# [which weight, (row, column) of each box] (`which` indexes the descriptors below), box i landing in slot rows
+# i BOX .. (i + 1) BOX. A stage's chunk has KP column groups (KP in KPS): the slot's rows g R .. (g + 1) R
+# (R = BN / KP) are the tile's R rows at columns c + g BK. Each chunk is KP products, the whole slot times x^T at
+# c + g BK, of which rows g R .. (g + 1) R count; they are summed once per tile. So a stage trades tile height for
+# tile count at the same 32 KB per slot: with KP = 2, llama8b's O and down have 128 tiles of 32 rows for 132 SMs,
+# not 64 of 64; with KP = 4, llama1b's have 128 of 16. The MMA work grows KP-fold, which is free at batch 1-16.
+#   gate, up, LM head   KP = 1: 64 rows;
+#   O, down             KP = 1, 2 or 4 (pick_tiles balances tiles over the grid);
+#   QKV                 KP = 1 or 2: 32 / KP rotate-half pairs, rows i .. and their partners i + hd/2 .. in one
+#                       column group (the partners meet in one chunk for RoPE).
+# A box past K (K an odd multiple of BK) is zero-filled by the TMA unit and its x columns are masked to 0, so it
+# adds exactly 0 (and nothing to the RMSNorm's sum of squares).
 W_QKV, W_O, W_GATE, W_UP, W_DOWN, W_LM = range(6)
-ENTRY = 5
+ENTRY = 1 + 2 * BOXES
 
 ERR_TIMEOUT = gl.constexpr(1)
 OP_EMBED = gl.constexpr(int(Op.EMBED))
@@ -73,7 +75,7 @@ OP_DOWN_RESIDUAL = gl.constexpr(int(Op.DOWN_RESIDUAL))
 OP_LM_HEAD = gl.constexpr(int(Op.LM_HEAD))
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
-BN_C, BK_C, BOX_C, WARPS_C = gl.constexpr(BN), gl.constexpr(BK), gl.constexpr(BOX), gl.constexpr(WARPS)
+BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
 W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
 
 
@@ -85,9 +87,8 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
     if quant_mode(quant).kind != Kind.DENSE or quant == "fp32":
         return (f"megakernel.backend=gluon streams bf16 or fp16 weights; quant={quant} runs on "
                 f"megakernel.backend=triton")
-    if spec.head_dim % (2 * QKV_PAIRS):
-        return (f"megakernel.backend=gluon needs head_dim a multiple of {2 * QKV_PAIRS}; {spec.name} has "
-                f"{spec.head_dim}")
+    if spec.head_dim % BN:
+        return f"megakernel.backend=gluon needs head_dim a multiple of {BN}; {spec.name} has {spec.head_dim}"
     for name, k in (("dim", spec.dim), ("q_dim", spec.q_dim), ("ffn_dim", spec.ffn_dim)):
         if k % BK:
             return f"megakernel.backend=gluon needs {name} a multiple of {BK}; {spec.name} has {k}"
@@ -99,23 +100,42 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
     return None
 
 
+def _balanced_kp(n_tiles_of, rows_of, kps, n_programs: int) -> int:
+    """The column groups per chunk that minimise the most loaded program's rows (plus a per-tile overhead of 8
+    rows), the smallest on ties."""
+    return min(kps, key=lambda kp: (cdiv(n_tiles_of(kp), n_programs) * (rows_of(kp) + 8), kp))
+
+
 def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
-    """This backend's tiles (see "Chunks" above): gate / up / LM-head tiles BN x BK per chunk, O and down tiles
-    BOX rows x 2 BK per chunk, a RmsQkvRope instruction QKV_PAIRS rotate-half pairs of one head; tiles per
-    instruction balanced over the grid as in the Triton backend."""
-    def gemv(n: int, rows: int, k_step: int) -> GemvTile:
-        return GemvTile(rows, k_step, 1, _tiles_per_instr(cdiv(n, rows), n_programs))
+    """This backend's tiles (see "Chunks" above). A GemvTile's block_n is its rows (RmsQkvRope: rotate-half pairs)
+    and block_k its columns per chunk, KP x BK; gate / up / LM head KP = 1, O / down and QKV the KP that balances
+    their tiles over the grid (KP = 4 only at batch <= 8: its four x tiles per chunk need the registers); tiles per
+    instruction as in the Triton backend."""
+    b_pad = 8 if batch <= 8 else 16
+    o_kps = KPS if b_pad == 8 else (1, 2)
+    o_kp = _balanced_kp(lambda kp: cdiv(spec.dim, BN // kp), lambda kp: BN // kp, o_kps, n_programs)
+    slots, half = spec.n_heads + 2 * spec.n_kv_heads, spec.head_dim // 2
+    q_kp = _balanced_kp(lambda kp: slots * cdiv(half, BN // 2 // kp), lambda kp: BN // kp, (1, 2), n_programs)
+
+    def gemv(n: int, kp: int) -> GemvTile:
+        return GemvTile(BN // kp, kp * BK, 1, _tiles_per_instr(cdiv(n, BN // kp), n_programs))
     # Attention: one (kv head, split) instruction per program where the context allows, down to one key block per
     # split (an AttnPartial is bound by its dependent K / V round trips, not by its bytes: perf notes, "K-pair tiles").
     n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads), cdiv(max_len, KV_BLOCK), MAX_SPLITS))
-    return TileConfig(b_pad=8 if batch <= 8 else 16, use_dot=True, num_warps=WARPS,
-                      qkv=GemvTile(QKV_PAIRS, BK, 1, 1), o=gemv(spec.dim, BOX, 2 * BK),
-                      gate_up=gemv(spec.ffn_dim, BN, BK), down=gemv(spec.dim, BOX, 2 * BK),
-                      lm_head=gemv(spec.vocab_size, BN, BK),
+    return TileConfig(b_pad=b_pad, use_dot=True, num_warps=WARPS,
+                      qkv=GemvTile(BN // 2 // q_kp, q_kp * BK, 1, 1), o=gemv(spec.dim, o_kp),
+                      gate_up=gemv(spec.ffn_dim, 1), down=gemv(spec.dim, o_kp), lm_head=gemv(spec.vocab_size, 1),
                       embed_block=min(EMBED_BLOCK, next_pow2(spec.dim)), kv_block=KV_BLOCK, n_splits=n_splits)
 
 
-Chunk = tuple[int, int, int, int, int]  # (which, row0, col0, row1, col1): a stream entry
+Chunk = tuple[int, ...]  # (which, row and column of each box): a stream entry
+
+
+def tile_chunks(which: int, rows: list[int], k: int, kp: int) -> list[Chunk]:
+    """The chunks of one tile: its R = BN / kp rows, given as the first rows of their BOX-row boxes, at kp column
+    groups per chunk (see "Chunks")."""
+    assert len(rows) * BOX * kp == BN
+    return [(which, *[v for g in range(kp) for r in rows for v in (r, c + g * BK)]) for c in range(0, k, kp * BK)]
 
 
 def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
@@ -124,34 +144,35 @@ def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
     s = prog.spec
     t = prog.tiles
 
-    def tile(which: int, row: int, k: int) -> list[Chunk]:  # one BN-row tile: rows r and r + BOX at each column
-        return [(which, row, c, row + BOX, c) for c in range(0, k, BK)]
-
-    def k_pair_tile(which: int, row: int, k: int) -> list[Chunk]:  # one BOX-row tile: columns c and c + BK
-        return [(which, row, c, row, c + BK) for c in range(0, k, 2 * BK)]
-
-    def tiles_of(stage: GemvTile, n: int, blk: int) -> list[int]:  # first rows of the tiles of row block blk
-        rows = stage.block_n
+    def stage_chunks(which: int, stage: GemvTile, n: int, blk: int, base: int, k: int) -> list[Chunk]:
+        rows, kp = stage.block_n, stage.block_k // BK
         first = blk * stage.tiles_per_instr * rows
-        return [first + i * rows for i in range(stage.tiles_per_instr) if first + i * rows < n]
+        out = []
+        for i in range(stage.tiles_per_instr):
+            r = first + i * rows
+            if r < n:
+                out += tile_chunks(which, [base + r + b * BOX for b in range(rows // BOX)], k, kp)
+        return out
 
     if isinstance(ins, RmsQkvRope):
         slot, pairs = prog.qkv_pairs(ins.row_block)
         lo = ins.layer * prog.n_slots * s.head_dim + slot * s.head_dim + pairs.start
-        return [(W_QKV, lo, c, lo + prog.half, c) for c in range(0, s.dim, BK)]
+        boxes = [r + b * BOX for r in (lo, lo + prog.half) for b in range(t.qkv.block_n // BOX)]
+        return tile_chunks(W_QKV, boxes, s.dim, t.qkv.block_k // BK)
     if isinstance(ins, OProjResidual):
-        return [c for r in tiles_of(t.o, s.dim, ins.row_block)
-                for c in k_pair_tile(W_O, ins.layer * s.dim + r, s.q_dim)]
+        return stage_chunks(W_O, t.o, s.dim, ins.row_block, ins.layer * s.dim, s.q_dim)
     if isinstance(ins, RmsGateUpSilu):
         out = []
-        for r in tiles_of(t.gate_up, s.ffn_dim, ins.row_block):
-            out += tile(W_GATE, ins.layer * s.ffn_dim + r, s.dim) + tile(W_UP, ins.layer * s.ffn_dim + r, s.dim)
+        for i in range(t.gate_up.tiles_per_instr):
+            r = (ins.row_block * t.gate_up.tiles_per_instr + i) * BN
+            if r < s.ffn_dim:
+                for which in (W_GATE, W_UP):
+                    out += tile_chunks(which, [ins.layer * s.ffn_dim + r + b * BOX for b in range(BOXES)], s.dim, 1)
         return out
     if isinstance(ins, DownResidual):
-        return [c for r in tiles_of(t.down, s.dim, ins.row_block)
-                for c in k_pair_tile(W_DOWN, ins.layer * s.dim + r, s.ffn_dim)]
+        return stage_chunks(W_DOWN, t.down, s.dim, ins.row_block, ins.layer * s.dim, s.ffn_dim)
     if isinstance(ins, LmHead):
-        return [c for r in tiles_of(t.lm_head, s.vocab_size, ins.row_block) for c in tile(W_LM, r, s.dim)]
+        return stage_chunks(W_LM, t.lm_head, s.vocab_size, ins.row_block, 0, s.dim)
     return []
 
 
@@ -246,10 +267,11 @@ def _report_error(error_ptr, program, position, instr_id, counter, seen, target,
 # The weight ring
 # ----------------------------------------------------------------------------------------------
 @gluon.jit
-def _copy(desc, r0, c0, r1, c1, bar, dst, ok):
-    """The two TMA boxes of one chunk into the two halves of its ring slot."""
-    tma.async_copy_global_to_shared(desc, [r0, c0], bar, dst.slice(0, BOX_C, dim=0), pred=ok)
-    tma.async_copy_global_to_shared(desc, [r1, c1], bar, dst.slice(BOX_C, BOX_C, dim=0), pred=ok)
+def _copy(desc, e, bar, dst, ok):
+    """The BOXES_C TMA boxes of one chunk (entry e) into their rows of its ring slot."""
+    for i in gl.static_range(BOXES_C):
+        tma.async_copy_global_to_shared(desc, [e[1 + 2 * i], e[2 + 2 * i]], bar, dst.slice(i * BOX_C, BOX_C, dim=0),
+                                        pred=ok)
 
 
 @gluon.jit
@@ -259,74 +281,28 @@ def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, n_chunks, e, N
     slot = j % NB
     bar = bars.index(slot)
     dst = ring.index(slot)
-    mbarrier.expect(bar, 2 * d_qkv.block_type.nbytes, pred=ok)
-    which, r0, c0, r1, c1 = e
+    mbarrier.expect(bar, BOXES_C * d_qkv.block_type.nbytes, pred=ok)
+    which = e[0]
     if which == W_QKV_C:
-        _copy(d_qkv, r0, c0, r1, c1, bar, dst, ok)
+        _copy(d_qkv, e, bar, dst, ok)
     elif which == W_O_C:
-        _copy(d_o, r0, c0, r1, c1, bar, dst, ok)
+        _copy(d_o, e, bar, dst, ok)
     elif which == W_GATE_C:
-        _copy(d_gate, r0, c0, r1, c1, bar, dst, ok)
+        _copy(d_gate, e, bar, dst, ok)
     elif which == W_UP_C:
-        _copy(d_up, r0, c0, r1, c1, bar, dst, ok)
+        _copy(d_up, e, bar, dst, ok)
     elif which == W_DOWN_C:
-        _copy(d_down, r0, c0, r1, c1, bar, dst, ok)
+        _copy(d_down, e, bar, dst, ok)
     else:
-        _copy(d_lm, r0, c0, r1, c1, bar, dst, ok)
+        _copy(d_lm, e, bar, dst, ok)
 
 
 @gluon.jit
 def _entry(stream_ptr, j):
-    """The weight stream's entry j: (which, row0, col0, row1, col1)."""
+    """The weight stream's entry j: (which, row and column of each of the BOXES_C = 4 boxes)."""
     p = stream_ptr + j * ENTRY_C
-    return gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4)
-
-
-@gluon.jit
-def _x_chunk(x_ptr, K, nw_ptr, k0, k, n, n_ok, NORM: gl.constexpr):
-    """x^T [BK, B_PAD] fp32 at columns k0 .. k0 + BK (rows of x: sequences, row stride K) and, with NORM, the norm
-    weight there (else a placeholder, unused)."""
-    x = gl.load(x_ptr + n[None, :] * K + (k0 + k)[:, None], mask=n_ok, other=0.0)
-    if NORM:
-        nw = gl.load(nw_ptr + k0 + k).to(gl.float32)
-    else:
-        nw = k.to(gl.float32)
-    return x, nw
-
-
-@gluon.jit
-def _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-               x_ptr, K, nw_ptr, B, eps, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr,
-               NB: gl.constexpr):
-    """acc [BN_C, B_PAD] fp32 = W[chunk rows] @ x^T over K, the chunks taken from the ring in stream order; with NORM
-    x = h * norm weight and acc scaled by each sequence's 1 / rms(h) (so the norm costs no extra pass over h).
-    Returns (acc, ring state after the tile: next chunk j, its entry e read ahead)."""
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
-    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
-    XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
-    k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
-    n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
-    n_ok = (n < B)[None, :] & (k >= 0)[:, None]
-    acc = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
-    ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
-    # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
-    # chunk's ring wait and products instead of preceding them.
-    x_next, nw_next = _x_chunk(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM)
-    for k0 in range(0, K, BK_C):
-        x = x_next
-        nw = nw_next
-        x_next, nw_next = _x_chunk(x_ptr, K, nw_ptr, gl.minimum(k0 + BK_C, K - BK_C), k, n, n_ok, NORM)
-        if NORM:
-            ssq += x * x
-            x = x * nw[:, None]
-        xb = gl.convert_layout(x.to(DT), B_OP)
-        a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB)
-        acc = mma_v2(a, xb, acc)
-    if NORM:
-        rstd = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
-        acc = acc * gl.convert_layout(rstd, gl.SliceLayout(0, MMA))[None, :]
-    return acc, j, e
+    return (gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4), gl.load(p + 5),
+            gl.load(p + 6), gl.load(p + 7), gl.load(p + 8))
 
 
 @gluon.jit
@@ -344,39 +320,106 @@ def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
 
 
 @gluon.jit
-def _k_pair_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K, B,
-                 scratch, OUT: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
-    """acc [BOX_C, B_PAD] fp32 (layout OUT) = W[BOX_C rows] @ x^T over K for a K-pair tile (see "Chunks"): per chunk
-    the slot times x^T at c (rows 0 .. BOX of the product count) and at c + BK (rows BOX .. BN count); the two
-    halves summed once at the end through `scratch`. Returns (acc, ring state after the tile)."""
+def _x_cols(x_ptr, K, nw_ptr, c, k, n, n_ok, NORM: gl.constexpr, DT: gl.constexpr):
+    """x^T [BK, B_PAD] at columns c .. c + BK (rows of x: sequences, row stride K; columns >= K read as 0): with NORM
+    in fp32 (for the sum of squares), with the norm weight there; else in DT (half the registers a prefetched tile
+    holds) and a placeholder, unused."""
+    k_ok = (c + k) < K
+    x = gl.load(x_ptr + n[None, :] * K + (c + k)[:, None], mask=n_ok & k_ok[:, None], other=0.0)
+    if NORM:
+        nw = gl.load(nw_ptr + c + k, mask=k_ok, other=0.0).to(gl.float32)
+    else:
+        x = x.to(DT)
+        nw = k.to(gl.float32)
+    return x, nw
+
+
+@gluon.jit
+def _operand(x, nw, NORM: gl.constexpr, B_OP: gl.constexpr, DT: gl.constexpr):
+    """x^T (times the norm weight with NORM) as the mma's B operand."""
+    if NORM:
+        x = (x * nw[:, None]).to(DT)
+    return gl.convert_layout(x, B_OP)
+
+
+@gluon.jit
+def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K, nw_ptr, B, eps,
+          scratch, KP: gl.constexpr, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+    """One tile's products over K, its chunks taken from the ring in stream order (see "Chunks": KP column groups
+    per chunk, product g counts slot rows g R .. (g + 1) R, R = BN / KP), parked in scratch rows 0 .. BN for
+    _gather. With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the gathered rows (so
+    the norm costs no extra pass over h); without, the return value is 1. Returns (that scale [B_PAD], the ring
+    state after the tile: next chunk j, its entry e read ahead)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
+    R: gl.constexpr = BN_C // KP
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
-    n_ok = (n < B)[None, :] & (k >= 0)[:, None]
+    n_ok = (n < B)[None, :]
     acc0 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
-    # x one chunk ahead, as in _gemv_tile, held in DT (two [BK, B_PAD] tiles: half the registers of fp32)
-    x0_next = gl.load(x_ptr + n[None, :] * K + k[:, None], mask=n_ok, other=0.0).to(DT)
-    x1_next = gl.load(x_ptr + n[None, :] * K + (gl.minimum(BK_C, K - BK_C) + k)[:, None], mask=n_ok, other=0.0).to(DT)
-    for k0 in range(0, K, 2 * BK_C):
-        xb0 = gl.convert_layout(x0_next, B_OP)
-        xb1 = gl.convert_layout(x1_next, B_OP)
-        c0 = gl.minimum(k0 + 2 * BK_C, K - BK_C)
-        c1 = gl.minimum(k0 + 3 * BK_C, K - BK_C)
-        x0_next = gl.load(x_ptr + n[None, :] * K + (c0 + k)[:, None], mask=n_ok, other=0.0).to(DT)
-        x1_next = gl.load(x_ptr + n[None, :] * K + (c1 + k)[:, None], mask=n_ok, other=0.0).to(DT)
+    acc2 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    acc3 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
+    # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
+    # chunk's ring wait and products instead of preceding them.
+    x0n, w0n = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, DT)
+    if KP > 1:
+        x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, DT)
+    if KP > 2:
+        x2n, w2n = _x_cols(x_ptr, K, nw_ptr, 2 * BK_C, k, n, n_ok, NORM, DT)
+        x3n, w3n = _x_cols(x_ptr, K, nw_ptr, 3 * BK_C, k, n, n_ok, NORM, DT)
+    for c in range(0, K, KP * BK_C):
+        nxt = c + KP * BK_C
+        xb0 = _operand(x0n, w0n, NORM, B_OP, DT)
+        if NORM:
+            ssq += x0n * x0n
+        x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, DT)
+        if KP > 1:
+            xb1 = _operand(x1n, w1n, NORM, B_OP, DT)
+            if NORM:
+                ssq += x1n * x1n
+            x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, DT)
+        if KP > 2:
+            xb2 = _operand(x2n, w2n, NORM, B_OP, DT)
+            xb3 = _operand(x3n, w3n, NORM, B_OP, DT)
+            if NORM:
+                ssq += x2n * x2n + x3n * x3n
+            x2n, w2n = _x_cols(x_ptr, K, nw_ptr, nxt + 2 * BK_C, k, n, n_ok, NORM, DT)
+            x3n, w3n = _x_cols(x_ptr, K, nw_ptr, nxt + 3 * BK_C, k, n, n_ok, NORM, DT)
         a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB)
         acc0 = mma_v2(a, xb0, acc0)
-        acc1 = mma_v2(a, xb1, acc1)
+        if KP > 1:
+            acc1 = mma_v2(a, xb1, acc1)
+        if KP > 2:
+            acc2 = mma_v2(a, xb2, acc2)
+            acc3 = mma_v2(a, xb3, acc3)
     r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
-    scratch.slice(0, BN_C, dim=0).store(gl.where((r < BOX_C)[:, None], acc0, acc1))
+    part = acc0
+    if KP > 1:
+        part = gl.where((r >= R)[:, None], acc1, part)
+    if KP > 2:
+        part = gl.where((r >= 2 * R)[:, None], acc2, part)
+        part = gl.where((r >= 3 * R)[:, None], acc3, part)
+    scratch.store(part)
     gl.thread_barrier()
-    acc = scratch.slice(0, BOX_C, dim=0).load(OUT) + scratch.slice(BOX_C, BOX_C, dim=0).load(OUT)
-    gl.thread_barrier()  # the next tile may overwrite the scratch
-    return acc, j, e
+    if NORM:
+        scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
+    else:
+        scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
+    return scale, j, e
+
+
+@gluon.jit
+def _gather(scratch, scale, off: gl.constexpr, N: gl.constexpr, KP: gl.constexpr, OUT: gl.constexpr):
+    """Rows off .. off + N of the tile _tile parked (the sum of its KP products' rows), times scale, in layout OUT."""
+    R: gl.constexpr = BN_C // KP
+    y = scratch.slice(off, N, dim=0).load(OUT)
+    for g in gl.static_range(1, KP):
+        y += scratch.slice(g * R + off, N, dim=0).load(OUT)
+    return y * gl.convert_layout(scale, gl.SliceLayout(0, OUT))[None, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,22 +443,22 @@ def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
 def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
                   n_chunks, scratch, bufs, wts, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
                   NB: gl.constexpr):
-    """RmsQkvRope(layer, row_block): BOX_C rotate-half pairs (rows i and i + hd/2) of one head slot of the fused
-    wqkv, one product per chunk (rows i in the slot's first half, their partners in its second), parked in shared
-    memory so that the partners meet; RoPE, then the q store or the K / V cache append."""
+    """RmsQkvRope(layer, row_block): P rotate-half pairs (rows i and i + hd/2) of one head slot of the fused wqkv,
+    the partners in one column group of each chunk (see "Chunks"); RoPE, then the q store or the K / V cache
+    append."""
     HALF: gl.constexpr = dims.HD // 2
     B_PAD: gl.constexpr = tiles.B_PAD
+    P: gl.constexpr = tiles.QKV.BN
+    KP: gl.constexpr = tiles.QKV.BK // BK_C
     EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
     slot = row_block // tiles.NPB
     nw = wts.attn_norm + lw * dims.D
-    acc, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
-                           dims.D, nw, dims.B, cache.eps, True, B_PAD, DT, NB)
-    scratch.slice(0, BN_C, dim=0).store(acc)
-    gl.thread_barrier()
-    lo = scratch.slice(0, BOX_C, dim=0).load(EL)
-    hi = scratch.slice(BOX_C, BOX_C, dim=0).load(EL)
-    gl.thread_barrier()  # the next instruction may overwrite the scratch
-    i = (row_block % tiles.NPB) * BOX_C + gl.arange(0, BOX_C, layout=gl.SliceLayout(1, EL))
+    scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h, dims.D,
+                        nw, dims.B, cache.eps, scratch, KP, True, B_PAD, DT, NB)
+    lo = _gather(scratch, scale, 0, P, KP, EL)
+    hi = _gather(scratch, scale, P, P, KP, EL)
+    gl.thread_barrier()  # the next tile may overwrite the scratch
+    i = (row_block % tiles.NPB) * P + gl.arange(0, P, layout=gl.SliceLayout(1, EL))
     b = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, EL))
     b_ok = b < dims.B
     pos = gl.load(bufs.positions + b, mask=b_ok, other=0)
@@ -557,18 +600,20 @@ def _tiles_here(row_block, TPI: gl.constexpr, N, ROWS: gl.constexpr):
 
 
 @gluon.jit
-def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, d_qkv, d_o, d_gate, d_up, d_down, d_lm,
-                   ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims: gl.constexpr, tiles: gl.constexpr,
-                   DT: gl.constexpr, NB: gl.constexpr):
-    """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the K-pair tiles (BOX_C rows) of one row
-    block (the weight stream says which W and which layer)."""
+def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e,
+                   stream_ptr, n_chunks, scratch, bufs, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
+                   NB: gl.constexpr):
+    """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the TPI tiles of R rows (KP column groups per
+    chunk) of one row block (the weight stream says which W and which layer)."""
     EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
-    r = gl.arange(0, BOX_C, layout=gl.SliceLayout(1, EL))
+    r = gl.arange(0, R, layout=gl.SliceLayout(1, EL))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
-    for t in range(_tiles_here(row_block, TPI, dims.D, BOX_C)):
-        offs = (row_block * TPI + t) * BOX_C + r
-        acc, j, e = _k_pair_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                 x_ptr, K, dims.B, scratch, EL, tiles.B_PAD, DT, NB)
+    for t in range(_tiles_here(row_block, TPI, dims.D, R)):
+        offs = (row_block * TPI + t) * R + r
+        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K,
+                            x_ptr, dims.B, 0.0, scratch, KP, False, tiles.B_PAD, DT, NB)
+        acc = _gather(scratch, scale, 0, R, KP, EL)
+        gl.thread_barrier()  # the next tile may overwrite the scratch
         hp = bufs.h + b[None, :] * dims.D + offs[:, None]
         hm = (b < dims.B)[None, :] & (offs < dims.D)[:, None]
         gl.store(hp, gl.load(hp, mask=hm, other=0.0) + acc, mask=hm)
@@ -576,37 +621,45 @@ def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, d_qkv, d_o, d_gate, d
 
 
 @gluon.jit
-def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr,
-                      DT: gl.constexpr, NB: gl.constexpr):
+def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                      scratch, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
+                      NB: gl.constexpr):
     """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
-    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
-    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
+    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, EL))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
     nw = wts.mlp_norm + lw * dims.D
     for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
-        gate, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                bufs.h, dims.D, nw, dims.B, eps, True, tiles.B_PAD, DT, NB)
-        up, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                              bufs.h, dims.D, nw, dims.B, eps, True, tiles.B_PAD, DT, NB)
+        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
+                            dims.D, nw, dims.B, eps, scratch, 1, True, tiles.B_PAD, DT, NB)
+        gate = _gather(scratch, scale, 0, BN_C, 1, EL)
+        gl.thread_barrier()
+        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
+                            dims.D, nw, dims.B, eps, scratch, 1, True, tiles.B_PAD, DT, NB)
+        up = _gather(scratch, scale, 0, BN_C, 1, EL)
+        gl.thread_barrier()
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
                  mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])
     return j, e
 
 
 @gluon.jit
-def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs,
+             wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
-    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
-    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
+    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, EL))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
     B_PAD: gl.constexpr = tiles.B_PAD
-    best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, MMA))
-    best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, MMA))
+    best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, EL))
+    best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, EL))
     for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V, BN_C)):
         offs = (row_block * tiles.LM.TPI + t) * BN_C + r
-        logit, j, e = _gemv_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                 bufs.h, dims.D, wts.final_norm, dims.B, eps, True, tiles.B_PAD, DT, NB)
+        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
+                            dims.D, wts.final_norm, dims.B, eps, scratch, 1, True, B_PAD, DT, NB)
+        logit = _gather(scratch, scale, 0, BN_C, 1, EL)
+        gl.thread_barrier()
         gl.store(bufs.logits + b[None, :] * dims.V + offs[:, None], logit,
                  mask=(b < dims.B)[None, :] & (offs < dims.V)[:, None])
         vals = gl.where((offs < dims.V)[:, None], logit, float("-inf"))
@@ -711,17 +764,19 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             elif op == OP_ATTN_REDUCE:
                 _attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
-                j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, tiles.O.TPI, d_qkv, d_o, d_gate, d_up, d_down,
-                                      d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
+                j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, tiles.O.TPI, tiles.O.BN, tiles.O.BK // BK_C,
+                                      d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                      scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
                 j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
-                                         n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                                         n_chunks, scratch, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
-                j, e = _gemv_residual(a, dims.F, bufs.act, tiles.DN.TPI, d_qkv, d_o, d_gate, d_up, d_down, d_lm,
-                                      ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
+                j, e = _gemv_residual(a, dims.F, bufs.act, tiles.DN.TPI, tiles.DN.BN, tiles.DN.BK // BK_C, d_qkv, d_o,
+                                      d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch,
+                                      bufs, dims, tiles, DT, NB)
             elif op == OP_LM_HEAD:
                 j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                bufs, wts, cache.eps, dims, tiles, DT, NB)
+                                scratch, bufs, wts, cache.eps, dims, tiles, DT, NB)
             else:
                 _argmax(bufs, queue.advance, dims, tiles)
             if bc >= 0:

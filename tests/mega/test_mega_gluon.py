@@ -29,8 +29,9 @@ def _weights_grid(prog):
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_streams_cover_every_weight_box_once(model, fusion):
     """Every [BOX, BK] box of every weight is loaded exactly once per step; the only other boxes are zero-filled by the
-    TMA unit: past K in a K-pair stage's last chunk, past the vocabulary in the LM head's last tile (a stacked
-    weight's box past its own rows would read the next layer's: problem() keeps its rows a multiple of BN)."""
+    TMA unit: past K in the last chunk of a stage with several column groups, past the vocabulary in the LM head's
+    last tile (a stacked weight's box past its own rows would read the next layer's: problem() keeps its rows a
+    multiple of BN)."""
     prog = _lowered(model)
     grid = _weights_grid(prog)
     sched = build_schedule(prog, 132, "round-robin", fusion, "cpu")
@@ -41,13 +42,14 @@ def test_streams_cover_every_weight_box_once(model, fusion):
         for p, queue in enumerate(la.programs):
             n = int(counts[p])
             assert n == sum(len(H.instr_chunks(prog, prog.instrs[i])) for i in queue)
-            for which, r0, c0, r1, c1 in table[p, :n].tolist():
-                for box in ((which, r0, c0), (which, r1, c1)):
-                    if box[2] >= grid[which][1]:  # past K: a K-pair stage's last chunk
-                        assert which in (H.W_O, H.W_DOWN) and box == (which, r0, c0 + H.BK), box
+            for which, *coords in table[p, :n].tolist():
+                for r, c in zip(coords[0::2], coords[1::2]):
+                    box = (which, r, c)
+                    if c >= grid[which][1]:  # past K: the last chunk of a stage with several column groups
+                        assert which in (H.W_O, H.W_DOWN, H.W_QKV) and c - coords[1] in (H.BK, 2 * H.BK, 3 * H.BK)
                         continue
-                    if box[1] >= grid[which][0]:  # past the last row: only the LM head's (the others are stacked)
-                        assert which == H.W_LM and box == (which, r1, c1), box
+                    if r >= grid[which][0]:  # past the last row: only the LM head's (the others are stacked)
+                        assert which == H.W_LM, box
                         continue
                     assert box not in seen, f"box {box} streamed twice"
                     seen[box] = p
@@ -59,48 +61,50 @@ def test_streams_cover_every_weight_box_once(model, fusion):
 
 
 def _emulate(prog, ins, w: dict, x: torch.Tensor) -> list[torch.Tensor]:
-    """What the device computes for one GEMV instruction, from its weight stream alone: each chunk's slot is its two
-    boxes stacked (zero past K, as TMA fills), multiplied by x^T at the columns the device loop walks (_gemv_tile:
-    BK per chunk; _k_pair_tile: 2 BK per chunk, the second product's rows BOX .. BN counted, x columns clamped to
-    K - BK). Returns one [rows, B] product per tile, in stream order."""
+    """What the device computes for one GEMV instruction, from its weight stream alone (hopper._tile): each chunk's
+    slot is its boxes stacked (zero past K or past the last row, as TMA fills); with KP = block_k / BK column groups
+    per chunk, product g is the whole slot times x^T at the chunk's column + g BK (x zero past K), of which slot rows
+    g R .. (g + 1) R (R = BN / KP) count. Returns one [R, B] product per tile, in stream order."""
     chunks = H.instr_chunks(prog, ins)
+    stage = {RmsQkvRope: "qkv", OProjResidual: "o", RmsGateUpSilu: "gate_up", DownResidual: "down",
+             LmHead: "lm_head"}[type(ins)]
+    kp = getattr(prog.tiles, stage).block_k // H.BK
+    rr = H.BN // kp
     k = x.shape[1]
+    xz = torch.cat([x, torch.zeros(x.shape[0], 4 * H.BK, dtype=x.dtype)], 1)  # x columns past K read as 0
 
     def box(which, r, c):
         out = torch.zeros(H.BOX, H.BK, dtype=torch.float64)
         blk = w[which][r:r + H.BOX, c:c + H.BK]
         out[:blk.shape[0], :blk.shape[1]] = blk
         return out
-    k_pair = chunks[0][0] in (H.W_O, H.W_DOWN)
-    step = 2 * H.BK if k_pair else H.BK
-    per_tile = cdiv(k, step)
+    per_tile = cdiv(k, kp * H.BK)
     tiles = []
     for t in range(0, len(chunks), per_tile):
-        acc0 = torch.zeros(H.BN, x.shape[0], dtype=torch.float64)
-        acc1 = torch.zeros_like(acc0)
-        for i, (which, r0, c0, r1, c1) in enumerate(chunks[t:t + per_tile]):
-            slot = torch.cat([box(which, r0, c0), box(which, r1, c1)])
-            k0 = i * step
-            acc0 += slot @ x[:, k0:k0 + H.BK].T
-            if k_pair:
-                kb = min(k0 + H.BK, k - H.BK)
-                acc1 += slot @ x[:, kb:kb + H.BK].T
-        tiles.append(acc0[:H.BOX] + acc1[H.BOX:] if k_pair else acc0)
+        acc = torch.zeros(kp, H.BN, x.shape[0], dtype=torch.float64)
+        for i, (which, *coords) in enumerate(chunks[t:t + per_tile]):
+            slot = torch.cat([box(which, r, c) for r, c in zip(coords[0::2], coords[1::2])])
+            for g in range(kp):
+                c0 = i * kp * H.BK + g * H.BK
+                acc[g] += slot @ xz[:, c0:c0 + H.BK].T
+        tiles.append(sum(acc[g, g * rr:(g + 1) * rr] for g in range(kp)))
     return tiles
 
 
-@pytest.mark.parametrize("model", ["llama1b", "gluon-odd"])
-def test_device_loops_read_what_the_stream_loads(model):
+@pytest.mark.parametrize("model,batch,programs,qkv_o_kp", [
+    ("llama1b", 3, 132, (2, 4)), ("gluon-odd", 3, 40, (1, 1)), ("gluon-odd", 16, 132, (2, 2))])
+def test_device_loops_read_what_the_stream_loads(model, batch, programs, qkv_o_kp):
     """The host's weight stream and the device loops agree: replaying each instruction's chunks the way the device
     consumes them gives W[rows] @ x for the rows the instruction owns (QKV rows i and their rotate-half partners
-    i + hd/2, gate and up tiles interleaved, K-pair O and down tiles with the zero-filled box past K). Every
-    instruction of the first layer and of the LM head is checked."""
+    i + hd/2, gate and up tiles interleaved, O and down tiles of 1, 2 or 4 column groups with the zero-filled boxes
+    past K). Every instruction of the first layer and of the LM head is checked."""
     from dataclasses import replace
 
     torch.manual_seed(0)
     spec = spec_of(model)
-    prog = _lowered(replace(spec, n_layers=1, vocab_size=4000), batch=3)  # 4000: a partial last LM-head tile
+    prog = _lowered(replace(spec, n_layers=1, vocab_size=4000), batch, programs)  # 4000: a partial LM-head tile
     s = prog.spec
+    assert (prog.tiles.qkv.block_k // H.BK, prog.tiles.o.block_k // H.BK) == qkv_o_kp  # the case it is meant to be
     w = {which: torch.randn(rows, k, dtype=torch.float64) for which, (rows, k) in _weights_grid(prog).items()}
     xs = {k: torch.randn(prog.batch, k, dtype=torch.float64) for k in {s.dim, s.q_dim, s.ffn_dim}}
     kinds = set()
@@ -130,12 +134,15 @@ def test_chunk_counts_are_what_the_device_functions_consume():
     up two each); every tile K / BK chunks, K / 2 BK in the K-pair stages (O, down)."""
     prog = _lowered("llama8b", programs=100)  # 100 programs: tiles per instruction that leave partial row blocks
     s, t = prog.spec, prog.tiles
-    assert (t.o.block_n, t.down.block_n, t.gate_up.block_n, t.lm_head.block_n) == (H.BOX, H.BOX, H.BN, H.BN)
-    assert prog.pair_blocks == s.head_dim // 2 // H.BOX
+    for stage in (t.qkv, t.o, t.gate_up, t.down, t.lm_head):
+        assert stage.block_k // H.BK in H.KPS and stage.block_k % H.BK == 0
+    assert (t.gate_up.block_k, t.lm_head.block_k) == (H.BK, H.BK)
+    assert t.o.block_n * t.o.block_k == H.BN * H.BK  # R rows x KP column groups fill one slot
+    assert 2 * t.qkv.block_n * t.qkv.block_k == H.BN * H.BK
     for ins in prog.instrs:
         n = len(H.instr_chunks(prog, ins))
         if isinstance(ins, RmsQkvRope):
-            assert n == s.dim // H.BK
+            assert n == cdiv(s.dim, t.qkv.block_k)
             continue
         stage, rows, k, mats = {OProjResidual: (t.o, s.dim, s.q_dim, 1), RmsGateUpSilu: (t.gate_up, s.ffn_dim, s.dim, 2),
                                 DownResidual: (t.down, s.dim, s.ffn_dim, 1), LmHead: (t.lm_head, s.vocab_size, s.dim, 1)
