@@ -41,24 +41,29 @@ from kernels.tiles import MAX_SPLITS, next_pow2
 
 BN = 64  # rows of a ring slot: 4 warps x 16 rows of mma.sync
 BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
-BOX = 16  # rows of one TMA box
+BOX = 32  # rows of one TMA box
 BOXES = BN // BOX  # boxes per ring slot
 WARPS = 4
 NBUF = 4  # chunks in the ring (128 KB)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
-KPS = (1, 2, 4)  # column groups per chunk a stage may use
+KPS = (1, 2)  # column groups per chunk a stage may use
+# Attention splits: one (kv head, split) instruction per program where the context allows, but at least this many
+# keys per split (an AttnPartial costs a few dependent round trips whatever its length; the reduce reads every split).
+MIN_SPLIT_KEYS = 128
 # Chunks. One ring slot [BN, BK] is one chunk, filled by BOXES TMA boxes of [BOX, BK]; its weight-stream entry is
 # [which weight, (row, column) of each box] (`which` indexes the descriptors below), box i landing in slot rows
 # i BOX .. (i + 1) BOX. A stage's chunk has KP column groups (KP in KPS): the slot's rows g R .. (g + 1) R
 # (R = BN / KP) are the tile's R rows at columns c + g BK. Each chunk is KP products, the whole slot times x^T at
 # c + g BK, of which rows g R .. (g + 1) R count; they are summed once per tile. So a stage trades tile height for
 # tile count at the same 32 KB per slot: with KP = 2, llama8b's O and down have 128 tiles of 32 rows for 132 SMs,
-# not 64 of 64; with KP = 4, llama1b's have 128 of 16. The MMA work grows KP-fold, which is free at batch 1-16.
+# not 64 of 64. The MMA work grows KP-fold, which is free at batch 1-16.
 #   gate, up, LM head   KP = 1: 64 rows;
-#   O, down             KP = 1, 2 or 4 (pick_tiles balances tiles over the grid);
-#   QKV                 KP = 1 or 2: 32 / KP rotate-half pairs, rows i .. and their partners i + hd/2 .. in one
-#                       column group (the partners meet in one chunk for RoPE).
+#   O, down             KP = 1 or 2 (pick_tiles balances tiles over the grid);
+#   QKV                 KP = 1: 32 rotate-half pairs, rows i .. i + 32 in the slot's first box and their partners
+#                       i + hd/2 .. in its second (the partners meet in one chunk for RoPE).
+# 16-row boxes (four per slot, KP up to 4: llama1b's O and down in 128 tiles) measured slower everywhere: every GEMV
+# stage lost 5-7% to the doubled TMA and stream-entry work, and KP = 4 spilled (perf notes, "16-row boxes").
 # A box past K (K an odd multiple of BK) is zero-filled by the TMA unit and its x columns are masked to 0, so it
 # adds exactly 0 (and nothing to the RMSNorm's sum of squares).
 W_QKV, W_O, W_GATE, W_UP, W_DOWN, W_LM = range(6)
@@ -108,22 +113,16 @@ def _balanced_kp(n_tiles_of, rows_of, kps, n_programs: int) -> int:
 
 def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
     """This backend's tiles (see "Chunks" above). A GemvTile's block_n is its rows (RmsQkvRope: rotate-half pairs)
-    and block_k its columns per chunk, KP x BK; gate / up / LM head KP = 1, O / down and QKV the KP that balances
-    their tiles over the grid (KP = 4 only at batch <= 8: its four x tiles per chunk need the registers); tiles per
-    instruction as in the Triton backend."""
+    and block_k its columns per chunk, KP x BK; O and down take the KP that balances their tiles over the grid, the
+    others KP = 1; tiles per instruction as in the Triton backend."""
     b_pad = 8 if batch <= 8 else 16
-    o_kps = KPS if b_pad == 8 else (1, 2)
-    o_kp = _balanced_kp(lambda kp: cdiv(spec.dim, BN // kp), lambda kp: BN // kp, o_kps, n_programs)
-    slots, half = spec.n_heads + 2 * spec.n_kv_heads, spec.head_dim // 2
-    q_kp = _balanced_kp(lambda kp: slots * cdiv(half, BN // 2 // kp), lambda kp: BN // kp, (1, 2), n_programs)
+    o_kp = _balanced_kp(lambda kp: cdiv(spec.dim, BN // kp), lambda kp: BN // kp, KPS, n_programs)
 
     def gemv(n: int, kp: int) -> GemvTile:
         return GemvTile(BN // kp, kp * BK, 1, _tiles_per_instr(cdiv(n, BN // kp), n_programs))
-    # Attention: one (kv head, split) instruction per program where the context allows, down to one key block per
-    # split (an AttnPartial is bound by its dependent K / V round trips, not by its bytes: perf notes, "K-pair tiles").
-    n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads), cdiv(max_len, KV_BLOCK), MAX_SPLITS))
+    n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads), cdiv(max_len, MIN_SPLIT_KEYS), MAX_SPLITS))
     return TileConfig(b_pad=b_pad, use_dot=True, num_warps=WARPS,
-                      qkv=GemvTile(BN // 2 // q_kp, q_kp * BK, 1, 1), o=gemv(spec.dim, o_kp),
+                      qkv=GemvTile(BN // 2, BK, 1, 1), o=gemv(spec.dim, o_kp),
                       gate_up=gemv(spec.ffn_dim, 1), down=gemv(spec.dim, o_kp), lm_head=gemv(spec.vocab_size, 1),
                       embed_block=min(EMBED_BLOCK, next_pow2(spec.dim)), kv_block=KV_BLOCK, n_splits=n_splits)
 
@@ -299,10 +298,9 @@ def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, n_chunks, e, N
 
 @gluon.jit
 def _entry(stream_ptr, j):
-    """The weight stream's entry j: (which, row and column of each of the BOXES_C = 4 boxes)."""
+    """The weight stream's entry j: (which, row and column of each of the BOXES_C = 2 boxes)."""
     p = stream_ptr + j * ENTRY_C
-    return (gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4), gl.load(p + 5),
-            gl.load(p + 6), gl.load(p + 7), gl.load(p + 8))
+    return gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4)
 
 
 @gluon.jit
@@ -344,33 +342,27 @@ def _operand(x, nw, NORM: gl.constexpr, B_OP: gl.constexpr, DT: gl.constexpr):
 
 @gluon.jit
 def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K, nw_ptr, B, eps,
-          scratch, KP: gl.constexpr, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+          KP: gl.constexpr, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """One tile's products over K, its chunks taken from the ring in stream order (see "Chunks": KP column groups
-    per chunk, product g counts slot rows g R .. (g + 1) R, R = BN / KP), parked in scratch rows 0 .. BN for
-    _gather. With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the gathered rows (so
-    the norm costs no extra pass over h); without, the return value is 1. Returns (that scale [B_PAD], the ring
-    state after the tile: next chunk j, its entry e read ahead)."""
+    per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows g R .. (g + 1) R,
+    R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the tile's rows
+    (so the norm costs no extra pass over h); without, it is 1. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
+    the ring state after the tile: next chunk j, its entry e read ahead)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
-    R: gl.constexpr = BN_C // KP
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
     n_ok = (n < B)[None, :]
     acc0 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
-    acc2 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
-    acc3 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
     # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
     # chunk's ring wait and products instead of preceding them.
     x0n, w0n = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, DT)
     if KP > 1:
         x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, DT)
-    if KP > 2:
-        x2n, w2n = _x_cols(x_ptr, K, nw_ptr, 2 * BK_C, k, n, n_ok, NORM, DT)
-        x3n, w3n = _x_cols(x_ptr, K, nw_ptr, 3 * BK_C, k, n, n_ok, NORM, DT)
     for c in range(0, K, KP * BK_C):
         nxt = c + KP * BK_C
         xb0 = _operand(x0n, w0n, NORM, B_OP, DT)
@@ -382,39 +374,37 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
             if NORM:
                 ssq += x1n * x1n
             x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, DT)
-        if KP > 2:
-            xb2 = _operand(x2n, w2n, NORM, B_OP, DT)
-            xb3 = _operand(x3n, w3n, NORM, B_OP, DT)
-            if NORM:
-                ssq += x2n * x2n + x3n * x3n
-            x2n, w2n = _x_cols(x_ptr, K, nw_ptr, nxt + 2 * BK_C, k, n, n_ok, NORM, DT)
-            x3n, w3n = _x_cols(x_ptr, K, nw_ptr, nxt + 3 * BK_C, k, n, n_ok, NORM, DT)
         a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB)
         acc0 = mma_v2(a, xb0, acc0)
         if KP > 1:
             acc1 = mma_v2(a, xb1, acc1)
-        if KP > 2:
-            acc2 = mma_v2(a, xb2, acc2)
-            acc3 = mma_v2(a, xb3, acc3)
-    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
-    part = acc0
-    if KP > 1:
-        part = gl.where((r >= R)[:, None], acc1, part)
-    if KP > 2:
-        part = gl.where((r >= 2 * R)[:, None], acc2, part)
-        part = gl.where((r >= 3 * R)[:, None], acc3, part)
-    scratch.store(part)
-    gl.thread_barrier()
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    return scale, j, e
+    return acc0, acc1, scale, j, e
+
+
+@gluon.jit
+def _scaled(acc, scale):
+    """acc [BN, B_PAD] (MMA layout) times a per-sequence scale."""
+    return acc * gl.convert_layout(scale, gl.SliceLayout(0, acc.type.layout))[None, :]
+
+
+@gluon.jit
+def _park(scratch, acc0, acc1, KP: gl.constexpr):
+    """A tile's products into scratch rows 0 .. BN, product g's rows g R .. (g + 1) R (R = BN / KP), for _gather."""
+    part = acc0
+    if KP > 1:
+        r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, acc0.type.layout))
+        part = gl.where((r >= BN_C // KP)[:, None], acc1, acc0)
+    scratch.store(part)
+    gl.thread_barrier()
 
 
 @gluon.jit
 def _gather(scratch, scale, off: gl.constexpr, N: gl.constexpr, KP: gl.constexpr, OUT: gl.constexpr):
-    """Rows off .. off + N of the tile _tile parked (the sum of its KP products' rows), times scale, in layout OUT."""
+    """Rows off .. off + N of the parked tile (the sum of its KP products' rows), times scale, in layout OUT."""
     R: gl.constexpr = BN_C // KP
     y = scratch.slice(off, N, dim=0).load(OUT)
     for g in gl.static_range(1, KP):
@@ -453,8 +443,9 @@ def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, b
     EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
     slot = row_block // tiles.NPB
     nw = wts.attn_norm + lw * dims.D
-    scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h, dims.D,
-                        nw, dims.B, cache.eps, scratch, KP, True, B_PAD, DT, NB)
+    acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                    bufs.h, dims.D, nw, dims.B, cache.eps, KP, True, B_PAD, DT, NB)
+    _park(scratch, acc0, acc1, KP)
     lo = _gather(scratch, scale, 0, P, KP, EL)
     hi = _gather(scratch, scale, P, P, KP, EL)
     gl.thread_barrier()  # the next tile may overwrite the scratch
@@ -553,44 +544,32 @@ def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl
 
 @gluon.jit
 def _attn_reduce(kv_head, bufs, dims: gl.constexpr, tiles: gl.constexpr):
-    """AttnReduce(layer, kv_head): the log-sum-exp combine of the splits, every query head of the group at once; the
-    partials of up to SB splits in one load (one round trip, not one per split)."""
+    """AttnReduce(layer, kv_head): the log-sum-exp combine of the splits, every query head of the group at once."""
     GQ: gl.constexpr = dims.H // dims.KVH
-    NS: gl.constexpr = tiles.N_SPLITS
+    NS = tiles.N_SPLITS
+    LR: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [WARPS_C, 1], [1, 0])
+    g = gl.arange(0, tiles.GR_PAD, layout=gl.SliceLayout(1, LR))
+    sp = gl.arange(0, tiles.SPLITS_PAD, layout=gl.SliceLayout(0, LR))
+    d = gl.arange(0, tiles.HD_PAD, layout=gl.SliceLayout(0, LR))
+    g_ok = g < GQ
     GR_PAD: gl.constexpr = tiles.GR_PAD
     HD_PAD: gl.constexpr = tiles.HD_PAD
-    SB: gl.constexpr = min(tiles.SPLITS_PAD, max(1, 8192 // (GR_PAD * HD_PAD)))  # <= 64 fp32 registers a thread
-    L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 1, 32], [1, WARPS_C, 1], [2, 1, 0])  # [head, split, d]
-    LS: gl.constexpr = gl.SliceLayout(2, L3)
-    LO: gl.constexpr = gl.SliceLayout(1, L3)
-    g = gl.arange(0, GR_PAD, layout=gl.SliceLayout(1, LS))
-    sp = gl.arange(0, SB, layout=gl.SliceLayout(0, LS))
-    g3 = gl.arange(0, GR_PAD, layout=gl.SliceLayout(1, LO))
-    d = gl.arange(0, HD_PAD, layout=gl.SliceLayout(0, LO))
-    g_ok = g < GQ
     for bb in range(dims.B):
         head0 = bb * dims.H + kv_head * GQ
-        m = gl.full([GR_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(1, LS))
-        for s0 in gl.static_range(0, NS, SB):
-            lse = gl.load(bufs.lse + (head0 + g)[:, None] * NS + (s0 + sp)[None, :],
-                          mask=g_ok[:, None] & ((s0 + sp) < NS)[None, :], other=float("-inf"))
-            m = gl.maximum(m, gl.max(lse, axis=1))
+        lse = gl.load(bufs.lse + (head0 + g)[:, None] * NS + sp[None, :], mask=g_ok[:, None] & (sp < NS)[None, :],
+                      other=float("-inf"))
+        m = gl.max(lse, axis=1)
         m = gl.where(m == float("-inf"), 0.0, m)  # no keys at all: every weight is 0, output 0
-        den = gl.zeros([GR_PAD], gl.float32, layout=gl.SliceLayout(1, LS))
-        acc = gl.zeros([GR_PAD, HD_PAD], gl.float32, layout=LO)
-        for s0 in gl.static_range(0, NS, SB):
-            ok = g_ok[:, None] & ((s0 + sp) < NS)[None, :]
-            w = gl.exp2(gl.load(bufs.lse + (head0 + g)[:, None] * NS + (s0 + sp)[None, :], mask=ok,
-                                other=float("-inf")) - m[:, None])
-            den += gl.sum(w, axis=1)
-            row = ((head0 + g)[:, None] * NS + (s0 + sp)[None, :]) * HD_PAD
-            o = gl.load(bufs.o_part + row[:, :, None] + d[None, None, :],
-                        mask=ok[:, :, None] & (d >= 0)[None, None, :], other=0.0)
-            acc += gl.sum(o * w[:, :, None], axis=1)
-        den = gl.convert_layout(den, gl.SliceLayout(1, LO))
+        den = gl.sum(gl.exp2(lse - m[:, None]), axis=1)
+        acc = gl.zeros([GR_PAD, HD_PAD], gl.float32, layout=LR)
+        for s in range(0, NS):
+            w = gl.exp2(gl.load(bufs.lse + (head0 + g) * NS + s, mask=g_ok, other=float("-inf")) - m)
+            o = gl.load(bufs.o_part + ((head0 + g) * NS + s)[:, None] * tiles.HD_PAD + d[None, :],
+                        mask=g_ok[:, None] & (d >= 0)[None, :], other=0.0)
+            acc += o * w[:, None]
         o = acc / gl.where(den > 0.0, den, 1.0)[:, None]
-        gl.store(bufs.attn + bb * (dims.H * dims.HD) + (kv_head * GQ + g3)[:, None] * dims.HD + d[None, :], o,
-                 mask=(g3 < GQ)[:, None] & (d < dims.HD)[None, :])
+        gl.store(bufs.attn + bb * (dims.H * dims.HD) + (kv_head * GQ + g)[:, None] * dims.HD + d[None, :], o,
+                 mask=g_ok[:, None] & (d < dims.HD)[None, :])
 
 
 @gluon.jit
@@ -610,8 +589,9 @@ def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: 
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
     for t in range(_tiles_here(row_block, TPI, dims.D, R)):
         offs = (row_block * TPI + t) * R + r
-        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K,
-                            x_ptr, dims.B, 0.0, scratch, KP, False, tiles.B_PAD, DT, NB)
+        acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                                        n_chunks, x_ptr, K, x_ptr, dims.B, 0.0, KP, False, tiles.B_PAD, DT, NB)
+        _park(scratch, acc0, acc1, KP)
         acc = _gather(scratch, scale, 0, R, KP, EL)
         gl.thread_barrier()  # the next tile may overwrite the scratch
         hp = bufs.h + b[None, :] * dims.D + offs[:, None]
@@ -622,44 +602,41 @@ def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: 
 
 @gluon.jit
 def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                      scratch, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
-                      NB: gl.constexpr):
+                      bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
-    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
-    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, EL))
-    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     nw = wts.mlp_norm + lw * dims.D
     for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
-        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
-                            dims.D, nw, dims.B, eps, scratch, 1, True, tiles.B_PAD, DT, NB)
-        gate = _gather(scratch, scale, 0, BN_C, 1, EL)
-        gl.thread_barrier()
-        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
-                            dims.D, nw, dims.B, eps, scratch, 1, True, tiles.B_PAD, DT, NB)
-        up = _gather(scratch, scale, 0, BN_C, 1, EL)
-        gl.thread_barrier()
+        gate, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                                          n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB)
+        gate = _scaled(gate, scale)
+        up, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                                        n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB)
+        up = _scaled(up, scale)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
                  mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])
     return j, e
 
 
 @gluon.jit
-def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs,
-             wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs, wts,
+             eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
-    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
-    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, EL))
-    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     B_PAD: gl.constexpr = tiles.B_PAD
-    best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, EL))
-    best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, EL))
+    best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, MMA))
+    best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, MMA))
     for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V, BN_C)):
         offs = (row_block * tiles.LM.TPI + t) * BN_C + r
-        scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs.h,
-                            dims.D, wts.final_norm, dims.B, eps, scratch, 1, True, B_PAD, DT, NB)
-        logit = _gather(scratch, scale, 0, BN_C, 1, EL)
-        gl.thread_barrier()
+        logit, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                                           n_chunks, bufs.h, dims.D, wts.final_norm, dims.B, eps, 1, True, B_PAD, DT,
+                                           NB)
+        logit = _scaled(logit, scale)
         gl.store(bufs.logits + b[None, :] * dims.V + offs[:, None], logit,
                  mask=(b < dims.B)[None, :] & (offs < dims.V)[:, None])
         vals = gl.where((offs < dims.V)[:, None], logit, float("-inf"))
@@ -769,14 +746,14 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
                                       scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
                 j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
-                                         n_chunks, scratch, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                                         n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
                 j, e = _gemv_residual(a, dims.F, bufs.act, tiles.DN.TPI, tiles.DN.BN, tiles.DN.BK // BK_C, d_qkv, d_o,
                                       d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch,
                                       bufs, dims, tiles, DT, NB)
             elif op == OP_LM_HEAD:
                 j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                scratch, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                                bufs, wts, cache.eps, dims, tiles, DT, NB)
             else:
                 _argmax(bufs, queue.advance, dims, tiles)
             if bc >= 0:
