@@ -84,6 +84,7 @@ class MegakernelConfig:
     programs_per_sm: int = 2
     schedule: str = "round-robin"  # a kernels.mega.schedule.POLICIES name
     fusions: list[str] = field(default_factory=list)  # non-empty: measure each fusion in the same run
+    backends: list[str] = field(default_factory=list)  # non-empty: measure each backend in the same run
     # Tile options (kernels/mega/lower.TileOptions), e.g. megakernel.tiles.gemv_rows=8; unset: the built-in choice.
     tiles: TileOptions = field(default_factory=TileOptions)
 
@@ -192,6 +193,8 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
     _one_of("fusion", cfg.fusion, FUSIONS)
     for f in cfg.megakernel.fusions:
         _one_of("megakernel.fusions entry", f, FUSIONS)
+    for b in cfg.megakernel.get("backends") or []:
+        _one_of("megakernel.backends entry", b, MEGA_BACKENDS)
     _one_of("bench.cache_fill", cfg.bench.cache_fill, CACHE_FILLS)
     _one_of("bench.device", cfg.bench.device, DEVICES)
     _one_of("telemetry", cfg.telemetry.mode, TELEMETRY_MODES)

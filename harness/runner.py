@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -275,8 +275,8 @@ def check_results_dir(root: str | os.PathLike, gpu_name: str) -> None:
                           f"MB a run's rows and logs may need; free some space or point results.dir elsewhere")
 
 
-def unsupported_before_build(cfg, spec, device: torch.device, runs: list[tuple[str, str]]) -> dict:
-    """{(impl, fusion): why} for the runs an impl's `unsupported` refuses from the configuration alone (device,
+def unsupported_before_build(cfg, spec, device: torch.device, runs: list[Run]) -> dict:
+    """{run: why} for the runs an impl's `unsupported` refuses from the configuration alone (device,
     quant, dtype, batch, shapes), asked before any weight exists, so that e.g. int4 torch-eager on a CPU is refused
     without building 8B weights. The context holds stand-ins that carry only those facts; an impl whose check needs
     more (it raises on a stand-in) is asked again, with the real context, when it is measured."""
@@ -286,15 +286,14 @@ def unsupported_before_build(cfg, spec, device: torch.device, runs: list[tuple[s
                         dtype=mode.act_dtype, device=device)
     cache = SimpleNamespace(k=k, v=k, max_len=b.ctx + 1)
     out = {}
-    for name, fusion in runs:
-        run_cfg = cfg if fusion in ("none", cfg.fusion) else _with_fusion(cfg, fusion)
-        ctx = ImplContext(cfg=run_cfg, spec=spec, weights=weights, cache=cache, device=device)
+    for run in runs:
+        ctx = ImplContext(cfg=_run_cfg(cfg, run), spec=spec, weights=weights, cache=cache, device=device)
         try:
-            why = REGISTRY[name].unsupported(ctx)
+            why = REGISTRY[run.impl].unsupported(ctx)
         except Exception:  # noqa: BLE001 - the check needs real tensors: it runs again on the real context
             why = None
         if why:
-            out[(name, fusion)] = why
+            out[run] = why
     return out
 
 
@@ -317,17 +316,30 @@ def point_identity(cfg, spec, gpu_name: str, model: str) -> dict:
                 tag=cfg.results.tag, gpu_name=gpu_name)
 
 
-def run_identity(cfg, name: str, fusion: str) -> dict:
-    """The key fields of one (impl, fusion) run. mega_config only for impls with a launch granularity (the
-    megakernel): they alone read megakernel.{schedule, programs_per_sm, tiles}, so a tile sweep does not measure
-    the other impls again. A JSON string, not a dict: the store keeps it as a column of this name."""
+def run_identity(cfg, run: Run) -> dict:
+    """The key fields of one run. mega_config only for impls with a launch granularity (the megakernel): they alone
+    read megakernel.{schedule, programs_per_sm, tiles, backend}, so a tile sweep does not measure the other impls
+    again. The backend enters it only when it is not "triton" (rows from before there was a second backend keep
+    their keys). A JSON string, not a dict: the store keeps it as a column of this name."""
     mega = None
-    cls = REGISTRY.get(name)
+    cls = REGISTRY.get(run.impl)
     if cls is not None and cls.fusion != "none":
         mk = cfg.megakernel
-        mega = json.dumps({"schedule": mk.schedule, "programs_per_sm": mk.programs_per_sm,
-                           "tiles": tile_options(cfg).given()}, sort_keys=True)
-    return {"impl": name, "fusion": fusion, "mega_config": mega}
+        d = {"schedule": mk.schedule, "programs_per_sm": mk.programs_per_sm, "tiles": tile_options(cfg).given()}
+        if run.backend and run.backend != "triton":
+            d["backend"] = run.backend
+        mega = json.dumps(d, sort_keys=True)
+    return {"impl": run.impl, "fusion": run.fusion, "mega_config": mega,
+            **({"mega_backend": run.backend} if run.backend else {})}
+
+
+class Run(NamedTuple):
+    """One measurement of a point: an impl, its fusion ("none" for impls without launch granularity) and, for the
+    megakernel, its backend ("" for the other impls)."""
+
+    impl: str
+    fusion: str = "none"
+    backend: str = ""
 
 
 class Skipped(list):
@@ -358,9 +370,9 @@ def run_point(cfg: DictConfig, label: str = "point") -> list[dict]:
     check_results_dir(cfg.results.dir, env["gpu_name"])
     env["run_id"] = uuid.uuid4().hex  # the rows of this run_point call (same-run ratios)
     gpu = env["gpu_name"]
-    runs = impl_runs(cfg)  # (impl, fusion) pairs, the baseline first
+    runs = impl_runs(cfg)  # the baseline first
     point = point_identity(cfg, spec, gpu, model_id(cfg, files))
-    keys = {r: point_key({**point, **run_identity(cfg, *r)}) for r in runs}
+    keys = {r: point_key({**point, **run_identity(cfg, r)}) for r in runs}
     progress = Progress(f"[{label}]")
     if not cfg.results.resume:
         return _measure_point(cfg, spec, device, store, env, point, keys, runs, runs, progress)
@@ -382,8 +394,8 @@ def run_point(cfg: DictConfig, label: str = "point") -> list[dict]:
             if r in todo:
                 continue
             why = f"being measured by {others[keys[r]]}" if keys[r] in others else f"already in {where}"
-            again = todo and r[0] == cfg.baseline
-            log.info(f"impl {r[0]}: {why}" + ("; measured again as this run's baseline" if again else "; skipped"))
+            again = todo and r.impl == cfg.baseline
+            log.info(f"impl {_run_name(r)}: {why}" + ("; measured again as this run's baseline" if again else "; skipped"))
         if not todo:
             busy = sorted({others[keys[r]] for r in pending if keys[r] in others})
             why = (f"every impl not yet in {where} is being measured by {'; '.join(busy)}" if busy
@@ -391,21 +403,21 @@ def run_point(cfg: DictConfig, label: str = "point") -> list[dict]:
             log.info(f"skipped: {why}")
             return Skipped(why)
         # The baseline is measured with them even when it is done: speedups are over a baseline of the same run.
-        measured = [r for r in runs if r in todo or r[0] == cfg.baseline]
+        measured = [r for r in runs if r in todo or r.impl == cfg.baseline]
         return _measure_point(cfg, spec, device, store, env, point, keys, measured, todo, progress)
     finally:
         store.release(gpu, mine)
 
 
 def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dict, keys: dict,
-                   runs: list[tuple[str, str]], todo: list[tuple[str, str]],
+                   runs: list[Run], todo: list[Run],
                    progress: Optional[Progress] = None) -> list[dict]:
     """Measures `runs` (`todo`, plus the baseline where it was done already) and stores one row per run."""
     b, quant, gs = cfg.bench, cfg.quant.name, cfg.quant.group_size
     progress = progress or Progress()
 
-    def base_row(run: tuple[str, str]) -> dict:
-        return {**env, **point, **run_identity(cfg, *run), "point_key": keys[run]}
+    def base_row(run: Run) -> dict:
+        return {**env, **point, **run_identity(cfg, run), "point_key": keys[run]}
 
     def unsupported_rows(why: str) -> list[dict]:  # one per run still to do; an impl's own reason comes first
         return [{**base_row(r), "status": "unsupported", "note": early.get(r, why), "baseline": cfg.baseline,
@@ -461,16 +473,17 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
         raise
 
     rows = []
-    for i, (name, fusion) in enumerate(runs, 1):
-        row = {**base_row((name, fusion)), "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps,
+    for i, run in enumerate(runs, 1):
+        name = run.impl
+        row = {**base_row(run), "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps,
                "setup_s": setup_s, "status": "ok", "note": "", "config_json": resolved}
         row.update({f"bytes_{k}": v for k, v in nbytes.items() if k != "total"})
-        step = progress.child(f"{i}/{len(runs)} {_run_name((name, fusion))}")
+        step = progress.child(f"{i}/{len(runs)} {_run_name(run)}")
         try:
-            if (name, fusion) in early:
-                raise Unsupported(early[(name, fusion)])
-            run_cfg = cfg if fusion in ("none", cfg.fusion) else _with_fusion(cfg, fusion)
-            row.update(_measure(name, run_cfg, spec, weights, cache, tokens, positions, ref_logits, device, step))
+            if run in early:
+                raise Unsupported(early[run])
+            row.update(_measure(name, _run_cfg(cfg, run), spec, weights, cache, tokens, positions, ref_logits, device,
+                                step))
         except Unsupported as e:
             row.update(status="unsupported", note=str(e))
         except torch.cuda.OutOfMemoryError as e:
@@ -489,7 +502,7 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
             step.done(f"{row['status']}, median {row['latency_us_median']:.1f} µs over {_steps(row['repeats'])}")
         else:
             (log.warning if row["status"] == "failed" else log.info)(f"impl {name}: {row['status']}: {row['note']}")
-        if (name, fusion) not in todo:
+        if run not in todo:
             row["note"] = "; ".join(filter(None, [row["note"], "measured again as this run's baseline"]))
         rows.append(row)
         gc.collect()
@@ -516,27 +529,36 @@ def _tally(rows: list[dict]) -> dict:
     return out
 
 
-def _run_name(run: tuple[str, str]) -> str:
-    name, fusion = run
-    return name if fusion == "none" else f"{name} fusion={fusion}"
+def _run_name(run: Run) -> str:
+    return " ".join([run.impl] + ([f"fusion={run.fusion}"] if run.fusion != "none" else [])
+                    + ([f"backend={run.backend}"] if run.backend else []))
 
 
-def impl_runs(cfg) -> list[tuple[str, str]]:
-    """(impl, fusion) pairs to measure: impls with a launch granularity (the megakernel) once per
-    fusion in `megakernel.fusions` (the same-run ablation) or at `fusion`; others once, as "none"."""
+def impl_runs(cfg) -> list[Run]:
+    """The runs to measure: impls with a launch granularity (the megakernel) once per fusion in
+    `megakernel.fusions` (the same-run ablation) or at `fusion`, and per backend in `megakernel.backends` (the
+    same-run backend comparison) or at `megakernel.backend`; others once, with fusion "none" and no backend."""
     runs = []
     for name in impl_names(cfg):
         cls = REGISTRY.get(name)
         if cls is not None and cls.fusion != "none":
-            runs += [(name, f) for f in (list(cfg.megakernel.fusions) or [cfg.fusion])]
+            mk = cfg.megakernel
+            backends = list(mk.get("backends") or []) or [mk.get("backend", "triton")]
+            runs += [Run(name, f, b) for f in (list(mk.fusions) or [cfg.fusion]) for b in backends]
         else:
-            runs.append((name, "none"))
+            runs.append(Run(name))
     return runs
 
 
-def _with_fusion(cfg: DictConfig, fusion: str) -> DictConfig:
+def _run_cfg(cfg: DictConfig, run: Run) -> DictConfig:
+    """cfg as one run sees it: its fusion and, for the megakernel, its backend."""
+    if run.fusion in ("none", cfg.fusion) and run.backend in ("", cfg.megakernel.get("backend", "triton")):
+        return cfg
     c = cfg.copy()
-    c.fusion = fusion
+    if run.fusion != "none":
+        c.fusion = run.fusion
+    if run.backend:
+        c.megakernel.backend = run.backend
     return c
 
 

@@ -365,7 +365,7 @@ def test_precheck_marks_only_what_config_decides():
         cfg = _compose("model=tiny", f"quant={quant}", "quant.group_size=32", "impl.names=[*]")
         spec = validate(cfg, list(REGISTRY))
         early = unsupported_before_build(cfg, spec, torch.device("cpu"), impl_runs(cfg))
-        assert {name for name, _ in early} == refused & set(REGISTRY), early
+        assert {run.impl for run in early} == refused & set(REGISTRY), early
 
 
 @pytest.mark.parametrize("override,key", [("+foo=1", "foo"), ("+bench.bogus=1", "bench.bogus")])
@@ -434,6 +434,31 @@ def test_resume_measures_again_exactly_what_changes_the_measurement(tmp_path, fa
     assert _point(tmp_path, "megakernel.tiles.num_warps=8") == []  # torch-eager alone: tiles change nothing
     mega = load_results(tmp_path).query("impl == 'megakernel'")
     assert len(mega) == 1 + 4 + 3 and mega["point_key"].is_unique
+
+
+def test_megakernel_backends_are_measured_in_one_run_with_their_own_keys(tmp_path, fake):
+    """megakernel.backends=[triton,gluon]: both backends in the same run as one baseline, each with its own point key
+    and mega_backend; a backend that cannot run here is an "unsupported" row with its sentence; resume skips all."""
+    both = ("impl.names=[torch-eager,megakernel]", "megakernel.backends=[triton,gluon]")
+    rows = _point(tmp_path, *both)
+    mega = {r["mega_backend"]: r for r in rows if r["impl"] == "megakernel"}
+    assert set(mega) == {"triton", "gluon"} and len(rows) == 3
+    assert mega["triton"]["status"] == "ok" and mega["triton"]["speedup"] == 1.0
+    assert mega["gluon"]["status"] == "unsupported" and "megakernel.backend=gluon" in mega["gluon"]["note"]
+    assert len({r["point_key"] for r in rows}) == 3
+    assert fake == [("torch-eager", "model"), ("megakernel", "model")]  # the refused run builds nothing
+    assert _point(tmp_path, *both) == []
+    # the default backend's key is the one a run without the list has: nothing new to measure
+    assert _point(tmp_path, "impl.names=[torch-eager,megakernel]") == []
+
+
+def test_a_bad_backends_entry_is_one_sentence(tmp_path):
+    from harness.config import validate
+    from harness.errors import ConfigError
+
+    cfg = _compose("model=tiny", *QUICK, "megakernel.backends=[triton,cuda]")
+    with pytest.raises(ConfigError, match="megakernel.backends entry"):
+        validate(cfg, [])
 
 
 def test_a_failed_impl_is_measured_again_on_resume(tmp_path, monkeypatch, fake):

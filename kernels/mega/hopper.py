@@ -105,18 +105,14 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
     return None
 
 
-def _balanced_kp(n_tiles_of, rows_of, kps, n_programs: int) -> int:
-    """The column groups per chunk that minimise the most loaded program's rows (plus a per-tile overhead of 8
-    rows), the smallest on ties."""
-    return min(kps, key=lambda kp: (cdiv(n_tiles_of(kp), n_programs) * (rows_of(kp) + 8), kp))
-
-
 def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
     """This backend's tiles (see "Chunks" above). A GemvTile's block_n is its rows (RmsQkvRope: rotate-half pairs)
     and block_k its columns per chunk, KP x BK; O and down take the KP that balances their tiles over the grid, the
     others KP = 1; tiles per instruction as in the Triton backend."""
     b_pad = 8 if batch <= 8 else 16
-    o_kp = _balanced_kp(lambda kp: cdiv(spec.dim, BN // kp), lambda kp: BN // kp, KPS, n_programs)
+    # O and down: the column groups that minimise the most loaded program's rows (plus 8 rows of per-tile
+    # overhead), the fewest on ties
+    o_kp = min(KPS, key=lambda kp: (cdiv(cdiv(spec.dim, BN // kp), n_programs) * (BN // kp + 8), kp))
 
     def gemv(n: int, kp: int) -> GemvTile:
         return GemvTile(BN // kp, kp * BK, 1, _tiles_per_instr(cdiv(n, BN // kp), n_programs))
