@@ -651,13 +651,16 @@ def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t
 
 
 def format_table(rows: list[dict], device: Optional[torch.device] = None) -> str:
-    head = f"{'impl':<16}{'fusion':<8}{'status':<12}{'lat µs':>10}{'GB/s':>9}{'%copy':>7}{'speedup':>9}{'rel err':>10}{'top1':>6}"
+    head = f"{'impl':<19}{'fusion':<8}{'status':<12}{'lat µs':>10}{'GB/s':>9}{'%copy':>7}{'speedup':>9}{'rel err':>10}{'top1':>6}"
     lines = [head, "-" * len(head)]
+    backends = {r.get("mega_backend") for r in rows if isinstance(r.get("mega_backend"), str)}
     for r in rows:
         def f(key: str, fmt: str) -> str:
             v, width = r.get(key), int(fmt.split(".")[0])
             return format(v, fmt) if isinstance(v, (int, float)) and not math.isnan(v) else "-".rjust(width)
-        lines.append(f"{r['impl']:<16}{r['fusion']:<8}{r['status']:<12}{f('latency_us_median', '10.1f')}"
+        b = r.get("mega_backend")
+        name = f"{r['impl']}[{b}]" if isinstance(b, str) and (len(backends) > 1 or b != "triton") else r["impl"]
+        lines.append(f"{name:<19}{r['fusion']:<8}{r['status']:<12}{f('latency_us_median', '10.1f')}"
                      f"{f('gbps', '9.1f')}{f('pct_of_copy_bw', '7.1f')}{f('speedup', '9.2f')}{f('rel_err', '10.2e')}"
                      f"{f('top1_agree', '6.2f')}")
     r0 = rows[0]

@@ -447,6 +447,9 @@ def test_megakernel_backends_are_measured_in_one_run_with_their_own_keys(tmp_pat
     assert mega["gluon"]["status"] == "unsupported" and "megakernel.backend=gluon" in mega["gluon"]["note"]
     assert len({r["point_key"] for r in rows}) == 3
     assert fake == [("torch-eager", "model"), ("megakernel", "model")]  # the refused run builds nothing
+    from harness.runner import format_table
+    table = format_table(rows)
+    assert "megakernel[triton]" in table and "megakernel[gluon]" in table and "torch-eager[" not in table
     assert _point(tmp_path, *both) == []
     # the default backend's key is the one a run without the list has: nothing new to measure
     assert _point(tmp_path, "impl.names=[torch-eager,megakernel]") == []
