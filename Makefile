@@ -5,7 +5,7 @@ PY := .venv/bin/python
 HAS_GPU := $(shell ($(PY) -c "import torch; print(int(torch.cuda.is_available()))" || python3 -c "import torch; print(int(torch.cuda.is_available()))") 2>/dev/null || echo 0)
 RUN_ARGS ?= $(if $(filter 1,$(HAS_GPU)),,model=tiny bench=quick bench.ctx=256)
 
-.PHONY: env run test test-gpu figures-gpu
+.PHONY: env run test test-gpu test-gpu-kernels test-gpu-mega figures-gpu
 env:
 	@bash scripts/setup_env.sh
 
@@ -17,6 +17,14 @@ test: env  # two processes (the CI machine has two cores): 7 minutes instead of 
 
 test-gpu: env  # spread over 8 processes (Triton compiles in parallel); the 30-70 GB cases share one of them
 	$(PY) -m pytest -q -m gpu -n 8 --dist loadgroup $(PYTEST_ARGS)
+
+# The GPU suite in two named parts, for machines or sessions with a per-command time limit: the per-op kernels,
+# impls and harness, then the megakernel (both backends). The whole suite took 221 s on one H200 (perf notes).
+test-gpu-kernels: env
+	$(PY) -m pytest -q -m gpu -n 8 --dist loadgroup --ignore=tests/mega $(PYTEST_ARGS)
+
+test-gpu-mega: env
+	$(PY) -m pytest -q -m gpu -n 8 --dist loadgroup tests/mega $(PYTEST_ARGS)
 
 # Every figure from fresh rows, on a GPU machine: each experiment's sweep (experiments/*.yaml, their own impl lists;
 # bandwidth_by_impl first, with telemetry, then the others by name, all under results.tag=$(FIGURES_TAG) so that a
