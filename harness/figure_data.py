@@ -41,7 +41,8 @@ REF = A.DEFAULT_REFERENCE
 SPEEDUP = A.speedup_column(REF)
 DEFAULT_FUSION = "model"  # RunConfig.fusion: the megakernel curve of every figure but the fusion ablation
 
-IMPL_ORDER = ("torch-eager", "torch-graph", "torch-compile", "gemlite", "flash-attn", "layerwise", "megakernel")
+IMPL_ORDER = ("torch-eager", "torch-graph", "torch-compile", "gemlite", "flash-attn", "layerwise", "megakernel",
+              "megakernel-gluon")
 FUSION_ORDER = ("op", "block", "layer", "model")
 
 
@@ -154,7 +155,22 @@ def _measured_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[
         df = df[df["gpu_slug"] == gpu_slug(gpu)]
     if tag is not None:
         df = df[df["tag"] == tag]
-    return A.measured(df)
+    return backend_as_impl(A.measured(df))
+
+
+def backend_as_impl(df: pd.DataFrame) -> pd.DataFrame:
+    """Figures draw each megakernel backend as its own impl: "megakernel" for the default Triton backend (and rows
+    from before there was another), "megakernel-<backend>" for another, so that the newest row per point never
+    mixes backends and a figure shows a backend only where its experiment names it."""
+    if df.empty or "mega_backend" not in df.columns:
+        return df
+    b = df["mega_backend"]
+    other = b.notna() & ~b.astype(str).isin(("", "triton"))
+    if not other.any():
+        return df
+    df = df.copy()
+    df.loc[other, "impl"] = df.loc[other, "impl"] + "-" + b[other].astype(str)
+    return df
 
 
 def _newest_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[str] = None) -> pd.DataFrame:

@@ -297,6 +297,24 @@ def test_committed_rooflines_draw_their_rows(tmp_path):
 
 # ---------------------------------------------------------------- H100 vs H200
 
+def test_each_megakernel_backend_is_its_own_impl_in_figures(tmp_path):
+    """A newer Gluon-backend run at a point does not replace the Triton backend's row as "megakernel": figures see
+    it as "megakernel-gluon", and rows without the column (from before it existed) stay "megakernel"."""
+    impls = ("torch-compile", "megakernel")
+    rows = _loaded(tmp_path,
+                   run_rows(impls=impls, latency={"torch-compile": 1000.0, "megakernel": 900.0}, when=stamp(0),
+                            baseline="torch-compile"),
+                   run_rows(impls=impls, latency={"torch-compile": 1000.0, "megakernel": 800.0}, when=stamp(1),
+                            baseline="torch-compile", mega_backend="triton"),
+                   run_rows(impls=impls, latency={"torch-compile": 1000.0, "megakernel": 700.0}, when=stamp(2),
+                            baseline="torch-compile", mega_backend="gluon"))
+    newest = D._newest_rows(rows, GPU)
+    lat = dict(zip(newest["impl"], newest["latency_us_median"]))
+    assert lat == {"torch-compile": 1000.0, "megakernel": 800.0, "megakernel-gluon": 700.0}
+    old_only = D._newest_rows(_loaded(tmp_path / "old", run_rows(impls=impls, baseline="torch-compile")), GPU)
+    assert sorted(old_only["impl"]) == ["megakernel", "torch-compile"]
+
+
 def test_gpu_pairs_hold_the_points_both_gpus_measured(tmp_path):
     lat_a = {"torch-compile": 1000.0, "megakernel": 900.0, "layerwise": 950.0}
     lat_b = {"torch-compile": 800.0, "megakernel": 630.0, "layerwise": 760.0}
