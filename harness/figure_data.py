@@ -457,7 +457,10 @@ def copy_tbps_by_gpu(rows: pd.DataFrame) -> dict[str, float]:
     return {g: float(v) for g, v in c.groupby(d["gpu_slug"]).median().dropna().items()}
 
 
-TIMELINE_POINT = r"^(?P<model>.+)-(?P<quant>[^-]+)-b(?P<batch>\d+)-ctx(?P<ctx>\d+)-(?P<fusion>[^-]+)$"  # its name
+# A timeline's point name: model-quant-b<batch>-ctx<ctx>-<fusion>, then -<backend> for a megakernel backend other
+# than the default (harness.timeline)
+TIMELINE_POINT = (r"^(?P<model>.+)-(?P<quant>[^-]+)-b(?P<batch>\d+)-ctx(?P<ctx>\d+)-(?P<fusion>op|block|layer|model)"
+                  r"(?:-(?P<backend>[a-z]+))?$")
 
 
 def step_bytes(point: str, rows: Optional[pd.DataFrame]) -> tuple[Optional[dict], float, str]:

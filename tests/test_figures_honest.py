@@ -419,7 +419,7 @@ def test_committed_step_breakdowns_put_the_rows_bytes_per_step_at_copy_speed():
     b = F.step_breakdowns(ROOT / "results" / "timelines", rows)
     checked = 0
     for (slug, point), d in b.groupby(["gpu_slug", "point"]):
-        model, quant, batch, ctx, _ = re.match(D.TIMELINE_POINT, point).groups()
+        model, quant, batch, ctx = re.match(D.TIMELINE_POINT, point).group("model", "quant", "batch", "ctx")
         r = rows[(rows["model"] == model) & (rows["quant"] == quant) & (rows["batch"] == int(batch))
                  & (rows["ctx"] == int(ctx))]
         st = d[d["stage"]]
