@@ -9,9 +9,9 @@ its queue, in the order its instructions consume them. The ring holds NBUF chunk
 chunk NBUF ahead is issued, whatever instruction it belongs to and whether or not that instruction's counter is
 ready. Only the activation reads wait on counters.
 
-Per chunk the compute is one tensor-core product per 16 x 8 tile (mma.sync through `mma_v2`): the weights
-[BN, BK] (rows of W) are operand A, read from the ring, and x^T [BK, B_PAD] (batch padded to 8 or 16) operand B,
-loaded from global memory (the activations are small and L2-resident) with the RMSNorm weight applied. Every
+Per chunk the compute is one or two tensor-core products (mma.sync through `mma_v2`; see "Chunks" below for what a
+chunk holds): the ring slot [BN, BK] is operand A, and x^T [BK, B_PAD] (batch padded to 8 or 16) operand B, loaded
+from global memory one chunk ahead (the activations are small and L2-resident) with the RMSNorm weight applied. Every
 GEMV instruction ends with the same epilogues as the Triton backend (RoPE and the KV-cache append, residual add,
 SiLU gate, the LM head's per-block argmax). The other instructions (Embed, AttnPartial, AttnReduce, Argmax) are
 written with explicit layouts; attention uses the same flash-decoding split and combine.
