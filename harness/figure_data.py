@@ -41,8 +41,9 @@ REF = A.DEFAULT_REFERENCE
 SPEEDUP = A.speedup_column(REF)
 DEFAULT_FUSION = "model"  # RunConfig.fusion: the megakernel curve of every figure but the fusion ablation
 
-IMPL_ORDER = ("torch-eager", "torch-graph", "torch-compile", "gemlite", "flash-attn", "layerwise", "megakernel",
-              "megakernel-gluon")
+IMPL_ORDER = ("torch-eager", "torch-graph", "torch-compile", "gemlite", "flash-attn", "layerwise", "megakernel")
+# Figure-only impl names: a megakernel backend other than the default (backend_as_impl), drawn after the megakernel
+DRAWN_ORDER = IMPL_ORDER + ("megakernel-gluon",)
 FUSION_ORDER = ("op", "block", "layer", "model")
 
 
@@ -161,7 +162,8 @@ def _measured_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[
 def backend_as_impl(df: pd.DataFrame) -> pd.DataFrame:
     """Figures draw each megakernel backend as its own impl: "megakernel" for the default Triton backend (and rows
     from before there was another), "megakernel-<backend>" for another, so that the newest row per point never
-    mixes backends and a figure shows a backend only where its experiment names it."""
+    mixes backends. An experiment's figure shows such an impl only where its grid names it; the figures that draw
+    every impl of their rows (roofline, GPU comparison) show it as one more impl."""
     if df.empty or "mega_backend" not in df.columns:
         return df
     b = df["mega_backend"]
@@ -296,7 +298,7 @@ def _with_series(df: pd.DataFrame) -> pd.DataFrame:
 def _series_order(names) -> list[str]:
     def key(n: str):
         impl, _, fusion = n.partition("/")
-        i = IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER)
+        i = DRAWN_ORDER.index(impl) if impl in DRAWN_ORDER else len(DRAWN_ORDER)
         f = FUSION_ORDER.index(fusion) if fusion in FUSION_ORDER else -1
         return (i, f, n)
     return sorted(set(names), key=key)
@@ -663,7 +665,7 @@ def headline_table(rows: pd.DataFrame, gpu: str = HEADLINE_GPU, tag: Optional[st
     for k, v in HEADLINE_POINT.items():
         sel &= pd.to_numeric(df[k], errors="coerce") == v
     mega = with_markers(df[sel])
-    every = A.with_gpu_slug(A.add_same_run_ratios(rows))
+    every = backend_as_impl(A.with_gpu_slug(A.add_same_run_ratios(rows)))
     out = []
     for _, r in mega.iterrows():
         run = every[every["run_id"] == r["run_id"]]

@@ -4,7 +4,7 @@
     python -m harness.gate --refresh --results results --baselines results/baselines [--gpu SLUG]
 
 A point is what was measured: GPU (slug of gpu_name), model, quant, group size, batch, ctx, impl, fusion and,
-for the megakernel, its backend (column `mega_backend`; absent or empty = "triton", the only backend so far).
+for the megakernel, its backend (column `mega_backend`; absent or empty = "triton", the default backend).
 The results tag is NOT part of it: the same point measured under another tag is the same point.
 Several runs of one point on one side: the newest run at a clean commit (git_sha without "-dirty") wins;
 a point never measured at a clean commit takes its newest run. Newest = latest `timestamp_utc`.

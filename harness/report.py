@@ -47,7 +47,7 @@ import pandas as pd
 from harness import analysis as A
 from harness import gate as G
 from harness.errors import ConfigError
-from harness.figure_data import FUSION_ORDER, IMPL_ORDER
+from harness.figure_data import DRAWN_ORDER, FUSION_ORDER
 from harness.results import is_clean_sha, load_results
 from kernels import gpu_slug
 
@@ -120,7 +120,7 @@ def _sort(df: pd.DataFrame, first: str = "gpu", last: str = "timestamp_utc") -> 
     """Rows in reading order: `first`, model, quant, batch, ctx, impl (references first), fusion, then `last`."""
     def key(r: Mapping) -> tuple:
         return (_text(r.get(first)), _natural(r.get("model")), _text(r.get("quant")), _natural(r.get("group_size")),
-                _natural(r.get("batch")), _natural(r.get("ctx")), _order(_text(r.get("impl")), IMPL_ORDER),
+                _natural(r.get("batch")), _natural(r.get("ctx")), _order(_text(r.get("impl")), DRAWN_ORDER),
                 _order(_text(r.get("fusion")), FUSION_ORDER), _text(r.get(last)))
     recs = df.to_dict("records")
     return df.iloc[sorted(range(len(recs)), key=lambda i: key(recs[i]))].reset_index(drop=True)

@@ -474,16 +474,16 @@ def _measure_point(cfg, spec, device, store: ResultsStore, env: dict, point: dic
 
     rows = []
     for i, run in enumerate(runs, 1):
-        name = run.impl
+        name, run_cfg = run.impl, _run_cfg(cfg, run)
+        conf = resolved if run_cfg is cfg else json.dumps(OmegaConf.to_container(run_cfg, resolve=True), sort_keys=True)
         row = {**base_row(run), "bytes_per_step": nbytes["total"], "copy_tbps": copy_tbps,
-               "setup_s": setup_s, "status": "ok", "note": "", "config_json": resolved}
+               "setup_s": setup_s, "status": "ok", "note": "", "config_json": conf}  # the run's own fusion, backend
         row.update({f"bytes_{k}": v for k, v in nbytes.items() if k != "total"})
         step = progress.child(f"{i}/{len(runs)} {_run_name(run)}")
         try:
             if run in early:
                 raise Unsupported(early[run])
-            row.update(_measure(name, _run_cfg(cfg, run), spec, weights, cache, tokens, positions, ref_logits, device,
-                                step))
+            row.update(_measure(name, run_cfg, spec, weights, cache, tokens, positions, ref_logits, device, step))
         except Unsupported as e:
             row.update(status="unsupported", note=str(e))
         except torch.cuda.OutOfMemoryError as e:
@@ -651,16 +651,20 @@ def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t
 
 
 def format_table(rows: list[dict], device: Optional[torch.device] = None) -> str:
-    head = f"{'impl':<19}{'fusion':<8}{'status':<12}{'lat µs':>10}{'GB/s':>9}{'%copy':>7}{'speedup':>9}{'rel err':>10}{'top1':>6}"
-    lines = [head, "-" * len(head)]
     backends = {r.get("mega_backend") for r in rows if isinstance(r.get("mega_backend"), str)}
+
+    def label(r: dict) -> str:  # the impl, with the megakernel's backend when the table has another than triton
+        b = r.get("mega_backend")
+        return f"{r['impl']}[{b}]" if isinstance(b, str) and (len(backends) > 1 or b != "triton") else r["impl"]
+    w = max([16] + [len(label(r)) + 2 for r in rows])
+    head = (f"{'impl':<{w}}{'fusion':<8}{'status':<12}{'lat µs':>10}{'GB/s':>9}{'%copy':>7}{'speedup':>9}"
+            f"{'rel err':>10}{'top1':>6}")
+    lines = [head, "-" * len(head)]
     for r in rows:
         def f(key: str, fmt: str) -> str:
             v, width = r.get(key), int(fmt.split(".")[0])
             return format(v, fmt) if isinstance(v, (int, float)) and not math.isnan(v) else "-".rjust(width)
-        b = r.get("mega_backend")
-        name = f"{r['impl']}[{b}]" if isinstance(b, str) and (len(backends) > 1 or b != "triton") else r["impl"]
-        lines.append(f"{name:<19}{r['fusion']:<8}{r['status']:<12}{f('latency_us_median', '10.1f')}"
+        lines.append(f"{label(r):<{w}}{r['fusion']:<8}{r['status']:<12}{f('latency_us_median', '10.1f')}"
                      f"{f('gbps', '9.1f')}{f('pct_of_copy_bw', '7.1f')}{f('speedup', '9.2f')}{f('rel_err', '10.2e')}"
                      f"{f('top1_agree', '6.2f')}")
     r0 = rows[0]

@@ -594,7 +594,9 @@ def test_gpu_plan_counts_new_points_and_prices_them_from_the_sessions(tmp_path):
     assert plan["experiment"].tolist() == ["bandwidth_by_impl", "a_batch", "b_fusion"]
     assert plan["new_points"].tolist() == [2, 1, 0]
     # 2 points x every impl; 1 new point x every impl; a measured point: the op fusion and the baseline again
-    n = len(F.IMPL_ORDER)
+    from harness.impls import REGISTRY
+    n = len(REGISTRY)  # impl: all measures every registered impl
+    assert set(F.IMPL_ORDER) == set(REGISTRY)
     assert plan["rows"].tolist() == [2 * n, n, 2]
     assert plan["est_minutes"].tolist() == pytest.approx([2 * n * 20 / 60, n * 20 / 60, 2 * 20 / 60])
     assert ("Estimate, not a measurement: about 0.1 h of device time (nvidia-h100-80gb-hbm3: 20.0 s per impl row over 3 "

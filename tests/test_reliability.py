@@ -446,6 +446,8 @@ def test_megakernel_backends_are_measured_in_one_run_with_their_own_keys(tmp_pat
     assert mega["triton"]["status"] == "ok" and mega["triton"]["speedup"] == 1.0
     assert mega["gluon"]["status"] == "unsupported" and "megakernel.backend=gluon" in mega["gluon"]["note"]
     assert len({r["point_key"] for r in rows}) == 3
+    assert json.loads(mega["gluon"]["config_json"])["megakernel"]["backend"] == "gluon"  # its own provenance
+    assert json.loads(mega["triton"]["config_json"])["megakernel"]["backend"] == "triton"
     assert fake == [("torch-eager", "model"), ("megakernel", "model")]  # the refused run builds nothing
     from harness.runner import format_table
     table = format_table(rows)

@@ -68,6 +68,7 @@ MIN_SPLIT_KEYS = 128
 # adds exactly 0 (and nothing to the RMSNorm's sum of squares).
 W_QKV, W_O, W_GATE, W_UP, W_DOWN, W_LM = range(6)
 ENTRY = 1 + 2 * BOXES
+assert ENTRY == 5, "_entry and _copy read (which, row, col) x 2 boxes: update them with BOX"
 
 ERR_TIMEOUT = gl.constexpr(1)
 OP_EMBED = gl.constexpr(int(Op.EMBED))
@@ -575,9 +576,9 @@ def _tiles_here(row_block, TPI: gl.constexpr, N, ROWS: gl.constexpr):
 
 
 @gluon.jit
-def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e,
-                   stream_ptr, n_chunks, scratch, bufs, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
-                   NB: gl.constexpr):
+def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, d_qkv, d_o, d_gate,
+                   d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims: gl.constexpr,
+                   tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the TPI tiles of R rows (KP column groups per
     chunk) of one row block (the weight stream says which W and which layer)."""
     EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])

@@ -26,9 +26,9 @@ ODD = ModelSpec(name="odd", dim=96, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim
                 max_seq_len=2048, head_dim=16)
 
 
-# The Gluon backend's ragged case (its tiles are GPU-sized): K an odd multiple of 256 into the K-pair stages (q_dim
-# 1280 into O, ffn 1792 into down), so their last chunk's second box lies past K; a vocabulary that ends inside a
-# 64-row LM-head tile; head_dim 128 (two RmsQkvRope instructions per head); GQA group 5.
+# The Gluon backend's ragged case (its tiles are GPU-sized): K an odd multiple of 256 into O and down (q_dim 1280,
+# ffn 1792), so with two column groups per chunk their last chunk's second box lies past K; a vocabulary that ends
+# inside a 64-row LM-head tile; head_dim 128 (two RmsQkvRope instructions per head); GQA group 5.
 GLUON_ODD = ModelSpec(name="gluon-odd", dim=2048, n_layers=2, n_heads=10, n_kv_heads=2, ffn_dim=1792,
                       vocab_size=4000, max_seq_len=8192, head_dim=128)
 

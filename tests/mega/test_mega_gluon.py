@@ -45,8 +45,8 @@ def test_streams_cover_every_weight_box_once(model, fusion):
             for which, *coords in table[p, :n].tolist():
                 for r, c in zip(coords[0::2], coords[1::2]):
                     box = (which, r, c)
-                    if c >= grid[which][1]:  # past K: the last chunk of a stage with several column groups
-                        assert which in (H.W_O, H.W_DOWN, H.W_QKV) and c - coords[1] in (H.BK, 2 * H.BK, 3 * H.BK)
+                    if c >= grid[which][1]:  # past K: the second column group of O's or down's last chunk
+                        assert which in (H.W_O, H.W_DOWN) and (r, c) == (coords[0], coords[1] + H.BK), box
                         continue
                     if r >= grid[which][0]:  # past the last row: only the LM head's (the others are stacked)
                         assert which == H.W_LM, box
@@ -129,11 +129,14 @@ def test_device_loops_read_what_the_stream_loads(model, batch, programs, qkv_o_k
     assert kinds == {RmsQkvRope, OProjResidual, RmsGateUpSilu, DownResidual, LmHead}
 
 
-def test_chunk_counts_are_what_the_device_functions_consume():
+@pytest.mark.parametrize("programs,o_kp", [(100, 1), (132, 2), (40, 1)])
+def test_chunk_counts_are_what_the_device_functions_consume(programs, o_kp):
     """The device loops: RmsQkvRope one tile; the others min(TPI, tiles left below N) tiles of block_n rows (gate and
-    up two each); every tile K / BK chunks, K / 2 BK in the K-pair stages (O, down)."""
-    prog = _lowered("llama8b", programs=100)  # 100 programs: tiles per instruction that leave partial row blocks
+    up two each); every tile K / (KP BK) chunks (KP column groups per chunk: 2 for O and down on 132 SMs). 100 and
+    40 programs: tiles per instruction that leave partial row blocks."""
+    prog = _lowered("llama8b", programs=programs)
     s, t = prog.spec, prog.tiles
+    assert t.o.block_k // H.BK == o_kp and t.down.block_k // H.BK == o_kp
     for stage in (t.qkv, t.o, t.gate_up, t.down, t.lm_head):
         assert stage.block_k // H.BK in H.KPS and stage.block_k % H.BK == 0
     assert (t.gate_up.block_k, t.lm_head.block_k) == (H.BK, H.BK)
