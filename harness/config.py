@@ -181,6 +181,11 @@ def tile_options(cfg: RunConfig | DictConfig) -> TileOptions:
     return TileOptions(**OmegaConf.to_container(t, resolve=True))
 
 
+def mega_backend(cfg: RunConfig | DictConfig) -> str:
+    """megakernel.backend, with the schema's default for a configuration built without it."""
+    return getattr(cfg.megakernel, "backend", None) or MegakernelConfig.backend
+
+
 def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None) -> ModelSpec:
     """Checks every value that Hydra's typing cannot; returns the model spec. Raises ConfigError."""
     unknown = unknown_keys(cfg) if isinstance(cfg, DictConfig) else []

@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import tile_options, validate
+from harness.config import mega_backend, tile_options, validate
 from harness.errors import ConfigError, TooLargeForDevice, Unsupported
 from harness.impls import REGISTRY, ImplContext
 from harness.metrics import achieved_gbps, bytes_per_step, pct_of_copy_bw
@@ -543,7 +543,7 @@ def impl_runs(cfg) -> list[Run]:
         cls = REGISTRY.get(name)
         if cls is not None and cls.fusion != "none":
             mk = cfg.megakernel
-            backends = list(mk.get("backends") or []) or [mk.get("backend", "triton")]
+            backends = list(mk.get("backends") or []) or [mega_backend(cfg)]
             runs += [Run(name, f, b) for f in (list(mk.fusions) or [cfg.fusion]) for b in backends]
         else:
             runs.append(Run(name))
@@ -552,7 +552,7 @@ def impl_runs(cfg) -> list[Run]:
 
 def _run_cfg(cfg: DictConfig, run: Run) -> DictConfig:
     """cfg as one run sees it: its fusion and, for the megakernel, its backend."""
-    if run.fusion in ("none", cfg.fusion) and run.backend in ("", cfg.megakernel.get("backend", "triton")):
+    if run.fusion in ("none", cfg.fusion) and run.backend in ("", mega_backend(cfg)):
         return cfg
     c = cfg.copy()
     if run.fusion != "none":

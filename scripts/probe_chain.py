@@ -36,9 +36,7 @@ from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma  # noqa: E402
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
 
-from kernels.mega.hopper import _globaltimer, _wait_until  # noqa: E402  (the megakernel's timer and bounded wait)
-
-ERR_TIMEOUT = gl.constexpr(1)
+from kernels.mega.tiles import ERR_TIMEOUT, now, wait_until  # noqa: E402  (the megakernel's timer, bounded wait)
 
 
 @gluon.jit
@@ -91,14 +89,14 @@ def _chain_kernel(desc, y_ptr, cnt_ptr, err_ptr, tl_ptr, stream_ptr, max_chunks,
     j = 0
     for l in range(0, L):
         if TIMELINE:
-            t0 = _globaltimer()
+            t0 = now(err_ptr, 1)  # the GPU timer (CLOCK 1 reads no pointer)
         if WAIT:
             if l > 0:
-                seen = _wait_until(cnt_ptr + l - 1, epoch * R, err_ptr, spin_limit)
+                seen = wait_until(cnt_ptr + l - 1, epoch * R, err_ptr, spin_limit)
                 if seen < epoch * R:  # later waits see the flag and return at once: the kernel ends, wrong
                     gl.atomic_xchg(err_ptr, ERR_TIMEOUT, sem="release", scope="gpu")
         if TIMELINE:
-            t1 = _globaltimer()
+            t1 = now(err_ptr, 1)
         for t in range(0, n_p):
             r = p + t * P
             acc = gl.zeros([BN, BK], gl.float32, layout=LW)
@@ -121,7 +119,7 @@ def _chain_kernel(desc, y_ptr, cnt_ptr, err_ptr, tl_ptr, stream_ptr, max_chunks,
             base = tl_ptr + (p * L + l) * 3
             gl.store(base, t0)
             gl.store(base + 1, t1)
-            gl.store(base + 2, _globaltimer())
+            gl.store(base + 2, now(err_ptr, 1))
     for s in gl.static_range(NBUF):
         mbarrier.invalidate(bars.index(s))
 

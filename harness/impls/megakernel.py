@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from harness.config import tile_options
+from harness.config import mega_backend, tile_options
 from harness.impls.base import DecodeImpl, ImplContext, register
 
 
@@ -18,7 +18,7 @@ def runtime_from_config(cfg, weights, cache, **kwargs):
 
     mk = cfg.megakernel
     return Megakernel(weights, cache, fusion=cfg.fusion, policy=mk.schedule, programs_per_sm=mk.programs_per_sm,
-                      tiles=tile_options(cfg), backend=getattr(mk, "backend", "triton"), **kwargs)
+                      tiles=tile_options(cfg), backend=mega_backend(cfg), **kwargs)
 
 
 @register("megakernel")
@@ -38,7 +38,7 @@ class MegakernelImpl(DecodeImpl):
             return "megakernel on the CPU needs TRITON_INTERPRET=1 set before kernels are imported"
         if ctx.device.type == "cuda" and interpret:
             return "TRITON_INTERPRET=1 runs Triton on the CPU; unset it to run the megakernel on CUDA"
-        if getattr(ctx.cfg.megakernel, "backend", "triton") == "gluon":
+        if mega_backend(ctx.cfg) == "gluon":
             from kernels.mega.hopper import problem
 
             return problem(ctx.spec, ctx.weights.quant, ctx.batch, ctx.device)

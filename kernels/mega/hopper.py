@@ -19,9 +19,9 @@ written with explicit layouts; attention uses the same flash-decoding split and 
 Scope, refused with one sentence by `problem()` otherwise: bf16 / fp16 weights (int8 / int4 run on the Triton
 backend), head_dim a multiple of BN, every GEMV K a multiple of BK, batch <= 16, a Hopper GPU.
 
-Synchronisation, errors and the timeline record are the Triton backend's (kernels/mega/tiles.py), rewritten in
-Gluon: bounded acquire spins, the error record of the first stalled instruction, [start, ready, end, SM] per
-queue position when TIMELINE.
+Synchronisation, errors and the timeline record are the Triton backend's own device functions (kernels/mega/tiles.py,
+@triton.jit helpers of scalar atomics, which a Gluon kernel calls as they are): bounded acquire spins, the error
+record of the first stalled instruction, [start, ready, end, SM] per queue position when TIMELINE.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead, OProjResidual, Op, RmsGateUpSilu,
                                        RmsQkvRope)
 from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv
+from kernels.mega.tiles import ERR_TIMEOUT, now, release, report_error, sm_id, wait_until
 from kernels.quant import Kind, quant_mode
 from kernels.tiles import MAX_SPLITS, next_pow2
 
@@ -70,7 +71,6 @@ W_QKV, W_O, W_GATE, W_UP, W_DOWN, W_LM = range(6)
 ENTRY = 1 + 2 * BOXES
 assert ENTRY == 5, "_entry and _copy read (which, row, col) x 2 boxes: update them with BOX"
 
-ERR_TIMEOUT = gl.constexpr(1)
 OP_EMBED = gl.constexpr(int(Op.EMBED))
 OP_RMS_QKV_ROPE = gl.constexpr(int(Op.RMS_QKV_ROPE))
 OP_ATTN_PARTIAL = gl.constexpr(int(Op.ATTN_PARTIAL))
@@ -207,56 +207,6 @@ def descriptors(weights) -> list:
         return TensorDescriptor.from_tensor(w.reshape(-1, w.shape[-1]), [BOX, BK], layout)
     return [d(st["wqkv"].weight), d(st["wo"].weight), d(st["w_gate"].weight), d(st["w_up"].weight),
             d(st["w_down"].weight), d(weights.lm_head.weight)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Synchronisation (kernels/mega/tiles.py, in Gluon)
-# ----------------------------------------------------------------------------------------------
-@gluon.jit
-def _globaltimer():
-    return gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _smid():
-    return gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _wait_until(counter_ptr, target, error_ptr, spin_limit):
-    """Acquire-spins until *counter_ptr >= target, an error was raised, or spin_limit polls passed."""
-    gl.thread_barrier()
-    seen = gl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    spins = 0
-    failed = 0
-    while (seen < target) & (spins < spin_limit) & (failed == 0):
-        seen = gl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-        failed = gl.load(error_ptr, volatile=True)
-        spins += 1
-    gl.thread_barrier()
-    return seen
-
-
-@gluon.jit
-def _release(counter_ptr):
-    gl.thread_barrier()
-    gl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-
-
-@gluon.jit
-def _report_error(error_ptr, program, position, instr_id, counter, seen, target, launch):
-    """The Triton backend's error record (kernels/mega/tiles.report_error)."""
-    gl.atomic_xchg(error_ptr, ERR_TIMEOUT, sem="release", scope="gpu")
-    rec = error_ptr + WORDS_C * (1 + program)
-    old = gl.atomic_cas(rec, 0, ERR_TIMEOUT, sem="acq_rel", scope="gpu")
-    if old == 0:
-        gl.store(rec + 1, program)
-        gl.store(rec + 2, position)
-        gl.store(rec + 3, instr_id)
-        gl.store(rec + 4, counter)
-        gl.store(rec + 5, seen)
-        gl.store(rec + 6, target)
-        gl.store(rec + 7, launch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -715,17 +665,18 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
         wn = gl.load(word + 5)
         bc = gl.load(word + 6)
         if TIMELINE:
-            t_start = _globaltimer()
+            t_start = now(bufs.clock, 1)
         if (wc >= 0) & ((wc != last_c) | (wn > last_seen)):
-            seen = _wait_until(bufs.counters + wc, wn, bufs.error, queue.spin_limit)
+            seen = wait_until(bufs.counters + wc, wn, bufs.error, queue.spin_limit)
             if seen < wn:
-                _report_error(bufs.error, pid, pc, gl.load(word + 7), wc, seen, wn, queue.launch_id)
+                report_error(bufs.error, ERR_TIMEOUT, pid, pc, gl.load(word + 7), wc, seen, wn, queue.launch_id,
+                             WORDS_C)
                 alive = 0
             else:
                 last_c = wc
                 last_seen = seen
         if TIMELINE:
-            t_ready = _globaltimer()
+            t_ready = now(bufs.clock, 1)
         if alive != 0:
             lw = layer.to(gl.int64)
             if op == OP_EMBED:
@@ -754,13 +705,13 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             else:
                 _argmax(bufs, queue.advance, dims, tiles)
             if bc >= 0:
-                _release(bufs.counters + bc)
+                release(bufs.counters + bc)
         if TIMELINE:
             rec = bufs.timeline + ((pid * (queue.stride // WORDS_C) + pc) * 4).to(gl.int64)
             gl.store(rec, t_start)
             gl.store(rec + 1, t_ready)
-            gl.store(rec + 2, _globaltimer())
-            gl.store(rec + 3, _smid().to(gl.int64))
+            gl.store(rec + 2, now(bufs.clock, 1))
+            gl.store(rec + 3, sm_id(1))
         pc += 1
     # Chunks still in flight (a program that stopped on an error): land them before the program's shared memory goes.
     for s in gl.static_range(NB):

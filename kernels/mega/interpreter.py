@@ -32,10 +32,9 @@ from kernels.elementwise import silu
 from kernels.gemv import gemv_tile
 from kernels.lm_head import argmax_of_partials, tile_argmax
 from kernels.mega.instructions import WORDS, Op
-from kernels.mega.tiles import (combine_group, now, prefetch_l2, release, report_error, round_for_store, sm_id,
+from kernels.mega.tiles import (ERR_TIMEOUT, combine_group, now, prefetch_l2, release, report_error, round_for_store, sm_id,
                                 wait_until)
 
-ERR_TIMEOUT = tl.constexpr(1)  # the error record code of a timed-out wait
 # The dispatch's opcodes, as constexprs (kernels/mega/instructions.Op).
 OP_EMBED = tl.constexpr(int(Op.EMBED))
 OP_RMS_QKV_ROPE = tl.constexpr(int(Op.RMS_QKV_ROPE))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+ERR_TIMEOUT = tl.constexpr(1)  # the error record code of a timed-out wait (report_error; runtime reads it back)
+
 
 
 @triton.jit
