@@ -6,6 +6,9 @@
 #   bash scripts/gpu_session.sh tests            # pytest -m gpu
 #   bash scripts/gpu_session.sh sweep ARGS...    # python run.py ARGS... (a Hydra multirun with -m)
 # New result files are packed into $OUT/results.tgz (when OUT is set) so they can be committed.
+# TIME_LIMIT=S stops the step after S seconds (SIGINT) and still packs what it wrote: a sweep stores each point's
+# rows when the point ends, so the points finished before the limit come back (set it below the caller's own
+# limit, e.g. 560 under a 600-second call).
 #
 # It refuses to start unless the tree is a clean commit, as the rows will record it (python -m harness.results
 # --require-clean: git status of tracked files, or .commit-manifest on a copy whose .git is stale), so that every
@@ -26,9 +29,11 @@ if [ "${ALLOW_DIRTY:-0}" != 1 ]; then
   python3 -m harness.results --require-clean --repo "$PWD" || exit 2
 fi
 stamp=$(mktemp); touch "$stamp"; sleep 1
+limit=()
+[ -n "${TIME_LIMIT:-}" ] && limit=(timeout -s INT -k 20 "$TIME_LIMIT")
 case "$step" in
-  tests) python3 -m pytest -q -m gpu -n 8 --dist loadgroup "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
-  sweep) python3 run.py "$@" 2>&1 | tee -a ${OUT:+$OUT/sweep.log} ;;
+  tests) "${limit[@]}" python3 -m pytest -q -m gpu -n 8 --dist loadgroup "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
+  sweep) "${limit[@]}" python3 run.py "$@" 2>&1 | tee -a ${OUT:+$OUT/sweep.log} ;;
 esac
 rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ]; then
