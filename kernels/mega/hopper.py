@@ -5,8 +5,8 @@ that runs ahead of every dependency.
 Why: in the Triton backend the bytes in flight live in registers, and nothing can load the next instruction's
 weights while a program waits on a counter. Weights never depend on activations, so here each program walks a
 second, host-built list beside its queue: its weight stream, one entry per [BN, BK] chunk of every GEMV tile of
-its queue, in the order its instructions consume them. The ring holds NBUF chunks; whenever one is consumed, the
-chunk NBUF ahead is issued, whatever instruction it belongs to and whether or not that instruction's counter is
+its queue, in the order its instructions consume them. The ring holds nbuf() chunks; whenever one is consumed, the
+chunk nbuf() ahead is issued, whatever instruction it belongs to and whether or not that instruction's counter is
 ready. Only the activation reads wait on counters.
 
 Per chunk the compute is one or two tensor-core products (mma.sync through `mma_v2`; see "Chunks" below for what a
@@ -16,7 +16,15 @@ GEMV instruction ends with the same epilogues as the Triton backend (RoPE and th
 SiLU gate, the LM head's per-block argmax). The other instructions (Embed, AttnPartial, AttnReduce, Argmax) are
 written with explicit layouts; attention uses the same flash-decoding split and combine.
 
-Scope, refused with one sentence by `problem()` otherwise: bf16 / fp16 weights (int8 / int4 run on the Triton
+int8 weights (per output channel, kernels/quant.py) stream as they are stored, one byte per weight: a ring slot holds
+the same [BN, BK] chunk in half the bytes, so the ring is twice as deep for the same bytes in flight. A slot is read
+in the tensor cores' int8 operand order (4 consecutive columns per register, the k_width = 4 operand layout: the MMA
+sums over k, so x^T uses the same permuted order and the product is unchanged), each register of 4 bytes becomes
+4 fp16 operands in 5 integer / packed instructions (_int8_f16: fp16 1024 + 128 + q by byte permutes, then a packed
+subtraction, exact), and x^T is rounded to fp16 for the product (exact for |x| < 65504, as in kernels/qgemv.py).
+The per-channel scale multiplies the tile's fp32 rows in each instruction's epilogue.
+
+Scope, refused with one sentence by `problem()` otherwise: bf16 / fp16 or int8 weights (int4 runs on the Triton
 backend), head_dim a multiple of BN, every GEMV K a multiple of BK, batch <= 16, a Hopper GPU.
 
 Synchronisation, errors and the timeline record are the Triton backend's own device functions (kernels/mega/tiles.py,
@@ -45,7 +53,7 @@ BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
 BOX = 32  # rows of one TMA box
 BOXES = BN // BOX  # boxes per ring slot
 WARPS = 4
-NBUF = 4  # chunks in the ring (128 KB)
+RING_BYTES = 128 * 1024  # weight bytes in flight per program: NBUF chunks of 32 KB (bf16), 16 KB (int8)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
 KPS = (1, 2)  # column groups per chunk a stage may use
@@ -79,6 +87,13 @@ OP_OPROJ_RESIDUAL = gl.constexpr(int(Op.OPROJ_RESIDUAL))
 OP_RMS_GATE_UP_SILU = gl.constexpr(int(Op.RMS_GATE_UP_SILU))
 OP_DOWN_RESIDUAL = gl.constexpr(int(Op.DOWN_RESIDUAL))
 OP_LM_HEAD = gl.constexpr(int(Op.LM_HEAD))
+KIND_INT8_C = gl.constexpr(int(Kind.INT8))
+# int8 -> fp16 operands, 4 weights per register (pack = 4: byte i of $2 is element i; element 2 h + i of the 4
+# is half i of $h): q + 128 by a XOR of the sign bit, each byte under the fp16 exponent of 1024 by a byte permute
+# (0x64 | byte: 1024 + q + 128, exact), then one packed subtraction of 1152 per two weights (exact)
+INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x64646464;\nmov.b32 bias, 0x64806480;\n"
+                            "xor.b32 u, $2, 0x80808080;\nprmt.b32 $0, u, magic, 0x4140;\n"
+                            "prmt.b32 $1, u, magic, 0x4342;\nsub.rn.f16x2 $0, $0, bias;\nsub.rn.f16x2 $1, $1, bias;\n}")
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
@@ -90,8 +105,8 @@ W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W
 # ----------------------------------------------------------------------------------------------
 def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None) -> Optional[str]:
     """Why megakernel.backend=gluon cannot run this configuration (one sentence), or None."""
-    if quant_mode(quant).kind != Kind.DENSE or quant == "fp32":
-        return (f"megakernel.backend=gluon streams bf16 or fp16 weights; quant={quant} runs on "
+    if quant_mode(quant).kind == Kind.INT4 or quant == "fp32":
+        return (f"megakernel.backend=gluon streams bf16, fp16 or int8 weights; quant={quant} runs on "
                 f"megakernel.backend=triton")
     if spec.head_dim % BN:
         return f"megakernel.backend=gluon needs head_dim a multiple of {BN}; {spec.name} has {spec.head_dim}"
@@ -185,23 +200,32 @@ def weight_stream(prog: Lowered, programs: list[list[int]], device) -> tuple[tor
     return table.to(device), counts.to(device)
 
 
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.int8: gl.int8}
+
+
 def gl_dtype(dtype: torch.dtype):
-    """The Gluon dtype of the weights and activations (bf16 or fp16)."""
-    return gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
+    """The Gluon dtype of the activations (bf16 or fp16) or of the streamed weights (those, or int8)."""
+    return _GL_DTYPES[dtype]
+
+
+def nbuf(quant: str) -> int:
+    """Chunks in the ring: RING_BYTES of this quant mode's [BN, BK] chunks (4 of bf16, 8 of int8)."""
+    return RING_BYTES // (BN * BK * quant_mode(quant).weight_bits // 8)
 
 
 def smem_layout(dtype: torch.dtype):
-    """The ring's shared-memory layout (128-byte swizzle), the same for a [BOX, BK] box and a [BN, BK] slot."""
+    """The ring's shared-memory layout for weights stored as `dtype` (128-byte swizzle), the same for a [BOX, BK]
+    box and a [BN, BK] slot."""
     return gl.NVMMASharedLayout.get_default_for([BOX, BK], gl_dtype(dtype))
 
 
 def descriptors(weights) -> list:
     """The TMA descriptors of the six weights ([BOX, BK] boxes, in the order W_QKV .. W_LM) over the 2-D views of the
-    stacked weights (kernels.model.ModelWeights)."""
+    stacked weights (kernels.model.ModelWeights), in their stored dtype."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     st = weights.stacked
-    layout = smem_layout(weights.dtype)
+    layout = smem_layout(st["wqkv"].weight.dtype)
 
     def d(w: torch.Tensor):
         return TensorDescriptor.from_tensor(w.reshape(-1, w.shape[-1]), [BOX, BK], layout)
@@ -251,13 +275,33 @@ def _entry(stream_ptr, j):
 
 
 @gluon.jit
+def _int8_f16(q):
+    """int8 weights -> the same values in fp16 (any layout: elementwise, 4 per register)."""
+    return gl.inline_asm_elementwise(INT8_F16_PTX, "=r,=r,r", [q], dtype=gl.float16, is_pure=True, pack=4)
+
+
+@gluon.constexpr_function
+def _k_width(i8):
+    """The k_width of the mma operands: 2 (16-bit weights), 4 (int8: the int8 operand order, 4 bytes a register)."""
+    return 4 if i8 else 2
+
+
+@gluon.constexpr_function
+def _operand_dtype(i8, dt):
+    """The dtype of the tensor-core operands: the activations' (dense), fp16 (int8 weights, exact as fp16)."""
+    return gl.float16 if i8 else dt
+
+
+@gluon.jit
 def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP: gl.constexpr,
-          NB: gl.constexpr):
-    """Chunk j out of the ring as an mma operand; its slot refilled with chunk j + NB (entry e) and the entry of
-    chunk j + NB + 1 read ahead. Returns (operand, j + 1, that entry)."""
+          NB: gl.constexpr, I8: gl.constexpr):
+    """Chunk j out of the ring as an mma operand (int8: converted to fp16); its slot refilled with chunk j + NB
+    (entry e) and the entry of chunk j + NB + 1 read ahead. Returns (operand, j + 1, that entry)."""
     slot = j % NB
     mbarrier.wait(bars.index(slot), (j // NB) & 1)
     a = ring.index(slot).load(A_OP)
+    if I8:
+        a = _int8_f16(a)
     gl.thread_barrier()  # every warp has read the slot ...
     fence_async_shared()  # ... before the async proxy overwrites it
     _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, e, NB)
@@ -267,8 +311,8 @@ def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
 @gluon.jit
 def _x_cols(x_ptr, K, nw_ptr, c, k, n, n_ok, NORM: gl.constexpr, DT: gl.constexpr):
     """x^T [BK, B_PAD] at columns c .. c + BK (rows of x: sequences, row stride K; columns >= K read as 0): with NORM
-    in fp32 (for the sum of squares), with the norm weight there; else in DT (half the registers a prefetched tile
-    holds) and a placeholder, unused."""
+    in fp32 (for the sum of squares), with the norm weight there; else in DT, the operand dtype (half the registers
+    a prefetched tile holds) and a placeholder, unused."""
     k_ok = (c + k) < K
     x = gl.load(x_ptr + n[None, :] * K + (c + k)[:, None], mask=n_ok & k_ok[:, None], other=0.0)
     if NORM:
@@ -289,15 +333,18 @@ def _operand(x, nw, NORM: gl.constexpr, B_OP: gl.constexpr, DT: gl.constexpr):
 
 @gluon.jit
 def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K, nw_ptr, B, eps,
-          KP: gl.constexpr, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+          KP: gl.constexpr, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr,
+          I8: gl.constexpr):
     """One tile's products over K, its chunks taken from the ring in stream order (see "Chunks": KP column groups
     per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows g R .. (g + 1) R,
     R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the tile's rows
     (so the norm costs no extra pass over h); without, it is 1. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
-    the ring state after the tile: next chunk j, its entry e read ahead)."""
+    the ring state after the tile: next chunk j, its entry e read ahead). I8: int8 weights, so fp16 operands in
+    the int8 operand order (module docstring); the per-channel scale is the caller's."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
-    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=_k_width(I8))
+    B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=_k_width(I8))
+    OT: gl.constexpr = _operand_dtype(I8, DT)
     XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
@@ -307,21 +354,21 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
     ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
     # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
     # chunk's ring wait and products instead of preceding them.
-    x0n, w0n = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, DT)
+    x0n, w0n = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, OT)
     if KP > 1:
-        x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, DT)
+        x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, OT)
     for c in range(0, K, KP * BK_C):
         nxt = c + KP * BK_C
-        xb0 = _operand(x0n, w0n, NORM, B_OP, DT)
+        xb0 = _operand(x0n, w0n, NORM, B_OP, OT)
         if NORM:
             ssq += x0n * x0n
-        x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, DT)
+        x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
         if KP > 1:
-            xb1 = _operand(x1n, w1n, NORM, B_OP, DT)
+            xb1 = _operand(x1n, w1n, NORM, B_OP, OT)
             if NORM:
                 ssq += x1n * x1n
-            x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, DT)
-        a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB)
+            x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
+        a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB, I8)
         acc0 = mma_v2(a, xb0, acc0)
         if KP > 1:
             acc1 = mma_v2(a, xb1, acc1)
@@ -336,6 +383,15 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
 def _scaled(acc, scale):
     """acc [BN, B_PAD] (MMA layout) times a per-sequence scale."""
     return acc * gl.convert_layout(scale, gl.SliceLayout(0, acc.type.layout))[None, :]
+
+
+@gluon.jit
+def _row_scaled(y, s_ptr, rows, ok, I8: gl.constexpr):
+    """y [R, B_PAD] times the int8 per-channel scale of its weight rows (s_ptr + rows, rows in y's dim-0 layout);
+    y as it is for dense weights."""
+    if I8:
+        y = y * gl.load(s_ptr + rows, mask=ok, other=0.0).to(gl.float32)[:, None]
+    return y
 
 
 @gluon.jit
@@ -388,15 +444,19 @@ def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, b
     P: gl.constexpr = tiles.QKV.BN
     KP: gl.constexpr = tiles.QKV.BK // BK_C
     EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
+    I8: gl.constexpr = dims.KIND == KIND_INT8_C
     slot = row_block // tiles.NPB
     nw = wts.attn_norm + lw * dims.D
     acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                    bufs.h, dims.D, nw, dims.B, cache.eps, KP, True, B_PAD, DT, NB)
+                                    bufs.h, dims.D, nw, dims.B, cache.eps, KP, True, B_PAD, DT, NB, I8)
     _park(scratch, acc0, acc1, KP)
     lo = _gather(scratch, scale, 0, P, KP, EL)
     hi = _gather(scratch, scale, P, P, KP, EL)
     gl.thread_barrier()  # the next tile may overwrite the scratch
     i = (row_block % tiles.NPB) * P + gl.arange(0, P, layout=gl.SliceLayout(1, EL))
+    s_rows = wts.qkv.s + lw * ((dims.H + 2 * dims.KVH) * dims.HD) + slot * dims.HD  # the head slot's scales
+    lo = _row_scaled(lo, s_rows, i, i >= 0, I8)
+    hi = _row_scaled(hi, s_rows + HALF, i, i >= 0, I8)
     b = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, EL))
     b_ok = b < dims.B
     pos = gl.load(bufs.positions + b, mask=b_ok, other=0)
@@ -526,20 +586,21 @@ def _tiles_here(row_block, TPI: gl.constexpr, N, ROWS: gl.constexpr):
 
 
 @gluon.jit
-def _gemv_residual(row_block, K, x_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, d_qkv, d_o, d_gate,
-                   d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs, dims: gl.constexpr,
-                   tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, d_qkv, d_o,
+                   d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs,
+                   dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the TPI tiles of R rows (KP column groups per
-    chunk) of one row block (the weight stream says which W and which layer)."""
+    chunk) of one row block (the weight stream says which W and which layer; s_ptr: that layer's int8 scales)."""
+    I8: gl.constexpr = dims.KIND == KIND_INT8_C
     EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
     r = gl.arange(0, R, layout=gl.SliceLayout(1, EL))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
     for t in range(_tiles_here(row_block, TPI, dims.D, R)):
         offs = (row_block * TPI + t) * R + r
         acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
-                                        n_chunks, x_ptr, K, x_ptr, dims.B, 0.0, KP, False, tiles.B_PAD, DT, NB)
+                                        n_chunks, x_ptr, K, x_ptr, dims.B, 0.0, KP, False, tiles.B_PAD, DT, NB, I8)
         _park(scratch, acc0, acc1, KP)
-        acc = _gather(scratch, scale, 0, R, KP, EL)
+        acc = _row_scaled(_gather(scratch, scale, 0, R, KP, EL), s_ptr, offs, offs < dims.D, I8)
         gl.thread_barrier()  # the next tile may overwrite the scratch
         hp = bufs.h + b[None, :] * dims.D + offs[:, None]
         hm = (b < dims.B)[None, :] & (offs < dims.D)[:, None]
@@ -552,17 +613,18 @@ def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, rin
                       bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    I8: gl.constexpr = dims.KIND == KIND_INT8_C
     r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     nw = wts.mlp_norm + lw * dims.D
     for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
         gate, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
-                                          n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB)
-        gate = _scaled(gate, scale)
+                                          n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
+        gate = _row_scaled(_scaled(gate, scale), wts.gate.s + lw * dims.F, offs, offs < dims.F, I8)
         up, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
-                                        n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB)
-        up = _scaled(up, scale)
+                                        n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
+        up = _row_scaled(_scaled(up, scale), wts.up.s + lw * dims.F, offs, offs < dims.F, I8)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
                  mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])
     return j, e
@@ -573,6 +635,7 @@ def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e
              eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    I8: gl.constexpr = dims.KIND == KIND_INT8_C
     r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     B_PAD: gl.constexpr = tiles.B_PAD
@@ -582,8 +645,8 @@ def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e
         offs = (row_block * tiles.LM.TPI + t) * BN_C + r
         logit, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
                                            n_chunks, bufs.h, dims.D, wts.final_norm, dims.B, eps, 1, True, B_PAD, DT,
-                                           NB)
-        logit = _scaled(logit, scale)
+                                           NB, I8)
+        logit = _row_scaled(_scaled(logit, scale), wts.lm.s, offs, offs < dims.V, I8)
         gl.store(bufs.logits + b[None, :] * dims.V + offs[:, None], logit,
                  mask=(b < dims.B)[None, :] & (offs < dims.V)[:, None])
         vals = gl.where((offs < dims.V)[:, None], logit, float("-inf"))
@@ -633,13 +696,14 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
                       stream_stride, dims: gl.constexpr, tiles: gl.constexpr, TIMELINE: gl.constexpr,
                       DT: gl.constexpr, NB: gl.constexpr):
     # queue, bufs, wts, cache: kernels/mega/args.py; d_*: TMA descriptors of the weights (descriptors());
-    # stream: [P, stream_stride / ENTRY, ENTRY] int32 weight streams, stream_counts: [P] chunks per program.
+    # stream: [P, stream_stride / ENTRY, ENTRY] int32 weight streams, stream_counts: [P] chunks per program;
+    # DT: the activations' dtype (the weights' is the descriptors'), NB: chunks in the ring (nbuf()).
     pid = gl.program_id(0)
     n_instr = gl.load(queue.lengths + pid)
     qbase = queue.queue + pid * queue.stride
     stream_ptr = stream + pid * stream_stride
     n_chunks = gl.load(stream_counts + pid)
-    ring = gl.allocate_shared_memory(DT, [NB, BN_C, BK_C], d_qkv.layout)
+    ring = gl.allocate_shared_memory(d_qkv.block_type.element_ty, [NB, BN_C, BK_C], d_qkv.layout)
     bars = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
     B_PAD: gl.constexpr = tiles.B_PAD
     scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
@@ -689,16 +753,17 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             elif op == OP_ATTN_REDUCE:
                 _attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
-                j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, tiles.O.TPI, tiles.O.BN, tiles.O.BK // BK_C,
+                j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, wts.o.s + lw * dims.D, tiles.O.TPI, tiles.O.BN,
+                                      tiles.O.BK // BK_C,
                                       d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
                                       scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
                 j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
                                          n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
-                j, e = _gemv_residual(a, dims.F, bufs.act, tiles.DN.TPI, tiles.DN.BN, tiles.DN.BK // BK_C, d_qkv, d_o,
-                                      d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch,
-                                      bufs, dims, tiles, DT, NB)
+                j, e = _gemv_residual(a, dims.F, bufs.act, wts.down.s + lw * dims.D, tiles.DN.TPI, tiles.DN.BN,
+                                      tiles.DN.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e,
+                                      stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_LM_HEAD:
                 j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
                                 bufs, wts, cache.eps, dims, tiles, DT, NB)
@@ -736,13 +801,14 @@ def compile_sm90(spec, quant: str, batch: int, max_len: int, n_programs: int, ti
     why = problem(spec, quant, batch)
     if why:
         raise ValueError(why)
-    act = quant_mode(quant).act_dtype
+    mode = quant_mode(quant)
+    act = mode.act_dtype
     prog = lower(spec, quant, 0, batch, max_len, pick_tiles(spec, batch, max_len, n_programs))
     dims, tiles = constexprs(prog, act)
-    w = torch.empty(BN * BK, dtype=act)  # stands in for every weight: only its type and alignment matter
-    desc = TensorDescriptor(w, [BN, BK], [BK, 1], [BOX, BK], smem_layout(act))
+    w = torch.empty(BN * BK, dtype=mode.storage_dtype)  # stands in for every weight: only type and alignment matter
+    desc = TensorDescriptor(w, [BN, BK], [BK, 1], [BOX, BK], smem_layout(mode.storage_dtype))
     i32 = torch.empty(ENTRY, dtype=torch.int32)
     args = placeholder_args(prog, quant, n_programs) + [desc] * 6 + [i32, i32, 2 * ENTRY]
     src, warps = jit_source(_megakernel_gluon, args, dict(dims=dims, tiles=tiles, TIMELINE=timeline,
-                                                          DT=gl_dtype(act), NB=NBUF, num_warps=WARPS))
+                                                          DT=gl_dtype(act), NB=nbuf(quant), num_warps=WARPS))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})

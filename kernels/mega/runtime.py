@@ -168,7 +168,7 @@ class Megakernel:
                 self._descs = hopper.descriptors(self.w)
             args += [*self._descs, table, counts, table.shape[1] * hopper.ENTRY]
             return args, dict(dims=self._dims, tiles=self._tiles, TIMELINE=self.timeline, DT=hopper.gl_dtype(self.w.dtype),
-                              NB=hopper.NBUF, num_warps=self.tiles.num_warps)
+                              NB=hopper.nbuf(self.w.quant), num_warps=self.tiles.num_warps)
         kwargs = dict(dims=self._dims, tiles=self._tiles, TIMELINE=self.timeline, CLOCK=0 if self.interpret else 1,
                       L2_PREFETCH=self.tiles.l2_prefetch, num_warps=self.tiles.num_warps)
         return args, kwargs

@@ -1,5 +1,5 @@
 """The inline PTX of the kernels, run on the CPU by a PTX interpreter (tests/ptx_emu.py): the exact strings
-kernels/gemv.py and kernels/qgemv.py hand to inline_asm_elementwise, over every byte value where the input is a
+kernels/gemv.py, kernels/qgemv.py and kernels/mega/hopper.py hand to inline_asm_elementwise, over every byte value where the input is a
 byte, and through the mma.sync fragment layouts where the string multiplies. The GPU tests check the compiled kernels;
 these check the assembly text itself, so a wrong mask, magic number, byte selector or shift fails on a CPU."""
 import pytest
@@ -147,6 +147,21 @@ def test_qgemv_int8_ptx_multiplies_a_block():
     want = (q.double() @ x.double().T)[rows, cols]
     got = d.double() - float(_text(qgemv.INT8_F16_OFFSET)) * dx.double()
     assert torch.allclose(got, want, rtol=0, atol=2e-3 * max(1.0, want.abs().max().item()))
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels/mega/hopper.py (the Gluon megakernel's int8 operands)
+# ----------------------------------------------------------------------------------------------
+def test_megakernel_int8_ptx_gives_q_in_fp16_for_every_byte():
+    """INT8_F16_PTX (pack = 4): every int8 value in every byte position of $2 comes out as the same integer in fp16,
+    exactly, byte i as element i: bytes 0-1 in the halves of $0, bytes 2-3 in those of $1."""
+    from kernels.mega import hopper
+
+    words, bytes_ = _bytes_in_every_position()
+    res = PTX(_text(hopper.INT8_F16_PTX)).run({2: words, 0: torch.zeros_like(words), 1: torch.zeros_like(words)})
+    q = (bytes_ - ((bytes_ >> 7) << 8)).float()  # two's complement
+    assert torch.equal(halves_to_float(_out(res, 0), torch.float16), q[:, 0:2])
+    assert torch.equal(halves_to_float(_out(res, 1), torch.float16), q[:, 2:4])
 
 
 def test_the_emulator_refuses_what_it_does_not_know():

@@ -160,8 +160,8 @@ def test_chunk_counts_are_what_the_device_functions_consume(programs, o_kp):
 
 
 @pytest.mark.parametrize("quant,batch,spec_change,match", [
-    ("int4", 1, {}, "bf16 or fp16 weights; quant=int4"),
-    ("int8", 1, {}, "quant=int8 runs on megakernel.backend=triton"),
+    ("int4", 1, {}, "bf16, fp16 or int8 weights; quant=int4 runs on megakernel.backend=triton"),
+    ("fp32", 1, {}, "quant=fp32 runs on megakernel.backend=triton"),
     ("bf16", 17, {}, "batch 1..16"),
     ("bf16", 1, {"head_dim": 96}, "head_dim a multiple of 64"),
     ("bf16", 1, {"head_dim": 32}, "head_dim a multiple of 64"),
@@ -178,6 +178,14 @@ def test_problem_names_what_to_change(quant, batch, spec_change, match):
 def test_problem_refuses_a_non_hopper_device():
     assert "Hopper" in H.problem(spec_of("llama1b"), "bf16", 1, torch.device("cpu"))
     assert H.problem(spec_of("llama1b"), "bf16", 16) is None
+    assert H.problem(spec_of("llama8b"), "int8", 16) is None
+
+
+def test_the_ring_holds_the_same_bytes_for_every_weight_dtype():
+    """bf16 and fp16 chunks are 32 KB, int8 chunks 16 KB: twice as many of them keep the same bytes in flight."""
+    assert (H.nbuf("bf16"), H.nbuf("fp16"), H.nbuf("int8")) == (4, 4, 8)
+    for quant in ("bf16", "int8"):
+        assert H.nbuf(quant) * H.BN * H.BK * (2 if quant == "bf16" else 1) == H.RING_BYTES
 
 
 def test_runtime_refuses_the_cpu_with_one_sentence():
@@ -198,17 +206,20 @@ import json, sys
 from harness.models import named_spec
 from kernels.mega import hopper
 from kernels.mega.resources import ptxas_usage
-c = hopper.compile_sm90(named_spec(sys.argv[1]), "bf16", int(sys.argv[2]), 1024, 132)
+c = hopper.compile_sm90(named_spec(sys.argv[1]), sys.argv[3], int(sys.argv[2]), 1024, 132)
 ptx = c.asm["ptx"]
 print(json.dumps(dict(ptxas_usage(c), shared_meta=c.metadata.shared,
-                      tma="cp.async.bulk.tensor" in ptx, mma="mma.sync" in ptx, mbarrier="mbarrier.try_wait" in ptx)))
+                      tma="cp.async.bulk.tensor" in ptx, mma="mma.sync" in ptx, mbarrier="mbarrier.try_wait" in ptx,
+                      f16_mma="mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx,
+                      int8_ptx=hopper.INT8_F16_PTX.value.splitlines()[3] in ptx)))
 """
 
 
-@pytest.mark.parametrize("model,batch", [("llama1b", 1), ("llama8b", 16)])
-def test_compiles_for_sm90_within_one_sm(model, batch):
+@pytest.mark.parametrize("model,batch,quant", [("llama1b", 1, "bf16"), ("llama8b", 16, "bf16"), ("llama8b", 1, "int8")])
+def test_compiles_for_sm90_within_one_sm(model, batch, quant):
     """The whole kernel compiles for sm_90 here (in a process without the interpreter): its shared memory fits one
-    SM, the ring's TMA loads, mbarrier waits and tensor-core products are in the PTX, no spills at batch 1."""
+    SM, the ring's TMA loads, mbarrier waits and tensor-core products are in the PTX, no spills at batch 1; int8
+    weights become fp16 operands through INT8_F16_PTX (and only then)."""
     import json
     import os
     import subprocess
@@ -219,11 +230,12 @@ def test_compiles_for_sm90_within_one_sm(model, batch):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = root
-    run = subprocess.run([sys.executable, "-c", _COMPILE, model, str(batch)], capture_output=True, text=True, env=env,
-                         cwd=root, timeout=600)
+    run = subprocess.run([sys.executable, "-c", _COMPILE, model, str(batch), quant], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     use = json.loads(run.stdout.strip().splitlines()[-1])
     assert use["tma"] and use["mma"] and use["mbarrier"], use
     assert use["shared_meta"] <= SMEM_PER_SM, use
+    assert use["int8_ptx"] == use["f16_mma"] == (quant == "int8"), use
     if batch == 1:
         assert use["spill_stores"] == 0, use
