@@ -324,21 +324,24 @@ def _x_cols(x_ptr, K, nw_ptr, c, k, n, n_ok, NORM: gl.constexpr, DT: gl.constexp
 
 
 @gluon.jit
-def _operand(x, nw, NORM: gl.constexpr, B_OP: gl.constexpr, DT: gl.constexpr):
-    """x^T (times the norm weight with NORM) as the mma's B operand."""
+def _stage_x(xs, x, nw, NORM: gl.constexpr, DT: gl.constexpr):
+    """x^T (times the norm weight with NORM) into its x slot, in the operand dtype DT."""
     if NORM:
-        x = (x * nw[:, None]).to(DT)
-    return gl.convert_layout(x, B_OP)
+        x = x * nw[:, None]
+    xs.store(x.to(DT))
 
 
 @gluon.jit
-def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, x_ptr, K, nw_ptr, B, eps,
+def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, x_ptr, K, nw_ptr, B, eps,
           KP: gl.constexpr, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr,
           I8: gl.constexpr):
     """One tile's products over K, its chunks taken from the ring in stream order (see "Chunks": KP column groups
     per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows g R .. (g + 1) R,
     R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the tile's rows
-    (so the norm costs no extra pass over h); without, it is 1. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
+    (so the norm costs no extra pass over h); without, it is 1. x^T reaches the B operand through shared memory,
+    slot xs[2 (j % 2) + g] for chunk j's column group g: stored before the chunk's ring barrier (_take's), which
+    orders it before every warp's read and after every read of that slot two chunks earlier, so x costs no barrier
+    of its own. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
     the ring state after the tile: next chunk j, its entry e read ahead). I8: int8 weights, so fp16 operands in
     the int8 operand order (module docstring); the per-channel scale is the caller's."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
@@ -359,19 +362,21 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
         x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, OT)
     for c in range(0, K, KP * BK_C):
         nxt = c + KP * BK_C
-        xb0 = _operand(x0n, w0n, NORM, B_OP, OT)
+        xs0 = xs.index(2 * (j % 2))
+        xs1 = xs.index(2 * (j % 2) + 1)
+        _stage_x(xs0, x0n, w0n, NORM, OT)
         if NORM:
             ssq += x0n * x0n
         x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
         if KP > 1:
-            xb1 = _operand(x1n, w1n, NORM, B_OP, OT)
+            _stage_x(xs1, x1n, w1n, NORM, OT)
             if NORM:
                 ssq += x1n * x1n
             x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
         a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB, I8)
-        acc0 = mma_v2(a, xb0, acc0)
+        acc0 = mma_v2(a, xs0.load(B_OP), acc0)
         if KP > 1:
-            acc1 = mma_v2(a, xb1, acc1)
+            acc1 = mma_v2(a, xs1.load(B_OP), acc1)
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
@@ -433,7 +438,7 @@ def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
 
 
 @gluon.jit
-def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
                   n_chunks, scratch, bufs, wts, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
                   NB: gl.constexpr):
     """RmsQkvRope(layer, row_block): P rotate-half pairs (rows i and i + hd/2) of one head slot of the fused wqkv,
@@ -447,7 +452,7 @@ def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, b
     I8: gl.constexpr = dims.KIND == KIND_INT8_C
     slot = row_block // tiles.NPB
     nw = wts.attn_norm + lw * dims.D
-    acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+    acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
                                     bufs.h, dims.D, nw, dims.B, cache.eps, KP, True, B_PAD, DT, NB, I8)
     _park(scratch, acc0, acc1, KP)
     lo = _gather(scratch, scale, 0, P, KP, EL)
@@ -587,7 +592,7 @@ def _tiles_here(row_block, TPI: gl.constexpr, N, ROWS: gl.constexpr):
 
 @gluon.jit
 def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, d_qkv, d_o,
-                   d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, scratch, bufs,
+                   d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, scratch, bufs,
                    dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the TPI tiles of R rows (KP column groups per
     chunk) of one row block (the weight stream says which W and which layer; s_ptr: that layer's int8 scales)."""
@@ -597,7 +602,7 @@ def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexp
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
     for t in range(_tiles_here(row_block, TPI, dims.D, R)):
         offs = (row_block * TPI + t) * R + r
-        acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+        acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
                                         n_chunks, x_ptr, K, x_ptr, dims.B, 0.0, KP, False, tiles.B_PAD, DT, NB, I8)
         _park(scratch, acc0, acc1, KP)
         acc = _row_scaled(_gather(scratch, scale, 0, R, KP, EL), s_ptr, offs, offs < dims.D, I8)
@@ -609,7 +614,7 @@ def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexp
 
 
 @gluon.jit
-def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
                       bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
@@ -619,10 +624,10 @@ def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, rin
     nw = wts.mlp_norm + lw * dims.D
     for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
-        gate, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+        gate, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
                                           n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
         gate = _row_scaled(_scaled(gate, scale), wts.gate.s + lw * dims.F, offs, offs < dims.F, I8)
-        up, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+        up, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
                                         n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
         up = _row_scaled(_scaled(up, scale), wts.up.s + lw * dims.F, offs, offs < dims.F, I8)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
@@ -631,7 +636,7 @@ def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, rin
 
 
 @gluon.jit
-def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, bufs, wts,
+def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, bufs, wts,
              eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
@@ -643,7 +648,7 @@ def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e
     best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, MMA))
     for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V, BN_C)):
         offs = (row_block * tiles.LM.TPI + t) * BN_C + r
-        logit, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+        logit, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
                                            n_chunks, bufs.h, dims.D, wts.final_norm, dims.B, eps, 1, True, B_PAD, DT,
                                            NB, I8)
         logit = _row_scaled(_scaled(logit, scale), wts.lm.s, offs, offs < dims.V, I8)
@@ -708,6 +713,10 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
     B_PAD: gl.constexpr = tiles.B_PAD
     scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
                                         gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    # x^T slots (_tile): two chunks x two column groups of [BK, B_PAD] in the operand dtype, columns contiguous per
+    # sequence (as x is stored) and swizzled in 16-byte vectors so the operand's 8 x 8 reads are conflict-free
+    xs = gl.allocate_shared_memory(_operand_dtype(dims.KIND == KIND_INT8_C, DT), [4, BK_C, B_PAD],
+                                   gl.SwizzledSharedLayout(8, 1, 8, order=[0, 1]))
     for s in gl.static_range(NB):
         mbarrier.init(bars.index(s), count=1)
     for s in gl.static_range(NB):  # the ring starts full, whatever instructions its chunks belong to
@@ -746,7 +755,7 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             if op == OP_EMBED:
                 _embed(a, bufs, wts, dims, tiles)
             elif op == OP_RMS_QKV_ROPE:
-                j, e = _rms_qkv_rope(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                j, e = _rms_qkv_rope(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
                                      n_chunks, scratch, bufs, wts, cache, dims, tiles, DT, NB)
             elif op == OP_ATTN_PARTIAL:
                 _attn_partial(lw, a, b, bufs, cache, dims, tiles, DT)
@@ -755,17 +764,17 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             elif op == OP_OPROJ_RESIDUAL:
                 j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, wts.o.s + lw * dims.D, tiles.O.TPI, tiles.O.BN,
                                       tiles.O.BK // BK_C,
-                                      d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                      d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
                                       scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
-                j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr,
+                j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
                                          n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
                 j, e = _gemv_residual(a, dims.F, bufs.act, wts.down.s + lw * dims.D, tiles.DN.TPI, tiles.DN.BN,
-                                      tiles.DN.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e,
+                                      tiles.DN.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
                                       stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_LM_HEAD:
-                j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
                                 bufs, wts, cache.eps, dims, tiles, DT, NB)
             else:
                 _argmax(bufs, queue.advance, dims, tiles)
