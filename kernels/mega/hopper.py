@@ -358,25 +358,21 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
     # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
     # chunk's ring wait and products instead of preceding them.
     x0n, w0n = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, OT)
-    x0m, w0m = _x_cols(x_ptr, K, nw_ptr, KP * BK_C, k, n, n_ok, NORM, OT)
     if KP > 1:
         x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, OT)
-        x1m, w1m = _x_cols(x_ptr, K, nw_ptr, KP * BK_C + BK_C, k, n, n_ok, NORM, OT)
     for c in range(0, K, KP * BK_C):
-        nxt = c + 2 * KP * BK_C
+        nxt = c + KP * BK_C
         xs0 = xs.index(2 * (j % 2))
         xs1 = xs.index(2 * (j % 2) + 1)
         _stage_x(xs0, x0n, w0n, NORM, OT)
         if NORM:
             ssq += x0n * x0n
-        x0n, w0n = x0m, w0m
-        x0m, w0m = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
+        x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
         if KP > 1:
             _stage_x(xs1, x1n, w1n, NORM, OT)
             if NORM:
                 ssq += x1n * x1n
-            x1n, w1n = x1m, w1m
-            x1m, w1m = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
+            x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
         a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB, I8)
         acc0 = mma_v2(a, xs0.load(B_OP), acc0)
         if KP > 1:
