@@ -295,17 +295,20 @@ def _operand_dtype(i8, dt):
 @gluon.jit
 def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP: gl.constexpr,
           NB: gl.constexpr, I8: gl.constexpr):
-    """Chunk j out of the ring as an mma operand (int8: converted to fp16); its slot refilled with chunk j + NB
-    (entry e) and the entry of chunk j + NB + 1 read ahead. Returns (operand, j + 1, that entry)."""
+    """Chunk j out of the ring as two mma operands, its column halves (int8: converted to fp16); its slot refilled
+    with chunk j + NB (entry e) and the entry of chunk j + NB + 1 read ahead. Returns (the halves, j + 1, that
+    entry)."""
     slot = j % NB
     mbarrier.wait(bars.index(slot), (j // NB) & 1)
-    a = ring.index(slot).load(A_OP)
+    a_lo = ring.index(slot).slice(0, BK_C // 2, dim=1).load(A_OP)
+    a_hi = ring.index(slot).slice(BK_C // 2, BK_C // 2, dim=1).load(A_OP)
     if I8:
-        a = _int8_f16(a)
+        a_lo = _int8_f16(a_lo)
+        a_hi = _int8_f16(a_hi)
     gl.thread_barrier()  # every warp has read the slot ...
     fence_async_shared()  # ... before the async proxy overwrites it
     _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, e, NB)
-    return a, j + 1, _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
+    return a_lo, a_hi, j + 1, _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
 
 
 @gluon.jit
@@ -352,8 +355,12 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
     n_ok = (n < B)[None, :]
+    # two accumulators per product, one per column half of a chunk: two chains of 8 dependent mma.sync per chunk
+    # instead of one of 16
     acc0 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    acc0b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    acc1b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
     # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
     # chunk's ring wait and products instead of preceding them.
@@ -373,15 +380,18 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
             if NORM:
                 ssq += x1n * x1n
             x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
-        a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB, I8)
-        acc0 = mma_v2(a, xs0.load(B_OP), acc0)
+        a_lo, a_hi, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                 A_OP, NB, I8)
+        acc0 = mma_v2(a_lo, xs0.slice(0, BK_C // 2, dim=0).load(B_OP), acc0)
+        acc0b = mma_v2(a_hi, xs0.slice(BK_C // 2, BK_C // 2, dim=0).load(B_OP), acc0b)
         if KP > 1:
-            acc1 = mma_v2(a, xs1.load(B_OP), acc1)
+            acc1 = mma_v2(a_lo, xs1.slice(0, BK_C // 2, dim=0).load(B_OP), acc1)
+            acc1b = mma_v2(a_hi, xs1.slice(BK_C // 2, BK_C // 2, dim=0).load(B_OP), acc1b)
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    return acc0, acc1, scale, j, e
+    return acc0 + acc0b, acc1 + acc1b, scale, j, e
 
 
 @gluon.jit
