@@ -292,19 +292,31 @@ def _operand_dtype(i8, dt):
     return gl.float16 if i8 else dt
 
 
+@gluon.constexpr_function
+def _chains(b_pad):
+    """Accumulator chains per product: 2 (a chunk's column halves, two interleaved chains of 8 dependent mma.sync
+    instead of one of 16) at B_PAD = 8; 1 at B_PAD = 16, where the second set of accumulators spills (measured,
+    docs/perf-notes.md)."""
+    return 2 if b_pad == 8 else 1
+
+
 @gluon.jit
 def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP: gl.constexpr,
-          NB: gl.constexpr, I8: gl.constexpr):
-    """Chunk j out of the ring as two mma operands, its column halves (int8: converted to fp16); its slot refilled
-    with chunk j + NB (entry e) and the entry of chunk j + NB + 1 read ahead. Returns (the halves, j + 1, that
-    entry)."""
+          NB: gl.constexpr, I8: gl.constexpr, CH: gl.constexpr):
+    """Chunk j out of the ring as mma operands, its CH column parts (int8: converted to fp16; with CH = 1 the second
+    is the first again, unused); its slot refilled with chunk j + NB (entry e) and the entry of chunk j + NB + 1 read
+    ahead. Returns (the parts, j + 1, that entry)."""
+    W: gl.constexpr = BK_C // CH
     slot = j % NB
     mbarrier.wait(bars.index(slot), (j // NB) & 1)
-    a_lo = ring.index(slot).slice(0, BK_C // 2, dim=1).load(A_OP)
-    a_hi = ring.index(slot).slice(BK_C // 2, BK_C // 2, dim=1).load(A_OP)
+    a_lo = ring.index(slot).slice(0, W, dim=1).load(A_OP)
     if I8:
         a_lo = _int8_f16(a_lo)
-        a_hi = _int8_f16(a_hi)
+    a_hi = a_lo
+    if CH > 1:
+        a_hi = ring.index(slot).slice(W, W, dim=1).load(A_OP)
+        if I8:
+            a_hi = _int8_f16(a_hi)
     gl.thread_barrier()  # every warp has read the slot ...
     fence_async_shared()  # ... before the async proxy overwrites it
     _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, e, NB)
@@ -355,8 +367,9 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
     n_ok = (n < B)[None, :]
-    # two accumulators per product, one per column half of a chunk: two chains of 8 dependent mma.sync per chunk
-    # instead of one of 16
+    # CH accumulators per product, one per column part of a chunk (_chains)
+    CH: gl.constexpr = _chains(B_PAD)
+    W: gl.constexpr = BK_C // CH
     acc0 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc0b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
@@ -381,12 +394,14 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
                 ssq += x1n * x1n
             x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
         a_lo, a_hi, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                 A_OP, NB, I8)
-        acc0 = mma_v2(a_lo, xs0.slice(0, BK_C // 2, dim=0).load(B_OP), acc0)
-        acc0b = mma_v2(a_hi, xs0.slice(BK_C // 2, BK_C // 2, dim=0).load(B_OP), acc0b)
+                                 A_OP, NB, I8, CH)
+        acc0 = mma_v2(a_lo, xs0.slice(0, W, dim=0).load(B_OP), acc0)
+        if CH > 1:
+            acc0b = mma_v2(a_hi, xs0.slice(W, W, dim=0).load(B_OP), acc0b)
         if KP > 1:
-            acc1 = mma_v2(a_lo, xs1.slice(0, BK_C // 2, dim=0).load(B_OP), acc1)
-            acc1b = mma_v2(a_hi, xs1.slice(BK_C // 2, BK_C // 2, dim=0).load(B_OP), acc1b)
+            acc1 = mma_v2(a_lo, xs1.slice(0, W, dim=0).load(B_OP), acc1)
+            if CH > 1:
+                acc1b = mma_v2(a_hi, xs1.slice(W, W, dim=0).load(B_OP), acc1b)
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
