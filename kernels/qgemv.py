@@ -64,14 +64,21 @@ def _int4_mma_ptx(f: dict) -> str:
     return "".join(body) + "}"
 
 
+def int8_f16_ptx(word: str, lo: str, hi: str) -> str:
+    """PTX that turns the 4 int8 of `word` into fp16 1024 + 128 + q, exactly: bytes 0, 1 in the halves of `lo`,
+    bytes 2, 3 in those of `hi` (a XOR makes each byte q + 128, unsigned; a byte permute puts each under the fp16
+    exponent of 1024). The enclosing asm declares .b32 registers u and magic, with magic = 0x64646464. Shared by
+    this GEMV and the Gluon megakernel (kernels/mega/hopper.py)."""
+    return f"xor.b32 u, {word}, 0x80808080;\nprmt.b32 {lo}, u, magic, 0x4140;\nprmt.b32 {hi}, u, magic, 0x4342;\n"
+
+
 def _int8_mma_ptx(f: dict) -> str:
     """Four k-tiles: per lane two words of 4 bytes each -> a0..a3 (fp16 1152 + q), then D += A B. Operands: $0-3 D,
     $4-7 the first word (a0, a1) and $8-11 the second (a2, a3) of each k-tile, $12-15 b0 and $16-19 b1, $20-23 C."""
     body = ["{\n.reg .b32 a0, a1, a2, a3, u, magic;\nmov.b32 magic, 0x64646464;\n"]
     for j in range(4):
         for w, (lo, hi) in ((f"${4 + j}", ("a0", "a1")), (f"${8 + j}", ("a2", "a3"))):
-            body.append(f"xor.b32 u, {w}, 0x80808080;\n"  # two's complement -> q + 128, unsigned
-                        f"prmt.b32 {lo}, u, magic, 0x4140;\nprmt.b32 {hi}, u, magic, 0x4342;\n")  # fp16 1024 + byte
+            body.append(int8_f16_ptx(w, lo, hi))
         acc = "$20, $21, $22, $23" if j == 0 else "$0, $1, $2, $3"
         body.append(_MMA.format(t="f16", b0=f"${12 + j}", b1=f"${16 + j}", c=acc))
     return "".join(body) + "}"

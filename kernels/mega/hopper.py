@@ -45,6 +45,7 @@ from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead,
                                        RmsQkvRope)
 from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv
 from kernels.mega.tiles import ERR_TIMEOUT, now, release, report_error, sm_id, wait_until
+from kernels.qgemv import INT8_F16_OFFSET, int8_f16_ptx
 from kernels.quant import Kind, quant_mode
 from kernels.tiles import MAX_SPLITS, next_pow2
 
@@ -89,11 +90,12 @@ OP_DOWN_RESIDUAL = gl.constexpr(int(Op.DOWN_RESIDUAL))
 OP_LM_HEAD = gl.constexpr(int(Op.LM_HEAD))
 KIND_INT8_C = gl.constexpr(int(Kind.INT8))
 # int8 -> fp16 operands, 4 weights per register (pack = 4: byte i of $2 is element i; element 2 h + i of the 4
-# is half i of $h): q + 128 by a XOR of the sign bit, each byte under the fp16 exponent of 1024 by a byte permute
-# (0x64 | byte: 1024 + q + 128, exact), then one packed subtraction of 1152 per two weights (exact)
-INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x64646464;\nmov.b32 bias, 0x64806480;\n"
-                            "xor.b32 u, $2, 0x80808080;\nprmt.b32 $0, u, magic, 0x4140;\n"
-                            "prmt.b32 $1, u, magic, 0x4342;\nsub.rn.f16x2 $0, $0, bias;\nsub.rn.f16x2 $1, $1, bias;\n}")
+# is half i of $h): the qgemv byte conversion to fp16 1152 + q (kernels/qgemv.int8_f16_ptx), then one packed
+# subtraction of 1152 per two weights (exact)
+_F16_1152 = "0x%04X%04X" % ((int(torch.tensor(INT8_F16_OFFSET.value, dtype=torch.float16).view(torch.int16)) & 0xFFFF,) * 2)
+INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x64646464;\n"
+                            f"mov.b32 bias, {_F16_1152};\n" + int8_f16_ptx("$2", "$0", "$1")
+                            + "sub.rn.f16x2 $0, $0, bias;\nsub.rn.f16x2 $1, $1, bias;\n}")
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
