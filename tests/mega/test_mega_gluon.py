@@ -60,6 +60,22 @@ def test_streams_cover_every_weight_box_once(model, fusion):
         assert got == want, f"weight {which}: {len(want - got)} boxes never streamed, {len(got - want)} extra"
 
 
+@pytest.mark.parametrize("model,batch", [("llama8b", 1), ("llama1b", 16)])
+def test_int8_streams_the_same_chunks_as_bf16(model, batch):
+    """An int8 chunk is the same [BN, BK] block of the stored bytes: the lowering, tiles and weight streams of an
+    int8 step are those of the bf16 step, box for box (only the bytes per box halve, and the ring doubles)."""
+    spec = spec_of(model)
+    progs = {q: lower(spec, q, 0, batch, 1024, H.pick_tiles(spec, batch, 1024, 132)) for q in ("bf16", "int8")}
+    assert progs["int8"].tiles == progs["bf16"].tiles
+    assert [str(i) for i in progs["int8"].instrs] == [str(i) for i in progs["bf16"].instrs]
+    for fusion in ("op", "model"):
+        scheds = {q: build_schedule(p, 132, "round-robin", fusion, "cpu") for q, p in progs.items()}
+        for la8, la16 in zip(scheds["int8"].launches, scheds["bf16"].launches):
+            t8, c8 = H.weight_stream(progs["int8"], la8.programs, "cpu")
+            t16, c16 = H.weight_stream(progs["bf16"], la16.programs, "cpu")
+            assert torch.equal(t8, t16) and torch.equal(c8, c16)
+
+
 def _emulate(prog, ins, w: dict, x: torch.Tensor) -> list[torch.Tensor]:
     """What the device computes for one GEMV instruction, from its weight stream alone (hopper._tile): each chunk's
     slot is its boxes stacked (zero past K or past the last row, as TMA fills); with KP = block_k / BK column groups
