@@ -11,7 +11,9 @@ ready. Only the activation reads wait on counters.
 
 Per chunk the compute is one or two tensor-core products (mma.sync through `mma_v2`; see "Chunks" below for what a
 chunk holds): the ring slot [BN, BK] is operand A, and x^T [BK, B_PAD] (batch padded to 8 or 16) operand B, loaded
-from global memory one chunk ahead (the activations are small and L2-resident) with the RMSNorm weight applied. Every
+from global memory one chunk ahead (the activations are small and L2-resident) with the RMSNorm weight applied and
+handed to the tensor cores through a shared-memory slot that the ring's own per-chunk barrier orders (_tile). At
+B_PAD 8 each product runs as two accumulator chains, one per column half of the chunk (_chains). Every
 GEMV instruction ends with the same epilogues as the Triton backend (RoPE and the KV-cache append, residual add,
 SiLU gate, the LM head's per-block argmax). The other instructions (Embed, AttnPartial, AttnReduce, Argmax) are
 written with explicit layouts; attention uses the same flash-decoding split and combine.
@@ -21,7 +23,8 @@ the same [BN, BK] chunk in half the bytes, so the ring is twice as deep for the 
 in the tensor cores' int8 operand order (4 consecutive columns per register, the k_width = 4 operand layout: the MMA
 sums over k, so x^T uses the same permuted order and the product is unchanged), each register of 4 bytes becomes
 4 fp16 operands in 5 integer / packed instructions (_int8_f16: fp16 1024 + 128 + q by byte permutes, then a packed
-subtraction, exact), and x^T is rounded to fp16 for the product (exact for |x| < 65504, as in kernels/qgemv.py).
+subtraction, exact), and x^T (fp32) is rounded to fp16 for the product: finer than bf16, and |x| must stay below
+fp16's 65504, as in kernels/qgemv.py.
 The per-channel scale multiplies the tile's fp32 rows in each instruction's epilogue.
 
 Scope, refused with one sentence by `problem()` otherwise: bf16 / fp16 or int8 weights (int4 runs on the Triton
