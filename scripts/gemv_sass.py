@@ -20,6 +20,12 @@ launcher can choose:
     python scripts/gemv_sass.py --kernel qgemv --kind int4 --act bf16 --group 128 --num-warps 8
     python scripts/gemv_sass.py --kernel qgemv --all --jobs 2
 
+--kernel mega-gluon compiles the whole Gluon megakernel (kernels/mega/hopper.compile_sm90) for one model, quant and
+batch, and reports every innermost loop that takes chunks from the weight ring (the chunk loops of its GEMV tiles): SASS
+instructions, HMMA, barriers, and thread-instructions per weight byte of a chunk (one warp's 16 rows x 256 columns):
+
+    python scripts/gemv_sass.py --kernel mega-gluon --model llama8b --quant int8 --batch 1
+
 At 4.25 TB/s (an H200 copy), int4 streams 8.5e12 weights/s; 132 SMs x 4 schedulers x 32 lanes x 1.98 GHz
 issue ~3.3e13 thread-instructions/s, so a loop above ~4 instructions per weight cannot keep up.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -67,6 +74,12 @@ def compile_gemv(kind: str, b_pad: int, block_n: int, block_k: int, groups_per_s
 
 def k_loop(cubin: bytes) -> list[str]:
     """Opcodes of the largest loop (a conditional branch back to an earlier label) in the SASS of a cubin."""
+    return max(loops(cubin), key=lambda body: len(body[1]), default=(0, []))[1]
+
+
+def loops(cubin: bytes) -> list[tuple[bool, list[str]]]:
+    """Every loop (a conditional branch back to an earlier label) in the SASS of a cubin, in address order:
+    (whether it is innermost, i.e. holds no other loop's back edge, its opcodes)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     nvdisasm = os.path.join(os.path.dirname(get_ptxas(90).path), "nvdisasm")
@@ -86,15 +99,50 @@ def k_loop(cubin: bytes) -> list[str]:
             if pending:
                 labels[pending], pending = addr, None
             ins.append((addr, m.group(2).strip()))
-    best: list = []
+    spans = []
     for addr, text in ins:
         m = re.search(r"BRA.*?\.(L_x_\d+)", text)
         # a loop's back edge is conditional; an unconditional branch back is the return from an out-of-line path
         # (e.g. the retry of an mbarrier wait), whose "body" would span the code after the loop
         if m and text.startswith("@") and labels.get(m.group(1), addr + 1) < addr:
-            body = [t for a, t in ins if labels[m.group(1)] <= a <= addr]
-            best = body if len(body) > len(best) else best
-    return [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best]
+            spans.append((labels[m.group(1)], addr))
+    out = []
+    for lo, hi in spans:
+        inner = not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in spans)
+        out.append((inner, [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for a, t in ins if lo <= a <= hi]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels/mega/hopper.py: the Gluon megakernel's chunk loops
+# ----------------------------------------------------------------------------------------------
+def mega_report(model: str, quant: str, batch: int) -> dict:
+    """Registers, spills and the chunk loops (innermost loops that take ring chunks) of the Gluon megakernel
+    compiled for sm_90: per loop its SASS instructions, HMMA and BAR counts, its products per chunk (column groups)
+    and thread-instructions per weight byte of one chunk (each warp's 16 rows of a [64, 256] chunk)."""
+    from harness.models import named_spec
+    from kernels.mega import hopper
+    from kernels.mega.resources import ptxas_usage
+    from kernels.quant import quant_mode
+
+    os.environ.pop("TRITON_INTERPRET", None)
+    c = hopper.compile_sm90(named_spec(model), quant, batch, 1024, 132)
+    wbytes = quant_mode(quant).weight_bits // 8
+    per_product = hopper.BK // 16  # mma.sync k-steps per product (over one or two accumulator chains)
+    b_tiles = 1 if batch <= 8 else 2  # n-tiles of 8 batch rows per k-step
+    rows = []
+    for inner, ops in loops(c.asm["cubin"]):
+        hmma = ops.count("HMMA")
+        # a chunk loop waits on the ring's mbarrier (SYNCS); attention's key-block loop has products but no ring
+        if not inner or "SYNCS" not in ops or hmma == 0 or hmma % (per_product * b_tiles):
+            continue
+        products = hmma // (per_product * b_tiles)  # column groups: each the whole slot times its own x^T columns
+        chunk_bytes = 16 * hopper.BK * wbytes  # one warp's weight bytes per chunk, whatever the column groups
+        rows.append(dict(instructions=len(ops), hmma=hmma, products=products, bar=ops.count("BAR"),
+                         per_byte=round(len(ops) * 32 / chunk_bytes, 2),
+                         top=collections.Counter(ops).most_common(6)))
+    return dict(model=model, quant=quant, batch=batch, **ptxas_usage(c), loops=rows)
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,9 +337,10 @@ def qgemv_main(a) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", choices=("gemv", "qgemv"), default="gemv",
+    ap.add_argument("--kernel", choices=("gemv", "qgemv", "mega-gluon"), default="gemv",
                     help="gemv: kernels/gemv._gemv_kernel (FMA or tl.dot tile); qgemv: kernels/qgemv._qgemv_kernel "
-                         "(Gluon, mma.sync), compiled as its launcher would (int4 / int8 only)")
+                         "(Gluon, mma.sync), compiled as its launcher would (int4 / int8 only); mega-gluon: the "
+                         "Gluon megakernel's chunk loops (--model, --quant, --batch)")
     ap.add_argument("--kind", choices=("dense", "int8", "int4"), default="int4", help="the weights' storage kind")
     ap.add_argument("--batch-pad", type=int, default=1)
     ap.add_argument("--block-n", type=int, default=4)
@@ -318,7 +367,23 @@ def main(argv=None) -> None:
     q.add_argument("--all", action="store_true", help="every configuration the launcher can choose")
     q.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     q.add_argument("--json", action="store_true", help="one JSON object per configuration")
+    m = ap.add_argument_group("--kernel mega-gluon (--batch above applies too)")
+    m.add_argument("--model", default="llama8b", help="a model name of conf/model (its shape only)")
+    m.add_argument("--quant", choices=("bf16", "fp16", "int8"), default="bf16", help="the weights' quant mode")
     a = ap.parse_args(argv)
+    if a.kernel == "mega-gluon":
+        r = mega_report(a.model, a.quant, a.batch)
+        if a.json:
+            print(json.dumps(r))
+            return
+        print(f"mega-gluon {a.model} {a.quant} B{a.batch}: {r['regs']} registers, {r['spill_stores']} bytes of spill "
+              f"stores")
+        for i, lp in enumerate(r["loops"]):
+            top = ", ".join(f"{k} {v}" for k, v in lp["top"])
+            print(f"  chunk loop {i}: {lp['products']} product(s), {lp['instructions']} instructions, {lp['hmma']} HMMA, "
+                  f"{lp['bar']} BAR = "
+                  f"{lp['per_byte']:.2f} per weight byte ({top})")
+        return
     if a.kernel == "qgemv":
         if a.kind == "dense" and not a.all:
             ap.error("--kernel qgemv takes --kind int4 or int8")

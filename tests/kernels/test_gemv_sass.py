@@ -32,3 +32,28 @@ def test_int8_and_bf16_loops_stay_near_their_counts():
     assert 2.0 < per_weight <= 5.0, line
     per_weight, line = _loop("--kind", "int8", "--block-n", "16", "--block-k", "512")
     assert 2.0 < per_weight <= 5.0 and "I2F" in line, line
+
+
+def _mega(*args: str) -> dict:
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gemv_sass.py"), "--kernel", "mega-gluon",
+                          "--json", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_gluon_megakernel_chunk_loops_stay_near_their_counts():
+    """The Gluon megakernel's chunk loops at llama1b batch 1 (docs/perf-notes.md, "The Gluon megakernel streams
+    int8"): every GEMV stage has one (1 or 2 products per chunk); x^T through shared-memory slots leaves at most 13
+    barriers in a loop's code (converting it to the operand layout per chunk made 19); int8 issues about 4
+    thread-instructions per weight byte, bf16 about 1.2; no spills."""
+    runs = {q: _mega("--model", "llama1b", "--quant", q, "--batch", "1") for q in ("bf16", "int8")}
+    for q, r in runs.items():
+        assert r["spill_stores"] == 0, r
+        assert len(r["loops"]) >= 4 and {lp["products"] for lp in r["loops"]} == {1, 2}, r["loops"]
+        assert all(lp["bar"] <= 13 for lp in r["loops"]), r["loops"]
+    assert all(3.0 < lp["per_byte"] <= 4.5 for lp in runs["int8"]["loops"]), runs["int8"]["loops"]
+    assert all(lp["per_byte"] <= 1.5 for lp in runs["bf16"]["loops"]), runs["bf16"]["loops"]
