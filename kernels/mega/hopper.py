@@ -23,8 +23,10 @@ the same [BN, BK] chunk in half the bytes, so the ring is twice as deep for the 
 in the tensor cores' int8 operand order (4 consecutive columns per register, the k_width = 4 operand layout: the MMA
 sums over k, so x^T uses the same permuted order and the product is unchanged), each register of 4 bytes becomes
 4 fp16 operands in 5 integer / packed instructions (_int8_f16: fp16 1024 + 128 + q by byte permutes, then a packed
-subtraction, exact), and x^T (fp32) is rounded to fp16 for the product: finer than bf16, and |x| must stay below
-fp16's 65504, as in kernels/qgemv.py.
+subtraction, exact), and x^T (fp32) is rounded to fp16 for the product: finer than bf16, but its range ends at
+fp16's 65504. In the norm stages that operand is h times the norm weight, before the 1 / rms scale (which multiplies
+the fp32 rows after the product): a residual-stream value times its norm weight must stay below 65504, a tighter
+bound than the normalised activations of the per-op qgemv (kernels/qgemv.py).
 The per-channel scale multiplies the tile's fp32 rows in each instruction's epilogue.
 
 Scope, refused with one sentence by `problem()` otherwise: bf16 / fp16 or int8 weights (int4 runs on the Triton
@@ -57,7 +59,7 @@ BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
 BOX = 32  # rows of one TMA box
 BOXES = BN // BOX  # boxes per ring slot
 WARPS = 4
-RING_BYTES = 128 * 1024  # weight bytes in flight per program: NBUF chunks of 32 KB (bf16), 16 KB (int8)
+RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 32 KB (bf16), 16 KB (int8)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
 KPS = (1, 2)  # column groups per chunk a stage may use
@@ -69,7 +71,7 @@ MIN_SPLIT_KEYS = 128
 # i BOX .. (i + 1) BOX. A stage's chunk has KP column groups (KP in KPS): the slot's rows g R .. (g + 1) R
 # (R = BN / KP) are the tile's R rows at columns c + g BK. Each chunk is KP products, the whole slot times x^T at
 # c + g BK, of which rows g R .. (g + 1) R count; they are summed once per tile. So a stage trades tile height for
-# tile count at the same 32 KB per slot: with KP = 2, llama8b's O and down have 128 tiles of 32 rows for 132 SMs,
+# tile count at the same bytes per slot: with KP = 2, llama8b's O and down have 128 tiles of 32 rows for 132 SMs,
 # not 64 of 64. The MMA work grows KP-fold, which is free at batch 1-16.
 #   gate, up, LM head   KP = 1: 64 rows;
 #   O, down             KP = 1 or 2 (pick_tiles balances tiles over the grid);
@@ -95,7 +97,8 @@ KIND_INT8_C = gl.constexpr(int(Kind.INT8))
 # int8 -> fp16 operands, 4 weights per register (pack = 4: byte i of $2 is element i; element 2 h + i of the 4
 # is half i of $h): the qgemv byte conversion to fp16 1152 + q (kernels/qgemv.int8_f16_ptx), then one packed
 # subtraction of 1152 per two weights (exact)
-_F16_1152 = "0x%04X%04X" % ((int(torch.tensor(INT8_F16_OFFSET.value, dtype=torch.float16).view(torch.int16)) & 0xFFFF,) * 2)
+_F16_1152 = "0x%04X%04X" % ((int(torch.tensor(INT8_F16_OFFSET.value, dtype=torch.float16).view(torch.int16))
+                              & 0xFFFF,) * 2)
 INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x64646464;\n"
                             f"mov.b32 bias, {_F16_1152};\n" + int8_f16_ptx("$2", "$0", "$1")
                             + "sub.rn.f16x2 $0, $0, bias;\nsub.rn.f16x2 $1, $1, bias;\n}")
@@ -122,7 +125,8 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
         return f"megakernel.backend=gluon runs batch 1..16, not {batch}"
     if device is not None:
         if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
-            return "megakernel.backend=gluon needs a Hopper GPU (sm_90: TMA and mbarrier); use megakernel.backend=triton"
+            return ("megakernel.backend=gluon needs a Hopper GPU (sm_90: TMA and mbarrier); "
+                    "use megakernel.backend=triton")
     return None
 
 
@@ -322,7 +326,10 @@ def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
         a_hi = ring.index(slot).slice(W, W, dim=1).load(A_OP)
         if I8:
             a_hi = _int8_f16(a_hi)
-    gl.thread_barrier()  # every warp has read the slot ...
+    # Every warp has read the slot (and stored chunk j's x^T slots; _tile relies on this barrier for both orders of
+    # those slots: chunk j's stores before any warp reads them, and chunk j - 1's reads before chunk j + 1's stores
+    # reuse that slot pair. A loader partition or a K split across warp groups must keep both) ...
+    gl.thread_barrier()
     fence_async_shared()  # ... before the async proxy overwrites it
     _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, e, NB)
     return a_lo, a_hi, j + 1, _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
@@ -359,9 +366,9 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
     per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows g R .. (g + 1) R,
     R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the tile's rows
     (so the norm costs no extra pass over h); without, it is 1. x^T reaches the B operand through shared memory,
-    slot xs[2 (j % 2) + g] for chunk j's column group g: stored before the chunk's ring barrier (_take's), which
-    orders it before every warp's read and after every read of that slot two chunks earlier, so x costs no barrier
-    of its own. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
+    slot xs[2 (j % 2) + g] for chunk j's column group g, stored before _take(j)'s thread barrier, which orders the
+    store before every warp's read; _take(j - 1)'s thread barrier ordered every read of that slot two chunks
+    earlier before the store. So x costs no barrier of its own. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
     the ring state after the tile: next chunk j, its entry e read ahead). I8: int8 weights, so fp16 operands in
     the int8 operand order (module docstring); the per-channel scale is the caller's."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
@@ -411,7 +418,7 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    return acc0 + acc0b, acc1 + acc1b, scale, j, e
+    return acc0 + acc0b, acc1 + acc1b, scale, j, e  # (with CH = 1 the second terms are zeros)
 
 
 @gluon.jit
@@ -453,8 +460,8 @@ def _gather(scratch, scale, off: gl.constexpr, N: gl.constexpr, KP: gl.constexpr
 # ----------------------------------------------------------------------------------------------
 # The instructions
 # ----------------------------------------------------------------------------------------------
-# Every GEMV instruction takes the ring's state (the six descriptors, the ring and its barriers, the next chunk j and
-# the stream entry e read ahead) and returns the new (j, e).
+# Every GEMV instruction takes the ring's state (the six descriptors, the ring and its barriers, the x^T slots, the
+# next chunk j and the stream entry e read ahead) and returns the new (j, e).
 @gluon.jit
 def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
     """Embed(col_block): h[:, cols] = embed[tokens, cols]."""
@@ -744,7 +751,8 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
     scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
                                         gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
     # x^T slots (_tile): two chunks x two column groups of [BK, B_PAD] in the operand dtype, columns contiguous per
-    # sequence (as x is stored) and swizzled in 16-byte vectors so the operand's 8 x 8 reads are conflict-free
+    # sequence (as x is stored), swizzled in 16-byte vectors: bf16 operands are read with ldmatrix, conflict-free;
+    # int8's fp16 operands (k_width 4) with plain 64-bit shared loads, whose conflicts are not measured
     xs = gl.allocate_shared_memory(_operand_dtype(dims.KIND == KIND_INT8_C, DT), [4, BK_C, B_PAD],
                                    gl.SwizzledSharedLayout(8, 1, 8, order=[0, 1]))
     for s in gl.static_range(NB):
@@ -793,12 +801,11 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
                 _attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
                 j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, wts.o.s + lw * dims.D, tiles.O.TPI, tiles.O.BN,
-                                      tiles.O.BK // BK_C,
-                                      d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                                      scratch, bufs, dims, tiles, DT, NB)
+                                      tiles.O.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j,
+                                      e, stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
-                j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
-                                         n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
+                                         stream_ptr, n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
                 j, e = _gemv_residual(a, dims.F, bufs.act, wts.down.s + lw * dims.D, tiles.DN.TPI, tiles.DN.BN,
                                       tiles.DN.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
