@@ -126,10 +126,11 @@ def mega_report(model: str, quant: str, batch: int) -> dict:
     from kernels.quant import quant_mode
 
     os.environ.pop("TRITON_INTERPRET", None)
-    c = hopper.compile_sm90(named_spec(model), quant, batch, 1024, 132)
+    spec = named_spec(model)
+    c = hopper.compile_sm90(spec, quant, batch, 1024, 132)
     wbytes = quant_mode(quant).weight_bits // 8
     per_product = hopper.BK // 16  # mma.sync k-steps per product (over one or two accumulator chains)
-    b_tiles = 1 if batch <= 8 else 2  # n-tiles of 8 batch rows per k-step
+    b_tiles = hopper.pick_tiles(spec, batch, 1024, 132).b_pad // 8  # n-tiles of 8 batch rows per k-step
     rows = []
     for inner, ops in loops(c.asm["cubin"]):
         hmma = ops.count("HMMA")
@@ -142,7 +143,6 @@ def mega_report(model: str, quant: str, batch: int) -> dict:
                          per_byte=round(len(ops) * 32 / chunk_bytes, 2),
                          top=collections.Counter(ops).most_common(6)))
     return dict(model=model, quant=quant, batch=batch, **ptxas_usage(c), loops=rows)
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,9 +380,8 @@ def main(argv=None) -> None:
               f"stores")
         for i, lp in enumerate(r["loops"]):
             top = ", ".join(f"{k} {v}" for k, v in lp["top"])
-            print(f"  chunk loop {i}: {lp['products']} product(s), {lp['instructions']} instructions, {lp['hmma']} HMMA, "
-                  f"{lp['bar']} BAR = "
-                  f"{lp['per_byte']:.2f} per weight byte ({top})")
+            print(f"  chunk loop {i}: {lp['products']} product(s), {lp['instructions']} instructions, "
+                  f"{lp['hmma']} HMMA, {lp['bar']} BAR = {lp['per_byte']:.2f} per weight byte ({top})")
         return
     if a.kernel == "qgemv":
         if a.kind == "dense" and not a.all:

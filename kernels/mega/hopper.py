@@ -97,8 +97,8 @@ KIND_INT8_C = gl.constexpr(int(Kind.INT8))
 # int8 -> fp16 operands, 4 weights per register (pack = 4: byte i of $2 is element i; element 2 h + i of the 4
 # is half i of $h): the qgemv byte conversion to fp16 1152 + q (kernels/qgemv.int8_f16_ptx), then one packed
 # subtraction of 1152 per two weights (exact)
-_F16_1152 = "0x%04X%04X" % ((int(torch.tensor(INT8_F16_OFFSET.value, dtype=torch.float16).view(torch.int16))
-                              & 0xFFFF,) * 2)
+_F16_BITS = int(torch.tensor(INT8_F16_OFFSET.value, dtype=torch.float16).view(torch.int16)) & 0xFFFF
+_F16_1152 = f"0x{_F16_BITS:04X}{_F16_BITS:04X}"  # the offset in both halves
 INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x64646464;\n"
                             f"mov.b32 bias, {_F16_1152};\n" + int8_f16_ptx("$2", "$0", "$1")
                             + "sub.rn.f16x2 $0, $0, bias;\nsub.rn.f16x2 $1, $1, bias;\n}")
