@@ -54,43 +54,36 @@ from kernels.qgemv import INT8_F16_OFFSET, int8_f16_ptx
 from kernels.quant import Kind, quant_mode
 from kernels.tiles import MAX_SPLITS, next_pow2
 
-BN = 128  # rows of a ring slot: 8 warps x 16 rows of mma.sync
-BK = 128  # columns of a ring slot (32 KB of bf16, 16 KB of int8 per slot)
+BN = 64  # rows of a ring slot: 4 warps x 16 rows of mma.sync
+BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
 BOX = 32  # rows of one TMA box
 BOXES = BN // BOX  # boxes per ring slot
-WARPS = 8
+WARPS = 4
 RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 32 KB (bf16), 16 KB (int8)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
-QKV_PAIRS = 32  # rotate-half pairs per RmsQkvRope instruction (a tile of 2 x 32 rows)
-KPS = (2, 4)  # column groups per chunk a stage may use: tiles of BN / KP = 64 or 32 rows
+KPS = (1, 2)  # column groups per chunk a stage may use
 # Attention splits: one (kv head, split) instruction per program where the context allows, but at least this many
 # keys per split (an AttnPartial costs a few dependent round trips whatever its length; the reduce reads every split).
 MIN_SPLIT_KEYS = 128
 # Chunks. One ring slot [BN, BK] is one chunk, filled by BOXES TMA boxes of [BOX, BK]; its weight-stream entry is
 # [which weight, (row, column) of each box] (`which` indexes the descriptors below), box i landing in slot rows
-# i BOX .. (i + 1) BOX. A tile of R rows takes KP = BN / R column groups per chunk: the slot's rows g R .. (g + 1) R
-# are the tile's R rows at columns c + g BK. Each chunk is KP products, the whole slot times x^T at c + g BK, of
-# which rows g R .. (g + 1) R count; they are summed once per tile, through shared memory (_park, _gather).
-# Why the slot is [128, 128] and not [64, 256]: the K split across warps. Each of the 8 warps multiplies 16 slot
-# rows, so warps 0-3 take the tile's columns c .. c + BK and warps 4-7 the next BK (with KP = 4, two warps per
-# group): every SM scheduler has two warps whose dependent chains (ring wait, ldmatrix, int8 conversion, mma.sync)
-# overlap, and each warp handles half the bytes of a chunk that 4 warps of 16 rows x 256 columns did (measured,
-# docs/perf-notes.md, "8 warps"). The price is the per-tile sum across warps, which a 4-warp [64, 256] slot needed
-# only for 32-row tiles.
-#   gate, up, LM head   KP = 2: 64 rows;
-#   O, down             KP = 2 or 4: 64 or 32 rows (pick_tiles balances tiles over the grid);
-#   QKV                 KP = 2: QKV_PAIRS rotate-half pairs, rows i .. i + 32 in the first box of each column
-#                       group and their partners i + hd/2 .. in the second (the partners meet in one tile for RoPE).
-# The MMA work per chunk is KP products of which one counts per slot row, free at batch 1-16 (one warp's 8 k-steps
-# per product: KP independent accumulator chains of 8 mma.sync).
-# 16-row boxes (measured with the 4-warp [64, 256] slot, four boxes per slot) were slower everywhere: every GEMV
-# stage lost 5-7% to the doubled TMA and stream-entry work (perf notes, "16-row boxes").
-# A box past K (K not a multiple of the chunk's KP BK columns) is zero-filled by the TMA unit and its x columns are
-# masked to 0, so it adds exactly 0 (and nothing to the RMSNorm's sum of squares).
+# i BOX .. (i + 1) BOX. A stage's chunk has KP column groups (KP in KPS): the slot's rows g R .. (g + 1) R
+# (R = BN / KP) are the tile's R rows at columns c + g BK. Each chunk is KP products, the whole slot times x^T at
+# c + g BK, of which rows g R .. (g + 1) R count; they are summed once per tile. So a stage trades tile height for
+# tile count at the same bytes per slot: with KP = 2, llama8b's O and down have 128 tiles of 32 rows for 132 SMs,
+# not 64 of 64. The MMA work grows KP-fold, which is free at batch 1-16.
+#   gate, up, LM head   KP = 1: 64 rows;
+#   O, down             KP = 1 or 2 (pick_tiles balances tiles over the grid);
+#   QKV                 KP = 1: 32 rotate-half pairs, rows i .. i + 32 in the slot's first box and their partners
+#                       i + hd/2 .. in its second (the partners meet in one chunk for RoPE).
+# 16-row boxes (four per slot, KP up to 4: llama1b's O and down in 128 tiles) measured slower everywhere: every GEMV
+# stage lost 5-7% to the doubled TMA and stream-entry work, and KP = 4 spilled (perf notes, "16-row boxes").
+# A box past K (K an odd multiple of BK) is zero-filled by the TMA unit and its x columns are masked to 0, so it
+# adds exactly 0 (and nothing to the RMSNorm's sum of squares).
 W_QKV, W_O, W_GATE, W_UP, W_DOWN, W_LM = range(6)
 ENTRY = 1 + 2 * BOXES
-assert ENTRY == 9, "_entry reads (which, row, col) x 4 boxes: update it with BOX"
+assert ENTRY == 5, "_entry and _copy read (which, row, col) x 2 boxes: update them with BOX"
 
 OP_EMBED = gl.constexpr(int(Op.EMBED))
 OP_RMS_QKV_ROPE = gl.constexpr(int(Op.RMS_QKV_ROPE))
@@ -112,10 +105,6 @@ INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x6464
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
-XS_GROUPS = gl.constexpr(max(KPS))  # x^T slots per chunk (_tile)
-# A tile's rows after the sum across warps (_gather): rows over the lanes, sequences over the warps, so a reduction
-# over rows (the LM head's argmax) stays in a warp
-ROWS_L = gl.constexpr(gl.BlockedLayout([1, 1], [32, 1], [1, WARPS], [0, 1]))
 W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
 
 
@@ -127,9 +116,8 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
     if quant_mode(quant).kind == Kind.INT4 or quant == "fp32":
         return (f"megakernel.backend=gluon streams bf16, fp16 or int8 weights; quant={quant} runs on "
                 f"megakernel.backend=triton")
-    if spec.head_dim % (2 * QKV_PAIRS):
-        return (f"megakernel.backend=gluon needs head_dim a multiple of {2 * QKV_PAIRS}; {spec.name} has "
-                f"{spec.head_dim}")
+    if spec.head_dim % BN:
+        return f"megakernel.backend=gluon needs head_dim a multiple of {BN}; {spec.name} has {spec.head_dim}"
     for name, k in (("dim", spec.dim), ("q_dim", spec.q_dim), ("ffn_dim", spec.ffn_dim)):
         if k % BK:
             return f"megakernel.backend=gluon needs {name} a multiple of {BK}; {spec.name} has {k}"
@@ -145,7 +133,7 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
 def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
     """This backend's tiles (see "Chunks" above). A GemvTile's block_n is its rows (RmsQkvRope: rotate-half pairs)
     and block_k its columns per chunk, KP x BK; O and down take the KP that balances their tiles over the grid, the
-    others KP = 2 (64 rows); tiles per instruction as in the Triton backend."""
+    others KP = 1; tiles per instruction as in the Triton backend."""
     b_pad = 8 if batch <= 8 else 16
     # O and down: the column groups that minimise the most loaded program's rows (plus 8 rows of per-tile
     # overhead), the fewest on ties
@@ -155,8 +143,8 @@ def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
         return GemvTile(BN // kp, kp * BK, 1, _tiles_per_instr(cdiv(n, BN // kp), n_programs))
     n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads), cdiv(max_len, MIN_SPLIT_KEYS), MAX_SPLITS))
     return TileConfig(b_pad=b_pad, use_dot=True, num_warps=WARPS,
-                      qkv=GemvTile(QKV_PAIRS, BN // (2 * QKV_PAIRS) * BK, 1, 1), o=gemv(spec.dim, o_kp),
-                      gate_up=gemv(spec.ffn_dim, 2), down=gemv(spec.dim, o_kp), lm_head=gemv(spec.vocab_size, 2),
+                      qkv=GemvTile(BN // 2, BK, 1, 1), o=gemv(spec.dim, o_kp),
+                      gate_up=gemv(spec.ffn_dim, 1), down=gemv(spec.dim, o_kp), lm_head=gemv(spec.vocab_size, 1),
                       embed_block=min(EMBED_BLOCK, next_pow2(spec.dim)), kv_block=KV_BLOCK, n_splits=n_splits)
 
 
@@ -195,14 +183,11 @@ def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
         return stage_chunks(W_O, t.o, s.dim, ins.row_block, ins.layer * s.dim, s.q_dim)
     if isinstance(ins, RmsGateUpSilu):
         out = []
-        stage = t.gate_up
-        rows, kp = stage.block_n, stage.block_k // BK
-        for i in range(stage.tiles_per_instr):
-            r = (ins.row_block * stage.tiles_per_instr + i) * rows
+        for i in range(t.gate_up.tiles_per_instr):
+            r = (ins.row_block * t.gate_up.tiles_per_instr + i) * BN
             if r < s.ffn_dim:
                 for which in (W_GATE, W_UP):
-                    out += tile_chunks(which, [ins.layer * s.ffn_dim + r + b * BOX for b in range(rows // BOX)],
-                                       s.dim, kp)
+                    out += tile_chunks(which, [ins.layer * s.ffn_dim + r + b * BOX for b in range(BOXES)], s.dim, 1)
         return out
     if isinstance(ins, DownResidual):
         return stage_chunks(W_DOWN, t.down, s.dim, ins.row_block, ins.layer * s.dim, s.ffn_dim)
@@ -293,10 +278,9 @@ def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, n_chunks, e, N
 
 @gluon.jit
 def _entry(stream_ptr, j):
-    """The weight stream's entry j: (which, row and column of each of the BOXES_C = 4 boxes)."""
+    """The weight stream's entry j: (which, row and column of each of the BOXES_C = 2 boxes)."""
     p = stream_ptr + j * ENTRY_C
-    return (gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4), gl.load(p + 5),
-            gl.load(p + 6), gl.load(p + 7), gl.load(p + 8))
+    return gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4)
 
 
 @gluon.jit
@@ -317,24 +301,38 @@ def _operand_dtype(i8, dt):
     return gl.float16 if i8 else dt
 
 
+@gluon.constexpr_function
+def _chains(b_pad):
+    """Accumulator chains per product: 2 (a chunk's column halves, two interleaved chains of 8 dependent mma.sync
+    instead of one of 16) at B_PAD = 8; 1 at B_PAD = 16, where the second set of accumulators spills (measured,
+    docs/perf-notes.md)."""
+    return 2 if b_pad == 8 else 1
+
+
 @gluon.jit
 def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP: gl.constexpr,
-          NB: gl.constexpr, I8: gl.constexpr):
-    """Chunk j out of the ring as the mma A operand (each warp its 16 slot rows; int8: converted to fp16), its slot
-    refilled with chunk j + NB (entry e) and the entry of chunk j + NB + 1 read ahead. Returns (the operand, j + 1,
-    that entry)."""
+          NB: gl.constexpr, I8: gl.constexpr, CH: gl.constexpr):
+    """Chunk j out of the ring as mma operands, its CH column parts (int8: converted to fp16; with CH = 1 the second
+    is the first again, unused); its slot refilled with chunk j + NB (entry e) and the entry of chunk j + NB + 1 read
+    ahead. Returns (the parts, j + 1, that entry)."""
+    W: gl.constexpr = BK_C // CH
     slot = j % NB
     mbarrier.wait(bars.index(slot), (j // NB) & 1)
-    a = ring.index(slot).load(A_OP)
+    a_lo = ring.index(slot).slice(0, W, dim=1).load(A_OP)
     if I8:
-        a = _int8_f16(a)
+        a_lo = _int8_f16(a_lo)
+    a_hi = a_lo
+    if CH > 1:
+        a_hi = ring.index(slot).slice(W, W, dim=1).load(A_OP)
+        if I8:
+            a_hi = _int8_f16(a_hi)
     # Every warp has read the slot (and stored chunk j's x^T slots; _tile relies on this barrier for both orders of
     # those slots: chunk j's stores before any warp reads them, and chunk j - 1's reads before chunk j + 1's stores
-    # reuse that slot set. A loader partition must keep both) ...
+    # reuse that slot pair. A loader partition or a K split across warp groups must keep both) ...
     gl.thread_barrier()
     fence_async_shared()  # ... before the async proxy overwrites it
     _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, e, NB)
-    return a, j + 1, _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
+    return a_lo, a_hi, j + 1, _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
 
 
 @gluon.jit
@@ -353,17 +351,11 @@ def _x_cols(x_ptr, K, nw_ptr, c, k, n, n_ok, NORM: gl.constexpr, DT: gl.constexp
 
 
 @gluon.jit
-def _group(xs, x, nw, ssq, x_ptr, K, nw_ptr, col, k, n, n_ok, NORM: gl.constexpr, DT: gl.constexpr):
-    """One column group of a chunk: x^T (times the norm weight with NORM) into its x slot xs in the operand dtype DT,
-    its squares into ssq (NORM), and the same group of the next chunk (columns col ..) loaded. Returns (ssq, the
-    next x, its norm weight)."""
+def _stage_x(xs, x, nw, NORM: gl.constexpr, DT: gl.constexpr):
+    """x^T (times the norm weight with NORM) into its x slot, in the operand dtype DT."""
     if NORM:
-        xs.store((x * nw[:, None]).to(DT))
-        ssq += x * x
-    else:
-        xs.store(x.to(DT))
-    x, nw = _x_cols(x_ptr, K, nw_ptr, col, k, n, n_ok, NORM, DT)
-    return ssq, x, nw
+        x = x * nw[:, None]
+    xs.store(x.to(DT))
 
 
 @gluon.jit
@@ -374,12 +366,11 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
     per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows g R .. (g + 1) R,
     R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the tile's rows
     (so the norm costs no extra pass over h); without, it is 1. x^T reaches the B operand through shared memory,
-    slot xs[XS_GROUPS (j % 2) + g] for chunk j's column group g, stored before _take(j)'s thread barrier, which
-    orders the store before every warp's read; _take(j - 1)'s thread barrier ordered every read of that slot two
-    chunks earlier before the store. So x costs no barrier of its own. Returns (acc0 .. acc3 (acc2 and acc3 are
-    zeros unless KP = 4), that scale [B_PAD], the ring state after the tile: next chunk j, its entry e read ahead).
-    I8: int8 weights, so fp16 operands in the int8 operand order (module docstring); the per-channel scale is the
-    caller's."""
+    slot xs[2 (j % 2) + g] for chunk j's column group g, stored before _take(j)'s thread barrier, which orders the
+    store before every warp's read; _take(j - 1)'s thread barrier ordered every read of that slot two chunks
+    earlier before the store. So x costs no barrier of its own. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
+    the ring state after the tile: next chunk j, its entry e read ahead). I8: int8 weights, so fp16 operands in
+    the int8 operand order (module docstring); the per-channel scale is the caller's."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=_k_width(I8))
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=_k_width(I8))
@@ -388,39 +379,52 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
     n_ok = (n < B)[None, :]
+    # CH accumulators per product, one per column part of a chunk (_chains)
+    CH: gl.constexpr = _chains(B_PAD)
+    W: gl.constexpr = BK_C // CH
     acc0 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    acc0b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
-    acc2 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
-    acc3 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
+    acc1b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
     # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
     # chunk's ring wait and products instead of preceding them.
-    x0, w0 = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, OT)
-    x1, w1 = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, OT)
-    if KP > 2:
-        x2, w2 = _x_cols(x_ptr, K, nw_ptr, 2 * BK_C, k, n, n_ok, NORM, OT)
-        x3, w3 = _x_cols(x_ptr, K, nw_ptr, 3 * BK_C, k, n, n_ok, NORM, OT)
+    x0n, w0n = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, OT)
+    if KP > 1:
+        x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, OT)
     for c in range(0, K, KP * BK_C):
         nxt = c + KP * BK_C
-        s0 = XS_GROUPS * (j % 2)
-        ssq, x0, w0 = _group(xs.index(s0), x0, w0, ssq, x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
-        ssq, x1, w1 = _group(xs.index(s0 + 1), x1, w1, ssq, x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
-        if KP > 2:
-            ssq, x2, w2 = _group(xs.index(s0 + 2), x2, w2, ssq, x_ptr, K, nw_ptr, nxt + 2 * BK_C, k, n, n_ok, NORM,
-                                 OT)
-            ssq, x3, w3 = _group(xs.index(s0 + 3), x3, w3, ssq, x_ptr, K, nw_ptr, nxt + 3 * BK_C, k, n, n_ok, NORM,
-                                 OT)
-        a, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP, NB, I8)
-        acc0 = mma_v2(a, xs.index(s0).load(B_OP), acc0)
-        acc1 = mma_v2(a, xs.index(s0 + 1).load(B_OP), acc1)
-        if KP > 2:
-            acc2 = mma_v2(a, xs.index(s0 + 2).load(B_OP), acc2)
-            acc3 = mma_v2(a, xs.index(s0 + 3).load(B_OP), acc3)
+        xs0 = xs.index(2 * (j % 2))
+        xs1 = xs.index(2 * (j % 2) + 1)
+        _stage_x(xs0, x0n, w0n, NORM, OT)
+        if NORM:
+            ssq += x0n * x0n
+        x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
+        if KP > 1:
+            _stage_x(xs1, x1n, w1n, NORM, OT)
+            if NORM:
+                ssq += x1n * x1n
+            x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
+        a_lo, a_hi, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
+                                 A_OP, NB, I8, CH)
+        acc0 = mma_v2(a_lo, xs0.slice(0, W, dim=0).load(B_OP), acc0)
+        if CH > 1:
+            acc0b = mma_v2(a_hi, xs0.slice(W, W, dim=0).load(B_OP), acc0b)
+        if KP > 1:
+            acc1 = mma_v2(a_lo, xs1.slice(0, W, dim=0).load(B_OP), acc1)
+            if CH > 1:
+                acc1b = mma_v2(a_hi, xs1.slice(W, W, dim=0).load(B_OP), acc1b)
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    return acc0, acc1, acc2, acc3, scale, j, e
+    return acc0 + acc0b, acc1 + acc1b, scale, j, e  # (with CH = 1 the second terms are zeros)
+
+
+@gluon.jit
+def _scaled(acc, scale):
+    """acc [BN, B_PAD] (MMA layout) times a per-sequence scale."""
+    return acc * gl.convert_layout(scale, gl.SliceLayout(0, acc.type.layout))[None, :]
 
 
 @gluon.jit
@@ -433,14 +437,12 @@ def _row_scaled(y, s_ptr, rows, ok, I8: gl.constexpr):
 
 
 @gluon.jit
-def _park(scratch, acc0, acc1, acc2, acc3, KP: gl.constexpr):
+def _park(scratch, acc0, acc1, KP: gl.constexpr):
     """A tile's products into scratch rows 0 .. BN, product g's rows g R .. (g + 1) R (R = BN / KP), for _gather."""
-    R: gl.constexpr = BN_C // KP
-    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, acc0.type.layout))[:, None]
-    part = gl.where(r >= R, acc1, acc0)
-    if KP > 2:
-        part = gl.where(r >= 2 * R, acc2, part)
-        part = gl.where(r >= 3 * R, acc3, part)
+    part = acc0
+    if KP > 1:
+        r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, acc0.type.layout))
+        part = gl.where((r >= BN_C // KP)[:, None], acc1, acc0)
     scratch.store(part)
     gl.thread_barrier()
 
@@ -463,7 +465,7 @@ def _gather(scratch, scale, off: gl.constexpr, N: gl.constexpr, KP: gl.constexpr
 @gluon.jit
 def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
     """Embed(col_block): h[:, cols] = embed[tokens, cols]."""
-    EL: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS_C], [0])
+    EL: gl.constexpr = gl.BlockedLayout([8], [32], [WARPS_C], [0])
     cols = col_block * tiles.EMBED_BLOCK + gl.arange(0, tiles.EMBED_BLOCK, layout=EL)
     ok = cols < dims.D
     for bb in range(dims.B):
@@ -483,14 +485,13 @@ def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, b
     B_PAD: gl.constexpr = tiles.B_PAD
     P: gl.constexpr = tiles.QKV.BN
     KP: gl.constexpr = tiles.QKV.BK // BK_C
-    EL: gl.constexpr = ROWS_L
+    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
     I8: gl.constexpr = dims.KIND == KIND_INT8_C
     slot = row_block // tiles.NPB
     nw = wts.attn_norm + lw * dims.D
-    acc0, acc1, acc2, acc3, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
-                                                stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, cache.eps, KP, True,
-                                                B_PAD, DT, NB, I8)
-    _park(scratch, acc0, acc1, acc2, acc3, KP)
+    acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
+                                    bufs.h, dims.D, nw, dims.B, cache.eps, KP, True, B_PAD, DT, NB, I8)
+    _park(scratch, acc0, acc1, KP)
     lo = _gather(scratch, scale, 0, P, KP, EL)
     hi = _gather(scratch, scale, P, P, KP, EL)
     gl.thread_barrier()  # the next tile may overwrite the scratch
@@ -633,15 +634,14 @@ def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexp
     """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the TPI tiles of R rows (KP column groups per
     chunk) of one row block (the weight stream says which W and which layer; s_ptr: that layer's int8 scales)."""
     I8: gl.constexpr = dims.KIND == KIND_INT8_C
-    EL: gl.constexpr = ROWS_L
+    EL: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [1, WARPS_C], [0, 1])
     r = gl.arange(0, R, layout=gl.SliceLayout(1, EL))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
     for t in range(_tiles_here(row_block, TPI, dims.D, R)):
         offs = (row_block * TPI + t) * R + r
-        acc0, acc1, acc2, acc3, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
-                                                    stream_ptr, n_chunks, x_ptr, K, x_ptr, dims.B, 0.0, KP, False,
-                                                    tiles.B_PAD, DT, NB, I8)
-        _park(scratch, acc0, acc1, acc2, acc3, KP)
+        acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
+                                        n_chunks, x_ptr, K, x_ptr, dims.B, 0.0, KP, False, tiles.B_PAD, DT, NB, I8)
+        _park(scratch, acc0, acc1, KP)
         acc = _row_scaled(_gather(scratch, scale, 0, R, KP, EL), s_ptr, offs, offs < dims.D, I8)
         gl.thread_barrier()  # the next tile may overwrite the scratch
         hp = bufs.h + b[None, :] * dims.D + offs[:, None]
@@ -651,61 +651,44 @@ def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexp
 
 
 @gluon.jit
-def _norm_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, scratch, bufs, nw,
-               s_ptr, offs, N, eps, dims: gl.constexpr, tiles: gl.constexpr, R: gl.constexpr, KP: gl.constexpr,
-               DT: gl.constexpr, NB: gl.constexpr):
-    """One tile of a normed GEMV (gate, up, LM head: R rows, KP column groups): norm(h) @ W[offs].T as [R, B_PAD]
-    fp32 in ROWS_L (int8: times the per-channel scales at s_ptr + offs; offs >= N read none). Returns (it, the ring
-    state)."""
-    I8: gl.constexpr = dims.KIND == KIND_INT8_C
-    acc0, acc1, acc2, acc3, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
-                                                stream_ptr, n_chunks, bufs.h, dims.D, nw, dims.B, eps, KP, True,
-                                                tiles.B_PAD, DT, NB, I8)
-    _park(scratch, acc0, acc1, acc2, acc3, KP)
-    y = _gather(scratch, scale, 0, R, KP, ROWS_L)
-    gl.thread_barrier()  # the next tile may overwrite the scratch
-    return _row_scaled(y, s_ptr, offs, offs < N, I8), j, e
-
-
-@gluon.jit
 def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                      scratch, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
-                      NB: gl.constexpr):
+                      bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
-    R: gl.constexpr = tiles.GU.BN
-    KP: gl.constexpr = tiles.GU.BK // BK_C
-    r = gl.arange(0, R, layout=gl.SliceLayout(1, ROWS_L))
-    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, ROWS_L))
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    I8: gl.constexpr = dims.KIND == KIND_INT8_C
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     nw = wts.mlp_norm + lw * dims.D
-    for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, R)):
-        offs = (row_block * tiles.GU.TPI + t) * R + r
-        gate, j, e = _norm_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                                scratch, bufs, nw, wts.gate.s + lw * dims.F, offs, dims.F, eps, dims, tiles, R, KP,
-                                DT, NB)
-        up, j, e = _norm_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                              scratch, bufs, nw, wts.up.s + lw * dims.F, offs, dims.F, eps, dims, tiles, R, KP, DT,
-                              NB)
+    for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
+        offs = (row_block * tiles.GU.TPI + t) * BN_C + r
+        gate, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
+                                          n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
+        gate = _row_scaled(_scaled(gate, scale), wts.gate.s + lw * dims.F, offs, offs < dims.F, I8)
+        up, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
+                                        n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
+        up = _row_scaled(_scaled(up, scale), wts.up.s + lw * dims.F, offs, offs < dims.F, I8)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
                  mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])
     return j, e
 
 
 @gluon.jit
-def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, scratch,
-             bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, bufs, wts,
+             eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
-    R: gl.constexpr = tiles.LM.BN
-    KP: gl.constexpr = tiles.LM.BK // BK_C
-    r = gl.arange(0, R, layout=gl.SliceLayout(1, ROWS_L))
-    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, ROWS_L))
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
+    I8: gl.constexpr = dims.KIND == KIND_INT8_C
+    r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
+    b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     B_PAD: gl.constexpr = tiles.B_PAD
-    best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, ROWS_L))
-    best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, ROWS_L))
-    for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V, R)):
-        offs = (row_block * tiles.LM.TPI + t) * R + r
-        logit, j, e = _norm_tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                                 scratch, bufs, wts.final_norm, wts.lm.s, offs, dims.V, eps, dims, tiles, R, KP, DT,
-                                 NB)
+    best = gl.full([B_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(0, MMA))
+    best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, MMA))
+    for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V, BN_C)):
+        offs = (row_block * tiles.LM.TPI + t) * BN_C + r
+        logit, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
+                                           n_chunks, bufs.h, dims.D, wts.final_norm, dims.B, eps, 1, True, B_PAD, DT,
+                                           NB, I8)
+        logit = _row_scaled(_scaled(logit, scale), wts.lm.s, offs, offs < dims.V, I8)
         gl.store(bufs.logits + b[None, :] * dims.V + offs[:, None], logit,
                  mask=(b < dims.B)[None, :] & (offs < dims.V)[:, None])
         vals = gl.where((offs < dims.V)[:, None], logit, float("-inf"))
@@ -767,10 +750,10 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
     B_PAD: gl.constexpr = tiles.B_PAD
     scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
                                         gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-    # x^T slots (_tile): two chunks x XS_GROUPS column groups of [BK, B_PAD] in the operand dtype, columns contiguous per
+    # x^T slots (_tile): two chunks x two column groups of [BK, B_PAD] in the operand dtype, columns contiguous per
     # sequence (as x is stored), swizzled in 16-byte vectors: bf16 operands are read with ldmatrix, conflict-free;
     # int8's fp16 operands (k_width 4) with plain 64-bit shared loads, whose conflicts are not measured
-    xs = gl.allocate_shared_memory(_operand_dtype(dims.KIND == KIND_INT8_C, DT), [2 * XS_GROUPS, BK_C, B_PAD],
+    xs = gl.allocate_shared_memory(_operand_dtype(dims.KIND == KIND_INT8_C, DT), [4, BK_C, B_PAD],
                                    gl.SwizzledSharedLayout(8, 1, 8, order=[0, 1]))
     for s in gl.static_range(NB):
         mbarrier.init(bars.index(s), count=1)
@@ -822,14 +805,14 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
                                       e, stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_RMS_GATE_UP_SILU:
                 j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
-                                         stream_ptr, n_chunks, scratch, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                                         stream_ptr, n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
                 j, e = _gemv_residual(a, dims.F, bufs.act, wts.down.s + lw * dims.D, tiles.DN.TPI, tiles.DN.BN,
                                       tiles.DN.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
                                       stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
             elif op == OP_LM_HEAD:
                 j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                                scratch, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                                bufs, wts, cache.eps, dims, tiles, DT, NB)
             else:
                 _argmax(bufs, queue.advance, dims, tiles)
             if bc >= 0:
