@@ -15,7 +15,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from harness.errors import ConfigError
 from harness.models import hf_spec
 from kernels import MAX_BATCH
-from kernels.mega import BACKENDS as MEGA_BACKENDS
+from kernels.mega import AUTO as MEGA_AUTO, BACKEND_CHOICES as MEGA_BACKEND_CHOICES, BACKENDS as MEGA_BACKENDS, \
+    resolve_backend
 from kernels.mega.lower import TileOptions
 from kernels.mega.schedule import FUSIONS, POLICIES
 from kernels.model import ModelSpec, RopeScaling
@@ -80,11 +81,14 @@ class ImplConfig:
 
 @dataclass
 class MegakernelConfig:
-    backend: str = "triton"  # a kernels.mega.BACKENDS name
+    # auto: per point, the Gluon backend where it runs (Hopper, bf16/fp16/int8, batch <= 16, no megakernel.tiles),
+    # else the Triton backend (kernels.mega.resolve_backend); or a kernels.mega.BACKENDS name. Rows record the one
+    # that ran (mega_backend), never "auto".
+    backend: str = "auto"
     programs_per_sm: int = 2
     schedule: str = "round-robin"  # a kernels.mega.schedule.POLICIES name
     fusions: list[str] = field(default_factory=list)  # non-empty: measure each fusion in the same run
-    backends: list[str] = field(default_factory=list)  # non-empty: measure each backend in the same run
+    backends: list[str] = field(default_factory=list)  # non-empty: measure each named backend in the same run
     # Tile options (kernels/mega/lower.TileOptions), e.g. megakernel.tiles.gemv_rows=8; unset: the built-in choice.
     tiles: TileOptions = field(default_factory=TileOptions)
 
@@ -182,8 +186,17 @@ def tile_options(cfg: RunConfig | DictConfig) -> TileOptions:
 
 
 def mega_backend(cfg: RunConfig | DictConfig) -> str:
-    """megakernel.backend, with the schema's default for a configuration built without it."""
+    """megakernel.backend as configured ("auto" included), with the schema's default for a configuration built
+    without it."""
     return getattr(cfg.megakernel, "backend", None) or MegakernelConfig.backend
+
+
+def resolved_backend(cfg: RunConfig | DictConfig, spec: ModelSpec, quant: str, batch: int, device,
+                     backend: Optional[str] = None) -> str:
+    """The megakernel backend that runs `backend` (default: megakernel.backend) at this point on `device`: "auto"
+    resolved by kernels.mega.resolve_backend (the runtime applies the same rule), a backend name as it is."""
+    return resolve_backend(backend or mega_backend(cfg), spec, quant, batch, device,
+                           tiles_given=bool(tile_options(cfg).given()))
 
 
 def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None) -> ModelSpec:
@@ -194,11 +207,15 @@ def validate(cfg: RunConfig | DictConfig, impl_names: Optional[list[str]] = None
                           f"(keys added with + must exist in the schema, harness/config.py)")
     _one_of("quant", cfg.quant.name, QUANT_MODES)
     _one_of("megakernel.schedule", cfg.megakernel.schedule, POLICIES)
-    _one_of("megakernel.backend", cfg.megakernel.backend, MEGA_BACKENDS)
+    _one_of("megakernel.backend", cfg.megakernel.backend, MEGA_BACKEND_CHOICES)
     _one_of("fusion", cfg.fusion, FUSIONS)
     for f in cfg.megakernel.fusions:
         _one_of("megakernel.fusions entry", f, FUSIONS)
     for b in cfg.megakernel.get("backends") or []:
+        if b == MEGA_AUTO:  # a same-run comparison names what it compares; auto would repeat one of them
+            raise ConfigError(f"megakernel.backends=[{', '.join(map(str, cfg.megakernel.backends))}] compares named "
+                              f"backends in one run; {MEGA_AUTO} is not one (it picks one per point): list some of "
+                              f"{list(MEGA_BACKENDS)}, or drop the list and set megakernel.backend={MEGA_AUTO}")
         _one_of("megakernel.backends entry", b, MEGA_BACKENDS)
     _one_of("bench.cache_fill", cfg.bench.cache_fill, CACHE_FILLS)
     _one_of("bench.device", cfg.bench.device, DEVICES)

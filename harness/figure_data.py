@@ -42,7 +42,7 @@ SPEEDUP = A.speedup_column(REF)
 DEFAULT_FUSION = "model"  # RunConfig.fusion: the megakernel curve of every figure but the fusion ablation
 
 IMPL_ORDER = ("torch-eager", "torch-graph", "torch-compile", "gemlite", "flash-attn", "layerwise", "megakernel")
-# Figure-only impl names: a megakernel backend other than the default (backend_as_impl), drawn after the megakernel
+# Figure-only impl names: a megakernel backend other than triton (backend_as_impl), drawn after the megakernel
 DRAWN_ORDER = IMPL_ORDER + ("megakernel-gluon",)
 FUSION_ORDER = ("op", "block", "layer", "model")
 
@@ -160,10 +160,11 @@ def _measured_rows(rows: pd.DataFrame, gpu: Optional[str] = None, tag: Optional[
 
 
 def backend_as_impl(df: pd.DataFrame) -> pd.DataFrame:
-    """Figures draw each megakernel backend as its own impl: "megakernel" for the default Triton backend (and rows
-    from before there was another), "megakernel-<backend>" for another, so that the newest row per point never
-    mixes backends. An experiment's figure shows such an impl only where its grid names it; the figures that draw
-    every impl of their rows (roofline, GPU comparison) show it as one more impl."""
+    """Figures draw each megakernel backend as its own impl: "megakernel" for the Triton backend (and rows from
+    before there was another), "megakernel-<backend>" for another, so that the newest row per point never mixes
+    backends. Rows record the backend that ran (megakernel.backend=auto resolved), so an auto run is drawn as the
+    backend it picked at each point. An experiment's figure shows such an impl only where its grid names it; the
+    figures that draw every impl of their rows (roofline, GPU comparison) show it as one more impl."""
     if df.empty or "mega_backend" not in df.columns:
         return df
     b = df["mega_backend"]
@@ -460,7 +461,7 @@ def copy_tbps_by_gpu(rows: pd.DataFrame) -> dict[str, float]:
 
 
 # A timeline's point name: model-quant-b<batch>-ctx<ctx>-<fusion>, then -<backend> for a megakernel backend other
-# than the default (harness.timeline)
+# than triton (the one that ran: harness.timeline)
 TIMELINE_POINT = (r"^(?P<model>.+)-(?P<quant>[^-]+)-b(?P<batch>\d+)-ctx(?P<ctx>\d+)-(?P<fusion>op|block|layer|model)"
                   r"(?:-(?P<backend>[a-z]+))?$")
 

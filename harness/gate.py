@@ -4,7 +4,8 @@
     python -m harness.gate --refresh --results results --baselines results/baselines [--gpu SLUG]
 
 A point is what was measured: GPU (slug of gpu_name), model, quant, group size, batch, ctx, impl, fusion and,
-for the megakernel, its backend (column `mega_backend`; absent or empty = "triton", the default backend).
+for the megakernel, the backend that ran (column `mega_backend`, never "auto"; absent or empty = "triton", the only
+backend there was before the column; no label suffix for it).
 The results tag is NOT part of it: the same point measured under another tag is the same point.
 Several runs of one point on one side: the newest run at a clean commit (git_sha without "-dirty") wins;
 a point never measured at a clean commit takes its newest run. Newest = latest `timestamp_utc`.
@@ -48,7 +49,9 @@ METRICS = ("pct_of_copy_bw", A.speedup_column(A.DEFAULT_REFERENCE))
 METRIC_LABELS = {"pct_of_copy_bw": "%copy", A.speedup_column(A.DEFAULT_REFERENCE): "x compile"}
 NOISE_K = 2.0  # threshold = floor + K x combined relative noise of both sides ...
 MIN_THRESHOLD = 0.03  # ... the floor: drift between sessions on one GPU that a row's own p10..p90 cannot see
-# Which megakernel ran, where a row says so; rows without the column ran the only backend there was.
+# Which megakernel ran, where a row says so; rows without the column ran the only backend there was, "triton": the
+# backend an unrecorded row counts as, and the one labels leave unsaid. Not the configuration's default
+# (megakernel.backend=auto, harness.config): rows record the backend auto resolved to.
 MEGA_BACKEND_COLUMN = "mega_backend"
 DEFAULT_MEGA_BACKEND = "triton"
 # Identity of a point for the gate (not harness.results.POINT_KEY_FIELDS: that one has `tag`, which names a
@@ -119,7 +122,8 @@ def gate_key(r: Mapping) -> str:
 
 
 def point_label(r: Mapping) -> str:
-    """"llama1b bf16 b1 ctx1024 megakernel/model": no tag (not part of a point), the backend if not the default."""
+    """"llama1b bf16 b1 ctx1024 megakernel/model": no tag (not part of a point), the backend if not
+    DEFAULT_MEGA_BACKEND ("... megakernel/model backend=gluon")."""
     label = A.point_label({**r, "tag": None})
     b = mega_backend(r)
     return label + (f" backend={b}" if b not in (None, DEFAULT_MEGA_BACKEND) else "")

@@ -49,8 +49,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Fields that identify a measurement point: everything that changes what is measured (what a resumed sweep must not
 # measure again, and must measure again when it differs). model_id: the model's content (checkpoint_id for a local
 # checkpoint, so that two checkpoints in directories of one name never share a key); mega_config: the megakernel's
-# schedule, programs per SM, tile options and (when not the default "triton") backend as JSON, None for impls that do
-# not read them; extra: free, unused here.
+# schedule, programs per SM, tile options and (when not "triton", the only backend rows from before its column ran)
+# the backend that ran (megakernel.backend=auto resolved) as JSON, None for impls that do not read them; extra: free,
+# unused here.
 POINT_KEY_FIELDS = ("model", "model_id", "quant", "group_size", "impl", "fusion", "mega_config", "batch", "ctx",
                     "seed", "cache_fill", "cuda_graphs", "tag", "gpu_name", "extra")
 # Statuses of a point that resume skips: measured (ok, or timed but numerically wrong), or refused by the impl's own

@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import mega_backend, tile_options, validate
+from harness.config import mega_backend, resolved_backend, tile_options, validate
 from harness.errors import ConfigError, TooLargeForDevice, Unsupported
 from harness.impls import REGISTRY, ImplContext
 from harness.metrics import achieved_gbps, bytes_per_step, pct_of_copy_bw
@@ -319,8 +319,10 @@ def point_identity(cfg, spec, gpu_name: str, model: str) -> dict:
 def run_identity(cfg, run: Run) -> dict:
     """The key fields of one run. mega_config only for impls with a launch granularity (the megakernel): they alone
     read megakernel.{schedule, programs_per_sm, tiles, backend}, so a tile sweep does not measure the other impls
-    again. The backend enters it only when it is not "triton" (rows from before there was a second backend keep
-    their keys). A JSON string, not a dict: the store keeps it as a column of this name."""
+    again. The backend is the run's resolved one (never "auto": megakernel.backend=auto and the backend it picked
+    share a key); it enters mega_config only when it is not "triton", so rows from before there was a second backend
+    keep their keys and match a Triton run of now. A JSON string, not a dict: the store keeps it as a column of this
+    name."""
     mega = None
     cls = REGISTRY.get(run.impl)
     if cls is not None and cls.fusion != "none":
@@ -335,7 +337,7 @@ def run_identity(cfg, run: Run) -> dict:
 
 class Run(NamedTuple):
     """One measurement of a point: an impl, its fusion ("none" for impls without launch granularity) and, for the
-    megakernel, its backend ("" for the other impls)."""
+    megakernel, the backend that runs at this point ("triton" or "gluon", never "auto"; "" for the other impls)."""
 
     impl: str
     fusion: str = "none"
@@ -370,7 +372,7 @@ def run_point(cfg: DictConfig, label: str = "point") -> list[dict]:
     check_results_dir(cfg.results.dir, env["gpu_name"])
     env["run_id"] = uuid.uuid4().hex  # the rows of this run_point call (same-run ratios)
     gpu = env["gpu_name"]
-    runs = impl_runs(cfg)  # the baseline first
+    runs = impl_runs(cfg, spec, device)  # the baseline first; megakernel.backend=auto resolved for this point
     point = point_identity(cfg, spec, gpu, model_id(cfg, files))
     keys = {r: point_key({**point, **run_identity(cfg, r)}) for r in runs}
     progress = Progress(f"[{label}]")
@@ -534,16 +536,18 @@ def _run_name(run: Run) -> str:
                     + ([f"backend={run.backend}"] if run.backend else []))
 
 
-def impl_runs(cfg) -> list[Run]:
-    """The runs to measure: impls with a launch granularity (the megakernel) once per fusion in
-    `megakernel.fusions` (the same-run ablation) or at `fusion`, and per backend in `megakernel.backends` (the
-    same-run backend comparison) or at `megakernel.backend`; others once, with fusion "none" and no backend."""
+def impl_runs(cfg, spec, device: torch.device) -> list[Run]:
+    """The runs to measure at cfg's point on `device`: impls with a launch granularity (the megakernel) once per
+    fusion in `megakernel.fusions` (the same-run ablation) or at `fusion`, and per backend in `megakernel.backends`
+    (the same-run backend comparison, backends by name) or at `megakernel.backend` ("auto": the backend
+    harness.config.resolved_backend picks here); others once, with fusion "none" and no backend."""
     runs = []
     for name in impl_names(cfg):
         cls = REGISTRY.get(name)
         if cls is not None and cls.fusion != "none":
             mk = cfg.megakernel
-            backends = list(mk.get("backends") or []) or [mega_backend(cfg)]
+            backends = [resolved_backend(cfg, spec, cfg.quant.name, cfg.bench.batch, device, b)
+                        for b in (list(mk.get("backends") or []) or [mega_backend(cfg)])]
             runs += [Run(name, f, b) for f in (list(mk.fusions) or [cfg.fusion]) for b in backends]
         else:
             runs.append(Run(name))
@@ -551,7 +555,8 @@ def impl_runs(cfg) -> list[Run]:
 
 
 def _run_cfg(cfg: DictConfig, run: Run) -> DictConfig:
-    """cfg as one run sees it: its fusion and, for the megakernel, its backend."""
+    """cfg as one run sees it: its fusion and, for the megakernel, its resolved backend (megakernel.backend=auto
+    becomes the backend that runs, so that the row's config_json says which)."""
     if run.fusion in ("none", cfg.fusion) and run.backend in ("", mega_backend(cfg)):
         return cfg
     c = cfg.copy()
@@ -651,11 +656,9 @@ def _measure_impl(impl, cls, cfg, tokens, positions, ref_logits, device, build_t
 
 
 def format_table(rows: list[dict], device: Optional[torch.device] = None) -> str:
-    backends = {r.get("mega_backend") for r in rows if isinstance(r.get("mega_backend"), str)}
-
-    def label(r: dict) -> str:  # the impl, with the megakernel's backend when the table has another than triton
+    def label(r: dict) -> str:  # the impl, with the backend that ran for the megakernel (no backend is the default)
         b = r.get("mega_backend")
-        return f"{r['impl']}[{b}]" if isinstance(b, str) and (len(backends) > 1 or b != "triton") else r["impl"]
+        return f"{r['impl']}[{b}]" if isinstance(b, str) and b else r["impl"]
     w = max([16] + [len(label(r)) + 2 for r in rows])
     head = (f"{'impl':<{w}}{'fusion':<8}{'status':<12}{'lat µs':>10}{'GB/s':>9}{'%copy':>7}{'speedup':>9}"
             f"{'rel err':>10}{'top1':>6}")

@@ -212,8 +212,8 @@ def main(overrides: Optional[list[str]] = None) -> None:
     gpu = torch.cuda.get_device_name(mk.device) if mk.device.type == "cuda" else "cpu"
     b = cfg.bench
     name = f"{cfg.model.name}-{cfg.quant.name}-b{b.batch}-ctx{b.ctx}-{cfg.fusion}"
-    if cfg.megakernel.backend != "triton":
-        name += f"-{cfg.megakernel.backend}"
+    if mk.backend != "triton":  # the backend that ran (megakernel.backend=auto resolved); triton: no suffix, as before
+        name += f"-{mk.backend}"
     out_dir = Path(cfg.results.dir) / "timelines" / gpu_slug(gpu)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = df.assign(gpu=gpu, point=name, tiles=mk.tiles_summary(), git_sha=git_sha(),

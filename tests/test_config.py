@@ -1,4 +1,5 @@
 """Every YAML in conf/ and experiments/ composes; every bad input ends in one clear sentence."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,16 @@ def test_every_experiment_composes(exp):
     (["megakernel.tiles.gemv_rows=12"], "megakernel.tiles.gemv_rows=12 must be a power of two"),
     (["megakernel.tiles.l2_prefetch=2", "bench.device=cpu"], "megakernel.tiles.l2_prefetch=2 is GPU-only"),
     (["megakernel.schedule=fifo"], "megakernel.schedule=fifo is not allowed"),
+    (["megakernel.backend=tritn"],
+     "megakernel.backend=tritn is not allowed; choose one of ['auto', 'triton', 'gluon']"),
+    (["megakernel.backends=[triton,auto]"], "megakernel.backends=[triton, auto] compares named backends in one run; "
+                                            "auto is not one"),
+    (["megakernel.backends=[triton,glu]"], "megakernel.backends entry=glu is not allowed; choose one of "
+                                           "['triton', 'gluon']"),
     (["impl.compile_builds=0"], "impl.compile_builds=0 must be >= 1"),
 ], ids=lambda x: x[0] if isinstance(x, list) else None)
 def test_bad_values_name_the_field(overrides, expect):
-    with pytest.raises(ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(expect)):
         validate(_compose(*overrides), list(REGISTRY))
 
 
@@ -94,6 +101,17 @@ def test_cli_errors_are_one_sentence_without_traceback(args, expect):
     assert r.returncode != 0
     assert expect in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_megakernel_backend_defaults_to_auto_and_takes_every_backend():
+    from harness.config import mega_backend
+
+    assert mega_backend(_compose()) == "auto"
+    for b in ("auto", "triton", "gluon"):
+        cfg = _compose(f"megakernel.backend={b}")
+        validate(cfg, list(REGISTRY))
+        assert mega_backend(cfg) == b
+    validate(_compose("megakernel.backends=[triton,gluon]"), list(REGISTRY))
 
 
 def test_megakernel_tiles_are_typed():

@@ -364,7 +364,7 @@ def test_precheck_marks_only_what_config_decides():
                            ("fp32", {"torch-compile", "flash-attn", "gemlite"})):
         cfg = _compose("model=tiny", f"quant={quant}", "quant.group_size=32", "impl.names=[*]")
         spec = validate(cfg, list(REGISTRY))
-        early = unsupported_before_build(cfg, spec, torch.device("cpu"), impl_runs(cfg))
+        early = unsupported_before_build(cfg, spec, torch.device("cpu"), impl_runs(cfg, spec, torch.device("cpu")))
         assert {run.impl for run in early} == refused & set(REGISTRY), early
 
 
@@ -455,6 +455,46 @@ def test_megakernel_backends_are_measured_in_one_run_with_their_own_keys(tmp_pat
     assert _point(tmp_path, *both) == []
     # the default backend's key is the one a run without the list has: nothing new to measure
     assert _point(tmp_path, "impl.names=[torch-eager,megakernel]") == []
+
+
+def test_auto_backend_rows_record_the_backend_it_resolved_to(tmp_path, fake, monkeypatch):
+    """megakernel.backend=auto (the default): each row records the backend that runs at its point, with that
+    backend's point key, config and table label, never "auto". On this CPU that is triton; where the Gluon backend
+    runs (here: hopper.problem made to accept the CPU) it is gluon, for bf16 but not for int4."""
+    import kernels.mega.hopper as hopper
+    from harness.results import load_results
+    from harness.runner import format_table
+
+    both = "impl.names=[torch-eager,megakernel]"
+
+    def mega_row(rows):
+        (r,) = [r for r in rows if r["impl"] == "megakernel"]
+        return r
+    r = mega_row(_point(tmp_path / "cpu", both))
+    assert r["mega_backend"] == "triton" and "backend" not in json.loads(r["mega_config"])
+    assert json.loads(r["config_json"])["megakernel"]["backend"] == "triton"
+    assert _point(tmp_path / "cpu", both, "megakernel.backend=triton") == []  # the same point as triton by name
+
+    real_problem = hopper.problem  # its rules but the device's: as if this CPU were a Hopper GPU
+    monkeypatch.setattr(hopper, "problem", lambda spec, quant, batch, device=None: real_problem(spec, quant, batch))
+    both = (both, "model.dim=256", "model.head_dim=64", "model.ffn_dim=512")  # shapes the Gluon backend takes
+    rows = _point(tmp_path / "hopper", *both, "quant=bf16")
+    r = mega_row(rows)
+    assert r["mega_backend"] == "gluon" and r["status"] == "ok"
+    assert json.loads(r["mega_config"])["backend"] == "gluon"
+    assert json.loads(r["config_json"])["megakernel"]["backend"] == "gluon"
+    assert "megakernel[gluon]" in format_table(rows) and "auto" not in format_table(rows)
+    assert _point(tmp_path / "hopper", *both, "quant=bf16", "megakernel.backend=gluon") == []
+    assert _point(tmp_path / "hopper", *both, "quant=bf16", "megakernel.backend=triton") != []  # another point
+    r = mega_row(_point(tmp_path / "hopper", *both, "quant=int4", "quant.group_size=32"))  # no int4 Gluon kernel
+    assert r["mega_backend"] == "triton"
+    # the same-run comparison names its backends and measures each, auto or not
+    rows = _point(tmp_path / "both", *both, "megakernel.backends=[triton,gluon]")
+    assert sorted(r["mega_backend"] for r in rows if r["impl"] == "megakernel") == ["gluon", "triton"]
+    for where in ("cpu", "hopper", "both"):  # what the store holds for the megakernel: never "auto"
+        stored = load_results(tmp_path / where).query("impl == 'megakernel'")
+        assert set(stored["mega_backend"]) <= {"triton", "gluon"}, where
+        assert {json.loads(c)["megakernel"]["backend"] for c in stored["config_json"]} <= {"triton", "gluon"}, where
 
 
 def test_a_bad_backends_entry_is_one_sentence(tmp_path):

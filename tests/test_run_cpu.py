@@ -1,5 +1,6 @@
 """run.py end to end on the CPU: a table printed, verified rows appended, a resumed sweep skips points already
 measured, and a multirun goes on past a bad point, prints its summary and exits non-zero."""
+import json
 import math
 import subprocess
 import sys
@@ -17,21 +18,28 @@ def _run(*args):
 
 
 def test_run_py_end_to_end_and_resume(tmp_path):
-    args = ["model=tiny", "bench=quick", "bench.ctx=24", "bench.batch=2", "impl.names=[torch-eager,layerwise]",
-            f"results.dir={tmp_path}"]
+    args = ["model=tiny", "bench=quick", "bench.ctx=24", "bench.batch=2",
+            "impl.names=[torch-eager,layerwise,megakernel]", f"results.dir={tmp_path}"]
     r = _run(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "NOT meaningful" in r.stdout and "layerwise" in r.stdout
     rows = load_results(tmp_path)
-    assert sorted(rows["impl"]) == ["layerwise", "torch-eager"]
+    assert sorted(rows["impl"]) == ["layerwise", "megakernel", "torch-eager"]
+    # megakernel.backend=auto (the default) ran the Triton backend here (the CPU interpreter): the row, its
+    # configuration and the table say which backend ran, never "auto"
+    mega = rows[rows["impl"] == "megakernel"].iloc[0]
+    assert mega["mega_backend"] == "triton" and json.loads(mega["config_json"])["megakernel"]["backend"] == "triton"
+    assert rows.loc[rows["impl"] != "megakernel", "mega_backend"].isna().all()
+    assert "megakernel[triton]" in r.stdout and "auto" not in str(mega["mega_config"])
     assert (rows["status"] == "ok").all() and rows["correct"].all() and (rows["top1_agree"] == 1.0).all()
     assert (rows["bytes_per_step"] > 0).all() and rows["latency_us_median"].notna().all()
     # build time is measured on any device; peak memory only on CUDA (NaN on the CPU, never a made-up 0)
     assert rows["build_s"].map(lambda v: isinstance(v, float) and math.isfinite(v) and v > 0).all(), rows["build_s"]
     assert rows["peak_mem_gb"].isna().all()
-    again = _run(*args)
+    # the backend auto picked and the same backend named share a point: nothing is measured again
+    again = _run(*args, "megakernel.backend=triton")
     assert again.returncode == 0 and "skipped: every impl of this point is already in" in again.stdout
-    assert len(load_results(tmp_path)) == 2
+    assert len(load_results(tmp_path)) == 3
 
 
 def _summary(stdout: str) -> list[str]:

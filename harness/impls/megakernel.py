@@ -1,6 +1,7 @@
-"""megakernel: the whole decode step as ONE persistent Triton kernel walking per-SM instruction queues
-(kernels/mega/), cut into launches by `fusion` (model | layer | block | op), with the queue policy
-`megakernel.schedule` and `megakernel.programs_per_sm` programs per SM. Uses the shared KV cache in place."""
+"""megakernel: the whole decode step as ONE persistent kernel walking per-SM instruction queues (kernels/mega/),
+cut into launches by `fusion` (model | layer | block | op), with the queue policy `megakernel.schedule` and
+`megakernel.programs_per_sm` programs per SM. `megakernel.backend`: triton, gluon, or auto (the default: gluon where
+it runs, else triton; kernels.mega.resolve_backend). Uses the shared KV cache in place."""
 from __future__ import annotations
 
 import os
@@ -8,12 +9,13 @@ from typing import Optional
 
 import torch
 
-from harness.config import mega_backend, tile_options
+from harness.config import mega_backend, resolved_backend, tile_options
 from harness.impls.base import DecodeImpl, ImplContext, register
 
 
 def runtime_from_config(cfg, weights, cache, **kwargs):
-    """kernels.mega.runtime.Megakernel for cfg's fusion and megakernel.{schedule, programs_per_sm, tiles}."""
+    """kernels.mega.runtime.Megakernel for cfg's fusion and megakernel.{schedule, programs_per_sm, tiles, backend}
+    (the runtime resolves "auto" by the same rule as resolved_backend)."""
     from kernels.mega.runtime import Megakernel
 
     mk = cfg.megakernel
@@ -38,10 +40,13 @@ class MegakernelImpl(DecodeImpl):
             return "megakernel on the CPU needs TRITON_INTERPRET=1 set before kernels are imported"
         if ctx.device.type == "cuda" and interpret:
             return "TRITON_INTERPRET=1 runs Triton on the CPU; unset it to run the megakernel on CUDA"
-        if mega_backend(ctx.cfg) == "gluon":
-            from kernels.mega.hopper import problem
+        # The backend that would run: "auto" picks gluon only where gluon_problem is None, so it never refuses for
+        # the backend's sake; an explicit gluon that cannot run here is refused with the reason.
+        if resolved_backend(ctx.cfg, ctx.spec, ctx.weights.quant, ctx.batch, ctx.device) == "gluon":
+            from kernels.mega import gluon_problem
 
-            return problem(ctx.spec, ctx.weights.quant, ctx.batch, ctx.device)
+            return gluon_problem(ctx.spec, ctx.weights.quant, ctx.batch, ctx.device,
+                                 tiles_given=bool(tile_options(ctx.cfg).given()))
         return None
 
     def __init__(self, ctx: ImplContext):

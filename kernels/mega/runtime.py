@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from kernels import interpreting, sm_count
-from kernels.mega import BACKENDS, hopper
+from kernels.mega import gluon_problem, hopper, resolve_backend
 from kernels.mega.args import buffers_arg, cache_arg, constexprs, queue_arg, weights_arg
 from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
 from kernels.mega.lower import TileOptions, check_config, lower, pick_tiles
@@ -49,7 +49,9 @@ def occupancy(compiled, device: torch.device) -> tuple[int, int]:
 
 
 class Megakernel:
-    """The whole decode step of one (weights, KV cache) pair as persistent-kernel launches."""
+    """The whole decode step of one (weights, KV cache) pair as persistent-kernel launches. backend: "triton" (the
+    default of this class), "gluon", or "auto" (kernels.mega.resolve_backend picks one for these weights, batch and
+    device); `self.backend` and info()["mega_backend"] name the one that runs."""
 
     def __init__(self, weights: ModelWeights, cache: KVCache, *, fusion: str = "model", policy: str = "round-robin",
                  programs_per_sm: int = 2, n_programs: Optional[int] = None, tiles: Optional[TileOptions] = None,
@@ -65,13 +67,12 @@ class Megakernel:
         if why:
             raise ValueError(f"megakernel: {why}")
         self.interpret = device.type != "cuda"
-        if backend not in BACKENDS:
-            raise ValueError(f"megakernel.backend={backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+        # "auto" becomes the backend that runs here (kernels.mega.resolve_backend); self.backend is never "auto"
+        tiles_given = bool(tiles is not None and tiles.given())
+        backend = resolve_backend(backend, spec, weights.quant, self.batch, device, tiles_given)
         self.backend = backend
         if backend == "gluon":
-            why = hopper.problem(spec, weights.quant, self.batch, device) or (
-                "megakernel.backend=gluon chooses its own tiles; drop the megakernel.tiles options or use "
-                "megakernel.backend=triton" if tiles is not None and tiles.given() else None)
+            why = gluon_problem(spec, weights.quant, self.batch, device, tiles_given)
             if why:
                 raise ValueError(why)
         if self.interpret and not interpreting():

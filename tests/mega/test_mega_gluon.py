@@ -197,6 +197,52 @@ def test_problem_refuses_a_non_hopper_device():
     assert H.problem(spec_of("llama8b"), "int8", 16) is None
 
 
+@pytest.fixture
+def capability(monkeypatch):
+    """Sets the compute capability that hopper.problem reads for a "cuda" device (no GPU is touched)."""
+    cc = {"major": 9}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (cc["major"], 0))
+    return cc
+
+
+@pytest.mark.parametrize("model,quant,batch,device,major,tiles,expect", [
+    ("llama1b", "bf16", 1, "cuda", 9, False, "gluon"),
+    ("llama1b", "fp16", 16, "cuda", 9, False, "gluon"),
+    ("llama8b", "int8", 16, "cuda:0", 9, False, "gluon"),
+    ("llama8b", "int4", 1, "cuda", 9, False, "triton"),  # no int4 chunks in the Gluon backend
+    ("llama1b", "fp32", 1, "cuda", 9, False, "triton"),
+    ("llama1b", "bf16", 17, "cuda", 9, False, "triton"),  # batch 1..16
+    ("tiny", "bf16", 1, "cuda", 9, False, "triton"),  # head_dim 32: not a multiple of BN (64)
+    ("llama1b", "bf16", 1, "cuda", 8, False, "triton"),  # an A100: not Hopper
+    ("llama1b", "bf16", 1, "cuda", 10, False, "triton"),  # a Blackwell GPU: not sm_90
+    ("llama1b", "bf16", 1, "cpu", 9, False, "triton"),  # the CPU interpreter
+    ("llama1b", "bf16", 1, "cuda", 9, True, "triton"),  # megakernel.tiles options are the Triton backend's
+], ids=lambda v: str(v))
+def test_auto_resolves_to_gluon_exactly_where_it_runs(capability, model, quant, batch, device, major, tiles, expect):
+    """megakernel.backend=auto: gluon where kernels.mega.gluon_problem (hopper.problem, and no tile options) is None
+    for the point on the device, triton elsewhere; a named backend is taken as it is, on any device."""
+    from kernels.mega import gluon_problem, resolve_backend
+
+    capability["major"] = major
+    spec, dev = spec_of(model), torch.device(device)
+    got = resolve_backend("auto", spec, quant, batch, dev, tiles_given=tiles)
+    assert got == expect
+    assert (gluon_problem(spec, quant, batch, dev, tiles) is None) == (expect == "gluon")
+    assert resolve_backend("auto", spec, quant, batch, device, tiles_given=tiles) == expect  # a device name too
+    for name in ("triton", "gluon"):
+        assert resolve_backend(name, spec, quant, batch, dev, tiles_given=tiles) == name
+
+
+def test_resolve_backend_refuses_an_unknown_name_and_auto_without_a_device():
+    from kernels.mega import resolve_backend
+
+    with pytest.raises(ValueError, match=r"megakernel.backend='tritn' is not a backend; choose one of auto, triton, "
+                                         r"gluon"):
+        resolve_backend("tritn", spec_of("llama1b"), "bf16", 1, torch.device("cpu"))
+    with pytest.raises(ValueError, match="auto is resolved on a device"):
+        resolve_backend("auto", spec_of("llama1b"), "bf16", 1, None)
+
+
 def test_the_ring_holds_the_same_bytes_for_every_weight_dtype():
     """bf16 and fp16 chunks are 32 KB, int8 chunks 16 KB: twice as many of them keep the same bytes in flight."""
     assert (H.nbuf("bf16"), H.nbuf("fp16"), H.nbuf("int8")) == (4, 4, 8)

@@ -154,6 +154,39 @@ def test_impl_through_the_harness_interface():
     assert "quant.group_size=64 does not divide model.dim=96" in cls.unsupported(bad)
 
 
+def test_auto_backend_is_resolved_by_the_runtime_and_the_impl(monkeypatch):
+    """backend="auto" runs the Triton backend on the CPU: the runtime and its row say "triton"; the harness impl
+    never refuses auto for the backend's sake, and refuses an explicit gluon with hopper.problem's sentence."""
+    from harness.impls import REGISTRY, ImplContext
+    from kernels.mega import hopper
+
+    case = make_case("tiny", "bf16", 1)
+    mk = Megakernel(case.w, case.cache, backend="auto")
+    assert mk.backend == "triton" and mk.info()["mega_backend"] == "triton"
+    with pytest.raises(ValueError, match="megakernel.backend='cuda' is not a backend; choose one of auto, triton"):
+        Megakernel(case.w, case.cache, backend="cuda")
+
+    def ctx(backend, **tiles):
+        mk = SimpleNamespace(programs_per_sm=1, schedule="round-robin", backend=backend, tiles=TileOptions(**tiles))
+        return ImplContext(cfg=SimpleNamespace(fusion="model", megakernel=mk), spec=case.w.spec, weights=case.w,
+                           cache=case.cache, device=torch.device("cpu"))
+    cls = REGISTRY["megakernel"]
+    why = hopper.problem(case.w.spec, "bf16", 1, torch.device("cpu"))
+    assert why and cls.unsupported(ctx("gluon")) == why
+    assert cls.unsupported(ctx("auto")) is None and cls.unsupported(ctx("triton")) is None
+    # where the Gluon backend runs (hopper.problem made to say so), auto picks it unless tile options are given, and
+    # an explicit gluon with tile options is refused with the runtime's sentence
+    from harness.config import resolved_backend
+
+    monkeypatch.setattr(hopper, "problem", lambda *a, **k: None)
+    spec, cpu = case.w.spec, torch.device("cpu")
+    assert resolved_backend(ctx("auto").cfg, spec, "bf16", 1, cpu) == "gluon"
+    assert resolved_backend(ctx("auto", gemv_rows=8).cfg, spec, "bf16", 1, cpu) == "triton"
+    assert cls.unsupported(ctx("auto")) is None and cls.unsupported(ctx("auto", gemv_rows=8)) is None
+    assert "chooses its own tiles" in cls.unsupported(ctx("gluon", gemv_rows=8))
+    assert Megakernel(case.w, case.cache, backend="auto", tiles=TileOptions(gemv_rows=8)).backend == "triton"
+
+
 def test_diff_tool_finds_the_first_divergent_instruction():
     case = make_case("tiny", "fp32", 1)
     corrupt = random_weights(case.w.spec, "fp32", GROUP_SIZE, "cpu", seed=0)
