@@ -648,30 +648,38 @@ HEADLINE_GPU = "nvidia-h200"
 HEADLINE_MODELS = ("llama1b", "llama8b")
 HEADLINE_POINT = {"batch": 1, "ctx": 1024}
 HEADLINE_REFS = ("layerwise", "gemlite", "flash-attn", REF)
+HEADLINE_MEGA = ("megakernel", "megakernel-gluon")  # backends as figures name them (backend_as_impl), last preferred
 
 
 def headline_table(rows: pd.DataFrame, gpu: str = HEADLINE_GPU, tag: Optional[str] = None) -> pd.DataFrame:
     """One line per (model, quant) of HEADLINE_MODELS at batch 1, ctx 1024 on `gpu`: the newest megakernel row
     (fusion=model) and, from the same run, the other impls' speedups over torch-compile and torch-compile's own
     latency. `clean` is the megakernel row's (the run's rows share one commit); `fastest` is the impl (megakernel:
-    any fusion) with the lowest median latency among the run's measured rows at that point."""
-    df = _newest_rows(rows, gpu, tag)
-    cols = ["model", "quant", "group_size", "mega_us", "mega_p10", "mega_p90", "mega_pct", "mega_speedup",
+    any fusion) with the lowest median latency among the run's measured rows at that point. The megakernel row is
+    the backend megakernel.backend=auto picks (kernels.mega.resolve_backend): of the newest run that measured the
+    megakernel at that point, its Gluon row where it has one, else its Triton row (`backend`)."""
+    df = _measured_rows(rows, gpu, tag)
+    cols = ["model", "quant", "group_size", "backend", "mega_us", "mega_p10", "mega_p90", "mega_pct", "mega_speedup",
             "layerwise_speedup", "gemlite_speedup", "flash-attn_speedup", "compile_us", "compile_p10", "compile_p90",
             "compile_pct", "layerwise_pct", "gemlite_pct", "flash-attn_pct", "fastest", "git_sha", "clean",
             "timestamp_utc", "run_id"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    sel = df["model"].isin(HEADLINE_MODELS) & (df["impl"] == "megakernel") & (df["fusion"] == DEFAULT_FUSION)
+    sel = df["model"].isin(HEADLINE_MODELS) & df["impl"].isin(HEADLINE_MEGA) & (df["fusion"] == DEFAULT_FUSION)
     for k, v in HEADLINE_POINT.items():
         sel &= pd.to_numeric(df[k], errors="coerce") == v
     mega = with_markers(df[sel])
+    if not mega.empty:  # per point: the newest run's megakernel rows, the Gluon one last (kept)
+        t_run = pd.to_datetime(mega.groupby("run_id")["timestamp_utc"].transform("max"), utc=True)
+        mega = mega.assign(_t=t_run, _g=mega["impl"].map(HEADLINE_MEGA.index)).sort_values(["_t", "_g"]) \
+            .groupby(["model", "quant", "group_size"], dropna=False).tail(1).drop(columns=["_t", "_g"])
     every = backend_as_impl(A.with_gpu_slug(A.add_same_run_ratios(rows)))
     out = []
     for _, r in mega.iterrows():
         run = every[every["run_id"] == r["run_id"]]
         line = {"model": r["model"], "quant": r["quant"], "group_size": r["group_size"],
-                "mega_us": r["latency_us_median"], "mega_p10": r["latency_us_p10"], "mega_p90": r["latency_us_p90"],
+                "backend": "Gluon" if r["impl"] != "megakernel" else "Triton", "mega_us": r["latency_us_median"],
+                "mega_p10": r["latency_us_p10"], "mega_p90": r["latency_us_p90"],
                 "mega_pct": r["pct_of_copy_bw"], "mega_speedup": r[SPEEDUP], "git_sha": r["git_sha"],
                 "clean": bool(r["clean"]), "timestamp_utc": r["timestamp_utc"], "run_id": r["run_id"]}
         for impl in HEADLINE_REFS:
@@ -717,13 +725,15 @@ def headline_markdown(rows: pd.DataFrame, gpu: str = HEADLINE_GPU, tag: Optional
     if t.empty:
         return head + f"No megakernel rows yet on {where} for {', '.join(HEADLINE_MODELS)}.\n"
     lines = [head, f"**{where}**, the newest run of each point (measured {A.measurement_dates(t) or '?'}); "
-             f"speedups are over the torch-compile row of the same run.\n",
-             "| model | weights | megakernel µs (p10–p90) | megakernel % of copy | megakernel vs torch-compile | "
-             "layerwise vs torch-compile | gemlite vs torch-compile | flash-attn vs torch-compile | torch-compile µs | "
-             "fastest in the run | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"speedups are over the torch-compile row of the same run; the megakernel is the backend "
+             f"`megakernel.backend=auto` picks (Gluon where it runs, else Triton).\n",
+             "| model | weights | megakernel backend | megakernel µs (p10–p90) | megakernel % of copy | "
+             "megakernel vs torch-compile | layerwise vs torch-compile | gemlite vs torch-compile | "
+             "flash-attn vs torch-compile | torch-compile µs | fastest in the run | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
-        lines.append(f"| {r['model']} | {A.quant_label(r['quant'], r['group_size'])} | {r['mega_us']:.0f} "
+        lines.append(f"| {r['model']} | {A.quant_label(r['quant'], r['group_size'])} | {r['backend']} | "
+                     f"{r['mega_us']:.0f} "
                      f"({r['mega_p10']:.0f}–{r['mega_p90']:.0f}) | {r['mega_pct']:.1f} | {_x(r['mega_speedup'])} | "
                      f"{_x(r['layerwise_speedup'])} | {_x(r['gemlite_speedup'])} | {_x(r['flash-attn_speedup'])} | "
                      f"{'—' if pd.isna(r['compile_us']) else format(r['compile_us'], '.0f')} | "

@@ -838,7 +838,8 @@ def headline_figure(t: pd.DataFrame, gpu_name: str) -> Figure:
     in one order in both panels)."""
     fig = _figure(13.0, 4.8)
     ax_s, ax_p = fig.subplots(1, 2)
-    groups = [f"{r['model']}\n{A.quant_label(r['quant'], r['group_size'])}" for _, r in t.iterrows()]
+    groups = [f"{r['model']}\n{A.quant_label(r['quant'], r['group_size'])}"
+              + (f"\n[{r['backend']}]" if "backend" in t.columns else "") for _, r in t.iterrows()]
     sp = [("megakernel/model", "mega_speedup"), ("layerwise", "layerwise_speedup"), ("gemlite", "gemlite_speedup"),
           ("flash-attn", "flash-attn_speedup")]
     pc = [(REF, "compile_pct")] + [(name, col.replace("speedup", "pct")) for name, col in sp]  # the same order
@@ -884,7 +885,8 @@ def headline_figure(t: pd.DataFrame, gpu_name: str) -> Figure:
     fig.legend(hs, [h.get_label() for h in hs], loc="outside right center", fontsize=8, frameon=False)
     fig.suptitle(f"Megakernel vs the references on {gpu_name} (batch {HEADLINE_POINT['batch']}, context "
                  f"{HEADLINE_POINT['ctx']}), measured {A.measurement_dates(t) or '?'}", fontsize=12)
-    fig.text(0.01, 0.005, "Newest megakernel (fusion=model) run per point; every bar of a group comes from that run. "
+    fig.text(0.01, 0.005, "Newest megakernel (fusion=model) run per point, its backend in brackets (the one "
+             "megakernel.backend=auto picks: Gluon where it ran); every bar of a group comes from that run. "
              f"Hollow: the run was not measured at a clean commit ({n_dirty} of {len(t)}).", fontsize=8,
              color="#555555", ha="left", va="bottom", wrap=True)
     return fig

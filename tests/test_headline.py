@@ -82,3 +82,25 @@ def test_sync_readme_replaces_only_the_block(tmp_path):
     assert readme.read_text() == f"# T\n\n{F.README_START}\nnew table\n{F.README_END}\n\nrest\n"
     assert F.readme_headline(readme) == "new table\n"
     assert F.sync_readme("new table\n", readme) is False
+
+
+def test_the_megakernel_line_is_the_backend_auto_picks(tmp_path):
+    """megakernel.backend=auto runs the Gluon backend where it can: a run that measured both backends gives its Gluon
+    row; a point whose newest megakernel run has only the Triton backend (int4, which Gluon cannot run) its Triton
+    row, whatever Gluon rows an older run of another point has."""
+    both = run_rows(gpu=H200, impls=("torch-compile", "megakernel"), baseline="torch-compile", when=stamp(0),
+                    latency={"torch-compile": 1000.0, "megakernel": 1100.0}, mega_backend="triton",
+                    git_sha="abc1234567")
+    mk = next(r for r in both if r["impl"] == "megakernel")
+    both.append(dict(mk, mega_backend="gluon", latency_us_median=800.0, latency_us_p10=796.0, latency_us_p90=804.0,
+                     latency_us_mean=800.0, speedup=1.25))
+    int4 = run_rows(gpu=H200, quant="int4", impls=("torch-compile", "megakernel"), baseline="torch-compile",
+                    when=stamp(5), latency={"torch-compile": 700.0, "megakernel": 1400.0}, mega_backend="triton",
+                    git_sha="abc1234567")
+    rows = _loaded(tmp_path, both, int4)
+    t = F.headline_table(rows)
+    assert t[["quant", "backend"]].values.tolist() == [["bf16", "Gluon"], ["int4", "Triton"]]
+    assert t["mega_us"].tolist() == pytest.approx([800.0, 1400.0])
+    assert t["mega_speedup"].tolist() == pytest.approx([1.25, 0.5])
+    md = F.headline_markdown(rows)
+    assert "| llama1b | bf16 | Gluon | 800 (796–804) |" in md and "| llama1b | int4 g128 | Triton | 1400 " in md
