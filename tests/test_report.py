@@ -21,7 +21,28 @@ from harness.results import ResultsStore, load_results
 from tests.synthetic_results import GPU, H200, run_rows, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
+FROZEN_BEFORE = "20261202"  # the committed rows these tests pin: measured before 2026-12-02
+
+
+def _frozen_results() -> Path:
+    """A copy of the committed rows measured before FROZEN_BEFORE (row files are named by their UTC timestamp):
+    later sessions add rows under the same tags and GPUs, which would move every count pinned here."""
+    import atexit
+    import shutil
+    import tempfile
+
+    dst = Path(tempfile.mkdtemp(prefix="report-rows-"))
+    atexit.register(shutil.rmtree, dst, True)
+    for gpu_dir in (ROOT / "results").glob("nvidia-*"):
+        kept = [f for f in gpu_dir.glob("*.parquet") if f.name < FROZEN_BEFORE]
+        if kept:
+            (dst / gpu_dir.name).mkdir()
+            for f in kept:
+                shutil.copy2(f, dst / gpu_dir.name / f.name)
+    return dst
+
+
+RESULTS = _frozen_results()
 H100_SLUG, H200_SLUG = "nvidia-h100-80gb-hbm3", "nvidia-h200"
 SPEEDUP = "speedup_over_torch_compile"
 POINT = ["model", "quant", "group_size", "batch", "ctx", "impl", "fusion"]
