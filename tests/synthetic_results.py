@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from functools import lru_cache
+from pathlib import Path
 
 GPU = "NVIDIA H100 80GB HBM3"
 H200 = "NVIDIA H200"
@@ -98,3 +100,23 @@ def stored_and_loaded(root, *runs: list):
     for rows in runs:
         store.append(rows)
     return load_results(root)
+
+
+@lru_cache(maxsize=None)
+def frozen_results(before: str = "20261202") -> Path:
+    """A copy of the committed results/ rows measured before `before` (UTC, YYYYMMDD; row files are named by their
+    timestamp), made once per process: tests that pin counts and values of committed rows read this, so rows that
+    later sessions commit under the same tags and GPUs do not move them."""
+    import atexit
+    import shutil
+    import tempfile
+
+    dst = Path(tempfile.mkdtemp(prefix="frozen-rows-"))
+    atexit.register(shutil.rmtree, dst, True)
+    for gpu_dir in (Path(__file__).resolve().parent.parent / "results").glob("nvidia-*"):
+        kept = [f for f in gpu_dir.glob("*.parquet") if f.name < before]
+        if kept:
+            (dst / gpu_dir.name).mkdir()
+            for f in kept:
+                shutil.copy2(f, dst / gpu_dir.name / f.name)
+    return dst

@@ -12,7 +12,7 @@ import pytest
 from harness import analysis as A
 from harness import gate as G
 from harness.results import ResultsStore, load_results
-from tests.synthetic_results import GPU, H200, run_rows, stamp
+from tests.synthetic_results import GPU, H200, frozen_results, run_rows, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 SLUG = "nvidia-h100-80gb-hbm3"
@@ -332,11 +332,10 @@ def test_cli(tmp_path):
 @pytest.fixture(scope="module")
 def h200_rows():
     """The committed H200 rows of 2026-11-29 and 11-30: an older run at a dirty tree (tag h200) and a newer clean one
-    (tag h200-arch). Later rows (the same tag from later sessions) are left out: these tests pin numbers of those."""
-    df = load_results(ROOT / "results", gpu=H200)
-    df = df[df["tag"].isin(["h200", "h200-arch"])
-            & (pd.to_datetime(df["timestamp_utc"], utc=True) < pd.Timestamp("2026-12-01", tz="UTC"))]
-    df = df.reset_index(drop=True)
+    (tag h200-arch). Rows committed later under the same tag are left out (frozen_results): these tests pin
+    numbers of those."""
+    df = load_results(frozen_results(), gpu=H200)
+    df = df[df["tag"].isin(["h200", "h200-arch"])].reset_index(drop=True)
     assert len(df) == 55 and df["status"].eq("ok").all()
     return df
 

@@ -18,31 +18,9 @@ import pytest
 from harness import gate as G
 from harness import report as R
 from harness.results import ResultsStore, load_results
-from tests.synthetic_results import GPU, H200, run_rows, stamp
+from tests.synthetic_results import GPU, H200, frozen_results, run_rows, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
-FROZEN_BEFORE = "20261202"  # the committed rows these tests pin: measured before 2026-12-02
-
-
-def _frozen_results() -> Path:
-    """A copy of the committed rows measured before FROZEN_BEFORE (row files are named by their UTC timestamp):
-    later sessions add rows under the same tags and GPUs, which would move every count pinned here."""
-    import atexit
-    import shutil
-    import tempfile
-
-    dst = Path(tempfile.mkdtemp(prefix="report-rows-"))
-    atexit.register(shutil.rmtree, dst, True)
-    for gpu_dir in (ROOT / "results").glob("nvidia-*"):
-        kept = [f for f in gpu_dir.glob("*.parquet") if f.name < FROZEN_BEFORE]
-        if kept:
-            (dst / gpu_dir.name).mkdir()
-            for f in kept:
-                shutil.copy2(f, dst / gpu_dir.name / f.name)
-    return dst
-
-
-RESULTS = _frozen_results()
 H100_SLUG, H200_SLUG = "nvidia-h100-80gb-hbm3", "nvidia-h200"
 SPEEDUP = "speedup_over_torch_compile"
 POINT = ["model", "quant", "group_size", "batch", "ctx", "impl", "fusion"]
@@ -51,19 +29,20 @@ LAT = {"torch-eager": 9000.0, "torch-compile": 3000.0, "layerwise": 2700.0, "meg
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _report(capsys, *args, results=RESULTS):
-    code = R.main(["--results", str(results), *map(str, args)])
+def _report(capsys, *args, results=None):
+    """harness.report's main over `results` (default: the committed rows these tests pin, frozen_results)."""
+    code = R.main(["--results", str(results or frozen_results()), *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def _csv(capsys, *args, results=RESULTS) -> pd.DataFrame:
+def _csv(capsys, *args, results=None) -> pd.DataFrame:
     code, out, err = _report(capsys, *args, "--format", "csv", results=results)
     assert code == 0, err
     return pd.read_csv(io.StringIO(out), keep_default_na=False, na_values=[""])
 
 
-def _json(capsys, *args, results=RESULTS) -> list[dict]:
+def _json(capsys, *args, results=None) -> list[dict]:
     code, out, err = _report(capsys, *args, "--format", "json", results=results)
     assert code == 0, err
     return json.loads(out)
@@ -78,7 +57,7 @@ def _md_table(text: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _raw() -> pd.DataFrame:
-    return load_results(RESULTS)
+    return load_results(frozen_results())
 
 
 def _same_run_speedup(raw: pd.DataFrame, run_id: str, latency: float) -> float:
@@ -399,7 +378,7 @@ def test_compare_by_sha_on_one_gpu_keeps_the_gpu_in_the_match(capsys):
 ])
 def test_errors_are_one_line_and_exit_2(capsys, args, says):
     try:
-        code = R.main(["--results", str(RESULTS), *args])
+        code = R.main(["--results", str(frozen_results()), *args])
     except SystemExit as e:  # argparse's own errors leave through exit(), as on the command line
         code = e.code
     out, err = capsys.readouterr()

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from harness.config import mega_backend, resolved_backend, tile_options
+from harness.config import mega_backend, tile_options
 from harness.impls.base import DecodeImpl, ImplContext, register
 
 
@@ -40,9 +40,9 @@ class MegakernelImpl(DecodeImpl):
             return "megakernel on the CPU needs TRITON_INTERPRET=1 set before kernels are imported"
         if ctx.device.type == "cuda" and interpret:
             return "TRITON_INTERPRET=1 runs Triton on the CPU; unset it to run the megakernel on CUDA"
-        # The backend that would run: "auto" picks gluon only where gluon_problem is None, so it never refuses for
-        # the backend's sake; an explicit gluon that cannot run here is refused with the reason.
-        if resolved_backend(ctx.cfg, ctx.spec, ctx.weights.quant, ctx.batch, ctx.device) == "gluon":
+        # "auto" picks gluon only where gluon_problem is None, so it never refuses for the backend's sake; an explicit
+        # gluon that cannot run here is refused with the reason.
+        if mega_backend(ctx.cfg) == "gluon":
             from kernels.mega import gluon_problem
 
             return gluon_problem(ctx.spec, ctx.weights.quant, ctx.batch, ctx.device,

@@ -67,14 +67,13 @@ class Megakernel:
         if why:
             raise ValueError(f"megakernel: {why}")
         self.interpret = device.type != "cuda"
-        # "auto" becomes the backend that runs here (kernels.mega.resolve_backend); self.backend is never "auto"
+        # "auto" becomes the backend that runs here (kernels.mega.resolve_backend; it picks gluon only where
+        # gluon_problem finds nothing); an explicit gluon that cannot run is refused with the reason
         tiles_given = bool(tiles is not None and tiles.given())
-        backend = resolve_backend(backend, spec, weights.quant, self.batch, device, tiles_given)
-        self.backend = backend
-        if backend == "gluon":
-            why = gluon_problem(spec, weights.quant, self.batch, device, tiles_given)
-            if why:
-                raise ValueError(why)
+        why = gluon_problem(spec, weights.quant, self.batch, device, tiles_given) if backend == "gluon" else None
+        if why:
+            raise ValueError(why)
+        self.backend = backend = resolve_backend(backend, spec, weights.quant, self.batch, device, tiles_given)
         if self.interpret and not interpreting():
             raise RuntimeError("megakernel on the CPU needs TRITON_INTERPRET=1, set before kernels are imported")
         self.fusion, self.policy = fusion, policy
