@@ -77,9 +77,10 @@ def k_loop(cubin: bytes) -> list[str]:
     return max(loops(cubin), key=lambda body: len(body[1]), default=(0, []))[1]
 
 
-def loops(cubin: bytes) -> list[tuple[bool, list[str]]]:
+def loops(cubin: bytes, full: bool = False) -> list[tuple[bool, list[str]]]:
     """Every loop (a conditional branch back to an earlier label) in the SASS of a cubin, in address order:
-    (whether it is innermost, i.e. holds no other loop's back edge, its opcodes)."""
+    (whether it is innermost, i.e. holds no other loop's back edge, its opcodes: with full, their modifiers too,
+    e.g. SYNCS.PHASECHK.TRANS64.TRYWAIT)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     nvdisasm = os.path.join(os.path.dirname(get_ptxas(90).path), "nvdisasm")
@@ -109,7 +110,8 @@ def loops(cubin: bytes) -> list[tuple[bool, list[str]]]:
     out = []
     for lo, hi in spans:
         inner = not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in spans)
-        out.append((inner, [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for a, t in ins if lo <= a <= hi]))
+        ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for a, t in ins if lo <= a <= hi]
+        out.append((inner, ops if full else [op.split(".")[0] for op in ops]))
     return out
 
 
@@ -118,8 +120,9 @@ def loops(cubin: bytes) -> list[tuple[bool, list[str]]]:
 # ----------------------------------------------------------------------------------------------
 def mega_report(model: str, quant: str, batch: int) -> dict:
     """Registers, spills and the chunk loops (innermost loops that take ring chunks) of the Gluon megakernel
-    compiled for sm_90: per loop its SASS instructions, HMMA and BAR counts, its products per chunk (column groups)
-    and thread-instructions per weight byte of one chunk (each warp's 16 rows of a [64, 256] chunk)."""
+    compiled for sm_90: per loop its chunks (one mbarrier wait each: a tile's loop takes two a turn), and per chunk
+    its SASS instructions, HMMA and BAR counts, its products (column groups) and thread-instructions per weight byte
+    (each warp's 16 rows of a [64, 256] chunk)."""
     from harness.models import named_spec
     from kernels.mega import hopper
     from kernels.mega.resources import ptxas_usage
@@ -131,16 +134,19 @@ def mega_report(model: str, quant: str, batch: int) -> dict:
     wbytes = quant_mode(quant).weight_bits // 8
     per_product = hopper.BK // 16  # mma.sync k-steps per product (over one or two accumulator chains)
     b_tiles = hopper.pick_tiles(spec, batch, 1024, 132).b_pad // 8  # n-tiles of 8 batch rows per k-step
+    chunk_bytes = 16 * hopper.BK * wbytes  # one warp's weight bytes per chunk, whatever the column groups
     rows = []
-    for inner, ops in loops(c.asm["cubin"]):
+    for inner, full in loops(c.asm["cubin"], full=True):
+        ops = [op.split(".")[0] for op in full]
         hmma = ops.count("HMMA")
-        # a chunk loop waits on the ring's mbarrier (SYNCS); attention's key-block loop has products but no ring
-        if not inner or "SYNCS" not in ops or hmma == 0 or hmma % (per_product * b_tiles):
+        chunks = sum(op.startswith("SYNCS.PHASECHK") for op in full)  # the ring's mbarrier waits
+        # attention's key-block loop has products but no ring wait
+        if not inner or not chunks or hmma == 0 or hmma % (per_product * b_tiles * chunks):
             continue
-        products = hmma // (per_product * b_tiles)  # column groups: each the whole slot times its own x^T columns
-        chunk_bytes = 16 * hopper.BK * wbytes  # one warp's weight bytes per chunk, whatever the column groups
-        rows.append(dict(instructions=len(ops), hmma=hmma, products=products, bar=ops.count("BAR"),
-                         per_byte=round(len(ops) * 32 / chunk_bytes, 2),
+        rows.append(dict(chunks=chunks, instructions=round(len(ops) / chunks, 1), hmma=hmma // chunks,
+                         products=hmma // (per_product * b_tiles * chunks), bar=round(ops.count("BAR") / chunks, 1),
+                         tma=ops.count("UTMALDG"),
+                         per_byte=round(len(ops) / chunks * 32 / chunk_bytes, 2),
                          top=collections.Counter(ops).most_common(6)))
     return dict(model=model, quant=quant, batch=batch, **ptxas_usage(c), loops=rows)
 
@@ -380,8 +386,9 @@ def main(argv=None) -> None:
               f"stores")
         for i, lp in enumerate(r["loops"]):
             top = ", ".join(f"{k} {v}" for k, v in lp["top"])
-            print(f"  chunk loop {i}: {lp['products']} product(s), {lp['instructions']} instructions, "
-                  f"{lp['hmma']} HMMA, {lp['bar']} BAR = {lp['per_byte']:.2f} per weight byte ({top})")
+            print(f"  chunk loop {i} ({lp['chunks']} chunks a turn), per chunk: {lp['products']} product(s), "
+                  f"{lp['instructions']} instructions, {lp['hmma']} HMMA, {lp['bar']} BAR = {lp['per_byte']:.2f} "
+                  f"per weight byte (per turn: {top})")
         return
     if a.kernel == "qgemv":
         if a.kind == "dense" and not a.all:

@@ -5,14 +5,18 @@ that runs ahead of every dependency.
 Why: in the Triton backend the bytes in flight live in registers, and nothing can load the next instruction's
 weights while a program waits on a counter. Weights never depend on activations, so here each program walks a
 second, host-built list beside its queue: its weight stream, one entry per [BN, BK] chunk of every GEMV tile of
-its queue, in the order its instructions consume them. The ring holds nbuf() chunks; whenever one is consumed, the
-chunk nbuf() ahead is issued, whatever instruction it belongs to and whether or not that instruction's counter is
-ready. Only the activation reads wait on counters.
+its queue, in the order its instructions consume them. Each program is warp-specialised: a one-warp loader
+partition (_loader) walks the stream and issues every chunk into a ring of nbuf() slots as soon as a slot is free,
+whatever instruction the chunk belongs to and whether or not that instruction's counter is ready; the compute
+partition (_instructions, WARPS warps) runs the queue, waits on counters for activations only, and hands each slot
+back after reading it. Two mbarriers per slot carry the handshake: `ready` (the TMA bytes landed) and `empty` (the
+compute warps have read it). The loader's issue work (an entry read, an expect, two TMA boxes) is off the compute
+warps' path: their chunk loop holds one mbarrier wait, one arrive and its thread barriers (_take).
 
 Per chunk the compute is one or two tensor-core products (mma.sync through `mma_v2`; see "Chunks" below for what a
 chunk holds): the ring slot [BN, BK] is operand A, and x^T [BK, B_PAD] (batch padded to 8 or 16) operand B, loaded
 from global memory one chunk ahead (the activations are small and L2-resident) with the RMSNorm weight applied and
-handed to the tensor cores through a shared-memory slot that the ring's own per-chunk barrier orders (_tile). At
+handed to the tensor cores through a shared-memory slot that the chunk's one thread barrier orders (_tile). At
 B_PAD 8 each product runs as two accumulator chains, one per column half of the chunk (_chains). Every
 GEMV instruction ends with the same epilogues as the Triton backend (RoPE and the KV-cache append, residual add,
 SiLU gate, the LM head's per-block argmax). The other instructions (Embed, AttnPartial, AttnReduce, Argmax) are
@@ -58,7 +62,9 @@ BN = 64  # rows of a ring slot: 4 warps x 16 rows of mma.sync
 BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
 BOX = 32  # rows of one TMA box
 BOXES = BN // BOX  # boxes per ring slot
-WARPS = 4
+WARPS = 4  # the compute partition
+LOADER_WARPS = 1  # the loader partition: one warp issues every TMA load
+LOADER_REGS = 40  # registers per thread the loader keeps (a few scalars: an entry, its successor, j)
 RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 32 KB (bf16), 16 KB (int8)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
@@ -105,6 +111,7 @@ INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x6464
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
+LOADER_WARPS_C, LOADER_REGS_C = gl.constexpr(LOADER_WARPS), gl.constexpr(LOADER_REGS)
 W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
 
 
@@ -246,34 +253,29 @@ def descriptors(weights) -> list:
 # The weight ring
 # ----------------------------------------------------------------------------------------------
 @gluon.jit
-def _copy(desc, e, bar, dst, ok):
+def _copy(desc, e, bar, dst):
     """The BOXES_C TMA boxes of one chunk (entry e) into their rows of its ring slot."""
     for i in gl.static_range(BOXES_C):
-        tma.async_copy_global_to_shared(desc, [e[1 + 2 * i], e[2 + 2 * i]], bar, dst.slice(i * BOX_C, BOX_C, dim=0),
-                                        pred=ok)
+        tma.async_copy_global_to_shared(desc, [e[1 + 2 * i], e[2 + 2 * i]], bar, dst.slice(i * BOX_C, BOX_C, dim=0))
 
 
 @gluon.jit
-def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, n_chunks, e, NB: gl.constexpr):
-    """Starts the TMA loads of stream chunk j (entry e, if j exists) into ring slot j % NB."""
-    ok = j < n_chunks
-    slot = j % NB
-    bar = bars.index(slot)
-    dst = ring.index(slot)
-    mbarrier.expect(bar, BOXES_C * d_qkv.block_type.nbytes, pred=ok)
+def _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, e, bar, dst):
+    """Starts the TMA loads of one chunk (entry e) into ring slot dst, to arrive on bar."""
+    mbarrier.expect(bar, BOXES_C * d_qkv.block_type.nbytes)
     which = e[0]
     if which == W_QKV_C:
-        _copy(d_qkv, e, bar, dst, ok)
+        _copy(d_qkv, e, bar, dst)
     elif which == W_O_C:
-        _copy(d_o, e, bar, dst, ok)
+        _copy(d_o, e, bar, dst)
     elif which == W_GATE_C:
-        _copy(d_gate, e, bar, dst, ok)
+        _copy(d_gate, e, bar, dst)
     elif which == W_UP_C:
-        _copy(d_up, e, bar, dst, ok)
+        _copy(d_up, e, bar, dst)
     elif which == W_DOWN_C:
-        _copy(d_down, e, bar, dst, ok)
+        _copy(d_down, e, bar, dst)
     else:
-        _copy(d_lm, e, bar, dst, ok)
+        _copy(d_lm, e, bar, dst)
 
 
 @gluon.jit
@@ -281,6 +283,22 @@ def _entry(stream_ptr, j):
     """The weight stream's entry j: (which, row and column of each of the BOXES_C = 2 boxes)."""
     p = stream_ptr + j * ENTRY_C
     return gl.load(p), gl.load(p + 1), gl.load(p + 2), gl.load(p + 3), gl.load(p + 4)
+
+
+@gluon.jit
+def _loader(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty, stream_ptr, n_chunks, NB: gl.constexpr):
+    """The loader partition (one warp): the program's whole weight stream, chunk j into ring slot j % NB as soon as
+    the compute partition has released the chunk that slot held (j - NB), whatever instruction either belongs to and
+    whether or not its counter is ready. Each entry is read one chunk ahead, so its L2 round trip overlaps the wait.
+    Its one wait (on `empty`) needs no bound: the compute partition releases every slot it takes, and when it stops
+    early (an error) it takes and releases the rest of the stream (_drain), so this loop always ends."""
+    e = _entry(stream_ptr, 0)
+    for j in range(n_chunks):
+        e_next = _entry(stream_ptr, j + 1)  # in bounds: the stream has a spare row (weight_stream)
+        slot = j % NB
+        mbarrier.wait(empty.index(slot), ((j // NB) & 1) ^ 1)  # the first pass over the ring passes at once
+        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, e, ready.index(slot), ring.index(slot))
+        e = e_next
 
 
 @gluon.jit
@@ -310,14 +328,17 @@ def _chains(b_pad):
 
 
 @gluon.jit
-def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks, A_OP: gl.constexpr,
-          NB: gl.constexpr, I8: gl.constexpr, CH: gl.constexpr):
+def _take(ring, ready, empty, j, A_OP: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr, CH: gl.constexpr):
     """Chunk j out of the ring as mma operands, its CH column parts (int8: converted to fp16; with CH = 1 the second
-    is the first again, unused); its slot refilled with chunk j + NB (entry e) and the entry of chunk j + NB + 1 read
-    ahead. Returns (the parts, j + 1, that entry)."""
+    is the first again, unused). It opens with the chunk's one thread barrier, after the chunk's x^T stores (_step):
+    every warp has then stored chunk j's x^T and finished reading chunk j - 1's ring slot and x^T slots, so chunk
+    j - 1's slot goes back to the loader (one arrive: the barrier of a slot counts 1) and chunk j's x^T is readable.
+    A slot is released one chunk late, so the loader runs NB - 1 chunks ahead of the chunk being multiplied."""
     W: gl.constexpr = BK_C // CH
+    gl.thread_barrier()
+    mbarrier.arrive(empty.index((j + NB - 1) % NB), pred=j > 0)
     slot = j % NB
-    mbarrier.wait(bars.index(slot), (j // NB) & 1)
+    mbarrier.wait(ready.index(slot), (j // NB) & 1)
     a_lo = ring.index(slot).slice(0, W, dim=1).load(A_OP)
     if I8:
         a_lo = _int8_f16(a_lo)
@@ -326,13 +347,19 @@ def _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, 
         a_hi = ring.index(slot).slice(W, W, dim=1).load(A_OP)
         if I8:
             a_hi = _int8_f16(a_hi)
-    # Every warp has read the slot (and stored chunk j's x^T slots; _tile relies on this barrier for both orders of
-    # those slots: chunk j's stores before any warp reads them, and chunk j - 1's reads before chunk j + 1's stores
-    # reuse that slot pair. A loader partition or a K split across warp groups must keep both) ...
+    return a_lo, a_hi
+
+
+@gluon.jit
+def _drain(ring, ready, empty, j, n_chunks, NB: gl.constexpr):
+    """The end of the compute partition, chunk j next: releases the slot still held and takes and releases every
+    chunk left (only after an error: the normal path has consumed them all), so the loader finishes its stream and
+    every TMA load has landed before the program's shared memory goes."""
     gl.thread_barrier()
-    fence_async_shared()  # ... before the async proxy overwrites it
-    _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j + NB, n_chunks, e, NB)
-    return a_lo, a_hi, j + 1, _entry(stream_ptr, gl.minimum(j + NB + 1, n_chunks))
+    mbarrier.arrive(empty.index((j + NB - 1) % NB), pred=j > 0)
+    for jj in range(j, n_chunks):
+        mbarrier.wait(ready.index(jj % NB), (jj // NB) & 1)
+        mbarrier.arrive(empty.index(jj % NB))
 
 
 @gluon.jit
@@ -359,29 +386,62 @@ def _stage_x(xs, x, nw, NORM: gl.constexpr, DT: gl.constexpr):
 
 
 @gluon.jit
-def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, x_ptr, K, nw_ptr, B, eps,
-          KP: gl.constexpr, NORM: gl.constexpr, B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr,
-          I8: gl.constexpr):
-    """One tile's products over K, its chunks taken from the ring in stream order (see "Chunks": KP column groups
-    per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows g R .. (g + 1) R,
-    R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the tile's rows
-    (so the norm costs no extra pass over h); without, it is 1. x^T reaches the B operand through shared memory,
-    slot xs[2 (j % 2) + g] for chunk j's column group g, stored before _take(j)'s thread barrier, which orders the
-    store before every warp's read; _take(j - 1)'s thread barrier ordered every read of that slot two chunks
-    earlier before the store. So x costs no barrier of its own. Returns (acc0, acc1 (KP = 2), that scale [B_PAD],
-    the ring state after the tile: next chunk j, its entry e read ahead). I8: int8 weights, so fp16 operands in
-    the int8 operand order (module docstring); the per-channel scale is the caller's."""
+def _step(ring, ready, empty, xs, j, c, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b,
+          ssq, KP: gl.constexpr, NORM: gl.constexpr, OT: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr,
+          CH: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr):
+    """Chunk j of a tile, at columns c: its x^T (x<g>n, w<g>n, loaded one chunk earlier) into the x slots xs[g], the
+    next chunk's x loaded, the chunk taken from the ring, its KP x CH products. Returns the carried values."""
+    W: gl.constexpr = BK_C // CH
+    xs0 = xs.index(0)
+    xs1 = xs.index(1)
+    nxt = c + KP * BK_C
+    _stage_x(xs0, x0n, w0n, NORM, OT)
+    if NORM:
+        ssq += x0n * x0n
+    x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
+    if KP > 1:
+        _stage_x(xs1, x1n, w1n, NORM, OT)
+        if NORM:
+            ssq += x1n * x1n
+        x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
+    a_lo, a_hi = _take(ring, ready, empty, j, A_OP, NB, I8, CH)
+    acc0 = mma_v2(a_lo, xs0.slice(0, W, dim=0).load(B_OP), acc0)
+    if CH > 1:
+        acc0b = mma_v2(a_hi, xs0.slice(W, W, dim=0).load(B_OP), acc0b)
+    if KP > 1:
+        acc1 = mma_v2(a_lo, xs1.slice(0, W, dim=0).load(B_OP), acc1)
+        if CH > 1:
+            acc1b = mma_v2(a_hi, xs1.slice(W, W, dim=0).load(B_OP), acc1b)
+    return x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq
+
+
+@gluon.jit
+def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.constexpr, NORM: gl.constexpr,
+          B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr):
+    """One tile's products over K, its chunks taken from the ring in stream order from chunk j (see "Chunks": KP
+    column groups per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows
+    g R .. (g + 1) R, R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales
+    the tile's rows (so the norm costs no extra pass over h); without, it is 1. Returns (acc0, acc1 (KP = 2), that
+    scale [B_PAD], the next chunk j). I8: int8 weights, so fp16 operands in the int8 operand order (module
+    docstring); the per-channel scale is the caller's.
+
+    x^T reaches the B operand through shared memory: the tile's even chunks use the x slots xa, its odd ones xb (the
+    loop takes two chunks a turn). A chunk's stores precede its _take barrier, which orders them before every warp's
+    reads; the chunk before it used the other slots, and the barrier of the chunk between ordered every read of these
+    before the stores. So x costs no barrier of its own, and the two slots being separate allocations lets the
+    compiler see it: one barrier per chunk in all. A tile of an odd number of chunks ends with one barrier more (the
+    next tile's first chunk stores into xa again)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=_k_width(I8))
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=_k_width(I8))
     OT: gl.constexpr = _operand_dtype(I8, DT)
     XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
+    STEP: gl.constexpr = KP * BK_C
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
     n_ok = (n < B)[None, :]
     # CH accumulators per product, one per column part of a chunk (_chains)
     CH: gl.constexpr = _chains(B_PAD)
-    W: gl.constexpr = BK_C // CH
     acc0 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc0b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
@@ -390,35 +450,27 @@ def _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_p
     # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
     # chunk's ring wait and products instead of preceding them.
     x0n, w0n = _x_cols(x_ptr, K, nw_ptr, 0, k, n, n_ok, NORM, OT)
+    x1n, w1n = x0n, w0n  # KP = 1: unused
     if KP > 1:
         x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, OT)
-    for c in range(0, K, KP * BK_C):
-        nxt = c + KP * BK_C
-        xs0 = xs.index(2 * (j % 2))
-        xs1 = xs.index(2 * (j % 2) + 1)
-        _stage_x(xs0, x0n, w0n, NORM, OT)
-        if NORM:
-            ssq += x0n * x0n
-        x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
-        if KP > 1:
-            _stage_x(xs1, x1n, w1n, NORM, OT)
-            if NORM:
-                ssq += x1n * x1n
-            x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
-        a_lo, a_hi, j, e = _take(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, j, e, stream_ptr, n_chunks,
-                                 A_OP, NB, I8, CH)
-        acc0 = mma_v2(a_lo, xs0.slice(0, W, dim=0).load(B_OP), acc0)
-        if CH > 1:
-            acc0b = mma_v2(a_hi, xs0.slice(W, W, dim=0).load(B_OP), acc0b)
-        if KP > 1:
-            acc1 = mma_v2(a_lo, xs1.slice(0, W, dim=0).load(B_OP), acc1)
-            if CH > 1:
-                acc1b = mma_v2(a_hi, xs1.slice(W, W, dim=0).load(B_OP), acc1b)
+    n_steps = gl.cdiv(K, STEP)
+    for i in range(0, n_steps - 1, 2):
+        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
+            ring, ready, empty, xa, j + i, i * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n,
+            acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP)
+        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
+            ring, ready, empty, xb, j + i + 1, (i + 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n,
+            acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP)
+    if n_steps % 2 == 1:
+        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
+            ring, ready, empty, xa, j + n_steps - 1, (n_steps - 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n,
+            x1n, w1n, acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP)
+        gl.thread_barrier()
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    return acc0 + acc0b, acc1 + acc1b, scale, j, e  # (with CH = 1 the second terms are zeros)
+    return acc0 + acc0b, acc1 + acc1b, scale, j + n_steps  # (with CH = 1 the second terms are zeros)
 
 
 @gluon.jit
@@ -460,8 +512,8 @@ def _gather(scratch, scale, off: gl.constexpr, N: gl.constexpr, KP: gl.constexpr
 # ----------------------------------------------------------------------------------------------
 # The instructions
 # ----------------------------------------------------------------------------------------------
-# Every GEMV instruction takes the ring's state (the six descriptors, the ring and its barriers, the x^T slots, the
-# next chunk j and the stream entry e read ahead) and returns the new (j, e).
+# Every GEMV instruction takes the ring's state (the ring, its `ready` and `empty` barriers, the x^T slots, the next
+# chunk j) and returns the new j.
 @gluon.jit
 def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
     """Embed(col_block): h[:, cols] = embed[tokens, cols]."""
@@ -475,9 +527,8 @@ def _embed(col_block, bufs, wts, dims: gl.constexpr, tiles: gl.constexpr):
 
 
 @gluon.jit
-def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
-                  n_chunks, scratch, bufs, wts, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
-                  NB: gl.constexpr):
+def _rms_qkv_rope(lw, row_block, ring, ready, empty, xa, xb, j, scratch, bufs, wts, cache, dims: gl.constexpr,
+                  tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """RmsQkvRope(layer, row_block): P rotate-half pairs (rows i and i + hd/2) of one head slot of the fused wqkv,
     the partners in one column group of each chunk (see "Chunks"); RoPE, then the q store or the K / V cache
     append."""
@@ -489,8 +540,8 @@ def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, b
     I8: gl.constexpr = dims.KIND == KIND_INT8_C
     slot = row_block // tiles.NPB
     nw = wts.attn_norm + lw * dims.D
-    acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                                    bufs.h, dims.D, nw, dims.B, cache.eps, KP, True, B_PAD, DT, NB, I8)
+    acc0, acc1, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, cache.eps, KP, True, B_PAD,
+                                 DT, NB, I8)
     _park(scratch, acc0, acc1, KP)
     lo = _gather(scratch, scale, 0, P, KP, EL)
     hi = _gather(scratch, scale, P, P, KP, EL)
@@ -521,7 +572,7 @@ def _rms_qkv_rope(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, b
         else:
             gl.store(cache.v + off, lo.to(DT), mask=m)
             gl.store(cache.v + off + HALF, hi.to(DT), mask=m)
-    return j, e
+    return j
 
 
 @gluon.jit
@@ -628,9 +679,9 @@ def _tiles_here(row_block, TPI: gl.constexpr, N, ROWS: gl.constexpr):
 
 
 @gluon.jit
-def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, d_qkv, d_o,
-                   d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, scratch, bufs,
-                   dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexpr, KP: gl.constexpr, ring, ready,
+                   empty, xa, xb, j, scratch, bufs, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr,
+                   NB: gl.constexpr):
     """OProjResidual and DownResidual: h[:, rows] += x @ W[rows].T for the TPI tiles of R rows (KP column groups per
     chunk) of one row block (the weight stream says which W and which layer; s_ptr: that layer's int8 scales)."""
     I8: gl.constexpr = dims.KIND == KIND_INT8_C
@@ -639,20 +690,20 @@ def _gemv_residual(row_block, K, x_ptr, s_ptr, TPI: gl.constexpr, R: gl.constexp
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, EL))
     for t in range(_tiles_here(row_block, TPI, dims.D, R)):
         offs = (row_block * TPI + t) * R + r
-        acc0, acc1, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
-                                        n_chunks, x_ptr, K, x_ptr, dims.B, 0.0, KP, False, tiles.B_PAD, DT, NB, I8)
+        acc0, acc1, scale, j = _tile(ring, ready, empty, xa, xb, j, x_ptr, K, x_ptr, dims.B, 0.0, KP, False,
+                                     tiles.B_PAD, DT, NB, I8)
         _park(scratch, acc0, acc1, KP)
         acc = _row_scaled(_gather(scratch, scale, 0, R, KP, EL), s_ptr, offs, offs < dims.D, I8)
         gl.thread_barrier()  # the next tile may overwrite the scratch
         hp = bufs.h + b[None, :] * dims.D + offs[:, None]
         hm = (b < dims.B)[None, :] & (offs < dims.D)[:, None]
         gl.store(hp, gl.load(hp, mask=hm, other=0.0) + acc, mask=hm)
-    return j, e
+    return j
 
 
 @gluon.jit
-def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                      bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _rms_gate_up_silu(lw, row_block, ring, ready, empty, xa, xb, j, bufs, wts, eps, dims: gl.constexpr,
+                      tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """RmsGateUpSilu(layer, row_block): act[:, rows] = silu(norm(h) @ Wg[rows].T) * (norm(h) @ Wu[rows].T)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     I8: gl.constexpr = dims.KIND == KIND_INT8_C
@@ -661,20 +712,20 @@ def _rms_gate_up_silu(lw, row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, rin
     nw = wts.mlp_norm + lw * dims.D
     for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
-        gate, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
-                                          n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
+        gate, unused, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
+                                       tiles.B_PAD, DT, NB, I8)
         gate = _row_scaled(_scaled(gate, scale), wts.gate.s + lw * dims.F, offs, offs < dims.F, I8)
-        up, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
-                                        n_chunks, bufs.h, dims.D, nw, dims.B, eps, 1, True, tiles.B_PAD, DT, NB, I8)
+        up, unused, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
+                                     tiles.B_PAD, DT, NB, I8)
         up = _row_scaled(_scaled(up, scale), wts.up.s + lw * dims.F, offs, offs < dims.F, I8)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
                  mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])
-    return j, e
+    return j
 
 
 @gluon.jit
-def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks, bufs, wts,
-             eps, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+def _lm_head(row_block, ring, ready, empty, xa, xb, j, bufs, wts, eps, dims: gl.constexpr, tiles: gl.constexpr,
+             DT: gl.constexpr, NB: gl.constexpr):
     """LmHead(row_block): logits rows of norm(h), and the block's max logit and its lowest index per sequence."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     I8: gl.constexpr = dims.KIND == KIND_INT8_C
@@ -685,9 +736,8 @@ def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, 
     best_i = gl.zeros([B_PAD], gl.int32, layout=gl.SliceLayout(0, MMA))
     for t in range(_tiles_here(row_block, tiles.LM.TPI, dims.V, BN_C)):
         offs = (row_block * tiles.LM.TPI + t) * BN_C + r
-        logit, unused, scale, j, e = _tile(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
-                                           n_chunks, bufs.h, dims.D, wts.final_norm, dims.B, eps, 1, True, B_PAD, DT,
-                                           NB, I8)
+        logit, unused, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, wts.final_norm, dims.B, eps,
+                                        1, True, B_PAD, DT, NB, I8)
         logit = _row_scaled(_scaled(logit, scale), wts.lm.s, offs, offs < dims.V, I8)
         gl.store(bufs.logits + b[None, :] * dims.V + offs[:, None], logit,
                  mask=(b < dims.B)[None, :] & (offs < dims.V)[:, None])
@@ -699,7 +749,7 @@ def _lm_head(row_block, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, 
         best = gl.maximum(best, tb)
     gl.store(bufs.pmax + b * tiles.N_LM + row_block, best, mask=b < dims.B)
     gl.store(bufs.pidx + b * tiles.N_LM + row_block, best_i, mask=b < dims.B)
-    return j, e
+    return j
 
 
 @gluon.jit
@@ -734,33 +784,13 @@ def _argmax(bufs, advance, dims: gl.constexpr, tiles: gl.constexpr):
 # The kernel
 # ----------------------------------------------------------------------------------------------
 @gluon.jit
-def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down, d_lm, stream, stream_counts,
-                      stream_stride, dims: gl.constexpr, tiles: gl.constexpr, TIMELINE: gl.constexpr,
-                      DT: gl.constexpr, NB: gl.constexpr):
-    # queue, bufs, wts, cache: kernels/mega/args.py; d_*: TMA descriptors of the weights (descriptors());
-    # stream: [P, stream_stride / ENTRY, ENTRY] int32 weight streams, stream_counts: [P] chunks per program;
-    # DT: the activations' dtype (the weights' is the descriptors'), NB: chunks in the ring (nbuf()).
+def _instructions(queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, n_chunks, dims: gl.constexpr,
+                  tiles: gl.constexpr, TIMELINE: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
+    """The compute partition (the kernel's WARPS warps): the program's instruction queue, in order, each instruction
+    after its counter wait, taking its weight chunks from the ring as the loader lands them."""
     pid = gl.program_id(0)
     n_instr = gl.load(queue.lengths + pid)
     qbase = queue.queue + pid * queue.stride
-    stream_ptr = stream + pid * stream_stride
-    n_chunks = gl.load(stream_counts + pid)
-    ring = gl.allocate_shared_memory(d_qkv.block_type.element_ty, [NB, BN_C, BK_C], d_qkv.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
-    B_PAD: gl.constexpr = tiles.B_PAD
-    scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
-                                        gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-    # x^T slots (_tile): two chunks x two column groups of [BK, B_PAD] in the operand dtype, columns contiguous per
-    # sequence (as x is stored), swizzled in 16-byte vectors: bf16 operands are read with ldmatrix, conflict-free;
-    # int8's fp16 operands (k_width 4) with plain 64-bit shared loads, whose conflicts are not measured
-    xs = gl.allocate_shared_memory(_operand_dtype(dims.KIND == KIND_INT8_C, DT), [4, BK_C, B_PAD],
-                                   gl.SwizzledSharedLayout(8, 1, 8, order=[0, 1]))
-    for s in gl.static_range(NB):
-        mbarrier.init(bars.index(s), count=1)
-    for s in gl.static_range(NB):  # the ring starts full, whatever instructions its chunks belong to
-        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, s, n_chunks,
-               _entry(stream_ptr, gl.minimum(s, n_chunks)), NB)
-    e = _entry(stream_ptr, gl.minimum(NB, n_chunks))
     j = 0
     pc = 0
     alive = 1
@@ -793,26 +823,23 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             if op == OP_EMBED:
                 _embed(a, bufs, wts, dims, tiles)
             elif op == OP_RMS_QKV_ROPE:
-                j, e = _rms_qkv_rope(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr,
-                                     n_chunks, scratch, bufs, wts, cache, dims, tiles, DT, NB)
+                j = _rms_qkv_rope(lw, a, ring, ready, empty, xa, xb, j, scratch, bufs, wts, cache, dims, tiles, DT, NB)
             elif op == OP_ATTN_PARTIAL:
                 _attn_partial(lw, a, b, bufs, cache, dims, tiles, DT)
             elif op == OP_ATTN_REDUCE:
                 _attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
-                j, e = _gemv_residual(a, dims.H * dims.HD, bufs.attn, wts.o.s + lw * dims.D, tiles.O.TPI, tiles.O.BN,
-                                      tiles.O.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j,
-                                      e, stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
+                j = _gemv_residual(a, dims.H * dims.HD, bufs.attn, wts.o.s + lw * dims.D, tiles.O.TPI, tiles.O.BN,
+                                   tiles.O.BK // BK_C, ring, ready, empty, xa, xb, j, scratch, bufs, dims, tiles, DT,
+                                   NB)
             elif op == OP_RMS_GATE_UP_SILU:
-                j, e = _rms_gate_up_silu(lw, a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
-                                         stream_ptr, n_chunks, bufs, wts, cache.eps, dims, tiles, DT, NB)
+                j = _rms_gate_up_silu(lw, a, ring, ready, empty, xa, xb, j, bufs, wts, cache.eps, dims, tiles, DT, NB)
             elif op == OP_DOWN_RESIDUAL:
-                j, e = _gemv_residual(a, dims.F, bufs.act, wts.down.s + lw * dims.D, tiles.DN.TPI, tiles.DN.BN,
-                                      tiles.DN.BK // BK_C, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e,
-                                      stream_ptr, n_chunks, scratch, bufs, dims, tiles, DT, NB)
+                j = _gemv_residual(a, dims.F, bufs.act, wts.down.s + lw * dims.D, tiles.DN.TPI, tiles.DN.BN,
+                                   tiles.DN.BK // BK_C, ring, ready, empty, xa, xb, j, scratch, bufs, dims, tiles, DT,
+                                   NB)
             elif op == OP_LM_HEAD:
-                j, e = _lm_head(a, d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, bars, xs, j, e, stream_ptr, n_chunks,
-                                bufs, wts, cache.eps, dims, tiles, DT, NB)
+                j = _lm_head(a, ring, ready, empty, xa, xb, j, bufs, wts, cache.eps, dims, tiles, DT, NB)
             else:
                 _argmax(bufs, queue.advance, dims, tiles)
             if bc >= 0:
@@ -824,13 +851,44 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
             gl.store(rec + 2, now(bufs.clock, 1))
             gl.store(rec + 3, sm_id(1))
         pc += 1
-    # Chunks still in flight (a program that stopped on an error): land them before the program's shared memory goes.
+    _drain(ring, ready, empty, j, n_chunks, NB)
+
+
+@gluon.jit
+def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down, d_lm, stream, stream_counts,
+                      stream_stride, dims: gl.constexpr, tiles: gl.constexpr, TIMELINE: gl.constexpr,
+                      DT: gl.constexpr, NB: gl.constexpr):
+    # queue, bufs, wts, cache: kernels/mega/args.py; d_*: TMA descriptors of the weights (descriptors());
+    # stream: [P, stream_stride / ENTRY, ENTRY] int32 weight streams, stream_counts: [P] chunks per program;
+    # DT: the activations' dtype (the weights' is the descriptors'), NB: chunks in the ring (nbuf()).
+    pid = gl.program_id(0)
+    n_chunks = gl.load(stream_counts + pid)
+    ring = gl.allocate_shared_memory(d_qkv.block_type.element_ty, [NB, BN_C, BK_C], d_qkv.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())  # slot landed (TMA bytes)
+    empty = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())  # slot read (compute arrives)
+    B_PAD: gl.constexpr = tiles.B_PAD
+    scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
+                                        gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    # x^T slots (_tile): for a tile's even chunks (xa) and odd ones (xb), two column groups of [BK, B_PAD] each in
+    # the operand dtype, columns contiguous per sequence (as x is stored), swizzled in 16-byte vectors: bf16
+    # operands are read with ldmatrix, conflict-free; int8's fp16 operands (k_width 4) with plain 64-bit shared
+    # loads, whose conflicts are not measured
+    OT: gl.constexpr = _operand_dtype(dims.KIND == KIND_INT8_C, DT)
+    XS: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, order=[0, 1])
+    xa = gl.allocate_shared_memory(OT, [2, BK_C, B_PAD], XS)
+    xb = gl.allocate_shared_memory(OT, [2, BK_C, B_PAD], XS)
     for s in gl.static_range(NB):
-        jj = j + s
-        if jj < n_chunks:
-            mbarrier.wait(bars.index(jj % NB), (jj // NB) & 1)
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1)
+    fence_async_shared()  # the initialised barriers, before the TMA unit arrives on them
+    gl.warp_specialize([(_instructions, (queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, n_chunks, dims,
+                                         tiles, TIMELINE, DT, NB)),
+                        (_loader, (d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty,
+                                   stream + pid * stream_stride, n_chunks, NB))],
+                       [LOADER_WARPS_C], [LOADER_REGS_C])
     for s in gl.static_range(NB):
-        mbarrier.invalidate(bars.index(s))
+        mbarrier.invalidate(ready.index(s))
+        mbarrier.invalidate(empty.index(s))
 
 
 def compile_sm90(spec, quant: str, batch: int, max_len: int, n_programs: int, timeline: bool = False):
