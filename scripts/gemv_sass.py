@@ -132,9 +132,9 @@ def mega_report(model: str, quant: str, batch: int) -> dict:
     spec = named_spec(model)
     c = hopper.compile_sm90(spec, quant, batch, 1024, 132)
     wbytes = quant_mode(quant).weight_bits // 8
-    per_product = hopper.KW // 16  # mma.sync k-steps per product and warp (its warp group's KW columns)
+    per_product = hopper.BK // 16  # mma.sync k-steps per product (over one or two accumulator chains)
     b_tiles = hopper.pick_tiles(spec, batch, 1024, 132).b_pad // 8  # n-tiles of 8 batch rows per k-step
-    chunk_bytes = 16 * hopper.KW * wbytes  # one warp's weight bytes per chunk, whatever the column groups
+    chunk_bytes = 16 * hopper.BK * wbytes  # one warp's weight bytes per chunk, whatever the column groups
     rows = []
     for inner, full in loops(c.asm["cubin"], full=True):
         ops = [op.split(".")[0] for op in full]
