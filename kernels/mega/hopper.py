@@ -16,7 +16,7 @@ warps' path: their chunk loop holds one mbarrier wait, one arrive and its thread
 Per chunk the compute is one or two tensor-core products (mma.sync through `mma_v2`; see "Chunks" below for what a
 chunk holds): the ring slot [BN, BK] is operand A, and x^T [BK, B_PAD] (batch padded to 8 or 16) operand B, loaded
 from global memory one chunk ahead (the activations are small and L2-resident) with the RMSNorm weight applied and
-handed to the tensor cores through a shared-memory slot that the chunk's one thread barrier orders (_tile). At
+handed to the tensor cores through a shared-memory slot that the chunk's thread barrier orders (_tile). At
 B_PAD 8 each product runs as two accumulator chains, one per column half of the chunk (_chains). Every
 GEMV instruction ends with the same epilogues as the Triton backend (RoPE and the KV-cache append, residual add,
 SiLU gate, the LM head's per-block argmax). The other instructions (Embed, AttnPartial, AttnReduce, Argmax) are
@@ -64,9 +64,7 @@ BOX = 32  # rows of one TMA box
 BOXES = BN // BOX  # boxes per ring slot
 WARPS = 4  # the compute partition
 LOADER_WARPS = 1  # the loader partition: one warp issues every TMA load
-LOADER_REGS = 56  # registers per thread the loader keeps (scalars: LOOKAHEAD + 1 entries, j, pointers)
-LOOKAHEAD = 4  # stream entries the loader has in flight ahead of the chunk it issues (_loader)
-assert LOOKAHEAD == 4, "_loader holds the entries e0 .. e3 by name: update it with LOOKAHEAD"
+LOADER_REGS = 40  # registers per thread the loader keeps (a few scalars: an entry, its successor, j)
 RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 32 KB (bf16), 16 KB (int8)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
@@ -114,7 +112,6 @@ WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
 LOADER_WARPS_C, LOADER_REGS_C = gl.constexpr(LOADER_WARPS), gl.constexpr(LOADER_REGS)
-LOOKAHEAD_C = gl.constexpr(LOOKAHEAD)
 W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
 
 
@@ -207,10 +204,10 @@ def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
 
 
 def weight_stream(prog: Lowered, programs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One launch's weight streams: ([P, max chunks + LOOKAHEAD, ENTRY] int32 entries, [P] int32 chunk counts) for
-    the programs' queues (lists of instruction indices). The extra rows keep the loader's read-ahead in bounds."""
+    """One launch's weight streams: ([P, max chunks + 1, ENTRY] int32 entries, [P] int32 chunk counts) for the
+    programs' queues (lists of instruction indices). The extra row keeps the loader's read-ahead in bounds."""
     per_prog = [[c for i in queue for c in instr_chunks(prog, prog.instrs[i])] for queue in programs]
-    width = max((len(c) for c in per_prog), default=0) + LOOKAHEAD
+    width = max((len(c) for c in per_prog), default=0) + 1
     table = torch.zeros(len(programs), width, ENTRY, dtype=torch.int32)
     for p, chunks in enumerate(per_prog):
         if chunks:
@@ -292,24 +289,19 @@ def _entry(stream_ptr, j):
 def _loader(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty, stream_ptr, n_chunks, NB: gl.constexpr):
     """The loader partition (one warp): the program's whole weight stream, chunk j into ring slot j % NB as soon as
     the compute partition has released the chunk that slot held (j - NB), whatever instruction either belongs to and
-    whether or not its counter is ready. Each entry is read LOOKAHEAD chunks ahead: the loader issues chunk j only
-once entry j has arrived, so with one chunk of read-ahead an L2 round trip per chunk would bound its pace (16 KB int8
-chunks at one ~0.5-us round trip each: about the copy rate of an SM).
+    whether or not its counter is ready. Each entry is read one chunk ahead, so its L2 round trip overlaps the wait.
     Its one wait (on `empty`) needs no bound: the compute partition releases every slot it takes, and when it stops
     early (an error) it takes and releases the rest of the stream (_drain), so this loop always ends."""
-    e0 = _entry(stream_ptr, 0)
-    e1 = _entry(stream_ptr, 1)
-    e2 = _entry(stream_ptr, 2)
-    e3 = _entry(stream_ptr, 3)
+    e = _entry(stream_ptr, 0)
     for j in range(n_chunks):
-        e4 = _entry(stream_ptr, j + LOOKAHEAD_C)  # in bounds: the stream has LOOKAHEAD spare rows (weight_stream)
+        e_next = _entry(stream_ptr, j + 1)  # in bounds: the stream has a spare row (weight_stream)
         slot = j % NB
         mbarrier.wait(empty.index(slot), ((j // NB) & 1) ^ 1)  # the first pass over the ring passes at once
         # the compute warps' generic-proxy reads of this slot (ordered before their arrive) before the async proxy
         # overwrites it
         fence_async_shared()
-        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, e0, ready.index(slot), ring.index(slot))
-        e0, e1, e2, e3 = e1, e2, e3, e4
+        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, e, ready.index(slot), ring.index(slot))
+        e = e_next
 
 
 @gluon.jit
@@ -341,7 +333,7 @@ def _chains(b_pad):
 @gluon.jit
 def _take(ring, ready, empty, j, A_OP: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr, CH: gl.constexpr):
     """Chunk j out of the ring as mma operands, its CH column parts (int8: converted to fp16; with CH = 1 the second
-    is the first again, unused). It opens with the chunk's one thread barrier, after the chunk's x^T stores (_step):
+    is the first again, unused). It opens with the chunk's thread barrier, after the chunk's x^T stores (_step):
     every warp has then stored chunk j's x^T and finished reading chunk j - 1's ring slot and x^T slots, so chunk
     j - 1's slot goes back to the loader (one arrive: the barrier of a slot counts 1) and chunk j's x^T is readable.
     A slot is released one chunk late, so the loader runs NB - 1 chunks ahead of the chunk being multiplied."""
@@ -441,8 +433,9 @@ def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.conste
     loop takes two chunks a turn). A chunk's stores precede its _take barrier, which orders them before every warp's
     reads; the chunk before it used the other slots, and the barrier of the chunk between ordered every read of these
     before the stores. So x costs no barrier of its own, and the two slots being separate allocations lets the
-    compiler see it: one barrier per chunk in all. A tile of an odd number of chunks ends with one barrier more (the
-    next tile's first chunk stores into xa again)."""
+    compiler see it: a chunk runs _take's barrier and the one the compiler puts right after its arrive (Triton 3.6
+    orders every mbarrier arrive before the next shared-memory access; the warps reach it together). A tile of an
+    odd number of chunks ends with one barrier more (the next tile's first chunk stores into xa again)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=_k_width(I8))
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=_k_width(I8))
