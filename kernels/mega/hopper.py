@@ -286,6 +286,20 @@ def _entry(stream_ptr, j):
 
 
 @gluon.jit
+def ring_slot(j, NB: gl.constexpr):
+    """The ring slot of stream chunk j (j >= 0; j + NB - 1 for chunk j - 1's)."""
+    return j % NB
+
+
+@gluon.jit
+def ring_phase(j, NB: gl.constexpr):
+    """The parity of chunk j's phase of its slot's barriers: chunk j is the slot's (j // NB)-th use. An mbarrier
+    wait on parity p returns once the phase of that parity has completed; a fresh barrier counts its phase -1 (parity
+    1) as completed, so the loader's first pass over the ring (wait on ring_phase ^ 1 = 1) does not block."""
+    return (j // NB) & 1
+
+
+@gluon.jit
 def _loader(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty, stream_ptr, n_chunks, NB: gl.constexpr):
     """The loader partition (one warp): the program's whole weight stream, chunk j into ring slot j % NB as soon as
     the compute partition has released the chunk that slot held (j - NB), whatever instruction either belongs to and
@@ -295,8 +309,8 @@ def _loader(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty, stream_p
     e = _entry(stream_ptr, 0)
     for j in range(n_chunks):
         e_next = _entry(stream_ptr, j + 1)  # in bounds: the stream has a spare row (weight_stream)
-        slot = j % NB
-        mbarrier.wait(empty.index(slot), ((j // NB) & 1) ^ 1)  # the first pass over the ring passes at once
+        slot = ring_slot(j, NB)
+        mbarrier.wait(empty.index(slot), ring_phase(j, NB) ^ 1)  # the first pass over the ring passes at once
         # the compute warps' generic-proxy reads of this slot (ordered before their arrive) before the async proxy
         # overwrites it
         fence_async_shared()
@@ -339,9 +353,9 @@ def _take(ring, ready, empty, j, A_OP: gl.constexpr, NB: gl.constexpr, I8: gl.co
     A slot is released one chunk late, so the loader runs NB - 1 chunks ahead of the chunk being multiplied."""
     W: gl.constexpr = BK_C // CH
     gl.thread_barrier()
-    mbarrier.arrive(empty.index((j + NB - 1) % NB), pred=j > 0)
-    slot = j % NB
-    mbarrier.wait(ready.index(slot), (j // NB) & 1)
+    mbarrier.arrive(empty.index(ring_slot(j + NB - 1, NB)), pred=j > 0)
+    slot = ring_slot(j, NB)
+    mbarrier.wait(ready.index(slot), ring_phase(j, NB))
     a_lo = ring.index(slot).slice(0, W, dim=1).load(A_OP)
     if I8:
         a_lo = _int8_f16(a_lo)
@@ -359,11 +373,11 @@ def _drain(ring, ready, empty, j, n_chunks, NB: gl.constexpr):
     chunk left (only after an error: the normal path has consumed them all), so the loader finishes its stream and
     every TMA load has landed before the program's shared memory goes."""
     gl.thread_barrier()
-    mbarrier.arrive(empty.index((j + NB - 1) % NB), pred=j > 0)
+    mbarrier.arrive(empty.index(ring_slot(j + NB - 1, NB)), pred=j > 0)
     for jj in range(j, n_chunks):
-        mbarrier.wait(ready.index(jj % NB), (jj // NB) & 1)
+        mbarrier.wait(ready.index(ring_slot(jj, NB)), ring_phase(jj, NB))
         gl.thread_barrier()  # every warp's wait done before the slot (and so its `ready` phase) can move on
-        mbarrier.arrive(empty.index(jj % NB))
+        mbarrier.arrive(empty.index(ring_slot(jj, NB)))
 
 
 @gluon.jit
