@@ -352,8 +352,7 @@ def _take(ring, ready, empty, j, A_OP: gl.constexpr, NB: gl.constexpr, I8: gl.co
     j - 1's slot goes back to the loader (one arrive: the barrier of a slot counts 1) and chunk j's x^T is readable.
     A slot is released one chunk late, so the loader runs NB - 1 chunks ahead of the chunk being multiplied."""
     W: gl.constexpr = BK_C // CH
-    gl.thread_barrier()
-    mbarrier.arrive(empty.index(ring_slot(j + NB - 1, NB)), pred=j > 0)
+    _release_previous(empty, j, NB)
     slot = ring_slot(j, NB)
     mbarrier.wait(ready.index(slot), ring_phase(j, NB))
     a_lo = ring.index(slot).slice(0, W, dim=1).load(A_OP)
@@ -368,12 +367,18 @@ def _take(ring, ready, empty, j, A_OP: gl.constexpr, NB: gl.constexpr, I8: gl.co
 
 
 @gluon.jit
-def _drain(ring, ready, empty, j, n_chunks, NB: gl.constexpr):
+def _release_previous(empty, j, NB: gl.constexpr):
+    """Chunk j - 1's slot back to the loader (if j > 0), once every warp is past the barrier that ends its reads."""
+    gl.thread_barrier()
+    mbarrier.arrive(empty.index(ring_slot(j + NB - 1, NB)), pred=j > 0)
+
+
+@gluon.jit
+def _drain(ready, empty, j, n_chunks, NB: gl.constexpr):
     """The end of the compute partition, chunk j next: releases the slot still held and takes and releases every
     chunk left (only after an error: the normal path has consumed them all), so the loader finishes its stream and
     every TMA load has landed before the program's shared memory goes."""
-    gl.thread_barrier()
-    mbarrier.arrive(empty.index(ring_slot(j + NB - 1, NB)), pred=j > 0)
+    _release_previous(empty, j, NB)
     for jj in range(j, n_chunks):
         mbarrier.wait(ready.index(ring_slot(jj, NB)), ring_phase(jj, NB))
         gl.thread_barrier()  # every warp's wait done before the slot (and so its `ready` phase) can move on
@@ -870,7 +875,7 @@ def _instructions(queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, 
             gl.store(rec + 2, now(bufs.clock, 1))
             gl.store(rec + 3, sm_id(1))
         pc += 1
-    _drain(ring, ready, empty, j, n_chunks, NB)
+    _drain(ready, empty, j, n_chunks, NB)
 
 
 @gluon.jit
