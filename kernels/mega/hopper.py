@@ -64,9 +64,7 @@ BOX = 32  # rows of one TMA box
 BOXES = BN // BOX  # boxes per ring slot
 WARPS = 4  # the compute partition
 LOADER_WARPS = 1  # the loader partition: one warp issues every TMA load
-LOADER_REGS = 56  # registers per thread the loader keeps (scalars: LOOKAHEAD + 1 entries, j, pointers)
-LOOKAHEAD = 4  # stream entries the loader has in flight ahead of the chunk it issues (_loader)
-assert LOOKAHEAD == 4, "_loader holds the entries e0 .. e3 by name: update it with LOOKAHEAD"
+LOADER_REGS = 40  # registers per thread the loader keeps (a few scalars: an entry, its successor, j)
 RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 32 KB (bf16), 16 KB (int8)
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
@@ -114,7 +112,6 @@ WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
 LOADER_WARPS_C, LOADER_REGS_C = gl.constexpr(LOADER_WARPS), gl.constexpr(LOADER_REGS)
-LOOKAHEAD_C = gl.constexpr(LOOKAHEAD)
 W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
 
 
@@ -207,10 +204,10 @@ def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
 
 
 def weight_stream(prog: Lowered, programs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One launch's weight streams: ([P, max chunks + LOOKAHEAD, ENTRY] int32 entries, [P] int32 chunk counts) for
-    the programs' queues (lists of instruction indices). The extra rows keep the loader's read-ahead in bounds."""
+    """One launch's weight streams: ([P, max chunks + 1, ENTRY] int32 entries, [P] int32 chunk counts) for the
+    programs' queues (lists of instruction indices). The extra row keeps the loader's read-ahead in bounds."""
     per_prog = [[c for i in queue for c in instr_chunks(prog, prog.instrs[i])] for queue in programs]
-    width = max((len(c) for c in per_prog), default=0) + LOOKAHEAD
+    width = max((len(c) for c in per_prog), default=0) + 1
     table = torch.zeros(len(programs), width, ENTRY, dtype=torch.int32)
     for p, chunks in enumerate(per_prog):
         if chunks:
@@ -306,24 +303,19 @@ def ring_phase(j, NB: gl.constexpr):
 def _loader(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty, stream_ptr, n_chunks, NB: gl.constexpr):
     """The loader partition (one warp): the program's whole weight stream, chunk j into ring slot j % NB as soon as
     the compute partition has released the chunk that slot held (j - NB), whatever instruction either belongs to and
-    whether or not its counter is ready. Entries are read LOOKAHEAD chunks ahead: the loader can issue chunk j only
-    once entry j has arrived, so with one chunk of read-ahead one L2 round trip per chunk would set its pace whenever
-    the ring has room (16-KB int8 chunks at ~0.5 us each: about one SM's share of the copy rate).
+    whether or not its counter is ready. Each entry is read one chunk ahead, so its L2 round trip overlaps the wait.
     Its one wait (on `empty`) needs no bound: the compute partition releases every slot it takes, and when it stops
     early (an error) it takes and releases the rest of the stream (_drain), so this loop always ends."""
-    e0 = _entry(stream_ptr, 0)
-    e1 = _entry(stream_ptr, 1)
-    e2 = _entry(stream_ptr, 2)
-    e3 = _entry(stream_ptr, 3)
+    e = _entry(stream_ptr, 0)
     for j in range(n_chunks):
-        e4 = _entry(stream_ptr, j + LOOKAHEAD_C)  # in bounds: the stream has LOOKAHEAD spare rows (weight_stream)
+        e_next = _entry(stream_ptr, j + 1)  # in bounds: the stream has a spare row (weight_stream)
         slot = ring_slot(j, NB)
         mbarrier.wait(empty.index(slot), ring_phase(j, NB) ^ 1)  # the first pass over the ring passes at once
         # the compute warps' generic-proxy reads of this slot (ordered before their arrive) before the async proxy
         # overwrites it
         fence_async_shared()
-        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, e0, ready.index(slot), ring.index(slot))
-        e0, e1, e2, e3 = e1, e2, e3, e4
+        _issue(d_qkv, d_o, d_gate, d_up, d_down, d_lm, e, ready.index(slot), ring.index(slot))
+        e = e_next
 
 
 @gluon.jit
