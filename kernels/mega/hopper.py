@@ -337,6 +337,16 @@ def _operand_dtype(i8, dt):
 
 
 @gluon.constexpr_function
+def _x_slot_layout(i8):
+    """The x^T slots' shared layout ([BK, B_PAD], k contiguous per sequence). bf16 operands are read with ldmatrix:
+    16-byte vectors swizzled over 8 sequences, conflict-free. int8's fp16 operands (k_width 4) are read with 64-bit
+    loads, a lane its sequence's 4 consecutive k, so each half-warp reads 4 sequences x 32 bytes: swizzled in
+    32-byte units over 4 sequences those land in 4 different bank groups (the 16-byte swizzle put two sequences on
+    one group: 2 wavefronts per half-warp instead of 1, measured with Nsight Compute)."""
+    return gl.SwizzledSharedLayout(16, 1, 4, order=[0, 1]) if i8 else gl.SwizzledSharedLayout(8, 1, 8, order=[0, 1])
+
+
+@gluon.constexpr_function
 def _chains(b_pad):
     """Accumulator chains per product: 2 (a chunk's column halves, two interleaved chains of 8 dependent mma.sync
     instead of one of 16) at B_PAD = 8; 1 at B_PAD = 16, where the second set of accumulators spills (measured,
@@ -894,11 +904,9 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
     scratch = gl.allocate_shared_memory(gl.float32, [BN_C, B_PAD],
                                         gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
     # x^T slots (_tile): for a tile's even chunks (xa) and odd ones (xb), two column groups of [BK, B_PAD] each in
-    # the operand dtype, columns contiguous per sequence (as x is stored), swizzled in 16-byte vectors: bf16
-    # operands are read with ldmatrix, conflict-free; int8's fp16 operands (k_width 4) with plain 64-bit shared
-    # loads, whose conflicts are not measured
+    # the operand dtype, columns contiguous per sequence (as x is stored), swizzled (_x_slot_layout)
     OT: gl.constexpr = _operand_dtype(dims.KIND == KIND_INT8_C, DT)
-    XS: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, order=[0, 1])
+    XS: gl.constexpr = _x_slot_layout(dims.KIND == KIND_INT8_C)
     xa = gl.allocate_shared_memory(OT, [2, BK_C, B_PAD], XS)
     xb = gl.allocate_shared_memory(OT, [2, BK_C, B_PAD], XS)
     for s in gl.static_range(NB):
