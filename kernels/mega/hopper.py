@@ -26,8 +26,10 @@ int8 weights (per output channel, kernels/quant.py) stream as they are stored, o
 the same [BN, BK] chunk in half the bytes, so the ring is twice as deep for the same bytes in flight. A slot is read
 in the tensor cores' int8 operand order (4 consecutive columns per register, the k_width = 4 operand layout: the MMA
 sums over k, so x^T uses the same permuted order and the product is unchanged), each register of 4 bytes becomes
-4 fp16 operands in 5 integer / packed instructions (_int8_f16: fp16 1024 + 128 + q by byte permutes, then a packed
-subtraction, exact), and x^T (fp32) is rounded to fp16 for the product: finer than bf16, but its range ends at
+4 fp16 operands 1152 + q in 3 integer instructions (_int8_f16: a XOR and two byte permutes, exact), and the tile
+takes 1152 sum_k x_k off its products once, with sum_k x_k added up from x^T as it is staged (_step, _tile; the
+fp32 products of fp16 operands are exact; only the fp32 accumulation rounds, on terms about 1152 / |q| larger).
+x^T (fp32) is rounded to fp16 for the product: finer than bf16, but its range ends at
 fp16's 65504. In the norm stages that operand is h times the norm weight, before the 1 / rms scale (which multiplies
 the fp32 rows after the product): a residual-stream value times its norm weight must stay below 65504, a tighter
 bound than the normalised activations of the per-op qgemv (kernels/qgemv.py).
