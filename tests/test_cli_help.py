@@ -34,6 +34,8 @@ COMMANDS = {
     "scripts/mega_tune.py --help": "usage: mega_tune.py",
     "scripts/qgemv_bench.py --help": "usage: qgemv_bench.py",
     "scripts/probe_chain.py --help": "usage: probe_chain.py",
+    "scripts/probe_stream.py --help": "usage: probe_stream.py",
+    "scripts/ncu_loops.py --help": "usage: ncu_loops.py",
     "scripts/gptfast_recipe.py --help": "usage: gptfast_recipe.py",
     "scripts/mutation_check.py --help": "usage: scripts/mutation_check.py",
     # the impl comes first (sys.argv[1]); the rest are Hydra overrides, where --help is understood
