@@ -123,6 +123,10 @@ def _driver_version() -> str:
 
 
 COMMIT_MANIFEST = ".commit-manifest"  # written by `python -m harness.results --manifest` before a remote run
+# Tracked files that runs write (committed measurements: timelines overwrite theirs in place). They are data, not the
+# code that ran, so a change under them does not make a tree dirty: otherwise the second timeline of one call would
+# record "-dirty" because the first rewrote a committed table.
+OUTPUT_DIR = "results/"
 
 
 def _blob_sha(path: Path, mode: str) -> str:
@@ -155,7 +159,7 @@ def manifest_sha(repo: Path = REPO_ROOT) -> Optional[str]:
         meta, _, name = line.partition("\t")
         mode, blob = meta.split()[:2]
         f = Path(repo) / name
-        if mode == "160000":  # a submodule: not checked
+        if mode == "160000" or name.startswith(OUTPUT_DIR):  # a submodule, or measurements (OUTPUT_DIR): not checked
             continue
         if not (f.is_file() or f.is_symlink()) or _blob_sha(f, mode) != blob:
             return sha + "-dirty"
@@ -193,7 +197,7 @@ def git_sha(repo: Path = REPO_ROOT) -> str:
     sha = git("rev-parse", "HEAD")
     if not sha:
         return ""
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){OUTPUT_DIR}")
     return sha.strip() + ("-dirty" if status and status.strip() else "")
 
 

@@ -163,6 +163,13 @@ def test_git_sha(tmp_path):
     assert len(sha) == 40
     (tmp_path / "untracked.txt").write_text("x")
     assert git_sha(tmp_path) == sha  # untracked files do not make it dirty
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.parquet").write_text("measured")
+    subprocess.run(git + ["add", "results"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "a table"], check=True)
+    sha = git_sha(tmp_path)
+    (tmp_path / "results" / "t.parquet").write_text("measured again")  # a run rewrote a committed table
+    assert git_sha(tmp_path) == sha  # measurements are not the code that ran
     (tmp_path / "a.txt").write_text("2")
     assert git_sha(tmp_path) == sha + "-dirty"
 
@@ -181,6 +188,8 @@ def test_commit_manifest_names_the_commit_of_a_copied_tree(tmp_path):
     run("init", "-q")
     (repo / "a.py").write_text("x = 1\n")
     (repo / "link").symlink_to("a.py")
+    (repo / "results").mkdir()
+    (repo / "results" / "t.txt").write_text("a committed table\n")
     run("add", ".")
     run("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
     sha = run("rev-parse", "HEAD").stdout.strip()
@@ -189,6 +198,8 @@ def test_commit_manifest_names_the_commit_of_a_copied_tree(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(repo, copy, symlinks=True, ignore=shutil.ignore_patterns(".git"))
     assert git_sha(copy) == sha  # no .git at all: the manifest alone
+    (copy / "results" / "t.txt").write_text("rewritten by a run\n")
+    assert git_sha(copy) == sha  # measurements (results/) are not the code that ran
     (copy / "a.py").write_text("x = 2\n")
     assert git_sha(copy) == sha + "-dirty"
 
