@@ -108,11 +108,15 @@ def loops(cubin: bytes, full: bool = False) -> list[tuple[bool, list[str]]]:
         if m and text.startswith("@") and labels.get(m.group(1), addr + 1) < addr:
             spans.append((labels[m.group(1)], addr))
     out = []
-    for lo, hi in spans:
-        inner = not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in spans)
+    for (lo, hi), inner in zip(spans, innermost(spans)):
         ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for a, t in ins if lo <= a <= hi]
         out.append((inner, ops if full else [op.split(".")[0] for op in ops]))
     return out
+
+
+def innermost(spans: list[tuple[int, int]]) -> list[bool]:
+    """Per loop span (first, last address or index): whether it holds no other span."""
+    return [not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in spans) for lo, hi in spans]
 
 
 # ----------------------------------------------------------------------------------------------

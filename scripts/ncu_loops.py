@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import os
 import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+from scripts.gemv_sass import innermost  # noqa: E402  (the same loop nesting rule as the SASS counts)
 
 
 def _num(text: str) -> float:
@@ -41,7 +47,7 @@ def summarise(path: str, min_share: float = 0.003) -> str:
         m = re.search(r"BRA 0x([0-9a-f]+)", s)
         if m and s.startswith("@") and int(m.group(1), 16) < addr[i] and int(m.group(1), 16) in where:
             spans.append((where[int(m.group(1), 16)], i))
-    inner = [(a, b) for a, b in spans if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in spans)]
+    inner = [span for span, inner in zip(spans, innermost(spans)) if inner]
     idle = sum(n for n, s in zip(samples, src) if s.startswith("NOP"))
     busy = sum(samples) - idle
     out = [f"{path}: {sum(samples):.0f} samples, {idle:.0f} on NOPs (idle warps), {busy:.0f} others"]

@@ -30,7 +30,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma  # noqa: E402
@@ -179,13 +178,10 @@ class Chain:
 
 def compile_sm90(chain: Chain, wait: bool = True, timeline: bool = False, stream: bool = False):
     """The kernel compiled for sm_90 on any machine (the JIT's own argument specialisation)."""
-    from triton.backends.compiler import GPUTarget
-
-    from kernels.mega.resources import jit_source
+    from kernels.mega.resources import compile_jit
 
     args, kw = chain.args(wait, timeline, stream)
-    src, warps = jit_source(_chain_kernel, args, kw)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return compile_jit(_chain_kernel, args, kw)
 
 
 def _time(fn, reps: int) -> list[float]:

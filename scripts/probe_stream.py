@@ -23,7 +23,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma  # noqa: E402
@@ -37,21 +36,22 @@ BOX = 32  # rows of one TMA box, as in the megakernel
 @gluon.jit
 def _issue(desc, ring, bars, j, n_chunks, p, P, KC, BN: gl.constexpr, KB: gl.constexpr, NBUF: gl.constexpr):
     """The TMA loads of this program's chunk j (if it exists: its tile j // KC, column chunk j % KC) into slot
-    j % NBUF, one box of BOX rows at a time."""
+    j % NBUF, one box (the descriptor's rows) at a time."""
     ok = j < n_chunks
     row = (p + (j // KC) * P) * BN
     col = (j % KC) * KB
     slot = j % NBUF
-    mbarrier.expect(bars.index(slot), (BN // 32) * desc.block_type.nbytes, pred=ok)
-    for b in gl.static_range(BN // 32):
-        tma.async_copy_global_to_shared(desc, [row + b * 32, col], bars.index(slot),
-                                        ring.index(slot).slice(b * 32, 32, dim=0), pred=ok)
+    R: gl.constexpr = desc.block_type.shape[0]
+    mbarrier.expect(bars.index(slot), (BN // R) * desc.block_type.nbytes, pred=ok)
+    for b in gl.static_range(BN // R):
+        tma.async_copy_global_to_shared(desc, [row + b * R, col], bars.index(slot),
+                                        ring.index(slot).slice(b * R, R, dim=0), pred=ok)
 
 
 @gluon.jit
 def _stream_kernel(desc, sink_ptr, n_tiles, KC, BN: gl.constexpr, KB: gl.constexpr, NBUF: gl.constexpr,
                    TOUCH: gl.constexpr):
-    # desc: W [n_tiles BN, KC KB] int8 in [32, KB] boxes; sink: [P] int32 (TOUCH: a checksum, so the reads stay)
+    # desc: W [n_tiles BN, KC KB] int8 in [BOX, KB] boxes; sink: [P] int32 (TOUCH: a checksum, so the reads stay)
     WARPS: gl.constexpr = gl.num_warps()
     LW: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [WARPS, 1], [1, 0])  # 16 B a thread, a row a warp
     p = gl.program_id(0)
@@ -80,15 +80,14 @@ def _stream_kernel(desc, sink_ptr, n_tiles, KC, BN: gl.constexpr, KB: gl.constex
 
 
 class Stream:
-    """The descriptor and launch of one (row bytes, BN, KB, ring) configuration over a matrix of about `total`
-    bytes."""
+    """The descriptor and launch of one (BN, KB, ring) configuration over the int8 matrix w."""
 
     def __init__(self, w: torch.Tensor, bn: int, kb: int, ring: int, programs: int, touch: bool, warps: int = 4):
         n, k = w.shape
         if bn % BOX or n % bn or k % kb:
             raise ValueError(f"chunk {bn}x{kb}: BN must be a multiple of {BOX} and divide {n} rows; KB must divide "
                              f"the row's {k} bytes")
-        self.w, self.bn, self.kb, self.touch, self.warps = w, bn, kb, touch, warps
+        self.bn, self.kb, self.touch, self.warps = bn, kb, touch, warps
         self.nbuf = max(2, ring // (bn * kb))
         layout = gl.NVMMASharedLayout.get_default_for([BOX, kb], gl.int8)
         self.desc = TensorDescriptor.from_tensor(w, [BOX, kb], layout)
@@ -106,13 +105,11 @@ class Stream:
 
 
 def compile_sm90(s: Stream):
-    from triton.backends.compiler import GPUTarget
-
-    from kernels.mega.resources import jit_source
+    """The kernel compiled for sm_90 on any machine (the JIT's own argument specialisation)."""
+    from kernels.mega.resources import compile_jit
 
     args, kw = s.args()
-    src, warps = jit_source(_stream_kernel, args, kw)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return compile_jit(_stream_kernel, args, kw)
 
 
 def _shape(text: str) -> tuple[int, int]:

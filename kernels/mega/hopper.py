@@ -515,11 +515,18 @@ def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.conste
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    if I8:  # the weights' offset (_int8_f16), on the x the products used
-        acc0 -= INT8_OFFSET_C * gl.convert_layout(gl.sum(sx0, axis=0), gl.SliceLayout(0, MMA))[None, :]
+    if I8:
+        acc0 = _offset_off(acc0, sx0)
         if KP > 1:
-            acc1 -= INT8_OFFSET_C * gl.convert_layout(gl.sum(sx1, axis=0), gl.SliceLayout(0, MMA))[None, :]
+            acc1 = _offset_off(acc1, sx1)
     return acc0 + acc0b, acc1 + acc1b, scale, j + n_steps  # (with CH = 1 the second terms are zeros)
+
+
+@gluon.jit
+def _offset_off(acc, sx):
+    """A product of int8 weights (fp16 INT8_OFFSET + q, _int8_f16) less INT8_OFFSET sum_k x_k: sx [BK, B_PAD] holds
+    the staged x^T added up over the tile's chunks (_step)."""
+    return acc - INT8_OFFSET_C * gl.convert_layout(gl.sum(sx, axis=0), gl.SliceLayout(0, acc.type.layout))[None, :]
 
 
 @gluon.jit
@@ -941,13 +948,11 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
 def compile_sm90(spec, quant: str, batch: int, max_len: int, n_programs: int, timeline: bool = False):
     """The kernel of one configuration compiled for sm_90 on any machine (nothing is read or run). Returns the
     compiled kernel (its PTX, cubin and shared memory; kernels/mega/resources.ptxas_usage for registers)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from kernels.mega.args import constexprs, placeholder_args
     from kernels.mega.lower import lower
-    from kernels.mega.resources import jit_source
+    from kernels.mega.resources import compile_jit
 
     why = problem(spec, quant, batch)
     if why:
@@ -960,6 +965,5 @@ def compile_sm90(spec, quant: str, batch: int, max_len: int, n_programs: int, ti
     desc = TensorDescriptor(w, [BN, BK], [BK, 1], [BOX, BK], smem_layout(mode.storage_dtype))
     i32 = torch.empty(ENTRY, dtype=torch.int32)
     args = placeholder_args(prog, quant, n_programs) + [desc] * 6 + [i32, i32, 2 * ENTRY]
-    src, warps = jit_source(_megakernel_gluon, args, dict(dims=dims, tiles=tiles, TIMELINE=timeline,
-                                                          DT=gl_dtype(act), NB=nbuf(quant), num_warps=WARPS))
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return compile_jit(_megakernel_gluon, args, dict(dims=dims, tiles=tiles, TIMELINE=timeline, DT=gl_dtype(act),
+                                                     NB=nbuf(quant), num_warps=WARPS))

@@ -77,6 +77,15 @@ def jit_source(kernel, args, kwargs: dict):
     return source(kernel, sig, constants, attrs), warps
 
 
+def compile_jit(kernel, args, kwargs: dict, arch: int = 90):
+    """`kernel` compiled for sm_<arch> on any machine, as the JIT would build it for this call (jit_source)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    src, warps = jit_source(kernel, args, kwargs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+
+
 def _leaf_specs(path: tuple, value, ty, spec, constants: dict, attrs: dict) -> None:
     """Constants and attributes of one argument, by path (a tuple argument's leaves are keyed (i, j, ...))."""
     from triton.backends.nvidia.compiler import CUDABackend
