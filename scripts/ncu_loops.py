@@ -34,8 +34,15 @@ def _num(text: str) -> float:
 
 def summarise(path: str, min_share: float = 0.003) -> str:
     rows = list(csv.reader(open(path)))
-    hdr, data = rows[1], rows[2:]
+    hdr, data = (rows[1], rows[2:]) if len(rows) > 1 else ([], [])
     ix = {h: i for i, h in enumerate(hdr)}
+    need = ["Address", "Source", "Warp Stall Sampling (All Samples)", "Instructions Executed",
+            "L1 Wavefronts Shared Excessive", "L1 Wavefronts Shared"]
+    missing = [h for h in need if h not in ix]
+    if missing:
+        raise SystemExit(f"error: {path} is not an Nsight Compute SASS source export (no column {missing[0]!r}): "
+                         f"write one with `ncu --import R.ncu-rep --page source --csv --print-source sass`, "
+                         f"from a report with the SourceCounters and WarpStateStats sections")
     stalls = [h for h in hdr if h.startswith("stall_") and "Not Issued" not in h]
     addr = [int(r[ix["Address"]], 16) for r in data]
     src = [r[ix["Source"]].strip() for r in data]

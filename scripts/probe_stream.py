@@ -112,6 +112,24 @@ def compile_sm90(s: Stream):
     return compile_jit(_stream_kernel, args, kw)
 
 
+def _rows(total: int, row_bytes: int) -> int:
+    """Rows of the probed matrix: about `total` bytes of `row_bytes`-byte rows, a multiple of 128."""
+    n = total // row_bytes
+    return n - n % 128
+
+
+def problem(row_bytes: list[int], chunks: list[tuple[int, int]], total: int) -> str | None:
+    """Why these arguments cannot be probed (one sentence), or None: checked before any GPU work."""
+    for rb in row_bytes:
+        if _rows(total, rb) == 0:
+            return f"--total {total} holds fewer than 128 rows of {rb} bytes: raise --total or lower --row-bytes"
+        for bn, kb in chunks:
+            if bn % BOX or _rows(total, rb) % bn or rb % kb:
+                return (f"chunk {bn}x{kb} does not tile {rb}-byte rows: its rows must be a multiple of {BOX} "
+                        f"dividing {_rows(total, rb)}, and its bytes must divide {rb}")
+    return None
+
+
 def _shape(text: str) -> tuple[int, int]:
     bn, kb = text.lower().split("x")
     return int(bn), int(kb)
@@ -132,6 +150,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="", help="append one JSON line per measured row to this file")
     ap.add_argument("--compile-only", action="store_true", help="compile each variant for sm_90 (no GPU needed)")
     a = ap.parse_args(argv)
+    why = problem(a.row_bytes, a.chunks, a.total)
+    if why:
+        sys.exit(f"error: {why}")
     device = "cuda" if not a.compile_only else "cpu"
     if not a.compile_only and not torch.cuda.is_available():
         sys.exit("probe_stream needs a GPU (Hopper); --compile-only compiles for sm_90 without one")
@@ -141,8 +162,7 @@ def main(argv=None) -> None:
     print(f"{gpu}: copy {copy:.2f} TB/s, {sms} SMs x {a.programs_per_sm} programs")
     print(f"{'row B':>6} {'chunk':>8} {'ring':>7} {'nbuf':>4} {'touch':>5} {'us':>9} {'TB/s':>6} {'%copy':>6}")
     for row_bytes in a.row_bytes:
-        n = a.total // row_bytes
-        n -= n % 128
+        n = _rows(a.total, row_bytes)
         w = torch.randint(-128, 127, (n, row_bytes), dtype=torch.int8, device=device)
         for (bn, kb) in a.chunks:
             for ring in a.ring:

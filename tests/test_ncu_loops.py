@@ -45,3 +45,13 @@ def test_loops_shares_stalls_and_bank_conflicts(tmp_path):
     assert "96.8% of samples" in loops[0]  # 60 of the 62 non-NOP samples
     assert "selected 67%" in loops[0] and "barrier 33%" in loops[0]
     assert any(ln.split()[:3] == ["LDS.64", "10", "/"] for ln in (x.strip() for x in lines))
+
+
+def test_a_file_that_is_not_an_export_is_one_sentence(tmp_path):
+    import pytest
+
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="is not an Nsight Compute SASS source export"):
+        summarise(str(path))
+
