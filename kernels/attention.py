@@ -72,6 +72,14 @@ def split_range(seq_len, split, n_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def split_seqs(split, B, n_splits, SEQS_PER_GROUP: tl.constexpr):
+    """The megakernel's AttnPartial index `split` as (first sequence, last sequence + 1, context slice): sequence
+    group split // n_splits of SEQS_PER_GROUP sequences (the last group may be smaller), slice split % n_splits."""
+    first = split // n_splits * SEQS_PER_GROUP
+    return first, tl.minimum(first + SEQS_PER_GROUP, B), split % n_splits
+
+
+@triton.jit
 def _attn_partial_kernel(q_ptr, k_ptr, v_ptr, len_ptr, o_part_ptr, lse_part_ptr, n_splits, scale_log2,
                          stride_len, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                          stride_vb, stride_vh, stride_vs,

@@ -125,7 +125,8 @@ class Tiles(NamedTuple):
     N_LM: int  # LM-head instructions (argmax partials per sequence)
     EMBED_BLOCK: int
     KV_BLOCK: int
-    N_SPLITS: int
+    N_SPLITS: int  # context slices per sequence
+    SEQS_PER_GROUP: int  # sequences per AttnPartial (its split: group x N_SPLITS + slice)
     SPLITS_PAD: int
     G_PAD: int  # query heads of a kv group, padded for tl.dot
     GR_PAD: int  # the same, padded to a power of two only
@@ -156,7 +157,7 @@ def constexprs(prog: Lowered, act_dtype: torch.dtype) -> tuple[Dims, Tiles]:
     tiles = Tiles(B_PAD=t.b_pad, USE_DOT=t.use_dot, DOT_DTYPE=dot_operand_dtype(act_dtype), FOLD=t.k_fold,
                   QKV=_stage(t.qkv), NPB=prog.pair_blocks, O=_stage(t.o), GU=_stage(t.gate_up), DN=_stage(t.down),
                   LM=_stage(t.lm_head), N_LM=prog.n_lm, EMBED_BLOCK=t.embed_block, KV_BLOCK=t.kv_block,
-                  N_SPLITS=t.n_splits, SPLITS_PAD=next_pow2(t.n_splits), G_PAD=max(next_pow2(gq), 16),
+                  N_SPLITS=t.n_splits, SEQS_PER_GROUP=prog.seqs_per_group, SPLITS_PAD=next_pow2(t.n_splits), G_PAD=max(next_pow2(gq), 16),
                   GR_PAD=next_pow2(gq), HD_PAD=hd_pad_of(spec.head_dim),
                   ARGMAX_BLOCK=min(t.argmax_block, next_pow2(prog.n_lm)))
     return dims, tiles

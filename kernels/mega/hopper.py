@@ -54,8 +54,9 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead, OProjResidual, Op, RmsGateUpSilu,
                                        RmsQkvRope)
-from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv
+from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv, seq_groups
 from kernels.mega.tiles import ERR_TIMEOUT, now, release, report_error, sm_id, wait_until
+from kernels.attention import split_seqs
 from kernels.qgemv import INT8_F16_OFFSET, int8_f16_ptx
 from kernels.quant import Kind, quant_mode
 from kernels.tiles import MAX_SPLITS, next_pow2
@@ -71,8 +72,9 @@ RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 
 KV_BLOCK = 64  # keys per attention step
 EMBED_BLOCK = 1024
 KPS = (1, 2)  # column groups per chunk a stage may use
-# Attention splits: one (kv head, split) instruction per program where the context allows, but at least this many
-# keys per split (an AttnPartial costs a few dependent round trips whatever its length; the reduce reads every split).
+# Attention: one (kv head, sequence group, context slice) instruction per program where the batch and the context
+# allow (kernels.mega.lower.seq_groups first), but at least this many keys per slice (an AttnPartial costs a few
+# dependent round trips per sequence whatever its length; the reduce reads every slice).
 MIN_SPLIT_KEYS = 128
 # Chunks. One ring slot [BN, BK] is one chunk, filled by BOXES TMA boxes of [BOX, BK]; its weight-stream entry is
 # [which weight, (row, column) of each box] (`which` indexes the descriptors below), box i landing in slot rows
@@ -149,11 +151,13 @@ def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
 
     def gemv(n: int, kp: int) -> GemvTile:
         return GemvTile(BN // kp, kp * BK, 1, _tiles_per_instr(cdiv(n, BN // kp), n_programs))
-    n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads), cdiv(max_len, MIN_SPLIT_KEYS), MAX_SPLITS))
+    groups = seq_groups(batch, spec.n_kv_heads, n_programs)
+    n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads * groups), cdiv(max_len, MIN_SPLIT_KEYS), MAX_SPLITS))
     return TileConfig(b_pad=b_pad, use_dot=True, num_warps=WARPS,
                       qkv=GemvTile(BN // 2, BK, 1, 1), o=gemv(spec.dim, o_kp),
                       gate_up=gemv(spec.ffn_dim, 1), down=gemv(spec.dim, o_kp), lm_head=gemv(spec.vocab_size, 1),
-                      embed_block=min(EMBED_BLOCK, next_pow2(spec.dim)), kv_block=KV_BLOCK, n_splits=n_splits)
+                      embed_block=min(EMBED_BLOCK, next_pow2(spec.dim)), kv_block=KV_BLOCK, n_splits=n_splits,
+                      seq_groups=groups)
 
 
 Chunk = tuple[int, ...]  # (which, row and column of each box): a stream entry
@@ -644,7 +648,8 @@ def _kv_block(cache, base, n0, end, nk, dk, nv, dq, HD: gl.constexpr):
 @gluon.jit
 def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr):
     """AttnPartial(layer, kv_head, split): flash-decoding partial of the kv group's query heads (padded to 16 rows
-    of mma.sync) over one context slice, every sequence: S = Q K^T and O = P V on the tensor cores."""
+    of mma.sync) over context slice split % N_SPLITS of each sequence of group split // N_SPLITS
+    (Lowered.split_seqs / split_range): S = Q K^T and O = P V on the tensor cores."""
     GQ: gl.constexpr = dims.H // dims.KVH
     G_PAD: gl.constexpr = tiles.G_PAD
     HD: gl.constexpr = dims.HD
@@ -662,7 +667,8 @@ def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl
     ns = gl.arange(0, KVB, layout=gl.SliceLayout(0, MMA))
     go = gl.arange(0, G_PAD, layout=gl.SliceLayout(1, MMA))
     do = gl.arange(0, HD, layout=gl.SliceLayout(0, MMA))
-    for bb in range(dims.B):
+    first, last, split = split_seqs(split, dims.B, tiles.N_SPLITS, tiles.SEQS_PER_GROUP)
+    for bb in range(first, last):
         seq_len = gl.minimum(gl.load(bufs.positions + bb) + 1, cache.s_max)
         per = gl.cdiv(gl.cdiv(seq_len, tiles.N_SPLITS), KVB) * KVB
         start = split * per
@@ -698,34 +704,47 @@ def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl
         gl.store(bufs.lse + head * tiles.N_SPLITS + split, lse2, mask=go < GQ)
 
 
+@gluon.constexpr_function
+def _reduce_rows(heads):
+    """Rows (query heads of all sequences) the reduce combines at once: all of them up to 32 (32 x HD_PAD fp32 over
+    the 4 warps: 32 registers a thread per tensor)."""
+    rows = 1
+    while rows < min(32, heads):
+        rows *= 2
+    return rows
+
+
 @gluon.jit
 def _attn_reduce(kv_head, bufs, dims: gl.constexpr, tiles: gl.constexpr):
-    """AttnReduce(layer, kv_head): the log-sum-exp combine of the splits, every query head of the group at once."""
+    """AttnReduce(layer, kv_head): the log-sum-exp combine of the context slices, for the group's query heads of
+    every sequence, rows (sequence, head) RR at a time: a batch costs B GQ / RR passes, not B."""
     GQ: gl.constexpr = dims.H // dims.KVH
-    NS = tiles.N_SPLITS
+    NS: gl.constexpr = tiles.N_SPLITS
+    ROWS: gl.constexpr = dims.B * GQ
+    RR: gl.constexpr = _reduce_rows(ROWS)
+    HD_PAD: gl.constexpr = tiles.HD_PAD
     LR: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [WARPS_C, 1], [1, 0])
-    g = gl.arange(0, tiles.GR_PAD, layout=gl.SliceLayout(1, LR))
+    r = gl.arange(0, RR, layout=gl.SliceLayout(1, LR))
     sp = gl.arange(0, tiles.SPLITS_PAD, layout=gl.SliceLayout(0, LR))
     d = gl.arange(0, tiles.HD_PAD, layout=gl.SliceLayout(0, LR))
-    g_ok = g < GQ
-    GR_PAD: gl.constexpr = tiles.GR_PAD
-    HD_PAD: gl.constexpr = tiles.HD_PAD
-    for bb in range(dims.B):
-        head0 = bb * dims.H + kv_head * GQ
-        lse = gl.load(bufs.lse + (head0 + g)[:, None] * NS + sp[None, :], mask=g_ok[:, None] & (sp < NS)[None, :],
+    for r0 in range(0, ROWS, RR):
+        row = r0 + r
+        ok = row < ROWS
+        bb = row // GQ
+        head = bb * dims.H + kv_head * GQ + row % GQ  # index into [B, H]
+        lse = gl.load(bufs.lse + head[:, None] * NS + sp[None, :], mask=ok[:, None] & (sp < NS)[None, :],
                       other=float("-inf"))
         m = gl.max(lse, axis=1)
         m = gl.where(m == float("-inf"), 0.0, m)  # no keys at all: every weight is 0, output 0
         den = gl.sum(gl.exp2(lse - m[:, None]), axis=1)
-        acc = gl.zeros([GR_PAD, HD_PAD], gl.float32, layout=LR)
+        acc = gl.zeros([RR, HD_PAD], gl.float32, layout=LR)
         for s in range(0, NS):
-            w = gl.exp2(gl.load(bufs.lse + (head0 + g) * NS + s, mask=g_ok, other=float("-inf")) - m)
-            o = gl.load(bufs.o_part + ((head0 + g) * NS + s)[:, None] * tiles.HD_PAD + d[None, :],
-                        mask=g_ok[:, None] & (d >= 0)[None, :], other=0.0)
+            w = gl.exp2(gl.load(bufs.lse + head * NS + s, mask=ok, other=float("-inf")) - m)
+            o = gl.load(bufs.o_part + (head * NS + s)[:, None] * HD_PAD + d[None, :],
+                        mask=ok[:, None] & (d >= 0)[None, :], other=0.0)
             acc += o * w[:, None]
         o = acc / gl.where(den > 0.0, den, 1.0)[:, None]
-        gl.store(bufs.attn + bb * (dims.H * dims.HD) + (kv_head * GQ + g)[:, None] * dims.HD + d[None, :], o,
-                 mask=g_ok[:, None] & (d < dims.HD)[None, :])
+        gl.store(bufs.attn + head[:, None] * dims.HD + d[None, :], o, mask=ok[:, None] & (d < dims.HD)[None, :])
 
 
 @gluon.jit

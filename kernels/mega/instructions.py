@@ -13,7 +13,7 @@ stream (error records and the diff tool name instructions by it).
 |--------|---------------------------------|------------------------------------------------------------------|-----------|-------|
 | 0      | Embed(col_block)                | h[:, cols] = embed[tokens, cols]                                 | col block | -     |
 | 1      | RmsQkvRope(layer, row_block)    | RMSNorm prologue, QKV GEMV rows, RoPE, q store / KV-cache append | row block | -     |
-| 2      | AttnPartial(layer, kv_head, split) | flash-decoding partial of all query heads of one kv head, one context slice, every sequence | kv head | split |
+| 2      | AttnPartial(layer, kv_head, split) | flash-decoding partial of all query heads of one kv head, over one context slice of one group of sequences (Lowered.split_seqs / split_range) | kv head | split |
 | 3      | AttnReduce(layer, kv_head)      | log-sum-exp combine of the splits -> attn[:, heads of the group] | kv head   | -     |
 | 4      | OProjResidual(layer, row_block) | h[:, rows] += attn @ Wo[rows].T                                  | row block | -     |
 | 5      | RmsGateUpSilu(layer, row_block) | RMSNorm prologue, gate and up GEMV rows, act = silu(gate) * up   | row block | -     |
@@ -27,7 +27,7 @@ for i in [pb * P, (pb + 1) * P) (P pairs per block, NPB = cdiv(hd/2, P)), so eve
 pair is in one block and a block never straddles two heads (or two kv groups).
 
 Counters: one int32 tensor; counter (layer, stage, tile) has a fixed index (CounterSpace).
-Per layer: QKV[kv head] (row blocks of that group done), PART[kv head] (splits done), ATTN,
+Per layer: QKV[kv head] (row blocks of that group done), PART[kv head] (partials done), ATTN,
 OPROJ, GATE_UP, DOWN (blocks done); global (layer -1): EMBED, LM_HEAD.
 """
 from __future__ import annotations
@@ -170,7 +170,8 @@ class RmsQkvRope(Instruction):
 
 @dataclass(frozen=True)
 class AttnPartial(Instruction):
-    """Flash-decoding partial (normalised output + log2-sum-exp) of one kv head's query group over one context slice."""
+    """Flash-decoding partial (normalised output + log2-sum-exp) of one kv head's query group over one context slice
+    of each sequence of one group: split = group x n_splits + slice."""
 
     OP: ClassVar[Op] = Op.ATTN_PARTIAL
     layer: int

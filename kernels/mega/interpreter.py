@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention import attn_partial_tile, split_range
+from kernels.attention import attn_partial_tile, split_range, split_seqs
 from kernels.elementwise import silu
 from kernels.gemv import gemv_tile
 from kernels.lm_head import argmax_of_partials, tile_argmax
@@ -109,12 +109,14 @@ def rms_qkv_rope(layer, row_block, bufs, wts, cache, dims: tl.constexpr, tiles: 
 
 @triton.jit
 def attn_partial(layer, kv_head, split, bufs, cache, dims: tl.constexpr, tiles: tl.constexpr):
-    """AttnPartial(layer, kv_head, split): the flash-decoding partial of one kv group over one slice, every sequence."""
+    """AttnPartial(layer, kv_head, split): the flash-decoding partial of one kv group over context slice
+    split % N_SPLITS of each sequence of group split // N_SPLITS (Lowered.split_seqs / split_range)."""
     GQ: tl.constexpr = dims.H // dims.KVH
     lw = layer.to(tl.int64)
     gi = tl.arange(0, tiles.G_PAD)
     d = tl.arange(0, tiles.HD_PAD)
-    for bb in range(dims.B):
+    first, last, split = split_seqs(split, dims.B, tiles.N_SPLITS, tiles.SEQS_PER_GROUP)
+    for bb in range(first, last):
         seq_len = tl.minimum(tl.load(bufs.positions + bb) + 1, cache.s_max)
         start, end = split_range(seq_len, split, tiles.N_SPLITS, tiles.KV_BLOCK)
         base = ((lw * dims.B + bb) * dims.KVH + kv_head) * cache.s_max * dims.HD

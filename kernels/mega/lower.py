@@ -10,7 +10,7 @@ Each instruction waits on ONE counter, for ALL producers of what it reads (read-
   Embed(c)              none (reads tokens)
   RmsQkvRope(l, r)      l = 0: EMBED = n_embed; else DOWN(l-1) = n_down   (the norm reads every column of h)
   AttnPartial(l, g, s)  QKV(l, g) = (GROUP + 2) NPB: only the row blocks of g's q heads, k head, v head
-  AttnReduce(l, g)      PART(l, g) = n_splits
+  AttnReduce(l, g)      PART(l, g) = seq_groups x n_splits
   OProjResidual(l, r)   ATTN(l) = KVH          (its GEMV reads every head of attn)
   RmsGateUpSilu(l, r)   OPROJ(l) = n_o         (the norm reads every column of h)
   DownResidual(l, r)    GATE_UP(l) = n_gu      (its GEMV reads every column of act)
@@ -107,7 +107,8 @@ class TileConfig:
     lm_head: GemvTile
     embed_block: int  # columns of h per Embed
     kv_block: int  # keys per attention step
-    n_splits: int  # flash-decoding context slices per kv head
+    n_splits: int  # flash-decoding context slices per kv head and sequence
+    seq_groups: int = 1  # AttnPartial sequence groups per kv head (Lowered.split_seqs)
     argmax_block: int = 1024  # LM-head blocks scanned per Argmax step
     l2_prefetch: int = 0  # K steps of its first weight tile an instruction asks L2 for before a wait (GPU; 0: off)
     k_fold: int = 1  # input columns per fp32 accumulator on the dense / int8 FMA path (kernels/gemv.fold_mac)
@@ -163,6 +164,16 @@ def _tiles_per_instr(n_tiles: int, n_programs: int) -> int:
     return best
 
 
+def seq_groups(batch: int, n_kv_heads: int, n_programs: int) -> int:
+    """AttnPartial sequence groups per kv head: the fewest groups of equal size (the last may be smaller) that give
+    every program a (kv head, group) unit, at most one group per sequence. A partial's sequences run one after
+    another, each a chain of dependent loads, so a batch must not share one instruction while programs idle: on an
+    H200 at llama8b bf16 batch 16, 72 partials of 16 sequences each took 85 us per layer, 40% of the step
+    (docs/perf-notes.md, "Attention over sequence groups")."""
+    per_group = cdiv(batch, max(1, min(batch, cdiv(n_programs, n_kv_heads))))
+    return cdiv(batch, per_group)
+
+
 def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int, n_programs: int, *,
                interpret: bool, options: Optional[TileOptions] = None) -> TileConfig:
     """Tile sizes for this configuration: the tile rule of kernels/tiles.py with the megakernel's own tile heights,
@@ -199,17 +210,19 @@ def pick_tiles(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len
         cands = [p for p in (8, 16, 32, 64) if p <= max(8, next_pow2(half)) and (p >= 16 or not use_dot)] or [16]
         pairs = min(cands, key=lambda p: (cdiv(slots * cdiv(half, p), n_programs) * (2 * p + 8), -p))
     qbk, qgps = k_step(kind, group_size, spec.dim, cols_for(pairs), use_dot)
-    # Attention: enough (kv head, split) instructions for the grid (kernels/attention.split_count; each
-    # AttnPartial covers every sequence).
+    # Attention: enough (kv head, sequence group, context slice) instructions for the grid (seq_groups, then
+    # kernels/tiles.split_count over the sequences a group holds).
     kv_block = _CPU_KV_BLOCK if interpret else (64 if spec.head_dim <= 128 else 32)
-    n_splits = split_count(max_len, spec.n_kv_heads, n_programs, seqs_per_unit=batch, kv_block=kv_block)
+    groups = seq_groups(batch, spec.n_kv_heads, n_programs)
+    n_splits = split_count(max_len, spec.n_kv_heads * groups, n_programs, seqs_per_unit=cdiv(batch, groups),
+                           kv_block=kv_block)
     if interpret:
         n_splits = max(1, min(_CPU_MAX_SPLITS, cdiv(max_len, kv_block)))
     cfg = TileConfig(b_pad=b_pad, use_dot=use_dot, num_warps=opt.num_warps or _NUM_WARPS,
                      qkv=GemvTile(pairs, qbk, qgps, 1), o=gemv(spec.dim, spec.q_dim),
                      gate_up=gemv(spec.ffn_dim, spec.dim), down=gemv(spec.dim, spec.ffn_dim),
                      lm_head=gemv(spec.vocab_size, spec.dim), embed_block=64 if interpret else min(1024, next_pow2(spec.dim)),
-                     kv_block=kv_block, n_splits=n_splits, k_fold=fold)
+                     kv_block=kv_block, n_splits=n_splits, seq_groups=groups, k_fold=fold)
     if interpret:
         return cfg
     if opt.l2_prefetch is not None:
@@ -303,11 +316,27 @@ class Lowered:
         blk = instr.col_block if isinstance(instr, Embed) else instr.row_block
         return range(blk * r, min((blk + 1) * r, n))
 
+    @property
+    def n_partials(self) -> int:
+        """AttnPartial instructions per kv head and layer: seq_groups x n_splits."""
+        return self.tiles.seq_groups * self.tiles.n_splits
+
+    @property
+    def seqs_per_group(self) -> int:
+        return cdiv(self.batch, self.tiles.seq_groups)
+
+    def split_seqs(self, split: int) -> range:
+        """The sequences AttnPartial split `split` covers: group split // n_splits."""
+        first = split // self.tiles.n_splits * self.seqs_per_group
+        return range(first, min(first + self.seqs_per_group, self.batch))
+
     def split_range(self, seq_len: int, split: int) -> range:
-        """Keys of one split: equal slices rounded up to whole kv blocks (kernels/attention.split_range)."""
+        """Keys of AttnPartial split `split` in each of its sequences: context slice split % n_splits, equal slices
+        rounded up to whole kv blocks (kernels/attention.split_range). The partial lands in o_part / lse at that
+        slice."""
         kb = self.tiles.kv_block
         per = cdiv(cdiv(seq_len, self.tiles.n_splits), kb) * kb
-        start = split * per
+        start = split % self.tiles.n_splits * per
         return range(start, min(start + per, seq_len))
 
     # ---- dependencies --------------------------------------------------------------------
@@ -336,7 +365,8 @@ class Lowered:
             return 2 * self.tiles.qkv.block_n * self.weight_row_bytes(s.dim) + 4 * b * s.dim
         if isinstance(ins, AttnPartial):
             keys = cdiv(self.max_len, self.tiles.n_splits)
-            return b * (2 * keys * s.head_dim * cache_elem + 4 * self.group * s.head_dim)
+            seqs = len(self.split_seqs(ins.split))
+            return seqs * (2 * keys * s.head_dim * cache_elem + 4 * self.group * s.head_dim)
         if isinstance(ins, AttnReduce):
             return 4 * b * self.group * self.tiles.n_splits * (s.head_dim + 1)
         if isinstance(ins, (Embed,)):
@@ -367,11 +397,11 @@ def lower(spec: ModelSpec, quant: str, group_size: int, batch: int, max_len: int
                 for pb in range(npb):
                     emit(RmsQkvRope(l, slot * npb + pb, wait=after, bump=CounterKey(l, Stage.QKV, g)))
         for g in range(KVH):
-            for s in range(tiles.n_splits):
+            for s in range(prog.n_partials):
                 emit(AttnPartial(l, g, s, wait=Wait(CounterKey(l, Stage.QKV, g), (group + 2) * npb),
                                  bump=CounterKey(l, Stage.PART, g)))
         for g in range(KVH):
-            emit(AttnReduce(l, g, wait=Wait(CounterKey(l, Stage.PART, g), tiles.n_splits),
+            emit(AttnReduce(l, g, wait=Wait(CounterKey(l, Stage.PART, g), prog.n_partials),
                             bump=CounterKey(l, Stage.ATTN)))
         for r in range(prog.n_o):
             emit(OProjResidual(l, r, wait=Wait(CounterKey(l, Stage.ATTN), KVH), bump=CounterKey(l, Stage.OPROJ)))

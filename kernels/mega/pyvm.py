@@ -141,12 +141,13 @@ class PyVM:
         s, st, prog = self.prog.spec, self.state, self.prog
         hd, gq = s.head_dim, prog.group
         heads = slice(ins.kv_head * gq, (ins.kv_head + 1) * gq)
-        for b in range(prog.batch):
+        sl = ins.split % prog.tiles.n_splits  # the context slice: its index in o_part / lse
+        for b in prog.split_seqs(ins.split):
             seq_len = min(int(st.positions[b]) + 1, self.cache.max_len)
             keys = prog.split_range(seq_len, ins.split)
-            st.o_part[b, heads, ins.split] = 0.0
+            st.o_part[b, heads, sl] = 0.0
             if len(keys) == 0:
-                st.lse[b, heads, ins.split] = -math.inf
+                st.lse[b, heads, sl] = -math.inf
                 continue
             k = self.cache.k[ins.layer, b, ins.kv_head, keys.start:keys.stop].float()  # [n, hd]
             v = self.cache.v[ins.layer, b, ins.kv_head, keys.start:keys.stop].float()
@@ -154,8 +155,8 @@ class PyVM:
             m = sc.max(dim=-1).values
             p = torch.exp2(sc - m[:, None])
             l_sum = p.sum(-1)
-            st.o_part[b, heads, ins.split, :hd] = (p @ v) / l_sum[:, None]
-            st.lse[b, heads, ins.split] = m + torch.log2(l_sum)
+            st.o_part[b, heads, sl, :hd] = (p @ v) / l_sum[:, None]
+            st.lse[b, heads, sl] = m + torch.log2(l_sum)
 
     def _AttnReduce(self, ins: AttnReduce) -> None:
         s, st, prog = self.prog.spec, self.state, self.prog

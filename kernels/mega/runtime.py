@@ -271,6 +271,8 @@ class Megakernel:
         g = lambda name, x: f"{name}={x.block_n}x{x.block_k}" + (f"x{x.tiles_per_instr}" if x.tiles_per_instr > 1 else "")  # noqa: E731
         parts = [f"warps={t.num_warps}", g("qkv", t.qkv), g("o", t.o), g("gu", t.gate_up), g("down", t.down),
                  g("lm", t.lm_head), f"kv_block={t.kv_block}", f"splits={t.n_splits}", f"dot={int(t.use_dot)}"]
+        if t.seq_groups > 1:
+            parts.append(f"seq_groups={t.seq_groups}")
         if t.k_fold > 1:
             parts.append(f"k_fold={t.k_fold}")
         if t.l2_prefetch:

@@ -57,6 +57,26 @@ def test_gluon_matches_reference(model, quant, batch, ctx):
         assert torch.equal(again, out)
 
 
+@pytest.mark.parametrize("model,quant,batch,ctx", [("llama1b", "bf16", 16, 1024), ("gluon-odd", "int8", 5, 300)])
+def test_gluon_ragged_positions(model, quant, batch, ctx):
+    """Every sequence at its own position (its own key count and split slices: a partial covers one sequence group,
+    kernels.mega.lower.seq_groups), keys past a sequence's position holding random values it must not read, the
+    appended position of each sequence poisoned."""
+    w, cache, tokens, _ = _setup(model, quant, batch, ctx)
+    positions = (ctx - 1 - 61 * torch.arange(batch, device=cache.k.device)).clamp(min=0)
+    ref = LlamaDecoder(w, compute_dtype=torch.float32, max_len=ctx + 1).decode(tokens, positions, cache.clone())
+    b = torch.arange(batch, device=cache.k.device)
+    for t in (cache.k, cache.v):
+        t[:, b, :, positions] = float("nan")  # the step must write these
+    mk = Megakernel(w, cache, backend="gluon")
+    _poison(mk)
+    out = mk.decode(tokens, positions).clone()
+    mk.check()
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= REL_TOL[_act(quant)], f"rel err {rel_err(out, ref):.3g}"
+    assert torch.isfinite(cache.k[:, b, :, positions]).all() and torch.isfinite(cache.v[:, b, :, positions]).all()
+
+
 def test_gluon_fusion_cuts_are_bitwise_identical():
     """Launch cuts change where the ring restarts, not the math."""
     w, cache, tokens, positions = _setup("llama1b", "bf16", 2, 1024)

@@ -9,7 +9,7 @@ from harness.models import named_spec
 from kernels.mega.instructions import (WORDS, Argmax, AttnPartial, AttnReduce, DownResidual, Embed, LmHead,
                                        OProjResidual, RmsGateUpSilu, RmsQkvRope, from_words)
 from kernels.errors import ConfigError
-from kernels.mega.lower import TileOptions, lower, pick_tiles
+from kernels.mega.lower import TileOptions, lower, pick_tiles, seq_groups
 from kernels.mega.pyvm import DeadlockError, DependencyError, PyVM
 from kernels.mega.schedule import FUSIONS, POLICIES, Launch, Schedule, build_schedule, simulate
 from kernels.mega.state import State
@@ -80,8 +80,11 @@ def test_tile_coverage_exactly_once(prog_cfg):
         pairs = [(slot, i) for ins in prog.instrs if isinstance(ins, RmsQkvRope) and ins.layer == layer
                  for slot, r in [prog.qkv_pairs(ins.row_block)] for i in r]
         assert sorted(pairs) == [(slot, i) for slot in range(prog.n_slots) for i in range(prog.half)]
-        parts = [(i.kv_head, i.split) for i in prog.instrs if isinstance(i, AttnPartial) and i.layer == layer]
-        assert sorted(parts) == list(itertools.product(range(s.n_kv_heads), range(prog.tiles.n_splits)))
+        parts = [i for i in prog.instrs if isinstance(i, AttnPartial) and i.layer == layer]
+        assert all(len(prog.split_seqs(i.split)) > 0 for i in parts), "a sequence group without sequences"
+        units = [(i.kv_head, b, i.split % prog.tiles.n_splits) for i in parts for b in prog.split_seqs(i.split)]
+        assert sorted(units) == list(itertools.product(range(s.n_kv_heads), range(prog.batch),
+                                                       range(prog.tiles.n_splits)))
         reds = [i.kv_head for i in prog.instrs if isinstance(i, AttnReduce) and i.layer == layer]
         assert sorted(reds) == list(range(s.n_kv_heads))
         for cls, n in ((OProjResidual, s.dim), (RmsGateUpSilu, s.ffn_dim), (DownResidual, s.dim)):
@@ -205,3 +208,28 @@ def test_gpu_tile_options():
                      (TileOptions(l2_prefetch=3), "l2_prefetch=3 asks for")):
         with pytest.raises(ConfigError, match=msg):
             pick_tiles(spec, "int8", 0, 1, 1025, 264, interpret=False, options=bad)
+
+
+def test_seq_groups_rule():
+    """AttnPartial's sequence groups: enough (kv head, group) units for the grid, at most one group per sequence,
+    groups of equal size but the last, none empty."""
+    assert seq_groups(1, 8, 132) == 1
+    assert seq_groups(16, 8, 132) == 16  # 17 units per kv head wanted: one sequence each
+    assert seq_groups(16, 8, 64) == 8  # 8 wanted: two sequences each
+    assert seq_groups(5, 2, 4) == 2  # 2 wanted: [0, 3) and [3, 5)
+    for batch in range(1, 17):
+        for programs in (1, 3, 8, 24, 64, 132, 264):
+            g = seq_groups(batch, 8, programs)
+            per = -(-batch // g)
+            assert 1 <= g <= batch and (g - 1) * per < batch, (batch, programs, g)
+            assert per == 1 or 8 * g * 2 > programs, (batch, programs, g)  # larger groups only when units abound
+
+
+def test_gluon_attention_covers_the_grid_at_batch_16():
+    """The Gluon tiles at llama8b batch 16 on 132 programs: one sequence per partial, and the partials of a layer
+    fill the grid (72 partials of 16 sequences each before sequence groups)."""
+    from kernels.mega import hopper
+
+    t = hopper.pick_tiles(spec_of("llama8b"), 16, 1025, 132)
+    assert t.seq_groups == 16
+    assert spec_of("llama8b").n_kv_heads * t.seq_groups * t.n_splits >= 132
