@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead, OProjResidual, Op, RmsGateUpSilu,
@@ -69,7 +69,8 @@ WARPS = 4  # the compute partition
 LOADER_WARPS = 1  # the loader partition: one warp issues every TMA load
 LOADER_REGS = 40  # registers per thread the loader keeps (a few scalars: an entry, its successor, j)
 RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 32 KB (bf16), 16 KB (int8)
-KV_BLOCK = 64  # keys per attention step
+KV_BLOCK = 32  # keys per attention step
+KV_STAGES = 3  # K and V blocks in shared memory per program: one read, two landing (_attn_partial)
 EMBED_BLOCK = 1024
 KPS = (1, 2)  # column groups per chunk a stage may use
 # Attention: one (kv head, sequence group, context slice) instruction per program where the batch and the context
@@ -114,6 +115,7 @@ INT8_OFFSET_C = gl.constexpr(INT8_F16_OFFSET.value)
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
+KV_STAGES_C = gl.constexpr(KV_STAGES)
 LOADER_WARPS_C, LOADER_REGS_C = gl.constexpr(LOADER_WARPS), gl.constexpr(LOADER_REGS)
 W_QKV_C, W_O_C, W_GATE_C, W_UP_C, W_DOWN_C = (gl.constexpr(v) for v in (W_QKV, W_O, W_GATE, W_UP, W_DOWN))
 
@@ -635,21 +637,41 @@ def _rms_qkv_rope(lw, row_block, ring, ready, empty, xa, xb, j, scratch, bufs, w
     return j
 
 
-@gluon.jit
-def _kv_block(cache, base, n0, end, nk, dk, nv, dq, HD: gl.constexpr):
-    """K^T [HD, KVB] and V [KVB, HD] of the key block at n0 (keys >= end read as 0)."""
-    kt = gl.load(cache.k + base + (n0 + nk)[None, :] * HD + dk[:, None],
-                 mask=((n0 + nk) < end)[None, :] & (dk >= 0)[:, None], other=0.0)
-    v = gl.load(cache.v + base + (n0 + nv)[:, None] * HD + dq[None, :],
-                mask=((n0 + nv) < end)[:, None] & (dq >= 0)[None, :], other=0.0)
-    return kt, v
+@gluon.constexpr_function
+def _kv_threads(hd):
+    """Threads per warp of the K / V copy layout: [keys, dims], 8 elements (16 bytes) a thread along dims."""
+    return [32 // (hd // 8), hd // 8]
+
+
+@gluon.constexpr_function
+def _kv_smem_layout():
+    """The K and V blocks' shared layout ([KVB, HD], head dims contiguous, 16-byte vectors swizzled over 8 rows):
+    read by ldmatrix as the B operands of both products, K^T through a permuted view and V transposed."""
+    return gl.SwizzledSharedLayout(8, 1, 8, order=[1, 0])
 
 
 @gluon.jit
-def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl.constexpr, DT: gl.constexpr):
+def _kv_issue(kbuf, vbuf, stage, cache, base, n0, end, off, kr):
+    """Starts the asynchronous copies (cp.async) of the key block at n0, K and V, into their stage; keys >= end are
+    zero-filled without a read. One commit group per block, also when it is empty."""
+    ok = ((n0 + kr) < end)[:, None] & (off >= 0)
+    async_copy.async_copy_global_to_shared(kbuf.index(stage), cache.k + base + n0 * off.shape[1] + off, mask=ok)
+    async_copy.async_copy_global_to_shared(vbuf.index(stage), cache.v + base + n0 * off.shape[1] + off, mask=ok)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _attn_partial(lw, kv_head, split, bufs, cache, kbuf, vbuf, dims: gl.constexpr, tiles: gl.constexpr,
+                  DT: gl.constexpr):
     """AttnPartial(layer, kv_head, split): flash-decoding partial of the kv group's query heads (padded to 16 rows
     of mma.sync) over context slice split % N_SPLITS of each sequence of group split // N_SPLITS
-    (Lowered.split_seqs / split_range): S = Q K^T and O = P V on the tensor cores."""
+    (Lowered.split_seqs / split_range): S = Q K^T and O = P V on the tensor cores.
+
+    K and V reach the tensor cores through shared memory: each key block is copied there asynchronously (cp.async,
+    no registers held) two blocks ahead of the products, into a ring of KV_STAGES stages, and read back as operands
+    by ldmatrix. Block i's wait and thread barrier also end every warp's reads of block i - 1, whose stage block
+    i + 2 then takes. (The first version loaded K and V into registers and converted them to operand layouts through
+    shared memory: 579 instructions a warp per 64 keys, 28 of them barriers; docs/perf-notes.md.)"""
     GQ: gl.constexpr = dims.H // dims.KVH
     G_PAD: gl.constexpr = tiles.G_PAD
     HD: gl.constexpr = dims.HD
@@ -657,13 +679,12 @@ def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS_C], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
-    LQ: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS_C, 1], [1, 0])  # [G_PAD, HD] and V [KVB, HD]
-    LKT: gl.constexpr = gl.BlockedLayout([8, 1], [16, 2], [1, WARPS_C], [0, 1])  # K^T [HD, KVB]
+    LQ: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS_C, 1], [1, 0])  # [G_PAD, HD]
+    LC: gl.constexpr = gl.BlockedLayout([1, 8], _kv_threads(HD), [WARPS_C, 1], [1, 0])  # K, V copies [KVB, HD]
     gq = gl.arange(0, G_PAD, layout=gl.SliceLayout(1, LQ))
     dq = gl.arange(0, HD, layout=gl.SliceLayout(0, LQ))
-    dk = gl.arange(0, HD, layout=gl.SliceLayout(1, LKT))
-    nk = gl.arange(0, KVB, layout=gl.SliceLayout(0, LKT))
-    nv = gl.arange(0, KVB, layout=gl.SliceLayout(1, LQ))
+    kr = gl.arange(0, KVB, layout=gl.SliceLayout(1, LC))
+    off = kr[:, None] * HD + gl.arange(0, HD, layout=gl.SliceLayout(0, LC))[None, :]  # [KVB, HD] in a block
     ns = gl.arange(0, KVB, layout=gl.SliceLayout(0, MMA))
     go = gl.arange(0, G_PAD, layout=gl.SliceLayout(1, MMA))
     do = gl.arange(0, HD, layout=gl.SliceLayout(0, MMA))
@@ -674,27 +695,34 @@ def _attn_partial(lw, kv_head, split, bufs, cache, dims: gl.constexpr, tiles: gl
         start = split * per
         end = gl.minimum(start + per, seq_len)
         base = ((lw * dims.B + bb) * dims.KVH + kv_head) * cache.s_max * HD
+        _kv_issue(kbuf, vbuf, 0, cache, base, start, end, off, kr)
+        _kv_issue(kbuf, vbuf, 1, cache, base, start + KVB, end, off, kr)
         q = gl.load(bufs.q + (bb * dims.H + kv_head * GQ + gq)[:, None] * HD + dq[None, :],
                     mask=(gq < GQ)[:, None] & (dq >= 0)[None, :], other=0.0)
         q = gl.convert_layout(q.to(DT), A_OP)
         m_i = gl.full([G_PAD], float("-inf"), gl.float32, layout=gl.SliceLayout(1, MMA))
         l_i = gl.zeros([G_PAD], gl.float32, layout=gl.SliceLayout(1, MMA))
         acc = gl.zeros([G_PAD, HD], gl.float32, layout=MMA)
-        # K and V of a key block are loaded together, one block ahead of the products (masked loads past `end`
-        # move no bytes): a split costs about one round trip per block, not two in series.
-        kt_next, v_next = _kv_block(cache, base, start, end, nk, dk, nv, dq, HD)
+        i = 0
         for n0 in range(start, end, KVB):
-            kt = kt_next
-            v = v_next
-            kt_next, v_next = _kv_block(cache, base, n0 + KVB, end, nk, dk, nv, dq, HD)
-            s = mma_v2(q, gl.convert_layout(kt.to(DT), B_OP), gl.zeros([G_PAD, KVB], gl.float32, layout=MMA))
+            async_copy.wait_group(1)  # this thread's copies of block i have landed (block i + 1 may be in flight)
+            gl.thread_barrier()  # every thread's; and every warp is done with block i - 1's stage
+            _kv_issue(kbuf, vbuf, (i + 2) % KV_STAGES_C, cache, base, n0 + 2 * KVB, end, off, kr)
+            stage = i % KV_STAGES_C
+            kt = kbuf.index(stage).permute((1, 0)).load(B_OP)  # K^T [HD, KVB]
+            s = mma_v2(q, kt, gl.zeros([G_PAD, KVB], gl.float32, layout=MMA))
             s = gl.where(((n0 + ns) < end)[None, :], s * cache.scale_log2, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s, axis=1))
             alpha = gl.exp2(m_i - m_new)
             p = gl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + gl.sum(p, axis=1)
-            acc = mma_v2(gl.convert_layout(p.to(DT), A_OP), gl.convert_layout(v.to(DT), B_OP), acc * alpha[:, None])
+            acc = mma_v2(gl.convert_layout(p.to(DT), A_OP), vbuf.index(stage).load(B_OP), acc * alpha[:, None])
             m_i = m_new
+            i += 1
+        # the copies still in flight (blocks past `end`, zero-filled) land, and every warp's last reads end, before
+        # the next sequence's first copies reuse the stages
+        async_copy.wait_group(0)
+        gl.thread_barrier()
         has = l_i > 0.0
         out = acc / gl.where(has, l_i, 1.0)[:, None]
         lse2 = gl.where(has, m_i + gl.log2(gl.where(has, l_i, 1.0)), float("-inf"))
@@ -859,7 +887,8 @@ def _argmax(bufs, advance, dims: gl.constexpr, tiles: gl.constexpr):
 # The kernel
 # ----------------------------------------------------------------------------------------------
 @gluon.jit
-def _instructions(queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, n_chunks, dims: gl.constexpr,
+def _instructions(queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, kbuf, vbuf, n_chunks,
+                  dims: gl.constexpr,
                   tiles: gl.constexpr, TIMELINE: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr):
     """The compute partition (the kernel's WARPS warps): the program's instruction queue, in order, each instruction
     after its counter wait, taking its weight chunks from the ring as the loader lands them."""
@@ -900,7 +929,7 @@ def _instructions(queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, 
             elif op == OP_RMS_QKV_ROPE:
                 j = _rms_qkv_rope(lw, a, ring, ready, empty, xa, xb, j, scratch, bufs, wts, cache, dims, tiles, DT, NB)
             elif op == OP_ATTN_PARTIAL:
-                _attn_partial(lw, a, b, bufs, cache, dims, tiles, DT)
+                _attn_partial(lw, a, b, bufs, cache, kbuf, vbuf, dims, tiles, DT)
             elif op == OP_ATTN_REDUCE:
                 _attn_reduce(a, bufs, dims, tiles)
             elif op == OP_OPROJ_RESIDUAL:
@@ -950,12 +979,17 @@ def _megakernel_gluon(queue, bufs, wts, cache, d_qkv, d_o, d_gate, d_up, d_down,
     XS: gl.constexpr = _x_slot_layout(dims.KIND == KIND_INT8_C)
     xa = gl.allocate_shared_memory(OT, [2, BK_C, B_PAD], XS)
     xb = gl.allocate_shared_memory(OT, [2, BK_C, B_PAD], XS)
+    # K and V blocks of attention (_attn_partial), KV_STAGES of each
+    kbuf = gl.allocate_shared_memory(cache.k.dtype.element_ty, [KV_STAGES_C, tiles.KV_BLOCK, dims.HD],
+                                     _kv_smem_layout())
+    vbuf = gl.allocate_shared_memory(cache.v.dtype.element_ty, [KV_STAGES_C, tiles.KV_BLOCK, dims.HD],
+                                     _kv_smem_layout())
     for s in gl.static_range(NB):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=1)
     fence_async_shared()  # the initialised barriers, before the TMA unit arrives on them
-    gl.warp_specialize([(_instructions, (queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, n_chunks, dims,
-                                         tiles, TIMELINE, DT, NB)),
+    gl.warp_specialize([(_instructions, (queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, kbuf, vbuf,
+                                         n_chunks, dims, tiles, TIMELINE, DT, NB)),
                         (_loader, (d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty,
                                    stream + pid * stream_stride, n_chunks, NB))],
                        [LOADER_WARPS_C], [LOADER_REGS_C])
