@@ -83,7 +83,8 @@ def k_step(kind: Kind, group_size: int, k: int, cols: int, use_dot: bool) -> tup
 
 def split_count(max_len: int, units: int, target_units: int, seqs_per_unit: int = 1, kv_block: int = 1) -> int:
     """The flash-decoding split rule: context slices per unit of work (per-op: a (sequence, kv head) program;
-    megakernel: a kv head over the whole batch), enough that units x slices reach `target_units`, but no slice
+    megakernel: a kv head over one sequence group, kernels.mega.lower.seq_groups), enough that units x slices reach
+    `target_units`, but no slice
     under MIN_KEYS_PER_SPLIT keys summed over the sequences a unit covers (nor under one kv block), and at most
     MAX_SPLITS."""
     min_keys = max(kv_block, MIN_KEYS_PER_SPLIT // seqs_per_unit)

@@ -20,7 +20,9 @@ handed to the tensor cores through a shared-memory slot that the chunk's thread 
 B_PAD 8 each product runs as two accumulator chains, one per column half of the chunk (_chains). Every
 GEMV instruction ends with the same epilogues as the Triton backend (RoPE and the KV-cache append, residual add,
 SiLU gate, the LM head's per-block argmax). The other instructions (Embed, AttnPartial, AttnReduce, Argmax) are
-written with explicit layouts; attention uses the same flash-decoding split and combine.
+written with explicit layouts; attention uses the same flash-decoding split and combine, each partial over one
+sequence group and context slice, its K and V blocks copied by cp.async into a small shared-memory ring of their
+own (_attn_partial).
 
 int8 weights (per output channel, kernels/quant.py) stream as they are stored, one byte per weight: a ring slot holds
 the same [BN, BK] chunk in half the bytes, so the ring is twice as deep for the same bytes in flight. A slot is read
@@ -36,7 +38,7 @@ bound than the normalised activations of the per-op qgemv (kernels/qgemv.py).
 The per-channel scale multiplies the tile's fp32 rows in each instruction's epilogue.
 
 Scope, refused with one sentence by `problem()` otherwise: bf16 / fp16 or int8 weights (int4 runs on the Triton
-backend), head_dim a multiple of BN, every GEMV K a multiple of BK, batch <= 16, a Hopper GPU.
+backend), head_dim 64 or 128 (HEAD_DIMS), every GEMV K a multiple of BK, batch <= 16, a Hopper GPU.
 
 Synchronisation, errors and the timeline record are the Triton backend's own device functions (kernels/mega/tiles.py,
 @triton.jit helpers of scalar atomics, which a Gluon kernel calls as they are): bounded acquire spins, the error
@@ -71,6 +73,9 @@ LOADER_REGS = 40  # registers per thread the loader keeps (a few scalars: an ent
 RING_BYTES = 128 * 1024  # weight bytes in flight per program: nbuf() chunks of 32 KB (bf16), 16 KB (int8)
 KV_BLOCK = 32  # keys per attention step
 KV_STAGES = 3  # K and V blocks in shared memory per program: one read, two landing (_attn_partial)
+# Head dims: multiples of BN (a QKV tile holds whole heads' rows), powers of two (attention's aranges), at most
+# 128 (at 256 the K/V stages, 96 KB, no longer fit beside the weight ring in one SM's shared memory).
+HEAD_DIMS = (64, 128)
 EMBED_BLOCK = 1024
 KPS = (1, 2)  # column groups per chunk a stage may use
 # Attention: one (kv head, sequence group, context slice) instruction per program where the batch and the context
@@ -128,8 +133,9 @@ def problem(spec, quant: str, batch: int, device: Optional[torch.device] = None)
     if quant_mode(quant).kind == Kind.INT4 or quant == "fp32":
         return (f"megakernel.backend=gluon streams bf16, fp16 or int8 weights; quant={quant} runs on "
                 f"megakernel.backend=triton")
-    if spec.head_dim % BN:
-        return f"megakernel.backend=gluon needs head_dim a multiple of {BN}; {spec.name} has {spec.head_dim}"
+    if spec.head_dim not in HEAD_DIMS:
+        return (f"megakernel.backend=gluon runs head_dim {' or '.join(map(str, HEAD_DIMS))}; {spec.name} has "
+                f"{spec.head_dim} (use megakernel.backend=triton)")
     for name, k in (("dim", spec.dim), ("q_dim", spec.q_dim), ("ffn_dim", spec.ffn_dim)):
         if k % BK:
             return f"megakernel.backend=gluon needs {name} a multiple of {BK}; {spec.name} has {k}"

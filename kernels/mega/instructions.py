@@ -14,7 +14,7 @@ stream (error records and the diff tool name instructions by it).
 | 0      | Embed(col_block)                | h[:, cols] = embed[tokens, cols]                                 | col block | -     |
 | 1      | RmsQkvRope(layer, row_block)    | RMSNorm prologue, QKV GEMV rows, RoPE, q store / KV-cache append | row block | -     |
 | 2      | AttnPartial(layer, kv_head, split) | flash-decoding partial of all query heads of one kv head, over one context slice of one group of sequences (Lowered.split_seqs / split_range) | kv head | split |
-| 3      | AttnReduce(layer, kv_head)      | log-sum-exp combine of the splits -> attn[:, heads of the group] | kv head   | -     |
+| 3      | AttnReduce(layer, kv_head)      | log-sum-exp combine of the context slices -> attn[:, heads of the group] | kv head   | -     |
 | 4      | OProjResidual(layer, row_block) | h[:, rows] += attn @ Wo[rows].T                                  | row block | -     |
 | 5      | RmsGateUpSilu(layer, row_block) | RMSNorm prologue, gate and up GEMV rows, act = silu(gate) * up   | row block | -     |
 | 6      | DownResidual(layer, row_block)  | h[:, rows] += act @ Wd[rows].T                                   | row block | -     |
@@ -181,7 +181,8 @@ class AttnPartial(Instruction):
 
 @dataclass(frozen=True)
 class AttnReduce(Instruction):
-    """Combines the splits of each query head of one kv group into attn[:, heads]."""
+    """Combines the context slices (n_splits partials of each sequence) of each query head of one kv group into
+    attn[:, heads]."""
 
     OP: ClassVar[Op] = Op.ATTN_REDUCE
     layer: int

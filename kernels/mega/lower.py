@@ -165,11 +165,12 @@ def _tiles_per_instr(n_tiles: int, n_programs: int) -> int:
 
 
 def seq_groups(batch: int, n_kv_heads: int, n_programs: int) -> int:
-    """AttnPartial sequence groups per kv head: the fewest groups of equal size (the last may be smaller) that give
-    every program a (kv head, group) unit, at most one group per sequence. A partial's sequences run one after
-    another, each a chain of dependent loads, so a batch must not share one instruction while programs idle: on an
-    H200 at llama8b bf16 batch 16, 72 partials of 16 sequences each took 85 us per layer, 40% of the step
-    (docs/perf-notes.md, "Attention over sequence groups")."""
+    """AttnPartial sequence groups per kv head: groups of equal size (the last may be smaller, none empty), as many as
+    there are programs per kv head, at most one per sequence. The group size is rounded up, so the groups can fall
+    short of one per program (batch 8, 8 kv heads, 48 programs: 4 groups of 2); the context slices make up the count
+    (pick_tiles). A partial's sequences run one after another, each a chain of dependent loads, so a batch must not
+    share one instruction while programs idle: on an H200 at llama8b bf16 batch 16, 72 partials of 16 sequences
+    each took 85 us per layer, 40% of the step (docs/perf-notes.md, "Attention at batch 16")."""
     per_group = cdiv(batch, max(1, min(batch, cdiv(n_programs, n_kv_heads))))
     return cdiv(batch, per_group)
 

@@ -179,8 +179,9 @@ def test_chunk_counts_are_what_the_device_functions_consume(programs, o_kp):
     ("int4", 1, {}, "bf16, fp16 or int8 weights; quant=int4 runs on megakernel.backend=triton"),
     ("fp32", 1, {}, "quant=fp32 runs on megakernel.backend=triton"),
     ("bf16", 17, {}, "batch 1..16"),
-    ("bf16", 1, {"head_dim": 96}, "head_dim a multiple of 64"),
-    ("bf16", 1, {"head_dim": 32}, "head_dim a multiple of 64"),
+    ("bf16", 1, {"head_dim": 96}, "head_dim 64 or 128"),
+    ("bf16", 1, {"head_dim": 32}, "head_dim 64 or 128"),
+    ("bf16", 1, {"head_dim": 256}, "head_dim 64 or 128; llama1b has 256"),
     ("bf16", 1, {"ffn_dim": 8000}, "ffn_dim a multiple of 256"),
 ])
 def test_problem_names_what_to_change(quant, batch, spec_change, match):

@@ -57,18 +57,24 @@ def test_gluon_matches_reference(model, quant, batch, ctx):
         assert torch.equal(again, out)
 
 
-@pytest.mark.parametrize("model,quant,batch,ctx", [("llama1b", "bf16", 16, 1024), ("gluon-odd", "int8", 5, 300)])
-def test_gluon_ragged_positions(model, quant, batch, ctx):
+@pytest.mark.parametrize("model,quant,batch,ctx,programs", [
+    ("llama1b", "bf16", 16, 1024, None), ("gluon-odd", "int8", 5, 300, None),
+    ("llama1b", "bf16", 16, 1024, 16), ("gluon-odd", "int8", 5, 300, 4)])
+def test_gluon_ragged_positions(model, quant, batch, ctx, programs):
     """Every sequence at its own position (its own key count and split slices: a partial covers one sequence group,
     kernels.mega.lower.seq_groups), keys past a sequence's position holding random values it must not read, the
-    appended position of each sequence poisoned."""
+    appended position of each sequence poisoned. On a full grid each partial holds one sequence; with 16 or 4
+    programs, several (llama1b: 2 groups of 8; gluon-odd: groups [0, 3) and [3, 5)), so the K/V ring restarts
+    between sequences within one instruction."""
     w, cache, tokens, _ = _setup(model, quant, batch, ctx)
     positions = (ctx - 1 - 61 * torch.arange(batch, device=cache.k.device)).clamp(min=0)
     ref = LlamaDecoder(w, compute_dtype=torch.float32, max_len=ctx + 1).decode(tokens, positions, cache.clone())
     b = torch.arange(batch, device=cache.k.device)
     for t in (cache.k, cache.v):
         t[:, b, :, positions] = float("nan")  # the step must write these
-    mk = Megakernel(w, cache, backend="gluon")
+    mk = Megakernel(w, cache, backend="gluon", n_programs=programs)
+    if programs is not None:
+        assert mk.prog.seqs_per_group > 1
     _poison(mk)
     out = mk.decode(tokens, positions).clone()
     mk.check()

@@ -20,6 +20,7 @@ CONFIGS = [
     ("tiny", "fp32", 1, 40, 1, True),
     ("tiny", "int4", 4, 40, 3, True),
     ("odd", "int8", 3, 33, 2, True),
+    ("odd", "fp16", 5, 33, 4, True),  # AttnPartial sequence groups [0, 3) and [3, 5)
     ("llama1b", "bf16", 1, 8193, 132, False),
     ("llama1b", "int4", 16, 129, 264, False),
     ("llama8b", "int8", 16, 32769, 132, False),
