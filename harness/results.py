@@ -147,6 +147,36 @@ def write_commit_manifest(repo: Path = REPO_ROOT) -> Path:
     return path
 
 
+def snapshot_commit(rev: str, dest: Path, repo: Path = REPO_ROOT) -> str:
+    """Writes the code of commit `rev` into the new directory `dest` with its own .commit-manifest, so that rows
+    measured from that copy record `rev` (clean) in the same run as the checkout's own: a same-call A/B of two commits
+    (copy `dest` to the GPU machine beside the tree, run `scripts/gpu_session.sh` from inside it). Measurements
+    (OUTPUT_DIR) are left out: a snapshot holds code. Returns the commit's full sha; raises ValueError with one
+    sentence for a revision git does not know or a `dest` that exists and is not empty."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"{dest} exists and is not an empty directory; give a new path for the snapshot")
+    got = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True)
+    if got.returncode != 0:
+        raise ValueError(f"{rev!r} is not a commit of {repo}; give a sha, tag or branch that `git log` shows")
+    sha = got.stdout.strip()
+    listing = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "--full-tree", sha], capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    entries = []
+    for line in listing:
+        meta, _, name = line.partition("\t")
+        mode, kind, blob = meta.split()
+        if kind == "blob" and not name.startswith(OUTPUT_DIR):
+            entries.append((mode, blob, name))
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", sha, "--"]
+                             + [name for _, _, name in entries], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / COMMIT_MANIFEST).write_text(f"commit {sha}\n" + "".join(f"{m} {b} 0\t{n}\n" for m, b, n in entries))
+    return sha
+
+
 def manifest_sha(repo: Path = REPO_ROOT) -> Optional[str]:
     """The manifest's commit if every file it lists is on disk with the blob id it lists, that commit + "-dirty"
     if not; None without a manifest."""
@@ -661,7 +691,7 @@ def decode_json(df: pd.DataFrame, column: str = "config_json") -> pd.Series:
 __all__ = [
     "DONE_STATUSES", "NON_GPU_DIRS", "POINT_KEY_FIELDS", "RUN_KEY_FIELDS", "ResultsStore", "checkpoint_id",
     "decode_json", "env_info", "git_sha", "gpu_slug", "is_clean_sha", "load_results", "point_key", "run_key",
-    "unclean_tree",
+    "snapshot_commit", "unclean_tree",
 ]
 
 
@@ -674,9 +704,21 @@ if __name__ == "__main__":
     ap.add_argument("--sha", action="store_true", help="print the commit rows written here would record")
     ap.add_argument("--require-clean", action="store_true",
                     help="exit 1 with one sentence on stderr unless that commit is clean (not -dirty, not unknown)")
+    ap.add_argument("--snapshot", nargs=2, metavar=("REV", "DIR"),
+                    help="write commit REV's code (no results/) into the new directory DIR with its own "
+                         f"{COMMIT_MANIFEST}, for a same-call A/B against another commit on the GPU machine")
     ap.add_argument("--repo", default=str(REPO_ROOT), help="the tree to look at (default: this checkout)")
     a = ap.parse_args()
     repo = Path(a.repo)
+    if a.snapshot:
+        try:
+            print(snapshot_commit(a.snapshot[0], Path(a.snapshot[1]), repo))
+        except ValueError as e:
+            import sys
+
+            print(f"error: {e}.", file=sys.stderr)
+            raise SystemExit(2)
+        raise SystemExit(0)
     if a.manifest:
         print(write_commit_manifest(repo))
     if a.require_clean:

@@ -204,6 +204,40 @@ def test_commit_manifest_names_the_commit_of_a_copied_tree(tmp_path):
     assert git_sha(copy) == sha + "-dirty"
 
 
+def test_snapshot_of_an_older_commit_records_that_commit(tmp_path):
+    """harness.results.snapshot_commit (--snapshot REV DIR): the code of an older commit in a new directory with its
+    own manifest records that commit, clean, while the checkout has moved on; an edited file makes it -dirty;
+    results/ stays out; a revision git does not know, or a directory in use, ends in one sentence."""
+    import subprocess
+
+    from harness.results import git_sha, snapshot_commit
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True)  # noqa: E731
+    commit = lambda m: run("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", m)  # noqa: E731
+    run("init", "-q")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "k.py").write_text("BLOCK = 64\n")
+    (repo / "results").mkdir()
+    (repo / "results" / "t.txt").write_text("a committed table\n")
+    run("add", ".")
+    commit("one")
+    old = run("rev-parse", "HEAD").stdout.strip()
+    (repo / "pkg" / "k.py").write_text("BLOCK = 32\n")
+    commit("two")
+    snap = tmp_path / "ab" / "old"
+    assert snapshot_commit(old[:7], snap, repo) == old
+    assert (snap / "pkg" / "k.py").read_text() == "BLOCK = 64\n" and not (snap / "results").exists()
+    assert git_sha(snap) == old and git_sha(repo) != old
+    (snap / "pkg" / "k.py").write_text("BLOCK = 16\n")
+    assert git_sha(snap) == old + "-dirty"
+    with pytest.raises(ValueError, match="not a commit of"):
+        snapshot_commit("no-such-rev", tmp_path / "x", repo)
+    with pytest.raises(ValueError, match="is not an empty directory"):
+        snapshot_commit(old, snap, repo)
+
+
 def test_load_marks_each_row_clean_by_its_commit(tmp_path):
     """`clean` is is_clean_sha of the row's git_sha: a commit is clean; a dirty tree, an empty sha, a missing one (a
     row from before git_sha existed, or a file without the column) are not."""
