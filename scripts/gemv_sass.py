@@ -149,7 +149,7 @@ def mega_report(model: str, quant: str, batch: int) -> dict:
             continue
         rows.append(dict(chunks=chunks, instructions=round(len(ops) / chunks, 1), hmma=hmma // chunks,
                          products=hmma // (per_product * b_tiles * chunks), bar=round(ops.count("BAR") / chunks, 1),
-                         tma=ops.count("UTMALDG"),
+                         tma=ops.count("UTMALDG"), local=ops.count("STL") + ops.count("LDL"),
                          per_byte=round(len(ops) / chunks * 32 / chunk_bytes, 2),
                          top=collections.Counter(ops).most_common(6)))
     return dict(model=model, quant=quant, batch=batch, **ptxas_usage(c), loops=rows)

@@ -50,10 +50,13 @@ def test_gluon_megakernel_chunk_loops_stay_near_their_counts():
     stage has one (1 or 2 products per chunk), taking two chunks a turn (one ring wait each); the loader partition
     issues every TMA copy, so the loops hold none, and at most one CTA barrier per product and one more (the
     compiler's, after the arrive that hands a slot back) per chunk; int8 issues about 2.5 thread-instructions per
-    weight byte (4.0 with the TMA issue in the loop), bf16 about 0.55 (1.2); no spills."""
+    weight byte (4.0 with the TMA issue in the loop), bf16 about 0.55 (1.2); no spill in a chunk loop, at most a few
+    bytes elsewhere (f053841: 8 bytes at int8, two stores in the program's prologue and two loads per instruction
+    setup; it measured faster than its parent, docs/perf-notes.md)."""
     runs = {q: _mega("--model", "llama1b", "--quant", q, "--batch", "1") for q in ("bf16", "int8")}
     for q, r in runs.items():
-        assert r["spill_stores"] == 0, r
+        assert r["spill_stores"] <= 16, r
+        assert all(lp["local"] == 0 for lp in r["loops"]), r["loops"]
         assert len(r["loops"]) >= 4 and {lp["products"] for lp in r["loops"]} == {1, 2}, r["loops"]
         assert all(lp["chunks"] == 2 and lp["tma"] == 0 and lp["bar"] <= 1 + lp["products"] for lp in r["loops"]), \
             r["loops"]
