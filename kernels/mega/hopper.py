@@ -89,7 +89,8 @@ MIN_SPLIT_KEYS = 128
 # c + g BK, of which rows g R .. (g + 1) R count; they are summed once per tile. So a stage trades tile height for
 # tile count at the same bytes per slot: with KP = 2, llama8b's O and down have 128 tiles of 32 rows for 132 SMs,
 # not 64 of 64. The MMA work grows KP-fold, which is free at batch 1-16.
-#   gate, up, LM head   KP = 1: 64 rows;
+#   gate, up, LM head   KP = 1: 64 rows; a gate tile and the up tile of the same rows run together, their chunks
+#                       alternating in the stream, so each x^T chunk is staged once for both (_tile's PAIR);
 #   O, down             KP = 1 or 2 (pick_tiles balances tiles over the grid);
 #   QKV                 KP = 1: 32 rotate-half pairs, rows i .. i + 32 in the slot's first box and their partners
 #                       i + hd/2 .. in its second (the partners meet in one chunk for RoPE).
@@ -202,13 +203,14 @@ def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
         return tile_chunks(W_QKV, boxes, s.dim, t.qkv.block_k // BK)
     if isinstance(ins, OProjResidual):
         return stage_chunks(W_O, t.o, s.dim, ins.row_block, ins.layer * s.dim, s.q_dim)
-    if isinstance(ins, RmsGateUpSilu):
+    if isinstance(ins, RmsGateUpSilu):  # per tile, the gate and up chunks of each column in turn (_tile's PAIR)
         out = []
         for i in range(t.gate_up.tiles_per_instr):
             r = (ins.row_block * t.gate_up.tiles_per_instr + i) * BN
             if r < s.ffn_dim:
-                for which in (W_GATE, W_UP):
-                    out += tile_chunks(which, [ins.layer * s.ffn_dim + r + b * BOX for b in range(BOXES)], s.dim, 1)
+                rows = [ins.layer * s.ffn_dim + r + b * BOX for b in range(BOXES)]
+                for g, u in zip(tile_chunks(W_GATE, rows, s.dim, 1), tile_chunks(W_UP, rows, s.dim, 1)):
+                    out += [g, u]
         return out
     if isinstance(ins, DownResidual):
         return stage_chunks(W_DOWN, t.down, s.dim, ins.row_block, ins.layer * s.dim, s.ffn_dim)
@@ -435,9 +437,11 @@ def _stage_x(xs, x, nw, NORM: gl.constexpr, DT: gl.constexpr):
 @gluon.jit
 def _step(ring, ready, empty, xs, j, c, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b,
           ssq, KP: gl.constexpr, NORM: gl.constexpr, OT: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr,
-          CH: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr):
+          CH: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr, PAIR: gl.constexpr):
     """Chunk j of a tile, at columns c: its x^T (x<g>n, w<g>n, loaded one chunk earlier) into the x slots xs[g], the
-    next chunk's x loaded, the chunk taken from the ring, its KP x CH products. Returns the carried values."""
+    next chunk's x loaded, the chunk taken from the ring, its KP x CH products. With PAIR (KP = 1), chunk j + 1 is a
+    second weight's chunk at the same columns (gate, then up): it multiplies the same x^T operand, loaded from its
+    slot once, into acc1. Returns the carried values."""
     W: gl.constexpr = BK_C // CH
     xs0 = xs.index(0)
     xs1 = xs.index(1)
@@ -452,9 +456,17 @@ def _step(ring, ready, empty, xs, j, c, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, 
             ssq += x1n * x1n
         x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
     a_lo, a_hi = _take(ring, ready, empty, j, A_OP, NB, I8, CH)
-    acc0 = mma_v2(a_lo, xs0.slice(0, W, dim=0).load(B_OP), acc0)
+    b_lo = xs0.slice(0, W, dim=0).load(B_OP)
+    acc0 = mma_v2(a_lo, b_lo, acc0)
+    b_hi = b_lo  # CH = 1: unused
     if CH > 1:
-        acc0b = mma_v2(a_hi, xs0.slice(W, W, dim=0).load(B_OP), acc0b)
+        b_hi = xs0.slice(W, W, dim=0).load(B_OP)
+        acc0b = mma_v2(a_hi, b_hi, acc0b)
+    if PAIR:
+        a_lo, a_hi = _take(ring, ready, empty, j + 1, A_OP, NB, I8, CH)
+        acc1 = mma_v2(a_lo, b_lo, acc1)
+        if CH > 1:
+            acc1b = mma_v2(a_hi, b_hi, acc1b)
     if KP > 1:
         acc1 = mma_v2(a_lo, xs1.slice(0, W, dim=0).load(B_OP), acc1)
         if CH > 1:
@@ -464,13 +476,15 @@ def _step(ring, ready, empty, xs, j, c, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, 
 
 @gluon.jit
 def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.constexpr, NORM: gl.constexpr,
-          B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr):
+          B_PAD: gl.constexpr, DT: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr, PAIR: gl.constexpr = False):
     """One tile's products over K, its chunks taken from the ring in stream order from chunk j (see "Chunks": KP
     column groups per chunk; product g, accumulated in acc<g> [BN, B_PAD] (MMA layout), counts slot rows
-    g R .. (g + 1) R, R = BN / KP). With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales
-    the tile's rows (so the norm costs no extra pass over h); without, it is 1. Returns (acc0, acc1 (KP = 2), that
-    scale [B_PAD], the next chunk j). I8: int8 weights, so fp16 operands in the int8 operand order (module
-    docstring); the per-channel scale is the caller's.
+    g R .. (g + 1) R, R = BN / KP). With PAIR (KP = 1), two weights' tiles of the same rows at once, their chunks
+    alternating in the stream (gate and up: instr_chunks), each x^T chunk staged once for both; acc1 is the second
+    weight's product. With NORM, x = h * norm weight, and the returned per-sequence 1 / rms(h) scales the tile's rows
+    (so the norm costs no extra pass over h); without, it is 1. Returns (acc0, acc1 (KP = 2 or PAIR), that scale
+    [B_PAD], the next chunk j). I8: int8 weights, so fp16 operands in the int8 operand order (module docstring); the
+    per-channel scale is the caller's.
 
     x^T reaches the B operand through shared memory: the tile's even chunks use the x slots xa, its odd ones xb (the
     loop takes two chunks a turn). A chunk's stores precede its _take barrier, which orders them before every warp's
@@ -485,6 +499,7 @@ def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.conste
     OT: gl.constexpr = _operand_dtype(I8, DT)
     XL: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS_C], [0, 1])
     STEP: gl.constexpr = KP * BK_C
+    CPS: gl.constexpr = 2 if PAIR else 1  # ring chunks per step
     k = gl.arange(0, BK_C, layout=gl.SliceLayout(1, XL))
     n = gl.arange(0, B_PAD, layout=gl.SliceLayout(0, XL))
     n_ok = (n < B)[None, :]
@@ -504,21 +519,21 @@ def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.conste
     n_steps = gl.cdiv(K, STEP)
     for i in range(0, n_steps - 1, 2):
         x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
-            ring, ready, empty, xa, j + i, i * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n,
-            acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP)
+            ring, ready, empty, xa, j + i * CPS, i * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n,
+            acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
         x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
-            ring, ready, empty, xb, j + i + 1, (i + 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n,
-            acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP)
+            ring, ready, empty, xb, j + (i + 1) * CPS, (i + 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n,
+            x1n, w1n, acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
     if n_steps % 2 == 1:
         x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
-            ring, ready, empty, xa, j + n_steps - 1, (n_steps - 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n,
-            x1n, w1n, acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP)
+            ring, ready, empty, xa, j + (n_steps - 1) * CPS, (n_steps - 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok,
+            x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
         gl.thread_barrier()
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    return acc0 + acc0b, acc1 + acc1b, scale, j + n_steps  # (with CH = 1 the second terms are zeros)
+    return acc0 + acc0b, acc1 + acc1b, scale, j + n_steps * CPS  # (with CH = 1 the second terms are zeros)
 
 
 @gluon.jit
@@ -801,11 +816,9 @@ def _rms_gate_up_silu(lw, row_block, ring, ready, empty, xa, xb, j, bufs, wts, e
     nw = wts.mlp_norm + lw * dims.D
     for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
-        gate, unused, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
-                                       tiles.B_PAD, DT, NB, I8)
+        gate, up, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
+                                   tiles.B_PAD, DT, NB, I8, True)
         gate = _row_scaled(_scaled(gate, scale), wts.gate.s + lw * dims.F, offs, offs < dims.F, I8)
-        up, unused, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
-                                     tiles.B_PAD, DT, NB, I8)
         up = _row_scaled(_scaled(up, scale), wts.up.s + lw * dims.F, offs, offs < dims.F, I8)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
                  mask=(b < dims.B)[None, :] & (offs < dims.F)[:, None])

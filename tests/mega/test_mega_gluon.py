@@ -95,6 +95,11 @@ def _emulate(prog, ins, w: dict, x: torch.Tensor) -> list[torch.Tensor]:
         out[:blk.shape[0], :blk.shape[1]] = blk
         return out
     per_tile = cdiv(k, kp * H.BK)
+    if isinstance(ins, RmsGateUpSilu):  # a tile's gate and up chunks alternate (_tile's PAIR): gate, then up
+        paired = [chunks[t:t + 2 * per_tile] for t in range(0, len(chunks), 2 * per_tile)]
+        assert all(c[0] == H.W_GATE for p in paired for c in p[0::2]) and all(c[0] == H.W_UP for p in paired
+                                                                             for c in p[1::2]), chunks
+        chunks = [c for pair in paired for c in (*pair[0::2], *pair[1::2])]
     tiles = []
     for t in range(0, len(chunks), per_tile):
         acc = torch.zeros(kp, H.BN, x.shape[0], dtype=torch.float64)
