@@ -57,7 +57,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead, OProjResidual, Op, RmsGateUpSilu,
                                        RmsQkvRope)
 from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv, seq_groups
-from kernels.mega.tiles import ERR_TIMEOUT, now, release, report_error, sm_id, wait_until
+from kernels.mega.tiles import await_counter, now, queue_entry, record_timeline, release
 from kernels.attention import split_seqs
 from kernels.qgemv import INT8_F16_OFFSET, int8_f16_ptx
 from kernels.quant import Kind, quant_mode
@@ -901,20 +901,12 @@ def _instructions(queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, 
     last_seen = 0
     while (pc < n_instr) & (alive != 0):
         word = qbase + pc * WORDS_C
-        op = gl.load(word)
-        layer = gl.load(word + 1)
-        a = gl.load(word + 2)
-        b = gl.load(word + 3)
-        wc = gl.load(word + 4)
-        wn = gl.load(word + 5)
-        bc = gl.load(word + 6)
+        op, layer, a, b, wc, wn, bc = queue_entry(word)
         if TIMELINE:
             t_start = now(bufs.clock, 1)
         if (wc >= 0) & ((wc != last_c) | (wn > last_seen)):
-            seen = wait_until(bufs.counters + wc, wn, bufs.error, queue.spin_limit)
+            seen = await_counter(bufs, queue, word, pid, pc, wc, wn, WORDS_C)
             if seen < wn:
-                report_error(bufs.error, ERR_TIMEOUT, pid, pc, gl.load(word + 7), wc, seen, wn, queue.launch_id,
-                             WORDS_C)
                 alive = 0
             else:
                 last_c = wc
@@ -948,11 +940,7 @@ def _instructions(queue, bufs, wts, cache, ring, ready, empty, xa, xb, scratch, 
             if bc >= 0:
                 release(bufs.counters + bc)
         if TIMELINE:
-            rec = bufs.timeline + ((pid * (queue.stride // WORDS_C) + pc) * 4).to(gl.int64)
-            gl.store(rec, t_start)
-            gl.store(rec + 1, t_ready)
-            gl.store(rec + 2, now(bufs.clock, 1))
-            gl.store(rec + 3, sm_id(1))
+            record_timeline(bufs, queue, pid, pc, t_start, t_ready, 1, WORDS_C)
         pc += 1
     _drain(ready, empty, j, n_chunks, NB)
 

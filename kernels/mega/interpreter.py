@@ -32,8 +32,8 @@ from kernels.elementwise import silu
 from kernels.gemv import gemv_tile
 from kernels.lm_head import argmax_of_partials, tile_argmax
 from kernels.mega.instructions import WORDS, Op
-from kernels.mega.tiles import (ERR_TIMEOUT, combine_group, now, prefetch_l2, release, report_error, round_for_store, sm_id,
-                                wait_until)
+from kernels.mega.tiles import (await_counter, combine_group, now, prefetch_l2, queue_entry, record_timeline, release,
+                                round_for_store)
 
 # The dispatch's opcodes, as constexprs (kernels/mega/instructions.Op).
 OP_EMBED = tl.constexpr(int(Op.EMBED))
@@ -270,22 +270,14 @@ def _megakernel(queue, bufs, wts, cache, dims: tl.constexpr, tiles: tl.constexpr
     last_seen = 0
     while (pc < n_instr) & (alive != 0):
         word = qbase + pc * WORDS_C
-        op = tl.load(word)
-        layer = tl.load(word + 1)
-        a = tl.load(word + 2)
-        b = tl.load(word + 3)
-        wc = tl.load(word + 4)
-        wn = tl.load(word + 5)
-        bc = tl.load(word + 6)
+        op, layer, a, b, wc, wn, bc = queue_entry(word)
         if TIMELINE:
             t_start = now(bufs.clock, CLOCK)
         if (wc >= 0) & ((wc != last_c) | (wn > last_seen)):
             if L2_PREFETCH > 0:  # the first L2_PREFETCH K steps of the first weight tile, while we wait
                 prefetch_first_tile(op, layer, a, wts, dims, tiles, L2_PREFETCH)
-            seen = wait_until(bufs.counters + wc, wn, bufs.error, queue.spin_limit)
+            seen = await_counter(bufs, queue, word, pid, pc, wc, wn, WORDS_C)
             if seen < wn:
-                report_error(bufs.error, ERR_TIMEOUT, pid, pc, tl.load(word + 7), wc, seen, wn, queue.launch_id,
-                             WORDS_C)
                 alive = 0
             else:
                 last_c = wc
@@ -321,9 +313,5 @@ def _megakernel(queue, bufs, wts, cache, dims: tl.constexpr, tiles: tl.constexpr
             if bc >= 0:
                 release(bufs.counters + bc)
         if TIMELINE:
-            rec = bufs.timeline + ((pid * (queue.stride // WORDS_C) + pc) * 4).to(tl.int64)
-            tl.store(rec, t_start)
-            tl.store(rec + 1, t_ready)
-            tl.store(rec + 2, now(bufs.clock, CLOCK))
-            tl.store(rec + 3, sm_id(CLOCK))
+            record_timeline(bufs, queue, pid, pc, t_start, t_ready, CLOCK, WORDS_C)
         pc += 1

@@ -20,11 +20,12 @@ import torch
 from kernels import interpreting, sm_count
 from kernels.mega import gluon_problem, hopper, resolve_backend
 from kernels.mega.args import buffers_arg, cache_arg, constexprs, queue_arg, weights_arg
-from kernels.mega.interpreter import ERR_TIMEOUT, _megakernel
+from kernels.mega.interpreter import _megakernel
 from kernels.mega.lower import TileOptions, check_config, lower, pick_tiles
 from kernels.mega.resources import MAX_THREADS_PER_SM, REGS_PER_SM, SMEM_PER_SM, programs_per_sm
 from kernels.mega.schedule import Schedule, build_schedule
 from kernels.mega.state import ERROR_WORDS, State
+from kernels.mega.tiles import ERR_TIMEOUT
 from kernels.mega.tuned import lookup as tuned_lookup
 from kernels.model import KVCache, ModelWeights
 

@@ -96,6 +96,37 @@ def sm_id(CLOCK: tl.constexpr):
     return s
 
 
+# The persistent loop's steps that both backends share (kernels/mega/interpreter._megakernel, hopper._instructions):
+# a queue row's words, the bounded wait with its error record, and the timeline record.
+@triton.jit
+def queue_entry(word):
+    """The words of one queue row (kernels/mega/instructions.py): (opcode, layer, a, b, wait counter, wait count,
+    bump counter). The eighth, the instruction id, is read only for an error record (await_counter)."""
+    return (tl.load(word), tl.load(word + 1), tl.load(word + 2), tl.load(word + 3), tl.load(word + 4),
+            tl.load(word + 5), tl.load(word + 6))
+
+
+@triton.jit
+def await_counter(bufs, queue, word, pid, pc, wc, wn, WORDS: tl.constexpr):
+    """The instruction at queue position pc (row `word`) waits until counter wc reaches wn, bounded by the queue's
+    spin limit (wait_until); on a timeout it writes this program's error record (report_error). Returns the value
+    seen: >= wn unless it timed out or another program reported an error."""
+    seen = wait_until(bufs.counters + wc, wn, bufs.error, queue.spin_limit)
+    if seen < wn:
+        report_error(bufs.error, ERR_TIMEOUT, pid, pc, tl.load(word + 7), wc, seen, wn, queue.launch_id, WORDS)
+    return seen
+
+
+@triton.jit
+def record_timeline(bufs, queue, pid, pc, t_start, t_ready, CLOCK: tl.constexpr, WORDS: tl.constexpr):
+    """Queue position pc's timeline record [start, ready, end, SM] (int64; the end is now)."""
+    rec = bufs.timeline + ((pid * (queue.stride // WORDS) + pc) * 4).to(tl.int64)
+    tl.store(rec, t_start)
+    tl.store(rec + 1, t_ready)
+    tl.store(rec + 2, now(bufs.clock, CLOCK))
+    tl.store(rec + 3, sm_id(CLOCK))
+
+
 @triton.jit
 def round_for_store(x, dst_ptr):
     """fp32 x rounded to dst's element type, to nearest-even (the interpreter's own bf16 cast truncates)."""
