@@ -486,13 +486,14 @@ def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.conste
     [B_PAD], the next chunk j). I8: int8 weights, so fp16 operands in the int8 operand order (module docstring); the
     per-channel scale is the caller's.
 
-    x^T reaches the B operand through shared memory: the tile's even chunks use the x slots xa, its odd ones xb (the
-    loop takes two chunks a turn). A chunk's stores precede its _take barrier, which orders them before every warp's
-    reads; the chunk before it used the other slots, and the barrier of the chunk between ordered every read of these
-    before the stores. So x costs no barrier of its own, and the two slots being separate allocations lets the
-    compiler see it: a chunk runs _take's barrier and the one the compiler puts right after its arrive (Triton 3.6
-    orders every mbarrier arrive before the next shared-memory access; the warps reach it together). A tile of an
-    odd number of chunks ends with one barrier more (the next tile's first chunk stores into xa again)."""
+    x^T reaches the B operand through shared memory. A step is one column chunk of x^T and the ring chunk(s) it
+    multiplies (two with PAIR); the tile's even steps use the x slots xa, its odd ones xb (the loop takes two steps a
+    turn). A step's stores precede its first _take barrier, which orders them before every warp's reads; the step
+    before it used the other slots, and the barrier of the step between ordered every read of these before the
+    stores. So x costs no barrier of its own, and the two slots being separate allocations lets the compiler see it:
+    a chunk runs _take's barrier and the one the compiler puts right after its arrive (Triton 3.6 orders every
+    mbarrier arrive before the next shared-memory access; the warps reach it together). A tile of an odd number of
+    steps ends with one barrier more (the next tile's first step stores into xa again)."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS_C, 1], instr_shape=[16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=_k_width(I8))
     B_OP: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=_k_width(I8))
