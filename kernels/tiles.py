@@ -15,6 +15,8 @@ No Triton kernel is defined here, so the lowering can import it before TRITON_IN
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from kernels.quant import Kind
 
 FMA_ACC_ELEMS = 8192  # fp32 FMA accumulators per program: 64 registers/thread at 4 warps
@@ -81,12 +83,13 @@ def k_step(kind: Kind, group_size: int, k: int, cols: int, use_dot: bool) -> tup
     return (max(bk, DOT_MIN_ROWS) if use_dot else bk), gps
 
 
-def split_count(max_len: int, units: int, target_units: int, seqs_per_unit: int = 1, kv_block: int = 1) -> int:
+def split_count(max_len: int, units: int, target_units: int, seqs_per_unit: int = 1, kv_block: int = 1,
+                min_keys: Optional[int] = None) -> int:
     """The flash-decoding split rule: context slices per unit of work (per-op: a (sequence, kv head) program;
     megakernel: a kv head over one sequence group, kernels.mega.lower.seq_groups), enough that units x slices reach
     `target_units`, but no slice
     under MIN_KEYS_PER_SPLIT keys summed over the sequences a unit covers (nor under one kv block), and at most
-    MAX_SPLITS."""
-    min_keys = max(kv_block, MIN_KEYS_PER_SPLIT // seqs_per_unit)
+    MAX_SPLITS. min_keys replaces MIN_KEYS_PER_SPLIT // seqs_per_unit where a kernel measured its own floor."""
+    min_keys = max(kv_block, MIN_KEYS_PER_SPLIT // seqs_per_unit if min_keys is None else min_keys)
     cdiv = lambda a, b: -(-a // b)  # noqa: E731
     return max(1, min(cdiv(target_units, units), cdiv(max(max_len, 1), min_keys), MAX_SPLITS))

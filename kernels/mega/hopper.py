@@ -58,10 +58,10 @@ from kernels.mega.instructions import (WORDS, DownResidual, Instruction, LmHead,
                                        RmsQkvRope)
 from kernels.mega.lower import GemvTile, Lowered, TileConfig, _tiles_per_instr, cdiv, seq_groups
 from kernels.mega.tiles import await_counter, now, queue_entry, record_timeline, release
-from kernels.attention import split_seqs
+from kernels.attention import split_range, split_seqs
 from kernels.qgemv import INT8_F16_OFFSET, int8_f16_ptx
 from kernels.quant import Kind, quant_mode
-from kernels.tiles import MAX_SPLITS, next_pow2
+from kernels.tiles import next_pow2, split_count
 
 BN = 64  # rows of a ring slot: 4 warps x 16 rows of mma.sync
 BK = 256  # columns of a ring slot (32 KB of bf16 per slot)
@@ -162,7 +162,7 @@ def pick_tiles(spec, batch: int, max_len: int, n_programs: int) -> TileConfig:
     def gemv(n: int, kp: int) -> GemvTile:
         return GemvTile(BN // kp, kp * BK, 1, _tiles_per_instr(cdiv(n, BN // kp), n_programs))
     groups = seq_groups(batch, spec.n_kv_heads, n_programs)
-    n_splits = max(1, min(cdiv(n_programs, spec.n_kv_heads * groups), cdiv(max_len, MIN_SPLIT_KEYS), MAX_SPLITS))
+    n_splits = split_count(max_len, spec.n_kv_heads * groups, n_programs, kv_block=KV_BLOCK, min_keys=MIN_SPLIT_KEYS)
     return TileConfig(b_pad=b_pad, use_dot=True, num_warps=WARPS,
                       qkv=GemvTile(BN // 2, BK, 1, 1), o=gemv(spec.dim, o_kp),
                       gate_up=gemv(spec.ffn_dim, 1), down=gemv(spec.dim, o_kp), lm_head=gemv(spec.vocab_size, 1),
@@ -693,9 +693,7 @@ def _attn_partial(lw, kv_head, split, bufs, cache, kbuf, vbuf, dims: gl.constexp
     first, last, split = split_seqs(split, dims.B, tiles.N_SPLITS, tiles.SEQS_PER_GROUP)
     for bb in range(first, last):
         seq_len = gl.minimum(gl.load(bufs.positions + bb) + 1, cache.s_max)
-        per = gl.cdiv(gl.cdiv(seq_len, tiles.N_SPLITS), KVB) * KVB
-        start = split * per
-        end = gl.minimum(start + per, seq_len)
+        start, end = split_range(seq_len, split, tiles.N_SPLITS, KVB)
         base = ((lw * dims.B + bb) * dims.KVH + kv_head) * cache.s_max * HD
         _kv_issue(kbuf, vbuf, 0, cache, base, start, end, off, kr)
         _kv_issue(kbuf, vbuf, 1, cache, base, start + KVB, end, off, kr)
@@ -737,7 +735,8 @@ def _attn_partial(lw, kv_head, split, bufs, cache, kbuf, vbuf, dims: gl.constexp
 @gluon.constexpr_function
 def _reduce_rows(heads):
     """Rows (query heads of all sequences) the reduce combines at once: all of them up to 32 (32 x HD_PAD fp32 over
-    the 4 warps: 32 registers a thread per tensor)."""
+    the 4 warps: 32 registers a thread per tensor), a power of two (kernels.tiles.next_pow2, which a
+    constexpr_function cannot call)."""
     rows = 1
     while rows < min(32, heads):
         rows *= 2

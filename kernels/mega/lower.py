@@ -331,13 +331,17 @@ class Lowered:
         first = split // self.tiles.n_splits * self.seqs_per_group
         return range(first, min(first + self.seqs_per_group, self.batch))
 
+    def split_slice(self, split: int) -> int:
+        """The context slice of AttnPartial split `split`: its index in o_part / lse."""
+        return split % self.tiles.n_splits
+
     def split_range(self, seq_len: int, split: int) -> range:
         """Keys of AttnPartial split `split` in each of its sequences: context slice split % n_splits, equal slices
         rounded up to whole kv blocks (kernels/attention.split_range). The partial lands in o_part / lse at that
         slice."""
         kb = self.tiles.kv_block
         per = cdiv(cdiv(seq_len, self.tiles.n_splits), kb) * kb
-        start = split % self.tiles.n_splits * per
+        start = self.split_slice(split) * per
         return range(start, min(start + per, seq_len))
 
     # ---- dependencies --------------------------------------------------------------------

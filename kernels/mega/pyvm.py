@@ -141,7 +141,7 @@ class PyVM:
         s, st, prog = self.prog.spec, self.state, self.prog
         hd, gq = s.head_dim, prog.group
         heads = slice(ins.kv_head * gq, (ins.kv_head + 1) * gq)
-        sl = ins.split % prog.tiles.n_splits  # the context slice: its index in o_part / lse
+        sl = prog.split_slice(ins.split)
         for b in prog.split_seqs(ins.split):
             seq_len = min(int(st.positions[b]) + 1, self.cache.max_len)
             keys = prog.split_range(seq_len, ins.split)
