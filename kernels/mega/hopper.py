@@ -28,9 +28,9 @@ int8 weights (per output channel, kernels/quant.py) stream as they are stored, o
 the same [BN, BK] chunk in half the bytes, so the ring is twice as deep for the same bytes in flight. A slot is read
 in the tensor cores' int8 operand order (4 consecutive columns per register, the k_width = 4 operand layout: the MMA
 sums over k, so x^T uses the same permuted order and the product is unchanged), each register of 4 bytes becomes
-4 fp16 operands 1152 + q in 3 integer instructions (_int8_f16: a XOR and two byte permutes, exact), and the tile
-takes 1152 sum_k x_k off its products once, with sum_k x_k added up from x^T as it is staged (_step, _tile; the
-fp32 products of fp16 operands are exact; only the fp32 accumulation rounds, on terms about 1152 / |q| larger).
+4 fp16 operands q in 5 instructions (_int8_f16: a XOR and two byte permutes give 1152 + q, exactly, and two packed
+subtractions take the 1152 off, exactly). (Taking 1152 sum_k x_k off once per tile instead, from a sum of the staged
+x, saved 53 instructions per chunk pair but measured 0.36% slower: docs/perf-notes.md, "Attention at batch 16".)
 x^T (fp32) is rounded to fp16 for the product: finer than bf16, but its range ends at
 fp16's 65504. In the norm stages that operand is h times the norm weight, before the 1 / rms scale (which multiplies
 the fp32 rows after the product): a residual-stream value times its norm weight must stay below 65504, a tighter
@@ -112,12 +112,13 @@ OP_DOWN_RESIDUAL = gl.constexpr(int(Op.DOWN_RESIDUAL))
 OP_LM_HEAD = gl.constexpr(int(Op.LM_HEAD))
 KIND_INT8_C = gl.constexpr(int(Kind.INT8))
 # int8 -> fp16 operands, 4 weights per register (pack = 4: byte i of $2 is element i; element 2 h + i of the 4
-# is half i of $h): the qgemv byte conversion to fp16 OFFSET + q, OFFSET = 1152 (kernels/qgemv.int8_f16_ptx), exact.
-# The offset is not subtracted per weight: a tile's products are sum_k (OFFSET + q_k) x_k, and _tile takes
-# OFFSET sum_k x_k off once, sum_k x_k summed from the operands as they are staged (_step).
-INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic;\nmov.b32 magic, 0x64646464;\n" + int8_f16_ptx("$2", "$0", "$1")
-                            + "}")
-INT8_OFFSET_C = gl.constexpr(INT8_F16_OFFSET.value)
+# is half i of $h): the qgemv byte conversion to fp16 1152 + q (kernels/qgemv.int8_f16_ptx), then one packed
+# subtraction of 1152 per two weights (exact)
+_F16_BITS = int(torch.tensor(INT8_F16_OFFSET.value, dtype=torch.float16).view(torch.int16)) & 0xFFFF
+_F16_1152 = f"0x{_F16_BITS:04X}{_F16_BITS:04X}"  # the offset in both halves
+INT8_F16_PTX = gl.constexpr("{\n.reg .b32 u, magic, bias;\nmov.b32 magic, 0x64646464;\n"
+                            f"mov.b32 bias, {_F16_1152};\n" + int8_f16_ptx("$2", "$0", "$1")
+                            + "sub.rn.f16x2 $0, $0, bias;\nsub.rn.f16x2 $1, $1, bias;\n}")
 WORDS_C = gl.constexpr(WORDS)
 ENTRY_C = gl.constexpr(ENTRY)
 BN_C, BK_C, BOX_C, BOXES_C, WARPS_C = (gl.constexpr(v) for v in (BN, BK, BOX, BOXES, WARPS))
@@ -335,7 +336,7 @@ def _loader(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty, stream_p
 
 @gluon.jit
 def _int8_f16(q):
-    """int8 weights -> fp16 INT8_OFFSET + q, exactly (any layout: elementwise, 4 per register)."""
+    """int8 weights -> the same values in fp16 (any layout: elementwise, 4 per register)."""
     return gl.inline_asm_elementwise(INT8_F16_PTX, "=r,=r,r", [q], dtype=gl.float16, is_pure=True, pack=4)
 
 
@@ -427,37 +428,30 @@ def _x_cols(x_ptr, K, nw_ptr, c, k, n, n_ok, NORM: gl.constexpr, DT: gl.constexp
 
 @gluon.jit
 def _stage_x(xs, x, nw, NORM: gl.constexpr, DT: gl.constexpr):
-    """x^T (times the norm weight with NORM) into its x slot, in the operand dtype DT; returns what it stored."""
+    """x^T (times the norm weight with NORM) into its x slot, in the operand dtype DT."""
     if NORM:
         x = x * nw[:, None]
-    x = x.to(DT)
-    xs.store(x)
-    return x
+    xs.store(x.to(DT))
 
 
 @gluon.jit
 def _step(ring, ready, empty, xs, j, c, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b,
-          sx0, sx1, ssq, KP: gl.constexpr, NORM: gl.constexpr, OT: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr,
+          ssq, KP: gl.constexpr, NORM: gl.constexpr, OT: gl.constexpr, NB: gl.constexpr, I8: gl.constexpr,
           CH: gl.constexpr, A_OP: gl.constexpr, B_OP: gl.constexpr, PAIR: gl.constexpr):
     """Chunk j of a tile, at columns c: its x^T (x<g>n, w<g>n, loaded one chunk earlier) into the x slots xs[g], the
     next chunk's x loaded, the chunk taken from the ring, its KP x CH products. With PAIR (KP = 1), chunk j + 1 is a
     second weight's chunk at the same columns (gate, then up): it multiplies the same x^T operand, loaded from its
-    slot once, into acc1. With I8 the weights arrive offset (_int8_f16), and sx<g> adds up the x^T staged in slot g
-    (fp32, elementwise; _tile sums it over k) for _tile to take the offset off. Returns the carried values."""
+    slot once, into acc1. Returns the carried values."""
     W: gl.constexpr = BK_C // CH
     xs0 = xs.index(0)
     xs1 = xs.index(1)
     nxt = c + KP * BK_C
-    staged = _stage_x(xs0, x0n, w0n, NORM, OT)
-    if I8:
-        sx0 += staged.to(gl.float32)
+    _stage_x(xs0, x0n, w0n, NORM, OT)
     if NORM:
         ssq += x0n * x0n
     x0n, w0n = _x_cols(x_ptr, K, nw_ptr, nxt, k, n, n_ok, NORM, OT)
     if KP > 1:
-        staged = _stage_x(xs1, x1n, w1n, NORM, OT)
-        if I8:
-            sx1 += staged.to(gl.float32)
+        _stage_x(xs1, x1n, w1n, NORM, OT)
         if NORM:
             ssq += x1n * x1n
         x1n, w1n = _x_cols(x_ptr, K, nw_ptr, nxt + BK_C, k, n, n_ok, NORM, OT)
@@ -477,7 +471,7 @@ def _step(ring, ready, empty, xs, j, c, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, 
         acc1 = mma_v2(a_lo, xs1.slice(0, W, dim=0).load(B_OP), acc1)
         if CH > 1:
             acc1b = mma_v2(a_hi, xs1.slice(W, W, dim=0).load(B_OP), acc1b)
-    return x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, sx0, sx1, ssq
+    return x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq
 
 
 @gluon.jit
@@ -516,8 +510,6 @@ def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.conste
     acc0b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1 = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
     acc1b = gl.zeros([BN_C, B_PAD], gl.float32, layout=MMA)
-    sx0 = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)  # I8: the staged x, added up (_step)
-    sx1 = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
     ssq = gl.zeros([BK_C, B_PAD], gl.float32, layout=XL)
     # x (and the norm weight) of the next chunk are loaded one chunk ahead: their L2 round trip overlaps this
     # chunk's ring wait and products instead of preceding them.
@@ -527,37 +519,22 @@ def _tile(ring, ready, empty, xa, xb, j, x_ptr, K, nw_ptr, B, eps, KP: gl.conste
         x1n, w1n = _x_cols(x_ptr, K, nw_ptr, BK_C, k, n, n_ok, NORM, OT)
     n_steps = gl.cdiv(K, STEP)
     for i in range(0, n_steps - 1, 2):
-        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, sx0, sx1, ssq = _step(
+        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
             ring, ready, empty, xa, j + i * CPS, i * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n, x1n, w1n,
-            acc0, acc0b, acc1, acc1b, sx0, sx1, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
-        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, sx0, sx1, ssq = _step(
+            acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
+        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
             ring, ready, empty, xb, j + (i + 1) * CPS, (i + 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok, x0n, w0n,
-            x1n, w1n, acc0, acc0b, acc1, acc1b, sx0, sx1, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
+            x1n, w1n, acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
     if n_steps % 2 == 1:
-        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, sx0, sx1, ssq = _step(
+        x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq = _step(
             ring, ready, empty, xa, j + (n_steps - 1) * CPS, (n_steps - 1) * STEP, x_ptr, K, nw_ptr, k, n, n_ok,
-            x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, sx0, sx1, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
+            x0n, w0n, x1n, w1n, acc0, acc0b, acc1, acc1b, ssq, KP, NORM, OT, NB, I8, CH, A_OP, B_OP, PAIR)
         gl.thread_barrier()
     if NORM:
         scale = gl.rsqrt(gl.sum(ssq, axis=0) / K + eps)
     else:
         scale = gl.full([B_PAD], 1.0, gl.float32, layout=gl.SliceLayout(0, XL))
-    acc0 = acc0 + acc0b  # (with CH = 1 the second terms are zeros)
-    acc1 = acc1 + acc1b
-    if I8:
-        acc0 = _offset_off(acc0, sx0)
-        if KP > 1:
-            acc1 = _offset_off(acc1, sx1)
-        if PAIR:
-            acc1 = _offset_off(acc1, sx0)  # the same x^T
-    return acc0, acc1, scale, j + n_steps * CPS
-
-
-@gluon.jit
-def _offset_off(acc, sx):
-    """A product of int8 weights (fp16 INT8_OFFSET + q, _int8_f16) less INT8_OFFSET sum_k x_k: sx [BK, B_PAD] holds
-    the staged x^T added up over the tile's chunks (_step)."""
-    return acc - INT8_OFFSET_C * gl.convert_layout(gl.sum(sx, axis=0), gl.SliceLayout(0, acc.type.layout))[None, :]
+    return acc0 + acc0b, acc1 + acc1b, scale, j + n_steps * CPS  # (with CH = 1 the second terms are zeros)
 
 
 @gluon.jit

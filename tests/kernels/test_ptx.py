@@ -152,15 +152,14 @@ def test_qgemv_int8_ptx_multiplies_a_block():
 # ----------------------------------------------------------------------------------------------
 # kernels/mega/hopper.py (the Gluon megakernel's int8 operands)
 # ----------------------------------------------------------------------------------------------
-def test_megakernel_int8_ptx_gives_q_plus_offset_in_fp16_for_every_byte():
-    """INT8_F16_PTX (pack = 4): every int8 value q in every byte position of $2 comes out as INT8_OFFSET + q in fp16,
-    exactly, byte i as element i: bytes 0-1 in the halves of $0, bytes 2-3 in those of $1 (the kernel takes the
-    offset off once per tile)."""
+def test_megakernel_int8_ptx_gives_q_in_fp16_for_every_byte():
+    """INT8_F16_PTX (pack = 4): every int8 value in every byte position of $2 comes out as the same integer in fp16,
+    exactly, byte i as element i: bytes 0-1 in the halves of $0, bytes 2-3 in those of $1."""
     from kernels.mega import hopper
 
     words, bytes_ = _bytes_in_every_position()
     res = PTX(_text(hopper.INT8_F16_PTX)).run({2: words, 0: torch.zeros_like(words), 1: torch.zeros_like(words)})
-    q = (bytes_ - ((bytes_ >> 7) << 8)).float() + hopper.INT8_OFFSET_C.value  # two's complement, offset
+    q = (bytes_ - ((bytes_ >> 7) << 8)).float()  # two's complement
     assert torch.equal(halves_to_float(_out(res, 0), torch.float16), q[:, 0:2])
     assert torch.equal(halves_to_float(_out(res, 1), torch.float16), q[:, 2:4])
 

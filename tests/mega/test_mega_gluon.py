@@ -279,7 +279,7 @@ ptx = c.asm["ptx"]
 print(json.dumps(dict(ptxas_usage(c), shared_meta=c.metadata.shared,
                       tma="cp.async.bulk.tensor" in ptx, mma="mma.sync" in ptx, mbarrier="mbarrier.try_wait" in ptx,
                       f16_mma="mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx,
-                      int8_ptx="prmt.b32" in ptx and "0x64646464" in ptx)))
+                      int8_ptx=f"mov.b32 bias, {hopper._F16_1152};" in ptx)))
 """
 
 
