@@ -89,8 +89,9 @@ MIN_SPLIT_KEYS = 128
 # c + g BK, of which rows g R .. (g + 1) R count; they are summed once per tile. So a stage trades tile height for
 # tile count at the same bytes per slot: with KP = 2, llama8b's O and down have 128 tiles of 32 rows for 132 SMs,
 # not 64 of 64. The MMA work grows KP-fold, which is free at batch 1-16.
-#   gate, up, LM head   KP = 1: 64 rows; a gate tile and the up tile of the same rows run together, their chunks
-#                       alternating in the stream, so each x^T chunk is staged once for both (_tile's PAIR);
+#   gate, up, LM head   KP = 1: 64 rows; with int8 weights or B_PAD 16, a gate tile and the up tile of the same
+#                       rows run together, their chunks alternating in the stream, so each x^T chunk is staged once
+#                       for both (_tile's PAIR, _pairs_gate_up); otherwise gate's tile, then up's;
 #   O, down             KP = 1 or 2 (pick_tiles balances tiles over the grid);
 #   QKV                 KP = 1: 32 rotate-half pairs, rows i .. i + 32 in the slot's first box and their partners
 #                       i + hd/2 .. in its second (the partners meet in one chunk for RoPE).
@@ -203,14 +204,15 @@ def instr_chunks(prog: Lowered, ins: Instruction) -> list[Chunk]:
         return tile_chunks(W_QKV, boxes, s.dim, t.qkv.block_k // BK)
     if isinstance(ins, OProjResidual):
         return stage_chunks(W_O, t.o, s.dim, ins.row_block, ins.layer * s.dim, s.q_dim)
-    if isinstance(ins, RmsGateUpSilu):  # per tile, the gate and up chunks of each column in turn (_tile's PAIR)
+    if isinstance(ins, RmsGateUpSilu):  # per tile, gate's chunks then up's, or (paired) each column's in turn
+        pair = _pairs_gate_up(prog.kind == Kind.INT8, t.b_pad)
         out = []
         for i in range(t.gate_up.tiles_per_instr):
             r = (ins.row_block * t.gate_up.tiles_per_instr + i) * BN
             if r < s.ffn_dim:
                 rows = [ins.layer * s.ffn_dim + r + b * BOX for b in range(BOXES)]
-                for g, u in zip(tile_chunks(W_GATE, rows, s.dim, 1), tile_chunks(W_UP, rows, s.dim, 1)):
-                    out += [g, u]
+                gate, up = tile_chunks(W_GATE, rows, s.dim, 1), tile_chunks(W_UP, rows, s.dim, 1)
+                out += [c for g, u in zip(gate, up) for c in (g, u)] if pair else gate + up
         return out
     if isinstance(ins, DownResidual):
         return stage_chunks(W_DOWN, t.down, s.dim, ins.row_block, ins.layer * s.dim, s.ffn_dim)
@@ -338,6 +340,16 @@ def _loader(d_qkv, d_o, d_gate, d_up, d_down, d_lm, ring, ready, empty, stream_p
 def _int8_f16(q):
     """int8 weights -> the same values in fp16 (any layout: elementwise, 4 per register)."""
     return gl.inline_asm_elementwise(INT8_F16_PTX, "=r,=r,r", [q], dtype=gl.float16, is_pure=True, pack=4)
+
+
+@gluon.constexpr_function
+def _pairs_gate_up(i8, b_pad):
+    """Whether RmsGateUpSilu runs each tile's gate and up products in one loop, their chunks alternating in the
+    stream (_tile's PAIR; instr_chunks), or one after the other. Pairing stages and loads each x^T chunk once for
+    both, which pays where the chunk loop is issue-bound, int8 weights or 16 batch rows (same calls on one H200,
+    llama8b: int8 B1 3013 -> 2675 us, bf16 B16 6110 -> 5634 us), and measured 1.4% slower for 16-bit weights at
+    B_PAD 8, whose loop streams at 87% of copy either way (bf16 B1 4095 -> 4152 us, twice; docs/perf-notes.md)."""
+    return i8 or b_pad > 8
 
 
 @gluon.constexpr_function
@@ -814,10 +826,17 @@ def _rms_gate_up_silu(lw, row_block, ring, ready, empty, xa, xb, j, bufs, wts, e
     r = gl.arange(0, BN_C, layout=gl.SliceLayout(1, MMA))
     b = gl.arange(0, tiles.B_PAD, layout=gl.SliceLayout(0, MMA))
     nw = wts.mlp_norm + lw * dims.D
+    PAIR: gl.constexpr = _pairs_gate_up(I8, tiles.B_PAD)
     for t in range(_tiles_here(row_block, tiles.GU.TPI, dims.F, BN_C)):
         offs = (row_block * tiles.GU.TPI + t) * BN_C + r
-        gate, up, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
-                                   tiles.B_PAD, DT, NB, I8, True)
+        if PAIR:
+            gate, up, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
+                                       tiles.B_PAD, DT, NB, I8, True)
+        else:
+            gate, unused, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
+                                           tiles.B_PAD, DT, NB, I8)
+            up, unused, scale, j = _tile(ring, ready, empty, xa, xb, j, bufs.h, dims.D, nw, dims.B, eps, 1, True,
+                                         tiles.B_PAD, DT, NB, I8)
         gate = _row_scaled(_scaled(gate, scale), wts.gate.s + lw * dims.F, offs, offs < dims.F, I8)
         up = _row_scaled(_scaled(up, scale), wts.up.s + lw * dims.F, offs, offs < dims.F, I8)
         gl.store(bufs.act + b[None, :] * dims.F + offs[:, None], gate / (1.0 + gl.exp(-gate)) * up,
