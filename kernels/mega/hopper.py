@@ -30,7 +30,8 @@ in the tensor cores' int8 operand order (4 consecutive columns per register, the
 sums over k, so x^T uses the same permuted order and the product is unchanged), each register of 4 bytes becomes
 4 fp16 operands q in 5 instructions (_int8_f16: a XOR and two byte permutes give 1152 + q, exactly, and two packed
 subtractions take the 1152 off, exactly). (Taking 1152 sum_k x_k off once per tile instead, from a sum of the staged
-x, saved 53 instructions per chunk pair but measured 0.36% slower: docs/perf-notes.md, "Attention at batch 16".)
+x, saves 17-43 instructions per chunk but measured 9% slower: the two x sums of the KP = 2 loops cost them more in
+barrier waits than the instructions saved; docs/perf-notes.md, "Gate and up share each x^T chunk".)
 x^T (fp32) is rounded to fp16 for the product: finer than bf16, but its range ends at
 fp16's 65504. In the norm stages that operand is h times the norm weight, before the 1 / rms scale (which multiplies
 the fp32 rows after the product): a residual-stream value times its norm weight must stay below 65504, a tighter
