@@ -3,7 +3,8 @@
 #   pip wheel --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 \
 #       hydra-joblib-launcher==1.2.0 joblib==1.6.0      # the last two for hydra/launcher=joblib_gpus
 # ): install them, then run the given steps.
-#   bash scripts/gpu_session.sh tests            # pytest -m gpu
+#   bash scripts/gpu_session.sh tests            # pytest -m gpu (one line per test, so a run cut by TIME_LIMIT
+#                                                # shows which tests finished; the 10 slowest at the end)
 #   bash scripts/gpu_session.sh sweep ARGS...    # python run.py ARGS... (a Hydra multirun with -m)
 # New result files are packed into $OUT/results.tgz (when OUT is set) so they can be committed.
 # TIME_LIMIT=S stops the step after S seconds (SIGINT) and still packs what it wrote: a sweep stores each point's
@@ -32,7 +33,7 @@ stamp=$(mktemp); touch "$stamp"; sleep 1
 limit=()
 [ -n "${TIME_LIMIT:-}" ] && limit=(timeout -s INT -k 20 "$TIME_LIMIT")
 case "$step" in
-  tests) "${limit[@]}" python3 -m pytest -q -m gpu -n 8 --dist loadgroup "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
+  tests) "${limit[@]}" python3 -m pytest -v --durations=10 -m gpu -n 8 --dist loadgroup "$@" 2>&1 | tee ${OUT:+$OUT/pytest_gpu.log} ;;
   sweep) "${limit[@]}" python3 run.py "$@" 2>&1 | tee -a ${OUT:+$OUT/sweep.log} ;;
 esac
 rc=${PIPESTATUS[0]}
