@@ -48,7 +48,11 @@ case "$step" in
     trees=(.)
     for t in "$AB"/*/; do [ -f "$t.commit-manifest" ] && trees+=("${t%/}"); done
     [ ${#trees[@]} -ge 2 ] || { echo "error: no base tree under $AB: run bash scripts/ab.sh prepare first." >&2; exit 2; }
-    run() { (cd "$ROOT/$1" && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" && shift && "$@"); }
+    run() {  # in tree $1: its own code first on the path, the checkout's never (a base must not import the candidate)
+      (cd "$ROOT/$1" && shift \
+        && clean=$(printf '%s' "${PYTHONPATH:-}" | tr ':' '\n' | grep -vxF -e "$ROOT" -e "" | paste -sd: -) \
+        && export PYTHONPATH="${clean:+$clean:}$PWD" && "$@")
+    }
     if [ -n "${AB_TESTS:-}" ]; then
       echo "[ab] GPU tests of the candidate: $AB_TESTS"
       # shellcheck disable=SC2086  # AB_TESTS is a list of pytest arguments
