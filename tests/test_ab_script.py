@@ -3,36 +3,23 @@
 is copied into a temporary git repository of two commits (it works on the checkout it lies in), with the harness
 importable from this checkout."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from git_repo import committed_repo, git
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "ab.sh"
 
 
-def _git(repo: Path, *args: str) -> str:
-    cmd = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", *args]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    if shutil.which("git") is None or shutil.which("bash") is None:
-        pytest.skip("needs git and bash")
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, repo / "scripts" / "ab.sh")
-    (repo / ".gitignore").write_text("/scratch/\n/.commit-manifest\n")
-    (repo / "run.py").write_text("print('base')\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "base")
+    files = {".gitignore": "/scratch/\n/.commit-manifest\n", "run.py": "print('base')\n"}
+    repo = committed_repo(tmp_path / "repo", files, (SCRIPT,))
     (repo / "run.py").write_text("print('candidate')\n")
-    _git(repo, "commit", "-qam", "candidate")
+    git(repo, "commit", "-qam", "candidate")
     return repo
 
 
@@ -44,7 +31,7 @@ def _ab(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_prepare_then_the_planned_interleaving(repo):
-    base, cand = _git(repo, "rev-parse", "HEAD~1"), _git(repo, "rev-parse", "HEAD")
+    base, cand = git(repo, "rev-parse", "HEAD~1"), git(repo, "rev-parse", "HEAD")
     r = _ab(repo, "prepare", "HEAD~1")
     assert r.returncode == 0, r.stderr
     copy = repo / "scratch" / "ab" / base[:12]

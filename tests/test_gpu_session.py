@@ -1,12 +1,12 @@
 """scripts/gpu_session.sh refuses to start from a tree whose rows would not record a clean commit: the script itself,
 copied into a temporary git repository (it works on the checkout it lies in) whose run.py only says that it ran."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from git_repo import committed_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_session.sh"
@@ -14,17 +14,7 @@ SCRIPT = ROOT / "scripts" / "gpu_session.sh"
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    if shutil.which("git") is None or shutil.which("bash") is None:
-        pytest.skip("needs git and bash")
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, repo / "scripts" / "gpu_session.sh")
-    (repo / "run.py").write_text("import sys\nprint('ran', *sys.argv[1:])\n")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
-    subprocess.run(git + ["init", "-q"], check=True)
-    subprocess.run(git + ["add", "."], check=True)
-    subprocess.run(git + ["commit", "-qm", "one"], check=True)
-    return repo
+    return committed_repo(tmp_path / "repo", {"run.py": "import sys\nprint('ran', *sys.argv[1:])\n"}, (SCRIPT,))
 
 
 def _session(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

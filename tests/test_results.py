@@ -256,16 +256,9 @@ def test_load_marks_each_row_clean_by_its_commit(tmp_path):
 
 
 def _git_repo(path):
-    import subprocess
+    from git_repo import committed_repo, git
 
-    path.mkdir(parents=True, exist_ok=True)
-    run = lambda *a: subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t",  # noqa: E731
-                                     "-c", "commit.gpgsign=false", *a], check=True, capture_output=True, text=True)
-    run("init", "-q")
-    (path / "a.py").write_text("x = 1\n")
-    run("add", ".")
-    run("commit", "-qm", "one")
-    return run("rev-parse", "HEAD").stdout.strip()
+    return git(committed_repo(path, {"a.py": "x = 1\n"}), "rev-parse", "HEAD")
 
 
 def test_unclean_tree_says_commit_first(tmp_path):
